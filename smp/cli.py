@@ -1,0 +1,113 @@
+"""The ``smp`` command (also ``python -m smp``).
+
+    smp run [SCRIPT] [-m MACHINE] [-k KERNEL] [-o KEY=VALUE ...] [--cpus N] [--seed N]
+            [--out DIR] [--time-limit DURATION] [--quiet]
+    smp list                      machine profiles, kernel configurations, load scripts
+
+Exit status: 0 the run finished, 2 bad input (one line on stderr naming the
+file or key), 3 the simulated kernel panicked, 1 an internal error of the
+simulator, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from smp.errors import BadInput
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BADINPUT, EXIT_PANIC = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BADINPUT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="smp", description="A multiprocess SMP simulator of the NetBSD i386 "
+                "pmap (2001): run load scripts, profile lock contention, compare traces.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    r = sub.add_parser("run", help="boot a machine and run a load script",
+                       description="Boot a simulated machine, run a load script, write a run "
+                       "directory (manifest, console.log, events, lockstat.json, summary).")
+    r.add_argument("script", nargs="?", default=None,
+                   help="load script name (workloads/NAME.toml) or path; default: default")
+    r.add_argument("-m", "--machine", help="machine profile (shared/machines/NAME.toml or path)")
+    r.add_argument("-k", "--kernel", help="kernel configuration (shared/kernels/NAME.toml "
+                   "or path)")
+    r.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one machine or kernel key, e.g. -o steal=none -o ncpu=8")
+    r.add_argument("--cpus", type=int, help="number of CPUs (same as -o ncpu=N)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the load's choices (default 0)")
+    r.add_argument("--out", help="run directory (default runs/SCRIPT-KERNEL-SEED-TIME)")
+    r.add_argument("--time-limit", help="stop the run after this long, e.g. 30s")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
+    return p
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from smp.config import parse_duration
+    from smp.run import run
+
+    limit = None
+    if a.time_limit is not None:
+        limit = parse_duration(a.time_limit, "--time-limit") / 1e9
+    if a.cpus is not None and not 1 <= a.cpus <= 64:
+        raise BadInput(f"--cpus {a.cpus}: expected an integer from 1 to 64")
+    progress = not a.quiet and sys.stdout.isatty()
+    run_dir, o = run(a.script, machine=a.machine, kernel=a.kernel, overrides=a.overrides,
+                     cpus=a.cpus, seed=a.seed, out=a.out, progress=progress,
+                     time_limit_s=limit)
+    print(run_dir)
+    summary = (run_dir / "summary.txt").read_text().splitlines()
+    for line in summary[1:]:
+        if line.startswith("cpu  state"):
+            break
+        print("  " + line)
+    if o.status != "done":
+        for c in o.cpus:
+            if c.text or c.held:
+                print(f"  cpu{c.cpu}: {c.state}: {c.text}")
+                for h in c.held:
+                    print(f"    holds {h['name']} ({h['class']}, {h['mode']}) taken in "
+                          f"{h['site']}")
+    return o.exit_code
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from smp.config import WORKLOADS, list_kernels, list_machines
+
+    print("machines: " + ", ".join(list_machines()))
+    print("kernels:  " + ", ".join(list_kernels()))
+    print("loads:    " + ", ".join(sorted(p.stem for p in WORKLOADS.glob("*.toml"))))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.cmd is None:
+        p.print_help()
+        return EXIT_BADINPUT
+    try:
+        return {"run": cmd_run, "list": cmd_list}[a.cmd](a)
+    except BadInput as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return EXIT_BADINPUT
+    except KeyboardInterrupt:
+        print("smp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a simulator bug: say so, with the traceback
+        traceback.print_exc()
+        print(f"smp: internal error: {e!r}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""printf(), panic() and UVMHIST: the simulated kernel's console (subr_prf.c, uvm_stat.h).
+
+Messages are declared once, at import, with their kernel function and C
+format (``MSG = message("pmap_steal_ptp", "stole PTP pa 0x%08x ...")``); the
+returned id is what a CPU writes into its trace ring together with up to six
+integer arguments, so every console line's template is exact and the run
+directory can re-render it later.  A ``%s`` argument is an index into the
+catalogue's string table: intern strings (process names, wait channels)
+before boot with ``intern()``, since workers fork with a copy of the table.
+
+``panic()`` is what it is in the kernel: the first CPU to panic records
+itself in the segment header, halts every CPU, writes its message (waiting
+briefly for ring space rather than dropping it) and unwinds its own stack
+with :class:`~smp.machine.cpu.Panic`.
+
+UVMHIST: ``UVMHIST_FUNC(fn)`` gives a function a call counter in the segment
+(shared by all CPUs, so ``fn#call`` names one invocation machine-wide) and
+``UVMHIST_LOG(msg, call, a, b, c, d)`` writes a hist record; both cost one
+``if`` when the kernel is configured with ``hist = off``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from smp.machine.cpu import CPU, Panic
+from smp.machine.layout import ArraySpec
+from smp.runfmt import Catalogue
+
+CATALOGUE = Catalogue()
+HIST_ON = False
+_ci: CPU | None = None
+_trace = None
+_hist_funcs: list[str] = []
+_hist_calls = None
+_hist_calls_off = 0
+
+
+def message(fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
+    """Declare a console message (or a UVMHIST record, ``kind="hist"``); returns its id."""
+    return CATALOGUE.add(fn, fmt, kind, hist)
+
+
+def intern(s: str) -> int:
+    """Id of a string in the catalogue's table, for ``%s`` arguments (before boot)."""
+    return CATALOGUE.intern(s)
+
+
+def UVMHIST_FUNC(fn: str) -> int:  # noqa: N802 - NetBSD's name
+    """Declare a function's UVMHIST call counter (at import); returns its index."""
+    _hist_funcs.append(fn)
+    return len(_hist_funcs) - 1
+
+
+def arrays() -> list[ArraySpec]:
+    """The segment arrays this module needs: UVMHIST call counters."""
+    return [ArraySpec("uvmhist_calls", np.dtype("<u4"), (max(1, len(_hist_funcs)),))]
+
+
+def attach(ci: CPU, hist_on: bool) -> None:
+    """Bind printf/panic to this CPU's trace ring (in the worker)."""
+    global _ci, _trace, HIST_ON, _hist_calls, _hist_calls_off
+    _ci = ci
+    _trace = ci.core.trace
+    HIST_ON = hist_on
+    _hist_calls_off = ci.seg.layout.arrays["uvmhist_calls"][0]
+
+
+def printf(msgid: int, *args: int) -> None:
+    """Kernel printf: one console line (never blocks; a full ring counts a drop)."""
+    _trace(msgid, 0, *args)
+
+
+def UVMHIST_CALLED(fnidx: int) -> int:  # noqa: N802
+    """Next call number of a UVMHIST function (0 when hist is off)."""
+    if not HIST_ON:
+        return 0
+    return _ci.core.fadd32(_hist_calls_off + 4 * fnidx, 1) + 1
+
+
+def UVMHIST_LOG(msgid: int, call: int, *args: int) -> None:  # noqa: N802
+    if HIST_ON:
+        _trace(msgid, call, *args)
+
+
+def panic(msgid: int, *args: int) -> None:
+    """Stop the machine: halt every CPU, print the message, unwind this CPU.
+
+    => never returns.  The caller's held locks stay held (they are reported).
+    """
+    ci = _ci
+    seg = ci.seg
+    first = ci.core.cas32(_PANIC_CPU_OFF, 0, ci.cpu + 1)
+    seg.halt()
+    deadline = time.monotonic() + 1.0
+    while not _trace(msgid, 0, *args) and time.monotonic() < deadline:
+        time.sleep(0.001)          # the parent is draining; a panic line must not be lost
+    text = CATALOGUE.render_message(msgid, list(args))
+    raise Panic(text if first else f"{text} (while cpu{int(seg.hdr['panic_cpu']) - 1} "
+                                   "was already panicking)")
+
+
+def _panic_cpu_off() -> int:
+    from smp.machine.layout import HDR_DTYPE
+
+    return HDR_DTYPE.fields["panic_cpu"][1]
+
+
+_PANIC_CPU_OFF = _panic_cpu_off()

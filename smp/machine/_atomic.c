@@ -1,0 +1,1230 @@
+/*
+ * _atomic.c -- the simulated CPU's atomic instructions, and the only C in smp.
+ *
+ * Every simulated CPU is a host process; they share one segment (see
+ * smp/machine/segment.py).  This module gives a CPU what the real i386 gave
+ * the kernel: cmpxchg, xadd, pause, and a clock -- plus the few things that
+ * must be cheap enough to run on every lock operation of the simulated kernel:
+ *
+ *   - spin locks (simple_lock), a spinning reader/writer lock (spinlockmgr,
+ *     as pmap_main_lock is), a recursive spin lock (the big kernel lock);
+ *   - their statistics, per CPU, per lock, per call site and per mode:
+ *     acquisitions, contended acquisitions, spins, cross-CPU bounces, wait and
+ *     hold time (total, min, max, log2 histogram), and on contention the
+ *     holder's call site (the waiter x holder matrix of lock_stat);
+ *   - futex wait/wake on words of the segment (sleep channels, idle CPUs);
+ *   - per-CPU trace rings of fixed-size binary records (printf/UVMHIST).
+ *
+ * A call site is the Python function that called lock(): found from the
+ * calling frame's code object, registered once in a segment-wide table so
+ * every CPU gives the same function the same id.  Workers are forked after
+ * the kernel is imported, so a code object has the same address in all of
+ * them; the name is compared too, so a late-created function cannot alias.
+ *
+ * While a CPU spins it keeps servicing its IPI mailbox (the handler is a
+ * Python callable), stops when the machine is halted (raises Halted), and
+ * after spin_limit turns gives the host CPU away with sched_yield(): there
+ * are more simulated CPUs than host cores.
+ *
+ * The structures below are the segment's ABI; smp/machine/layout.py mirrors
+ * them as numpy dtypes and checks the sizes exported here at import.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <errno.h>
+
+#define MAXHELD 32
+#define NHIST 32
+#define SITE_NAME 48
+#define NARGS 6
+
+/* lock word state encodings */
+#define RW_WRITER 0x80000000u
+#define RW_WANT 0x40000000u
+#define RW_CPU_MASK 0x0000ffffu
+#define LF_RW 0x1u        /* lock flags: reader/writer lock */
+#define LF_RECURSE 0x2u   /* may be re-taken by its holder (kernel_lock) */
+
+/* held-lock modes */
+#define M_EXCL 0
+#define M_SHARED 1
+
+/* CPU states (cpu_area.state), read by the parent's supervisor */
+enum { CS_OFFLINE, CS_IDLE, CS_RUNNING, CS_SPINNING, CS_HALTED, CS_PANIC, CS_DONE };
+
+struct lock_word {            /* 32 bytes, one per lock in the lock table */
+    uint32_t state;           /* simple: 0 free / holder cpu+1; rw: see RW_* */
+    uint32_t klass;           /* lock class id (names kept by Python) */
+    uint32_t flags;           /* LF_* */
+    uint32_t last_cpu;        /* cpu+1 of the most recent acquirer (bounces) */
+    uint32_t holder_site;     /* site id of the most recent acquirer */
+    uint32_t recurse;         /* recursion depth beyond the first (LF_RECURSE) */
+    uint32_t pad[2];
+};
+
+struct held {                 /* 24 bytes: one lock a CPU holds */
+    uint32_t lock;
+    uint32_t site;
+    uint32_t mode;
+    uint32_t slot;            /* stats slot to charge the hold time to (or ~0) */
+    uint64_t t_acq;
+};
+
+struct cpu_area {             /* per-CPU control block, CPU_AREA_SIZE apart */
+    uint64_t ipi_pending;     /* IPI bits; senders OR, the CPU exchanges with 0 */
+    uint32_t kick;            /* futex word: bumped to wake the CPU from idle */
+    uint32_t state;           /* CS_* */
+    uint32_t nheld;           /* depth of held[] */
+    uint32_t spinning_on;     /* lock id + 1 while spinning, else 0 */
+    int32_t curproc;          /* simulated pid running here, -1 when idle */
+    uint32_t cursite;         /* site of the last lock op (where the CPU is) */
+    uint64_t heartbeat;       /* bumped by the dispatch loop */
+    uint64_t nslots;          /* stats slots in use */
+    uint64_t slot_overflow;   /* acquisitions charged to the overflow slot */
+    uint64_t npairs;          /* waiter/holder pairs in use */
+    uint64_t pair_overflow;
+    uint64_t spins_total;
+    struct held held[MAXHELD];
+};
+
+struct stat_slot {            /* 360 bytes: one (lock, site, mode) on one CPU */
+    uint32_t lock;            /* lock id, or ~0 for the overflow slot */
+    uint32_t site;
+    uint32_t klass;
+    uint32_t mode;
+    uint64_t acq, contended, spins, bounces, con_bounces;
+    uint64_t wait_total, wait_max, wait_min;
+    uint64_t hold_total, hold_max, hold_min;
+    uint32_t wait_hist[NHIST];
+    uint32_t hold_hist[NHIST];
+};
+
+struct pair_slot {            /* 32 bytes: waiter site waited on holder site */
+    uint32_t klass;
+    uint32_t waiter;
+    uint32_t holder;
+    uint32_t mode;
+    uint64_t count;
+    uint64_t wait_total;
+};
+
+struct site_entry {           /* 64 bytes: one call site, segment-wide */
+    uint64_t key;             /* code object address */
+    char name[SITE_NAME];
+    uint32_t id;
+    uint32_t pad;
+};
+
+struct site_table {           /* header of the site registry */
+    uint32_t lock;
+    uint32_t count;
+    uint32_t capacity;
+    uint32_t pad;
+    uint64_t pad2[7];
+};
+
+struct ring_hdr {             /* 64 bytes before each CPU's ring of records */
+    uint64_t head;            /* next slot the CPU writes (monotonic) */
+    uint64_t tail;            /* next slot the drainer reads (monotonic) */
+    uint64_t dropped;         /* records lost because the ring was full */
+    uint64_t seq;             /* per-CPU sequence, counts dropped ones too */
+    uint64_t capacity;        /* records, a power of two */
+    uint64_t pad[3];
+};
+
+struct record {               /* 72 bytes: one printf/UVMHIST record */
+    uint64_t time;            /* ns since boot */
+    uint64_t seq;
+    uint16_t cpu;
+    uint16_t msgid;
+    uint32_t call;
+    int64_t args[NARGS];
+};
+
+struct seg_hdr {              /* the segment's first 4096 bytes */
+    uint64_t magic;
+    uint64_t boot_ns;         /* CLOCK_MONOTONIC at boot; now() subtracts it */
+    uint32_t halt;            /* non-zero: every CPU stops (panic, end, Ctrl-C) */
+    uint32_t panic_cpu;       /* cpu+1 of the CPU that panicked first */
+    uint64_t vclock;          /* virtual clock (lockstep mode) */
+};
+
+/* ------------------------------------------------------------------ */
+
+static PyObject *HaltedError;     /* raised in a CPU when the machine halts */
+static PyObject *LockError;       /* lock protocol violation (LOCKDEBUG) */
+
+typedef struct {
+    uint32_t *keys;               /* hash: key -> slot index + 1 (0 empty) */
+    uint64_t *kv;
+    uint32_t cap;                 /* power of two */
+} hmap;
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    int cpu;
+    uint32_t nlocks;
+    struct seg_hdr *hdr;
+    struct lock_word *locks;
+    struct cpu_area *me;
+    char *cpu_base;
+    Py_ssize_t cpu_stride;
+    int ncpu;
+    struct stat_slot *slots;
+    uint32_t nslots;
+    struct pair_slot *pairs;
+    uint32_t npairs;
+    struct site_table *sites;
+    struct site_entry *site_entries;
+    struct ring_hdr *ring;
+    struct record *records;
+    uint64_t ring_mask;
+    int stats_on;
+    int spin_limit;
+    PyObject *ipi_handler;
+    PyObject *sched_hook;
+    /* private caches */
+    hmap slotmap;                 /* (lock, site, mode) -> slot */
+    hmap pairmap;                 /* (klass, waiter, holder, mode) -> pair */
+    uint64_t *site_keys;          /* code address -> site id (open addressing) */
+    uint32_t *site_vals;
+    uint32_t site_cap;
+    uint32_t overflow_slot;       /* index of the per-CPU overflow slot */
+} Core;
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t core_now(Core *c)
+{
+    return mono_ns() - c->hdr->boot_ns;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline int hist_bucket(uint64_t ns)
+{
+    if (ns == 0)
+        return 0;
+    int b = 64 - __builtin_clzll(ns);     /* bucket b holds [2^(b-1), 2^b) */
+    return b < NHIST ? b : NHIST - 1;
+}
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+
+/* ---------- call sites ---------- */
+
+static uint32_t site_register(Core *c, uint64_t key, const char *name)
+{
+    struct site_table *t = c->sites;
+    uint32_t id = 0;
+    /* the registry is tiny and touched once per (CPU, function) */
+    while (!__atomic_compare_exchange_n(&t->lock, &(uint32_t){0}, 1, 0,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        sched_yield();
+    for (uint32_t i = 0; i < t->count; i++) {
+        struct site_entry *e = &c->site_entries[i];
+        if (e->key == key && strncmp(e->name, name, SITE_NAME - 1) == 0) {
+            id = e->id;
+            goto out;
+        }
+    }
+    if (t->count < t->capacity) {
+        struct site_entry *e = &c->site_entries[t->count];
+        e->key = key;
+        strncpy(e->name, name, SITE_NAME - 1);
+        e->name[SITE_NAME - 1] = 0;
+        e->id = t->count;
+        id = e->id;
+        __atomic_store_n(&t->count, t->count + 1, __ATOMIC_RELEASE);
+    }
+    /* else: table full, id 0 ("<unknown>") */
+out:
+    __atomic_store_n(&t->lock, 0, __ATOMIC_RELEASE);
+    return id;
+}
+
+/* The caller's site: the code object of the Python frame that called us. */
+static uint32_t caller_site(Core *c)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    if (f == NULL)
+        return 0;
+    PyCodeObject *co = PyFrame_GetCode(f);
+    uint64_t key = (uint64_t)(uintptr_t)co;
+    uint32_t mask = c->site_cap - 1;
+    uint32_t i = (uint32_t)mix64(key) & mask;
+    for (;;) {
+        if (c->site_keys[i] == key) {
+            Py_DECREF(co);
+            return c->site_vals[i];
+        }
+        if (c->site_keys[i] == 0)
+            break;
+        i = (i + 1) & mask;
+    }
+    const char *name = PyUnicode_AsUTF8(co->co_qualname);
+    if (name == NULL) {
+        PyErr_Clear();
+        name = "<unknown>";
+    }
+    uint32_t id = site_register(c, key, name);
+    Py_DECREF(co);
+    c->site_keys[i] = key;     /* the cache never fills: cap is 4x the registry */
+    c->site_vals[i] = id;
+    return id;
+}
+
+/* ---------- statistics ---------- */
+
+static int hmap_init(hmap *m, uint32_t n)
+{
+    uint32_t cap = 16;
+    while (cap < 2 * n)
+        cap <<= 1;
+    m->cap = cap;
+    m->kv = calloc(cap, sizeof(uint64_t));
+    m->keys = calloc(cap, sizeof(uint32_t));
+    return m->kv && m->keys ? 0 : -1;
+}
+
+static void hmap_free(hmap *m)
+{
+    free(m->kv);
+    free(m->keys);
+    m->kv = NULL;
+    m->keys = NULL;
+}
+
+/* find the slot of a 64-bit key; returns index + 1, 0 when absent and *pos
+ * is where to insert */
+static inline uint32_t hmap_get(hmap *m, uint64_t key, uint32_t *pos)
+{
+    uint32_t mask = m->cap - 1;
+    uint32_t i = (uint32_t)mix64(key) & mask;
+    while (m->keys[i]) {
+        if (m->kv[i] == key)
+            return m->keys[i];
+        i = (i + 1) & mask;
+    }
+    *pos = i;
+    return 0;
+}
+
+static uint32_t stat_slot_for(Core *c, uint32_t lock, uint32_t site, uint32_t mode)
+{
+    uint64_t key = ((uint64_t)lock << 32) | ((uint64_t)site << 1) | mode;
+    uint32_t pos;
+    uint32_t v = hmap_get(&c->slotmap, key, &pos);
+    if (v)
+        return v - 1;
+    uint64_t n = c->me->nslots;
+    if (n >= c->overflow_slot) {
+        /* table full: one overflow slot per CPU, honestly counted */
+        c->me->slot_overflow++;
+        return c->overflow_slot;
+    }
+    struct stat_slot *s = &c->slots[n];
+    memset(s, 0, sizeof *s);
+    s->lock = lock;
+    s->site = site;
+    s->klass = c->locks[lock].klass;
+    s->mode = mode;
+    s->wait_min = UINT64_MAX;
+    s->hold_min = UINT64_MAX;
+    __atomic_store_n(&c->me->nslots, n + 1, __ATOMIC_RELEASE);
+    c->slotmap.kv[pos] = key;
+    c->slotmap.keys[pos] = (uint32_t)n + 1;
+    return (uint32_t)n;
+}
+
+static void record_pair(Core *c, uint32_t klass, uint32_t waiter, uint32_t holder,
+                        uint32_t mode, uint64_t wait)
+{
+    uint64_t key = ((uint64_t)klass << 48) ^ ((uint64_t)waiter << 32) ^
+                   ((uint64_t)holder << 1) ^ mode;
+    key = key ? key : 1;
+    uint32_t pos;
+    uint32_t v = hmap_get(&c->pairmap, key, &pos);
+    struct pair_slot *p;
+    if (v) {
+        p = &c->pairs[v - 1];
+    } else {
+        uint64_t n = c->me->npairs;
+        if (n >= c->npairs) {
+            c->me->pair_overflow++;
+            return;
+        }
+        p = &c->pairs[n];
+        p->klass = klass;
+        p->waiter = waiter;
+        p->holder = holder;
+        p->mode = mode;
+        p->count = 0;
+        p->wait_total = 0;
+        __atomic_store_n(&c->me->npairs, n + 1, __ATOMIC_RELEASE);
+        c->pairmap.kv[pos] = key;
+        c->pairmap.keys[pos] = (uint32_t)n + 1;
+    }
+    p->count++;
+    p->wait_total += wait;
+}
+
+/* ---------- the spin loop ---------- */
+
+/* One turn of waiting: service IPIs, notice a halt, give the host CPU away
+ * now and then.  Returns -1 with an exception set when the CPU must stop. */
+static int spin_turn(Core *c, uint64_t spins)
+{
+    if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
+        PyErr_SetString(HaltedError, "machine halted while spinning");
+        return -1;
+    }
+    if (c->ipi_handler != NULL && __atomic_load_n(&c->me->ipi_pending, __ATOMIC_RELAXED)) {
+        PyObject *r = PyObject_CallNoArgs(c->ipi_handler);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0)
+        sched_yield();
+    else
+        cpu_relax();
+    return 0;
+}
+
+static inline int sched_point(Core *c)
+{
+    if (c->sched_hook == NULL)
+        return 0;
+    PyObject *r = PyObject_CallNoArgs(c->sched_hook);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* After winning the lock word: statistics and the held stack. */
+static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t spins,
+                    uint64_t t0, uint32_t holder_site)
+{
+    struct lock_word *lw = &c->locks[id];
+    struct cpu_area *me = c->me;
+    uint32_t prev = lw->last_cpu;
+    uint32_t mine = (uint32_t)c->cpu + 1;
+    lw->last_cpu = mine;
+    lw->holder_site = site;
+    uint32_t slot = UINT32_MAX;
+    uint64_t t = 0;
+    if (c->stats_on) {
+        slot = stat_slot_for(c, id, site, mode);
+        struct stat_slot *s = &c->slots[slot];
+        int bounce = prev != 0 && prev != mine;
+        s->acq++;
+        s->bounces += bounce;
+        t = core_now(c);
+        if (spins) {
+            uint64_t w = t - t0;
+            s->contended++;
+            s->con_bounces += bounce;
+            s->spins += spins;
+            s->wait_total += w;
+            if (w > s->wait_max)
+                s->wait_max = w;
+            if (w < s->wait_min)
+                s->wait_min = w;
+            s->wait_hist[hist_bucket(w)]++;
+            me->spins_total += spins;
+            record_pair(c, lw->klass, site, holder_site, mode, w);
+        }
+    }
+    if (me->nheld >= MAXHELD) {
+        PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
+        return -1;
+    }
+    struct held *h = &me->held[me->nheld];
+    h->lock = id;
+    h->site = site;
+    h->mode = mode;
+    h->slot = slot;
+    h->t_acq = t;
+    __atomic_store_n(&me->nheld, me->nheld + 1, __ATOMIC_RELEASE);
+    me->cursite = site;
+    return 0;
+}
+
+/* Pop lock id from the held stack and charge its hold time. */
+static int released(Core *c, uint32_t id, uint32_t mode)
+{
+    struct cpu_area *me = c->me;
+    int i;
+    for (i = (int)me->nheld - 1; i >= 0; i--)
+        if (me->held[i].lock == id && me->held[i].mode == mode)
+            break;
+    if (i < 0) {
+        PyErr_Format(LockError, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
+        return -1;
+    }
+    struct held h = me->held[i];
+    for (int j = i; j < (int)me->nheld - 1; j++)
+        me->held[j] = me->held[j + 1];
+    __atomic_store_n(&me->nheld, me->nheld - 1, __ATOMIC_RELEASE);
+    if (c->stats_on && h.slot != UINT32_MAX) {
+        struct stat_slot *s = &c->slots[h.slot];
+        uint64_t d = core_now(c) - h.t_acq;
+        s->hold_total += d;
+        if (d > s->hold_max)
+            s->hold_max = d;
+        if (d < s->hold_min)
+            s->hold_min = d;
+        s->hold_hist[hist_bucket(d)]++;
+    }
+    return 0;
+}
+
+static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "expected one lock id");
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(args[0]);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || (uint64_t)v >= c->nlocks) {
+        PyErr_Format(PyExc_IndexError, "lock id %zd out of range", v);
+        return -1;
+    }
+    *id = (uint32_t)v;
+    return 0;
+}
+
+/* simple_lock / kernel_lock: exclusive spin acquisition */
+static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id) || sched_point(c))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t mine = (uint32_t)c->cpu + 1;
+    uint32_t zero = 0;
+    uint32_t site = caller_site(c);
+    if (__atomic_compare_exchange_n(&lw->state, &zero, mine, 0, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_RELAXED)) {
+        if (acquired(c, id, M_EXCL, site, 0, 0, 0))
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (zero == mine) {
+        if (lw->flags & LF_RECURSE) {
+            lw->recurse++;
+            Py_RETURN_NONE;
+        }
+        PyErr_Format(LockError, "simple_lock: locking against myself (lock %u)", id);
+        return NULL;
+    }
+    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint32_t holder_site = lw->holder_site;
+    uint64_t spins = 0;
+    __atomic_store_n(&c->me->spinning_on, id + 1, __ATOMIC_RELAXED);
+    uint32_t saved = c->me->state;
+    c->me->state = CS_SPINNING;
+    for (;;) {
+        spins++;
+        if (spin_turn(c, spins)) {
+            c->me->spinning_on = 0;
+            c->me->state = saved;
+            return NULL;
+        }
+        if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) == 0) {
+            zero = 0;
+            if (__atomic_compare_exchange_n(&lw->state, &zero, mine, 0, __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED))
+                break;
+        }
+    }
+    c->me->spinning_on = 0;
+    c->me->state = saved;
+    if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_trylock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id) || sched_point(c))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t zero = 0;
+    if (__atomic_compare_exchange_n(&lw->state, &zero, (uint32_t)c->cpu + 1, 0,
+                                    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        if (acquired(c, id, M_EXCL, caller_site(c), 0, 0, 0))
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    if (zero == (uint32_t)c->cpu + 1 && (lw->flags & LF_RECURSE)) {
+        lw->recurse++;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t mine = (uint32_t)c->cpu + 1;
+    if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine) {
+        PyErr_Format(LockError, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
+        return NULL;
+    }
+    if (lw->recurse) {
+        lw->recurse--;
+        Py_RETURN_NONE;
+    }
+    if (released(c, id, M_EXCL))
+        return NULL;
+    __atomic_store_n(&lw->state, 0, __ATOMIC_RELEASE);
+    if (sched_point(c))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* spinlockmgr(LK_SHARED): readers wait while a writer holds or wants it,
+ * as NetBSD's lockmgr prefers writers. */
+static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id) || sched_point(c))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t site = caller_site(c);
+    uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
+    if (!(s & (RW_WRITER | RW_WANT)) &&
+        __atomic_compare_exchange_n(&lw->state, &s, s + 1, 0, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_RELAXED)) {
+        if (acquired(c, id, M_SHARED, site, 0, 0, 0))
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
+        PyErr_Format(LockError, "spinlockmgr: shared request by the exclusive holder (lock %u)",
+                     id);
+        return NULL;
+    }
+    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint32_t holder_site = lw->holder_site;
+    uint64_t spins = 0;
+    uint32_t saved = c->me->state;
+    c->me->spinning_on = id + 1;
+    c->me->state = CS_SPINNING;
+    for (;;) {
+        spins++;
+        if (spin_turn(c, spins)) {
+            c->me->spinning_on = 0;
+            c->me->state = saved;
+            return NULL;
+        }
+        s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
+        if (!(s & (RW_WRITER | RW_WANT)) &&
+            __atomic_compare_exchange_n(&lw->state, &s, s + 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            break;
+    }
+    c->me->spinning_on = 0;
+    c->me->state = saved;
+    if (acquired(c, id, M_SHARED, site, spins, t0, holder_site))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id))
+        return NULL;
+    if (released(c, id, M_SHARED))
+        return NULL;
+    __atomic_fetch_sub(&c->locks[id].state, 1, __ATOMIC_RELEASE);
+    if (sched_point(c))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* spinlockmgr(LK_EXCLUSIVE) */
+static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id) || sched_point(c))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t mine = RW_WRITER | ((uint32_t)c->cpu + 1);
+    uint32_t site = caller_site(c);
+    uint32_t s = 0;
+    if (__atomic_compare_exchange_n(&lw->state, &s, mine, 0, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_RELAXED)) {
+        if (acquired(c, id, M_EXCL, site, 0, 0, 0))
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
+        PyErr_Format(LockError, "spinlockmgr: locking against myself (lock %u)", id);
+        return NULL;
+    }
+    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint32_t holder_site = lw->holder_site;
+    uint64_t spins = 0;
+    uint32_t saved = c->me->state;
+    c->me->spinning_on = id + 1;
+    c->me->state = CS_SPINNING;
+    for (;;) {
+        spins++;
+        if (spin_turn(c, spins)) {
+            c->me->spinning_on = 0;
+            c->me->state = saved;
+            return NULL;
+        }
+        s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
+        if ((s & ~RW_WANT) == 0) {
+            /* free (maybe wanted by us or another writer): take it, clearing WANT;
+             * a writer that loses re-announces itself below */
+            if (__atomic_compare_exchange_n(&lw->state, &s, mine, 0, __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED))
+                break;
+        } else if (!(s & RW_WANT)) {
+            __atomic_fetch_or(&lw->state, RW_WANT, __ATOMIC_RELAXED);
+        }
+    }
+    c->me->spinning_on = 0;
+    c->me->state = saved;
+    if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_trywlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id) || sched_point(c))
+        return NULL;
+    uint32_t s = 0;
+    if (__atomic_compare_exchange_n(&c->locks[id].state, &s, RW_WRITER | ((uint32_t)c->cpu + 1),
+                                    0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        if (acquired(c, id, M_EXCL, caller_site(c), 0, 0, 0))
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
+    if (!(s & RW_WRITER) || (s & RW_CPU_MASK) != (uint32_t)c->cpu + 1) {
+        PyErr_Format(LockError, "spinlockmgr: release of lock %u not held exclusively", id);
+        return NULL;
+    }
+    if (released(c, id, M_EXCL))
+        return NULL;
+    /* keep a waiting writer's WANT bit */
+    __atomic_and_fetch(&lw->state, RW_WANT, __ATOMIC_RELEASE);
+    if (sched_point(c))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Does this CPU hold lock id (in any mode)?  For "=> caller holds" checks. */
+static PyObject *Core_held(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id))
+        return NULL;
+    for (uint32_t i = 0; i < c->me->nheld; i++)
+        if (c->me->held[i].lock == id)
+            Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+/* Release everything (used when a simulated process is killed by a panic
+ * or when the tests tear a CPU down); returns the number released. */
+static PyObject *Core_nheld(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(c->me->nheld);
+}
+
+/* ---------- words of the segment ---------- */
+
+static int word_args(Core *c, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                     size_t width, char **p, long long *v)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments", want);
+        return -1;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    if (off == -1 && PyErr_Occurred())
+        return -1;
+    if (off < 0 || off + (Py_ssize_t)width > c->view.len || off % (Py_ssize_t)width) {
+        PyErr_Format(PyExc_IndexError, "offset %zd out of the segment or misaligned", off);
+        return -1;
+    }
+    *p = c->base + off;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        v[i - 1] = PyLong_AsLongLong(args[i]);
+        if (v[i - 1] == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            v[i - 1] = (long long)PyLong_AsUnsignedLongLong(args[i]);
+            if (PyErr_Occurred())
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *Core_cas32(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[2];
+    if (word_args(c, args, nargs, 3, 4, &p, v))
+        return NULL;
+    uint32_t old = (uint32_t)v[0];
+    return PyBool_FromLong(__atomic_compare_exchange_n((uint32_t *)p, &old, (uint32_t)v[1], 0,
+                                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_cas64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[2];
+    if (word_args(c, args, nargs, 3, 8, &p, v))
+        return NULL;
+    int64_t old = v[0];
+    return PyBool_FromLong(__atomic_compare_exchange_n((int64_t *)p, &old, (int64_t)v[1], 0,
+                                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_fadd32(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 4, &p, v))
+        return NULL;
+    return PyLong_FromLong(
+        (int32_t)__atomic_fetch_add((uint32_t *)p, (uint32_t)v[0], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_fadd64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 8, &p, v))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_fetch_add((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_or64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 8, &p, v))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_fetch_or((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_xchg64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 8, &p, v))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_exchange_n((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_load64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 1, 8, &p, v))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_load_n((int64_t *)p, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_store64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 8, &p, v))
+        return NULL;
+    __atomic_store_n((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+/* futex_wait(off, expected, timeout_ns): sleep while the 32-bit word at off
+ * equals expected.  Returns 0 woken, 1 timed out, 2 the word had changed. */
+static PyObject *Core_futex_wait(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[2];
+    if (word_args(c, args, nargs, 3, 4, &p, v))
+        return NULL;
+    struct timespec ts = {.tv_sec = v[1] / 1000000000ll, .tv_nsec = v[1] % 1000000000ll};
+    long r;
+    Py_BEGIN_ALLOW_THREADS
+    r = syscall(SYS_futex, (uint32_t *)p, FUTEX_WAIT, (uint32_t)v[0], v[1] >= 0 ? &ts : NULL,
+                NULL, 0);
+    Py_END_ALLOW_THREADS
+    if (r == 0)
+        return PyLong_FromLong(0);
+    if (errno == ETIMEDOUT)
+        return PyLong_FromLong(1);
+    if (errno == EAGAIN || errno == EINTR)
+        return PyLong_FromLong(2);
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static PyObject *Core_futex_wake(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 4, &p, v))
+        return NULL;
+    long r = syscall(SYS_futex, (uint32_t *)p, FUTEX_WAKE, (int)v[0], NULL, NULL, 0);
+    if (r < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
+static PyObject *Core_now(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(core_now(c));
+}
+
+/* ---------- trace ring ---------- */
+
+/* trace(msgid, call, *args): append one record to this CPU's ring.  Never
+ * blocks and never overwrites unread records: a full ring drops the new
+ * record and counts it.  Returns True if written. */
+static PyObject *Core_trace(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 2 + NARGS) {
+        PyErr_SetString(PyExc_TypeError, "trace(msgid, call, up to 6 integer args)");
+        return NULL;
+    }
+    struct record r;
+    long msgid = PyLong_AsLong(args[0]);
+    long call = PyLong_AsLong(args[1]);
+    if ((msgid == -1 || call == -1) && PyErr_Occurred())
+        return NULL;
+    r.cpu = (uint16_t)c->cpu;
+    r.msgid = (uint16_t)msgid;
+    r.call = (uint32_t)call;
+    for (Py_ssize_t i = 0; i < NARGS; i++) {
+        if (i + 2 < nargs) {
+            long long a = PyLong_AsLongLong(args[i + 2]);
+            if (a == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                a = (long long)PyLong_AsUnsignedLongLongMask(args[i + 2]);
+                if (PyErr_Occurred())
+                    return NULL;
+            }
+            r.args[i] = a;
+        } else {
+            r.args[i] = 0;
+        }
+    }
+    struct ring_hdr *h = c->ring;
+    r.seq = h->seq++;
+    r.time = core_now(c);
+    uint64_t head = h->head;
+    uint64_t tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
+    if (head - tail >= h->capacity) {
+        __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
+        Py_RETURN_FALSE;
+    }
+    c->records[head & c->ring_mask] = r;
+    __atomic_store_n(&h->head, head + 1, __ATOMIC_RELEASE);
+    Py_RETURN_TRUE;
+}
+
+/* ---------- object ---------- */
+
+static void Core_dealloc(Core *c)
+{
+    hmap_free(&c->slotmap);
+    hmap_free(&c->pairmap);
+    free(c->site_keys);
+    free(c->site_vals);
+    Py_CLEAR(c->ipi_handler);
+    Py_CLEAR(c->sched_hook);
+    if (c->view.obj)
+        PyBuffer_Release(&c->view);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* Core(buffer, cpu, ncpu, nlocks, lock_off, cpu_off, cpu_stride, stats_off,
+ *      stats_stride, nslots, npairs, sites_off, site_capacity, rings_off,
+ *      ring_stride, ring_capacity) -- offsets in bytes; see layout.py. */
+static int Core_init(Core *c, PyObject *args, PyObject *kw)
+{
+    Py_buffer view;
+    int cpu, ncpu;
+    unsigned long nlocks, nslots, npairs, site_cap;
+    Py_ssize_t lock_off, cpu_off, cpu_stride, stats_off, stats_stride, sites_off;
+    Py_ssize_t rings_off, ring_stride;
+    unsigned long long ring_cap;
+    if (!PyArg_ParseTuple(args, "w*iiknnnnnkknknnK", &view, &cpu, &ncpu, &nlocks, &lock_off,
+                          &cpu_off, &cpu_stride, &stats_off, &stats_stride, &nslots, &npairs,
+                          &sites_off, &site_cap, &rings_off, &ring_stride, &ring_cap))
+        return -1;
+    c->view = view;
+    c->base = view.buf;
+    if (cpu < 0 || cpu >= ncpu || nslots < 2 || (ring_cap & (ring_cap - 1)) ||
+        rings_off + ncpu * ring_stride > view.len) {
+        PyErr_SetString(PyExc_ValueError, "Core: layout does not fit the segment");
+        return -1;
+    }
+    c->cpu = cpu;
+    c->ncpu = ncpu;
+    c->nlocks = (uint32_t)nlocks;
+    c->hdr = (struct seg_hdr *)c->base;
+    c->locks = (struct lock_word *)(c->base + lock_off);
+    c->cpu_base = c->base + cpu_off;
+    c->cpu_stride = cpu_stride;
+    c->me = (struct cpu_area *)(c->cpu_base + cpu * cpu_stride);
+    char *st = c->base + stats_off + cpu * stats_stride;
+    c->slots = (struct stat_slot *)st;
+    c->nslots = (uint32_t)nslots;
+    c->overflow_slot = (uint32_t)nslots - 1;
+    c->pairs = (struct pair_slot *)(st + nslots * sizeof(struct stat_slot));
+    c->npairs = (uint32_t)npairs;
+    c->sites = (struct site_table *)(c->base + sites_off);
+    c->site_entries = (struct site_entry *)(c->base + sites_off + sizeof(struct site_table));
+    c->ring = (struct ring_hdr *)(c->base + rings_off + cpu * ring_stride);
+    c->records = (struct record *)((char *)c->ring + sizeof(struct ring_hdr));
+    c->ring_mask = ring_cap - 1;
+    c->stats_on = 1;
+    c->spin_limit = 64;
+    c->site_cap = 16;
+    while (c->site_cap < 4 * site_cap)
+        c->site_cap <<= 1;
+    c->site_keys = calloc(c->site_cap, sizeof(uint64_t));
+    c->site_vals = calloc(c->site_cap, sizeof(uint32_t));
+    if (!c->site_keys || !c->site_vals || hmap_init(&c->slotmap, (uint32_t)nslots) ||
+        hmap_init(&c->pairmap, (uint32_t)npairs)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* the overflow slot absorbs acquisitions once the table is full */
+    struct stat_slot *o = &c->slots[c->overflow_slot];
+    if (o->lock != UINT32_MAX) {
+        memset(o, 0, sizeof *o);
+        o->lock = UINT32_MAX;
+        o->wait_min = UINT64_MAX;
+        o->hold_min = UINT64_MAX;
+    }
+    /* a CPU re-created on the same area (tests) re-learns its slots */
+    for (uint64_t i = 0; i < c->me->nslots; i++) {
+        struct stat_slot *s = &c->slots[i];
+        uint64_t key = ((uint64_t)s->lock << 32) | ((uint64_t)s->site << 1) | s->mode;
+        uint32_t pos;
+        if (!hmap_get(&c->slotmap, key, &pos)) {
+            c->slotmap.kv[pos] = key;
+            c->slotmap.keys[pos] = (uint32_t)i + 1;
+        }
+    }
+    for (uint64_t i = 0; i < c->me->npairs; i++) {
+        struct pair_slot *p = &c->pairs[i];
+        uint64_t key = ((uint64_t)p->klass << 48) ^ ((uint64_t)p->waiter << 32) ^
+                       ((uint64_t)p->holder << 1) ^ p->mode;
+        key = key ? key : 1;
+        uint32_t pos;
+        if (!hmap_get(&c->pairmap, key, &pos)) {
+            c->pairmap.kv[pos] = key;
+            c->pairmap.keys[pos] = (uint32_t)i + 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *Core_get_stats_on(Core *c, void *u) { return PyBool_FromLong(c->stats_on); }
+static int Core_set_stats_on(Core *c, PyObject *v, void *u)
+{
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    c->stats_on = b;
+    return 0;
+}
+static PyObject *Core_get_spin_limit(Core *c, void *u) { return PyLong_FromLong(c->spin_limit); }
+static int Core_set_spin_limit(Core *c, PyObject *v, void *u)
+{
+    long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    c->spin_limit = (int)n;
+    return 0;
+}
+static PyObject *get_obj(PyObject *o) { if (!o) Py_RETURN_NONE; Py_INCREF(o); return o; }
+static int set_obj(PyObject **slot, PyObject *v)
+{
+    if (v == Py_None)
+        v = NULL;
+    if (v && !PyCallable_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "expected a callable or None");
+        return -1;
+    }
+    Py_XINCREF(v);
+    Py_XSETREF(*slot, v);
+    return 0;
+}
+static PyObject *Core_get_ipi(Core *c, void *u) { return get_obj(c->ipi_handler); }
+static int Core_set_ipi(Core *c, PyObject *v, void *u) { return set_obj(&c->ipi_handler, v); }
+static PyObject *Core_get_hook(Core *c, void *u) { return get_obj(c->sched_hook); }
+static int Core_set_hook(Core *c, PyObject *v, void *u) { return set_obj(&c->sched_hook, v); }
+static PyObject *Core_get_cpu(Core *c, void *u) { return PyLong_FromLong(c->cpu); }
+
+static PyGetSetDef Core_getset[] = {
+    {"stats_on", (getter)Core_get_stats_on, (setter)Core_set_stats_on,
+     "record lock statistics (lockstat on/off)", NULL},
+    {"spin_limit", (getter)Core_get_spin_limit, (setter)Core_set_spin_limit,
+     "spin turns between sched_yield() calls (0: never yield)", NULL},
+    {"ipi_handler", (getter)Core_get_ipi, (setter)Core_set_ipi,
+     "called with no arguments while spinning when the IPI mailbox is non-zero", NULL},
+    {"sched_hook", (getter)Core_get_hook, (setter)Core_set_hook,
+     "called at every scheduling point (lock operations): the lockstep scheduler", NULL},
+    {"cpu", (getter)Core_get_cpu, NULL, "this CPU's number", NULL},
+    {NULL},
+};
+
+#define FC(name, doc) {#name, (PyCFunction)(void (*)(void))Core_##name, METH_FASTCALL, doc}
+static PyMethodDef Core_methods[] = {
+    FC(lock, "lock(id): simple_lock -- spin until the lock is ours"),
+    FC(trylock, "trylock(id) -> bool: simple_lock_try"),
+    FC(unlock, "unlock(id): simple_unlock"),
+    FC(rlock, "rlock(id): spinlockmgr(LK_SHARED)"),
+    FC(runlock, "runlock(id): spinlockmgr(LK_RELEASE) of a shared hold"),
+    FC(wlock, "wlock(id): spinlockmgr(LK_EXCLUSIVE)"),
+    FC(trywlock, "trywlock(id) -> bool: spinlockmgr(LK_EXCLUSIVE|LK_NOWAIT)"),
+    FC(wunlock, "wunlock(id): spinlockmgr(LK_RELEASE) of an exclusive hold"),
+    FC(held, "held(id) -> bool: does this CPU hold the lock"),
+    FC(cas32, "cas32(off, old, new) -> bool"),
+    FC(cas64, "cas64(off, old, new) -> bool"),
+    FC(fadd32, "fadd32(off, v) -> old value"),
+    FC(fadd64, "fadd64(off, v) -> old value"),
+    FC(or64, "or64(off, bits) -> old value"),
+    FC(xchg64, "xchg64(off, v) -> old value"),
+    FC(load64, "load64(off) -> value"),
+    FC(store64, "store64(off, v)"),
+    FC(futex_wait, "futex_wait(off, expected, timeout_ns) -> 0 woken, 1 timeout, 2 changed"),
+    FC(futex_wake, "futex_wake(off, n) -> number woken"),
+    FC(trace, "trace(msgid, call, *args) -> bool: append a record to this CPU's ring"),
+    {"nheld", (PyCFunction)Core_nheld, METH_NOARGS, "number of locks this CPU holds"},
+    {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
+    {NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "smp.machine._atomic.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One simulated CPU's view of the shared segment: atomic instructions, "
+              "instrumented locks, futexes and its trace ring.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+};
+
+static PyObject *mod_monotonic_ns(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(mono_ns());
+}
+
+static PyMethodDef mod_methods[] = {
+    {"monotonic_ns", mod_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC in nanoseconds"},
+    {NULL},
+};
+
+static struct PyModuleDef moddef = {
+    PyModuleDef_HEAD_INIT, "_atomic",
+    "The simulated CPU's atomic core: lock words, statistics, futexes, trace rings.", -1,
+    mod_methods,
+};
+
+PyMODINIT_FUNC PyInit__atomic(void)
+{
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CoreType);
+    PyModule_AddObject(m, "Core", (PyObject *)&CoreType);
+    HaltedError = PyErr_NewException("smp.machine._atomic.Halted", NULL, NULL);
+    LockError = PyErr_NewException("smp.machine._atomic.LockError", NULL, NULL);
+    PyModule_AddObject(m, "Halted", HaltedError);
+    PyModule_AddObject(m, "LockError", LockError);
+#define C(n, v) PyModule_AddIntConstant(m, n, (long)(v))
+    C("LOCK_SIZE", sizeof(struct lock_word));
+    C("HELD_SIZE", sizeof(struct held));
+    C("CPU_SIZE", sizeof(struct cpu_area));
+    C("SLOT_SIZE", sizeof(struct stat_slot));
+    C("PAIR_SIZE", sizeof(struct pair_slot));
+    C("SITE_SIZE", sizeof(struct site_entry));
+    C("SITE_HDR_SIZE", sizeof(struct site_table));
+    C("RING_HDR_SIZE", sizeof(struct ring_hdr));
+    C("REC_SIZE", sizeof(struct record));
+    C("HDR_SIZE", sizeof(struct seg_hdr));
+    C("MAXHELD", MAXHELD);
+    C("NHIST", NHIST);
+    C("NARGS", NARGS);
+    C("SITE_NAME", SITE_NAME);
+    C("LF_RW", LF_RW);
+    C("LF_RECURSE", LF_RECURSE);
+    C("RW_WRITER", RW_WRITER);
+    C("RW_WANT", RW_WANT);
+    C("CS_OFFLINE", CS_OFFLINE);
+    C("CS_IDLE", CS_IDLE);
+    C("CS_RUNNING", CS_RUNNING);
+    C("CS_SPINNING", CS_SPINNING);
+    C("CS_HALTED", CS_HALTED);
+    C("CS_PANIC", CS_PANIC);
+    C("CS_DONE", CS_DONE);
+#undef C
+    return m;
+}

@@ -1,0 +1,321 @@
+"""Boot and supervision: the parent process of a simulated machine.
+
+``Machine.run()`` is the whole life of a run:
+
+ 1. Declare: the machine's own locks (``sched_lock``) and arrays, then the
+    kernel's (``kernel.declare``): lock classes, named arrays, thread slots and
+    the message catalogue.
+ 2. Boot: plan the layout, create the segment, format lock words, let the
+    kernel format its arrays (free lists, pmaps, ...) -- all in the parent,
+    before any CPU exists, like a kernel's ``main()`` before it starts the APs.
+ 3. Start the CPUs: fork one worker per CPU (``smp.machine.cpu.worker_main``).
+ 4. Supervise: drain the trace rings into the run directory, update the
+    progress bar, sample host figures (psutil), and watch for the end: the
+    kernel says the load is finished, a CPU panicked, a worker died (seen
+    within one poll interval, 0.1 s), a time limit passed, or Ctrl-C.
+ 5. Halt: set the halt word; CPUs stop at their next dispatch, spin turn or
+    idle tick; stragglers are killed after a grace period so nothing hangs.
+ 6. Collect: final drain, lock statistics, the kernel's counters, each CPU's
+    last words and held locks -- then unlink the segment, whatever happened.
+
+The machine never imports the kernel: the kernel object is handed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing import connection
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+
+from smp.machine import _atomic
+from smp.machine.cpu import (
+    EXIT_DONE,
+    EXIT_HALTED,
+    EXIT_INTERNAL,
+    EXIT_PANIC,
+    Kernel,
+    machine_arrays,
+    worker_main,
+)
+from smp.machine.layout import ArraySpec, Layout
+from smp.machine.lockspace import LockSpace
+from smp.machine.segment import Segment
+
+log = logging.getLogger("smp.machine")
+
+POLL_S = 0.1           # supervision period: a dead worker is seen within this
+GRACE_S = 3.0          # how long halted CPUs get to stop before they are killed
+RUSAGE_FIELDS = ("user_s", "system_s", "rss_bytes", "vcsw", "ivcsw")
+
+
+class KernelImage(Kernel, Protocol):
+    """What ``Machine`` needs from a kernel (the kernel issue's entry points)."""
+
+    def declare(self, machine: Any, locks: LockSpace) -> Declaration: ...
+    def format(self, seg: Segment) -> None: ...
+    def finished(self, seg: Segment) -> bool: ...
+    def progress(self, seg: Segment) -> tuple[float, float]: ...
+    def summary(self, seg: Segment) -> dict: ...
+
+
+@dataclass
+class Declaration:
+    """The kernel's answer to ``declare``: what it needs in the segment."""
+
+    arrays: list[ArraySpec]
+    nthreads: int
+    catalogue: Any                      # smp.runfmt.Catalogue
+
+
+@dataclass
+class CpuReport:
+    cpu: int
+    pid: int
+    exitcode: int | None
+    state: str
+    text: str
+    held: list[dict]
+    host: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    status: str                  # done | panic | cpu-died | interrupted | internal-error | timeout
+    exit_code: int
+    elapsed_s: float
+    message: str
+    cpus: list[CpuReport]
+    trace: dict
+    lockstat: dict
+    kernel: dict
+    layout: dict
+
+
+CPU_STATES = {
+    _atomic.CS_OFFLINE: "offline", _atomic.CS_IDLE: "idle", _atomic.CS_RUNNING: "running",
+    _atomic.CS_SPINNING: "spinning", _atomic.CS_HALTED: "halted", _atomic.CS_PANIC: "panic",
+    _atomic.CS_DONE: "done",
+}
+
+
+class Machine:
+    """One simulated machine: ``ncpu`` workers on one segment, run once."""
+
+    def __init__(self, ncpu: int, ring_capacity: int, kernel: KernelImage, profile: Any,
+                 run_dir: Path, *, time_limit_s: float | None = None,
+                 progress: bool = False, stats_on: bool = True):
+        self.ncpu = ncpu
+        self.ring_capacity = ring_capacity
+        self.kernel = kernel
+        self.profile = profile
+        self.run_dir = Path(run_dir)
+        self.time_limit_s = time_limit_s
+        self.progress = progress
+        self.stats_on = stats_on
+        self.locks = LockSpace()
+        self.sched_lock = self.locks.declare("sched_lock", "spin")
+
+    # -- boot -----------------------------------------------------------------
+
+    def boot(self) -> Segment:
+        """Declare, plan, create and format the segment (parent only)."""
+        decl = self.kernel.declare(self.profile, self.locks)
+        self.decl = decl
+        arrays = machine_arrays(self.ncpu, decl.nthreads) + list(decl.arrays)
+        self.layout = Layout.plan(self.ncpu, self.locks.nlocks, self.ring_capacity, arrays)
+        seg = Segment(self.layout)
+        try:
+            self.locks.format_words(seg.locks)
+            self.kernel.format(seg)
+        except BaseException:
+            seg.destroy()
+            raise
+        return seg
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        from smp.machine.trace import Drainer
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seg = self.boot()
+        procs: list[Any] = []
+        drainer = None
+        t0 = time.monotonic()
+        status, message = "internal-error", ""
+        samples: dict[int, dict] = {}
+        try:
+            drainer = Drainer(seg, self.run_dir, self.decl.catalogue)
+            ctx = _fork_context()
+            kernel = self.kernel
+            if not self.stats_on:
+                kernel.stats_on = False
+            for cpu in range(self.ncpu):
+                p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
+                                args=(seg, cpu, kernel, self.sched_lock, self.decl.nthreads),
+                                daemon=True)
+                p.start()
+                procs.append(p)
+            drainer.start_thread()
+            status, message = self._supervise(seg, procs, drainer, t0, samples)
+        except KeyboardInterrupt:
+            status, message = "interrupted", "interrupted (Ctrl-C)"
+        finally:
+            seg.halt()
+            self._stop_workers(procs)
+            elapsed = time.monotonic() - t0
+            outcome = self._collect(seg, procs, drainer, status, message, elapsed, samples)
+            seg.destroy()
+        return outcome
+
+    def _supervise(self, seg: Segment, procs: list, drainer, t0: float,
+                   samples: dict) -> tuple[str, str]:
+        bar = _progress_bar(self.progress)
+        last_sample = 0.0
+        try:
+            while True:
+                ready = connection.wait([p.sentinel for p in procs], timeout=POLL_S)
+                now = time.monotonic()
+                if seg.hdr["panic_cpu"]:
+                    cpu = int(seg.hdr["panic_cpu"]) - 1
+                    return "panic", f"cpu{cpu} panicked"
+                if ready:
+                    dead = [p for p in procs if p.exitcode is not None]
+                    for p in dead:
+                        cpu = procs.index(p)
+                        if p.exitcode == EXIT_PANIC or seg.hdr["panic_cpu"]:
+                            return "panic", f"cpu{int(seg.hdr['panic_cpu']) - 1} panicked"
+                        if p.exitcode == EXIT_INTERNAL:
+                            return "internal-error", f"cpu{cpu}: internal error of the simulator"
+                        if p.exitcode != EXIT_DONE or not seg.halted:
+                            return "cpu-died", f"cpu{cpu} (pid {p.pid}) died: {_why(p.exitcode)}"
+                if self.kernel.finished(seg):
+                    return "done", "load finished"
+                if self.time_limit_s is not None and now - t0 > self.time_limit_s:
+                    return "timeout", f"time limit of {self.time_limit_s:g} s reached"
+                if now - last_sample > 0.5:
+                    last_sample = now
+                    _sample_host(procs, samples)
+                    if bar is not None:
+                        done, total = self.kernel.progress(seg)
+                        bar.total = total
+                        bar.n = min(done, total)
+                        bar.refresh()
+        finally:
+            _sample_host(procs, samples)
+            if bar is not None:
+                bar.close()
+
+    def _stop_workers(self, procs: list) -> None:
+        deadline = time.monotonic() + GRACE_S
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.exitcode is None:
+                log.warning("%s did not stop within %.1f s; killing it", p.name, GRACE_S)
+                p.kill()
+                p.join(1.0)
+
+    # -- collect ---------------------------------------------------------------
+
+    def _collect(self, seg: Segment, procs: list, drainer, status: str, message: str,
+                 elapsed: float, samples: dict) -> RunOutcome:
+        trace = drainer.close() if drainer is not None else {}
+        cpus = []
+        sites = seg.site_names()
+        text = seg.arrays["cpu_text"]
+        rusage = seg.arrays.get("cpu_rusage")
+        for i in range(self.ncpu):
+            area = seg.cpus[i]
+            nheld = int(area["nheld"])
+            held = [{"lock": int(h["lock"]), "name": self.locks.name_of(int(h["lock"])),
+                     "class": self.locks.class_of(int(h["lock"])).name,
+                     "site": sites[int(h["site"])] if int(h["site"]) < len(sites) else "?",
+                     "mode": "shared" if int(h["mode"]) else "excl"}
+                    for h in area["held"][:nheld]]
+            p = procs[i] if i < len(procs) else None
+            host = dict(samples.get(i, {}))
+            if rusage is not None:
+                host.update(zip(RUSAGE_FIELDS, map(float, rusage[i]), strict=False))
+            cpus.append(CpuReport(
+                cpu=i, pid=p.pid if p else 0, exitcode=p.exitcode if p else None,
+                state=CPU_STATES.get(int(area["state"]), "?"),
+                text=bytes(text[i]).decode("utf-8", "replace"), held=held, host=host))
+        exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130}.get(status, 1)
+        from smp.machine.lockstat import collect_lockstat
+        lockstat = collect_lockstat(seg, self.locks, int(elapsed * 1e9))
+        try:
+            kernel = self.kernel.summary(seg)
+        except Exception as e:  # noqa: BLE001 - a half-booted kernel must not hide the report
+            kernel = {"error": repr(e)}
+        return RunOutcome(status=status, exit_code=exit_code, elapsed_s=elapsed,
+                          message=message, cpus=cpus, trace=trace, lockstat=lockstat,
+                          kernel=kernel, layout=self.layout.to_dict())
+
+
+def _why(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return {EXIT_HALTED: "halted", EXIT_INTERNAL: "internal error"}.get(code, f"exit {code}")
+
+
+def _sample_host(procs: list, samples: dict) -> None:
+    """psutil figures of each live worker (kept if it dies later)."""
+    for i, p in enumerate(procs):
+        if p.exitcode is not None:
+            continue
+        try:
+            ps = psutil.Process(p.pid)
+            with ps.oneshot():
+                ct = ps.cpu_times()
+                cs = ps.num_ctx_switches()
+                samples[i] = {"user_s": ct.user, "system_s": ct.system,
+                              "rss_bytes": float(ps.memory_info().rss),
+                              "vcsw": float(cs.voluntary), "ivcsw": float(cs.involuntary)}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+
+
+def self_rusage() -> np.ndarray:
+    """This worker's own host figures, in RUSAGE_FIELDS order (written at exit)."""
+    ps = psutil.Process()
+    ct = ps.cpu_times()
+    cs = ps.num_ctx_switches()
+    return np.array([ct.user, ct.system, ps.memory_info().rss, cs.voluntary, cs.involuntary],
+                    dtype=np.float64)
+
+
+def _fork_context():
+    import multiprocessing
+
+    # fork: workers inherit the mapped segment and the imported kernel (2 ms per
+    # worker, against ~100 ms for spawn), and multiprocessing-logging needs it
+    return multiprocessing.get_context("fork")
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed}", leave=False,
+                desc="smp run")
+
+
+def host_info() -> dict:
+    return {"hostname": os.uname().nodename, "cpus": os.cpu_count(),
+            "python": ".".join(map(str, __import__("sys").version_info[:3])),
+            "platform": os.uname().sysname + " " + os.uname().release}

@@ -1,0 +1,99 @@
+"""Lock classes and lock ids: the names behind the lock table's words.
+
+Every lock word in the segment belongs to a class (``pmap_main_lock``,
+``pmap``, ``pvh``, ``fpageq``, ``kernel_lock``, ...) and has an instance
+label for reports (``pmap[17]``).  Locks are declared before the segment is
+made -- by the machine for its own (``sched_lock``) and by the kernel for the
+rest -- as contiguous ranges of ids; the ranges are inherited by every worker
+(they fork after boot) and written into the run directory, so tools can name
+any lock id without importing the kernel.
+
+Kinds: ``spin`` (simple_lock), ``rw`` (spinlockmgr, shared/exclusive) and
+``spin-recursive`` (the big kernel lock, which its holder may take again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smp.machine import _atomic
+
+KINDS = {"spin": 0, "rw": _atomic.LF_RW, "spin-recursive": _atomic.LF_RECURSE}
+
+
+@dataclass(frozen=True)
+class LockClass:
+    id: int
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class LockRange:
+    first: int
+    count: int
+    klass: int
+    label: str      # instance label; "{i}" is replaced by the index within the range
+
+
+@dataclass
+class LockSpace:
+    """The declared classes and id ranges of one machine's lock table."""
+
+    classes: list[LockClass] = field(default_factory=list)
+    ranges: list[LockRange] = field(default_factory=list)
+    nlocks: int = 0
+
+    def lock_class(self, name: str, kind: str = "spin") -> LockClass:
+        """Find or declare a class."""
+        if kind not in KINDS:
+            raise ValueError(f"lock class {name}: unknown kind {kind!r}")
+        for c in self.classes:
+            if c.name == name:
+                if c.kind != kind:
+                    raise ValueError(f"lock class {name} declared as {c.kind} and {kind}")
+                return c
+        c = LockClass(len(self.classes), name, kind)
+        self.classes.append(c)
+        return c
+
+    def declare(self, class_name: str, kind: str = "spin", count: int = 1,
+                label: str | None = None) -> int:
+        """Reserve ``count`` consecutive lock ids of a class; returns the first."""
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        c = self.lock_class(class_name, kind)
+        if label is None:
+            label = class_name if count == 1 else class_name + "[{i}]"
+        first = self.nlocks
+        self.ranges.append(LockRange(first, count, c.id, label))
+        self.nlocks += count
+        return first
+
+    def name_of(self, lock: int) -> str:
+        """Instance label of a lock id (``pmap[3]``, ``pmaps_lock``)."""
+        for r in self.ranges:
+            if r.first <= lock < r.first + r.count:
+                return r.label.replace("{i}", str(lock - r.first))
+        return f"lock#{lock}"
+
+    def class_of(self, lock: int) -> LockClass:
+        for r in self.ranges:
+            if r.first <= lock < r.first + r.count:
+                return self.classes[r.klass]
+        raise KeyError(lock)
+
+    def format_words(self, locks) -> None:
+        """Write class ids and flags into the segment's lock words."""
+        for r in self.ranges:
+            c = self.classes[r.klass]
+            locks["klass"][r.first:r.first + r.count] = c.id
+            locks["flags"][r.first:r.first + r.count] = KINDS[c.kind]
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": [{"id": c.id, "name": c.name, "kind": c.kind} for c in self.classes],
+            "ranges": [{"first": r.first, "count": r.count, "class": r.klass, "label": r.label}
+                       for r in self.ranges],
+            "nlocks": self.nlocks,
+        }

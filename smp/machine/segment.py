@@ -1,0 +1,141 @@
+"""The machine's shared-memory segment: the physical memory every CPU sees.
+
+The parent creates one ``multiprocessing.shared_memory`` segment per machine,
+formats it from a :class:`~smp.machine.layout.Layout` and is its only owner:
+it alone unlinks it, on every exit path (normal end, panic, a dead worker,
+Ctrl-C, an exception during boot).  Workers are forked after the segment is
+mapped and inherit the mapping, so they never attach by name and never touch
+the resource tracker (the 3.11 tracker would otherwise adopt and unlink
+segments it does not own).
+
+Views: ``hdr``, ``locks``, ``cpus`` (control blocks), ``slots``/``pairs``
+(lock statistics, per CPU), ``sites`` (call-site registry), ``rings`` (ring
+headers) and ``records`` (per-CPU record arrays) are numpy views; the kernel's
+named arrays are in ``arrays``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from smp.machine import _atomic
+from smp.machine.layout import (
+    CPU_DTYPE,
+    CPU_STRIDE,
+    HDR_DTYPE,
+    LOCK_DTYPE,
+    MAGIC,
+    PAIR_DTYPE,
+    REC_DTYPE,
+    RING_HDR_DTYPE,
+    SITE_DTYPE,
+    SITE_HDR_DTYPE,
+    SLOT_DTYPE,
+    Layout,
+)
+
+SEGMENT_PREFIX = "smp-"
+
+
+class Segment:
+    """One machine's shared memory, created and owned by the parent."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self.shm = shared_memory.SharedMemory(name=name, create=True, size=layout.size)
+        self.owner_pid = os.getpid()
+        self.name = name
+        self._views()
+        self.hdr["magic"] = MAGIC
+        self.hdr["boot_ns"] = _atomic.monotonic_ns()
+        self.sites_hdr["capacity"] = layout.site_capacity
+        for r in self.rings:
+            r["capacity"] = layout.ring_capacity
+        self.cpus["curproc"] = -1
+        self.slots["lock"][:, -1] = 0xFFFFFFFF   # each CPU's overflow slot
+
+    def _views(self) -> None:
+        lay, buf = self.layout, self.shm.buf
+        self.buf = buf
+        self.hdr = np.ndarray((), HDR_DTYPE, buf, 0)
+        self.locks = np.ndarray((lay.nlocks,), LOCK_DTYPE, buf, lay.lock_off)
+        self.cpus = np.ndarray((lay.ncpu,), CPU_DTYPE, buf, lay.cpu_off, (CPU_STRIDE,))
+        self.slots = np.ndarray((lay.ncpu, lay.nslots), SLOT_DTYPE, buf, lay.stats_off,
+                                (lay.stats_stride, SLOT_DTYPE.itemsize))
+        self.pairs = np.ndarray((lay.ncpu, lay.npairs), PAIR_DTYPE, buf,
+                                lay.stats_off + lay.nslots * SLOT_DTYPE.itemsize,
+                                (lay.stats_stride, PAIR_DTYPE.itemsize))
+        self.sites_hdr = np.ndarray((), SITE_HDR_DTYPE, buf, lay.sites_off)
+        self.sites = np.ndarray((lay.site_capacity,), SITE_DTYPE, buf,
+                                lay.sites_off + SITE_HDR_DTYPE.itemsize)
+        self.rings = np.ndarray((lay.ncpu,), RING_HDR_DTYPE, buf, lay.rings_off,
+                                (lay.ring_stride,))
+        self.records = np.ndarray((lay.ncpu, lay.ring_capacity), REC_DTYPE, buf,
+                                  lay.rings_off + RING_HDR_DTYPE.itemsize,
+                                  (lay.ring_stride, REC_DTYPE.itemsize))
+        self.arrays = {
+            name: np.ndarray(spec.shape, spec.dtype, buf, off)
+            for name, (off, spec) in lay.arrays.items()
+        }
+
+    def core(self, cpu: int) -> _atomic.Core:
+        """The atomic core of simulated CPU ``cpu`` (made inside its worker)."""
+        return _atomic.Core(self.shm.buf, *self.layout.core_args(cpu))
+
+    def site_names(self) -> list[str]:
+        """Call-site names by id, as registered by the CPUs so far."""
+        n = int(self.sites_hdr["count"])
+        return [bytes(s).decode("utf-8", "replace") for s in self.sites["name"][:n]]
+
+    def halt(self) -> None:
+        """Ask every CPU to stop (they notice in spin loops and the dispatcher)."""
+        self.hdr["halt"] = 1
+
+    @property
+    def halted(self) -> bool:
+        return bool(self.hdr["halt"])
+
+    def close(self) -> None:
+        """Drop this process's views and mapping (workers and owner alike)."""
+        for attr in ("hdr", "locks", "cpus", "slots", "pairs", "sites_hdr", "sites", "rings",
+                     "records", "arrays", "buf"):
+            self.__dict__.pop(attr, None)
+        try:
+            self.shm.close()
+        except BufferError:
+            # a Core or a caller's numpy view still exports the buffer; the mapping
+            # goes with the process, unlink() still removes the name, and the
+            # SharedMemory finalizer must not retry the close and complain
+            self.shm.close = lambda: None
+
+    def unlink(self) -> None:
+        """Remove the segment's name (owner only, idempotent)."""
+        if os.getpid() != self.owner_pid:
+            return
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+    def destroy(self) -> None:
+        self.close()
+        self.unlink()
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+def leaked_segments() -> list[str]:
+    """Names of smp segments in /dev/shm (a test checks none survive a run)."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return []
