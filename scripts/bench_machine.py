@@ -277,7 +277,10 @@ def boot_machine(ncpu: int, physmem: int) -> tuple[Callable[[], None], str]:
     pages = ArraySpec("vm_page", np.dtype("V64"), (npages,))
     lay = Layout.plan(ncpu, npages + 4096, 1 << 14, [pages])
     seg = Segment(lay)
-    return seg.destroy, f"segment only: plan + Segment, {lay.size >> 20} MiB; no boot_for_bench"
+    return seg.destroy, (
+        f"segment only (no smp.machine.boot.boot_for_bench yet): Layout.plan + Segment, "
+        f"{lay.size >> 20} MiB, untouched pages are not faulted in"
+    )
 
 
 def bench_boot(ncpu: int, physmem: int, reps: int) -> tuple[list[float], str]:
@@ -305,7 +308,10 @@ def print_table(rows: list[Row], title: str) -> None:
     for r in rows:
         spread = f"{fmt(min(r.samples))}-{fmt(max(r.samples))}"
         target = f"{r.goal} {fmt(r.target)}" if r.target else "-"
-        ratio = f"{r.median / r.target:.2f}" if r.target else "-"
+        ratio = "-"
+        if r.target:
+            q = r.median / r.target
+            ratio = f"{q:.2f}" if q >= 0.01 else f"{q:.0e}"
         ok = ("yes" if r.ok else "NO") if r.target else "-"
         lines.append((r.name, fmt(r.median), spread, r.unit, target, ratio, ok))
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]

@@ -73,7 +73,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if o.status != "done":
         for c in o.cpus:
             if c.text or c.held:
-                print(f"  cpu{c.cpu}: {c.state}: {c.text}")
+                spin = f" (spinning on {c.spinning_on})" if c.spinning_on else ""
+                print(f"  cpu{c.cpu}: {c.state}{spin}: {c.text}")
                 for h in c.held:
                     print(f"    holds {h['name']} ({h['class']}, {h['mode']}) taken in "
                           f"{h['site']}")

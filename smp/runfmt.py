@@ -102,7 +102,8 @@ def _unsigned(v: int, wide: bool) -> int:
     return v % _M32 if (not wide and v >= -(1 << 31)) else v % _M64
 
 
-def c_int(v: int, flags: str, width: int, prec: int | None, conv: str, wide: bool = False) -> str:
+def c_format_int(v: int, flags: str, width: int, prec: int | None, conv: str,
+                 wide: bool = False) -> str:
     """Reference C formatting of one integer conversion (d i u o x X).
 
     The compiled renderer uses it only where Python's %-operator differs from C
@@ -241,7 +242,7 @@ class _Compiled:
 
     def _generate(self, prefix: str, ncols: int, batch: bool) -> Callable:
         ns = {"_F": prefix + self.pyfmt, "_S": self.strings, "_SP": self.specs,
-              "_cint": c_int, "_uns": _unsigned}
+              "_cint": c_format_int, "_uns": _unsigned}
         cols = [f"p{j}" for j in range(ncols)]
         exprs = cols + [self._expr(k, batch) for k in range(self.nargs)]
         tup = f"({', '.join(exprs)},)" if exprs else "()"
@@ -273,10 +274,6 @@ class _Compiled:
                 col = _np_unsigned(col, wide and kind == "u")
             cols.append(col.tolist())
         return cols
-
-
-def _compile(fmt: str, strings: list[str]) -> _Compiled:
-    return _Compiled(fmt, strings)
 
 
 def count_args(fmt: str) -> int:
@@ -360,7 +357,7 @@ class Catalogue:
             m = self._by_id.get(msgid)
             if m is None:
                 return None
-            c = self._compiled[msgid] = _compile(m.fmt, self.strings)
+            c = self._compiled[msgid] = _Compiled(m.fmt, self.strings)
         return c
 
     def _batch_fn(self, msgid: int, style: str) -> Callable[..., list[str]]:
@@ -445,26 +442,23 @@ def _console(t: int, cpu: int, msgid: int, call: int, args: list[int], cat: Cata
     # %12.6f but truncated, so console.log and hist.log agree on a record's time and no
     # float rounding enters the (byte-compared) lockstep logs
     us = t // 1000
+    stamp = f"[{us // 1000000:5d}.{us % 1000000:06d}] cpu{cpu}: "
     c = cat._renderer(msgid)
     if c is None:
-        return "[%5d.%06d] cpu%d: <unknown message %d> %s" % (
-            us // 1000000, us % 1000000, cpu, msgid, " ".join(map(str, args)))
+        return f"{stamp}<unknown message {msgid}> {' '.join(map(str, args))}"
     m = cat._by_id[msgid]
     head = "panic" if m.kind == "panic" else m.fn
-    if head:
-        return "[%5d.%06d] cpu%d: %s: %s" % (us // 1000000, us % 1000000, cpu, head,
-                                            c.render(args))
-    return "[%5d.%06d] cpu%d: %s" % (us // 1000000, us % 1000000, cpu, c.render(args))
+    return f"{stamp}{head}: {c.render(args)}" if head else stamp + c.render(args)
 
 
 def _hist(t: int, cpu: int, msgid: int, call: int, args: list[int], cat: Catalogue) -> str:
     us = t // 1000
     c = cat._renderer(msgid)
     if c is None:
-        return "%06d.%06d %s#%d@%d: <unknown message %d> %s" % (
-            us // 1000000, us % 1000000, "?", call, cpu, msgid, " ".join(map(str, args)))
-    return "%06d.%06d %s#%d@%d: %s" % (us // 1000000, us % 1000000, cat._by_id[msgid].fn,
-                                       call, cpu, c.render(args))
+        return (f"{us // 1000000:06d}.{us % 1000000:06d} ?#{call}@{cpu}: "
+                f"<unknown message {msgid}> {' '.join(map(str, args))}")
+    return (f"{us // 1000000:06d}.{us % 1000000:06d} {cat._by_id[msgid].fn}#{call}@{cpu}: "
+            f"{c.render(args)}")
 
 
 def console_line(rec: object, cat: Catalogue) -> str:
@@ -572,6 +566,7 @@ def read_events(path: str | os.PathLike, partial_ok: bool = False) -> np.ndarray
     """
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             raw = f.read(EVENTS_HDR_SIZE)
             if len(raw) < EVENTS_HDR_SIZE:
                 raise BadInput(f"{path}: truncated events file ({len(raw)}-byte header, "
@@ -585,11 +580,13 @@ def read_events(path: str | os.PathLike, partial_ok: bool = False) -> np.ndarray
             if int(h["recsize"]) != REC_DTYPE.itemsize:
                 raise BadInput(f"{path}: corrupt events file (record size {int(h['recsize'])},"
                                f" expected {REC_DTYPE.itemsize})")
-            body = f.read()
+            n, extra = divmod(size - EVENTS_HDR_SIZE, REC_DTYPE.itemsize)
+            if extra and not partial_ok:
+                raise BadInput(f"{path}: truncated events file ({extra} bytes of a partial "
+                               f"record after {n} records)")
+            records = np.fromfile(f, REC_DTYPE, n)
     except OSError as e:
         raise BadInput(f"{path}: cannot read events file: {e.strerror or e}") from None
-    extra = len(body) % REC_DTYPE.itemsize
-    if extra and not partial_ok:
-        raise BadInput(f"{path}: truncated events file ({extra} bytes of a partial record "
-                       f"after {len(body) // REC_DTYPE.itemsize} records)")
-    return np.frombuffer(body, REC_DTYPE, len(body) // REC_DTYPE.itemsize).copy()
+    if len(records) != n:  # the file shrank while we read it
+        raise BadInput(f"{path}: truncated events file (read {len(records)} of {n} records)")
+    return records

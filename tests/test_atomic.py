@@ -258,6 +258,15 @@ def test_lock_protocol_errors(machine: Callable[..., Segment]) -> None:
         core.lock(seg.layout.nlocks)
 
     rw = 3
+    seg.locks["flags"][rw] = _atomic.LF_RW
+    with pytest.raises(_atomic.LockError, match="not a reader/writer"):
+        core.wlock(1)  # a simple lock taken as spinlockmgr
+    with pytest.raises(_atomic.LockError, match="is a reader/writer"):
+        core.lock(rw)  # a spinlockmgr lock taken as a simple lock
+    core.rlock(rw)
+    with pytest.raises(_atomic.LockError, match="shared holder"):
+        core.wlock(rw)  # an upgrade by waiting would wait for itself forever
+    core.runlock(rw)
     core.wlock(rw)
     with pytest.raises(_atomic.LockError):
         core.wlock(rw)  # exclusive against myself
@@ -277,11 +286,6 @@ def test_lock_protocol_errors(machine: Callable[..., Segment]) -> None:
     assert_idle(seg, [1, 2, rw])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="C core: acquired() raises on a full held stack after "
-    "the lock word was taken, leaving the lock held with no held[] entry",
-)
 def test_held_stack_overflow_leaves_lock_free(machine: Callable[..., Segment]) -> None:
     seg = machine(ncpu=1)
     core = seg.core(0)
@@ -379,8 +383,11 @@ def test_waiting_writer_blocks_new_readers(machine: Callable[..., Segment]) -> N
     def first_reader(core: _atomic.Core) -> int:
         core.rlock(lk)
         w[R0_IN] = 1
+        # the new reader must be spinning in rlock(), not merely about to call it
         if not (wait_until(wanted) and wait_until(lambda: w[TRYING] == 1)):
             return 2
+        if not wait_until(lambda: seg.cpus[2]["spinning_on"] == lk + 1):
+            return 4
         time.sleep(0.2)  # give the new reader every chance to slip in
         starved = w[R2_GOT] != 0
         core.runlock(lk)
@@ -578,7 +585,8 @@ def test_halt_stops_a_cpu_spinning_on_a_dead_holder(machine: Callable[..., Segme
     finally:
         codes = join_cpus(seg, procs, timeout=10.0)
     assert codes[1] == HALTED
-    assert int(seg.cpus[1]["spinning_on"]) == 0
+    # a halted spinner keeps spinning_on, so the halt report says what it waited for
+    assert int(seg.cpus[1]["spinning_on"]) == l2 + 1
 
 
 # ---------------------------------------------------------------- futexes
@@ -666,3 +674,21 @@ def test_trace_records(machine: Callable[..., Segment]) -> None:
     assert (np.diff(times) >= 0).all()
     assert times[-1] <= _atomic.monotonic_ns() - int(seg.hdr["boot_ns"])
     assert seg.rings[0]["head"] == 0  # other CPUs' rings untouched
+
+
+def test_call_sites_of_dynamically_made_functions_stay_distinct(
+    machine: Callable[..., Segment],
+) -> None:
+    """A freed code object's address may be reused: its site must not be inherited."""
+    seg = machine(ncpu=1)
+    core = seg.core(0)
+    for i in range(200):
+        ns: dict = {"core": core}
+        exec(f"def taker_{i}():\n    core.lock(1)\n    core.unlock(1)\n", ns)
+        ns[f"taker_{i}"]()
+        del ns
+    names = set(seg.site_names())
+    assert {f"taker_{i}" for i in range(200)} <= names
+    sites = {seg.site_names()[int(s["site"])]
+             for s in seg.slots[0][: int(seg.cpus[0]["nslots"])]}
+    assert {f"taker_{i}" for i in range(200)} <= sites

@@ -199,6 +199,7 @@ typedef struct {
     uint64_t *site_keys;          /* code address -> site id (open addressing) */
     uint32_t *site_vals;
     uint32_t site_cap;
+    uint32_t site_used;
     uint32_t overflow_slot;       /* index of the per-CPU overflow slot */
 } Core;
 
@@ -256,7 +257,7 @@ static uint32_t site_register(Core *c, uint64_t key, const char *name)
             goto out;
         }
     }
-    if (t->count < t->capacity) {
+    if (t->count < t->capacity && t->count > 0) {
         struct site_entry *e = &c->site_entries[t->count];
         e->key = key;
         strncpy(e->name, name, SITE_NAME - 1);
@@ -265,13 +266,16 @@ static uint32_t site_register(Core *c, uint64_t key, const char *name)
         id = e->id;
         __atomic_store_n(&t->count, t->count + 1, __ATOMIC_RELEASE);
     }
-    /* else: table full, id 0 ("<unknown>") */
+    /* else: table full (or not formatted): id 0, "<unknown>" */
 out:
     __atomic_store_n(&t->lock, 0, __ATOMIC_RELEASE);
     return id;
 }
 
-/* The caller's site: the code object of the Python frame that called us. */
+/* The caller's site: the code object of the Python frame that called us.
+ * The private cache keeps a reference to every code object it holds, so an
+ * address in it can never be reused by another function; once the cache is
+ * half full, further functions take the (slow, correct) registry path. */
 static uint32_t caller_site(Core *c)
 {
     PyFrameObject *f = PyEval_GetFrame();
@@ -296,9 +300,13 @@ static uint32_t caller_site(Core *c)
         name = "<unknown>";
     }
     uint32_t id = site_register(c, key, name);
-    Py_DECREF(co);
-    c->site_keys[i] = key;     /* the cache never fills: cap is 4x the registry */
-    c->site_vals[i] = id;
+    if (c->site_used < c->site_cap / 2) {
+        c->site_keys[i] = key;          /* the reference from PyFrame_GetCode is kept */
+        c->site_vals[i] = id;
+        c->site_used++;
+    } else {
+        Py_DECREF(co);
+    }
     return id;
 }
 
@@ -370,7 +378,6 @@ static void record_pair(Core *c, uint32_t klass, uint32_t waiter, uint32_t holde
 {
     uint64_t key = ((uint64_t)klass << 48) ^ ((uint64_t)waiter << 32) ^
                    ((uint64_t)holder << 1) ^ mode;
-    key = key ? key : 1;
     uint32_t pos;
     uint32_t v = hmap_get(&c->pairmap, key, &pos);
     struct pair_slot *p;
@@ -413,8 +420,11 @@ static int spin_turn(Core *c, uint64_t spins)
             return -1;
         Py_DECREF(r);
     }
-    if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0)
+    if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0) {
         sched_yield();
+        if (PyErr_CheckSignals())
+            return -1;
+    }
     else
         cpu_relax();
     return 0;
@@ -465,10 +475,6 @@ static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t
             record_pair(c, lw->klass, site, holder_site, mode, w);
         }
     }
-    if (me->nheld >= MAXHELD) {
-        PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
-        return -1;
-    }
     struct held *h = &me->held[me->nheld];
     h->lock = id;
     h->site = site;
@@ -509,6 +515,28 @@ static int released(Core *c, uint32_t id, uint32_t mode)
     return 0;
 }
 
+static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id);
+
+/* Arguments of a lock operation: one lock id, in range, of the right kind;
+ * for acquisitions also room on the held stack (checked before the lock
+ * word is touched, so a refused acquisition leaves nothing behind). */
+static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id,
+                      int want_rw, int acquire)
+{
+    if (check_id(c, args, nargs, id))
+        return -1;
+    if (((c->locks[*id].flags & LF_RW) != 0) != want_rw) {
+        PyErr_Format(LockError, want_rw ? "lock %u is not a reader/writer lock"
+                                        : "lock %u is a reader/writer lock", *id);
+        return -1;
+    }
+    if (acquire && c->me->nheld >= MAXHELD) {
+        PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id)
 {
     if (nargs != 1) {
@@ -530,7 +558,7 @@ static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *
 static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id) || sched_point(c))
+    if (check_lock(c, args, nargs, &id, 0, 1) || sched_point(c))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
@@ -544,7 +572,10 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     }
     if (zero == mine) {
         if (lw->flags & LF_RECURSE) {
+            /* counted as an acquisition; hold time belongs to the outermost hold */
             lw->recurse++;
+            if (c->stats_on)
+                c->slots[stat_slot_for(c, id, site, M_EXCL)].acq++;
             Py_RETURN_NONE;
         }
         PyErr_Format(LockError, "simple_lock: locking against myself (lock %u)", id);
@@ -553,13 +584,16 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
+    uint32_t saved_spin = c->me->spinning_on;     /* an IPI handler may spin too */
     __atomic_store_n(&c->me->spinning_on, id + 1, __ATOMIC_RELAXED);
     uint32_t saved = c->me->state;
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
         if (spin_turn(c, spins)) {
-            c->me->spinning_on = 0;
+            /* when halted, spinning_on stays set: the report says what we waited for */
+            if (!PyErr_ExceptionMatches(HaltedError))
+                c->me->spinning_on = saved_spin;
             c->me->state = saved;
             return NULL;
         }
@@ -570,7 +604,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                 break;
         }
     }
-    c->me->spinning_on = 0;
+    c->me->spinning_on = saved_spin;
     c->me->state = saved;
     if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
         return NULL;
@@ -580,7 +614,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_trylock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id) || sched_point(c))
+    if (check_lock(c, args, nargs, &id, 0, 1) || sched_point(c))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t zero = 0;
@@ -592,6 +626,8 @@ static PyObject *Core_trylock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     }
     if (zero == (uint32_t)c->cpu + 1 && (lw->flags & LF_RECURSE)) {
         lw->recurse++;
+        if (c->stats_on)
+            c->slots[stat_slot_for(c, id, caller_site(c), M_EXCL)].acq++;
         Py_RETURN_TRUE;
     }
     Py_RETURN_FALSE;
@@ -600,7 +636,7 @@ static PyObject *Core_trylock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id))
+    if (check_lock(c, args, nargs, &id, 0, 0))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
@@ -625,7 +661,7 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id) || sched_point(c))
+    if (check_lock(c, args, nargs, &id, 1, 1) || sched_point(c))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t site = caller_site(c);
@@ -646,12 +682,15 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
     uint32_t saved = c->me->state;
+    uint32_t saved_spin = c->me->spinning_on;     /* an IPI handler may spin too */
     c->me->spinning_on = id + 1;
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
         if (spin_turn(c, spins)) {
-            c->me->spinning_on = 0;
+            /* when halted, spinning_on stays set: the report says what we waited for */
+            if (!PyErr_ExceptionMatches(HaltedError))
+                c->me->spinning_on = saved_spin;
             c->me->state = saved;
             return NULL;
         }
@@ -661,7 +700,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                                         __ATOMIC_RELAXED))
             break;
     }
-    c->me->spinning_on = 0;
+    c->me->spinning_on = saved_spin;
     c->me->state = saved;
     if (acquired(c, id, M_SHARED, site, spins, t0, holder_site))
         return NULL;
@@ -671,7 +710,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id))
+    if (check_lock(c, args, nargs, &id, 1, 0))
         return NULL;
     if (released(c, id, M_SHARED))
         return NULL;
@@ -685,7 +724,7 @@ static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id) || sched_point(c))
+    if (check_lock(c, args, nargs, &id, 1, 1) || sched_point(c))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = RW_WRITER | ((uint32_t)c->cpu + 1);
@@ -701,16 +740,25 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(LockError, "spinlockmgr: locking against myself (lock %u)", id);
         return NULL;
     }
+    for (uint32_t i = 0; i < c->me->nheld; i++)
+        if (c->me->held[i].lock == id) {
+            PyErr_Format(LockError, "spinlockmgr: exclusive request by a shared holder "
+                         "(lock %u): would wait for itself", id);
+            return NULL;
+        }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
     uint32_t saved = c->me->state;
+    uint32_t saved_spin = c->me->spinning_on;     /* an IPI handler may spin too */
     c->me->spinning_on = id + 1;
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
         if (spin_turn(c, spins)) {
-            c->me->spinning_on = 0;
+            /* when halted, spinning_on stays set: the report says what we waited for */
+            if (!PyErr_ExceptionMatches(HaltedError))
+                c->me->spinning_on = saved_spin;
             c->me->state = saved;
             return NULL;
         }
@@ -725,7 +773,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
             __atomic_fetch_or(&lw->state, RW_WANT, __ATOMIC_RELAXED);
         }
     }
-    c->me->spinning_on = 0;
+    c->me->spinning_on = saved_spin;
     c->me->state = saved;
     if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
         return NULL;
@@ -735,7 +783,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_trywlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id) || sched_point(c))
+    if (check_lock(c, args, nargs, &id, 1, 1) || sched_point(c))
         return NULL;
     uint32_t s = 0;
     if (__atomic_compare_exchange_n(&c->locks[id].state, &s, RW_WRITER | ((uint32_t)c->cpu + 1),
@@ -750,7 +798,7 @@ static PyObject *Core_trywlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
-    if (check_id(c, args, nargs, &id))
+    if (check_lock(c, args, nargs, &id, 1, 0))
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
@@ -779,8 +827,7 @@ static PyObject *Core_held(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
-/* Release everything (used when a simulated process is killed by a panic
- * or when the tests tear a CPU down); returns the number released. */
+/* How many locks this CPU holds (the depth of its held stack). */
 static PyObject *Core_nheld(Core *c, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromUnsignedLong(c->me->nheld);
@@ -912,7 +959,7 @@ static PyObject *Core_futex_wait(Core *c, PyObject *const *args, Py_ssize_t narg
     if (errno == ETIMEDOUT)
         return PyLong_FromLong(1);
     if (errno == EAGAIN || errno == EINTR)
-        return PyLong_FromLong(2);
+        return PyLong_FromLong(2);      /* changed, or a signal: look again */
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
@@ -949,6 +996,10 @@ static PyObject *Core_trace(Core *c, PyObject *const *args, Py_ssize_t nargs)
     long call = PyLong_AsLong(args[1]);
     if ((msgid == -1 || call == -1) && PyErr_Occurred())
         return NULL;
+    if (msgid < 0 || msgid > 0xffff || call < 0 || call > 0xffffffffL) {
+        PyErr_SetString(PyExc_ValueError, "trace: msgid must fit 16 bits, call 32 bits");
+        return NULL;
+    }
     r.cpu = (uint16_t)c->cpu;
     r.msgid = (uint16_t)msgid;
     r.call = (uint32_t)call;
@@ -986,6 +1037,10 @@ static void Core_dealloc(Core *c)
 {
     hmap_free(&c->slotmap);
     hmap_free(&c->pairmap);
+    if (c->site_keys)
+        for (uint32_t i = 0; i < c->site_cap; i++)
+            if (c->site_keys[i])
+                Py_DECREF((PyObject *)(uintptr_t)c->site_keys[i]);
     free(c->site_keys);
     free(c->site_vals);
     Py_CLEAR(c->ipi_handler);
@@ -1070,7 +1125,6 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
         struct pair_slot *p = &c->pairs[i];
         uint64_t key = ((uint64_t)p->klass << 48) ^ ((uint64_t)p->waiter << 32) ^
                        ((uint64_t)p->holder << 1) ^ p->mode;
-        key = key ? key : 1;
         uint32_t pos;
         if (!hmap_get(&c->pairmap, key, &pos)) {
             c->pairmap.kv[pos] = key;

@@ -83,6 +83,7 @@ class CpuReport:
     state: str
     text: str
     held: list[dict]
+    spinning_on: str = ""
     host: dict = field(default_factory=dict)
 
 
@@ -152,6 +153,7 @@ class Machine:
         t0 = time.monotonic()
         status, message = "internal-error", ""
         samples: dict[int, dict] = {}
+        old_term = signal.signal(signal.SIGTERM, _terminate)
         try:
             drainer = Drainer(seg, self.run_dir, self.decl.catalogue)
             ctx = _fork_context()
@@ -168,7 +170,10 @@ class Machine:
             status, message = self._supervise(seg, procs, drainer, t0, samples)
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted (Ctrl-C)"
+        except Terminated:
+            status, message = "interrupted", "terminated (SIGTERM)"
         finally:
+            signal.signal(signal.SIGTERM, old_term)
             seg.halt()
             self._stop_workers(procs)
             elapsed = time.monotonic() - t0
@@ -241,6 +246,7 @@ class Machine:
                      "site": sites[int(h["site"])] if int(h["site"]) < len(sites) else "?",
                      "mode": "shared" if int(h["mode"]) else "excl"}
                     for h in area["held"][:nheld]]
+            spin = int(area["spinning_on"])
             p = procs[i] if i < len(procs) else None
             host = dict(samples.get(i, {}))
             if rusage is not None:
@@ -248,7 +254,8 @@ class Machine:
             cpus.append(CpuReport(
                 cpu=i, pid=p.pid if p else 0, exitcode=p.exitcode if p else None,
                 state=CPU_STATES.get(int(area["state"]), "?"),
-                text=bytes(text[i]).decode("utf-8", "replace"), held=held, host=host))
+                text=bytes(text[i]).decode("utf-8", "replace"), held=held,
+                spinning_on=self.locks.name_of(spin - 1) if spin else "", host=host))
         exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130}.get(status, 1)
         from smp.machine.lockstat import collect_lockstat
         lockstat = collect_lockstat(seg, self.locks, int(elapsed * 1e9))
@@ -259,6 +266,14 @@ class Machine:
         return RunOutcome(status=status, exit_code=exit_code, elapsed_s=elapsed,
                           message=message, cpus=cpus, trace=trace, lockstat=lockstat,
                           kernel=kernel, layout=self.layout.to_dict())
+
+
+class Terminated(Exception):
+    """SIGTERM to the parent: end the run as cleanly as Ctrl-C does."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def _why(code: int | None) -> str:

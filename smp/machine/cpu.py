@@ -231,6 +231,7 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     code = EXIT_INTERNAL
     try:
         ci = CPU(seg, cpu, sched_lock, nthreads)
@@ -264,6 +265,17 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
     finally:
         _leave_rusage(seg, cpu)
         os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """A CPU must not outlive its machine: ask Linux to SIGKILL us when the parent dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def _leave_rusage(seg: Segment, cpu: int) -> None:

@@ -54,10 +54,15 @@ class Segment:
         self.hdr["magic"] = MAGIC
         self.hdr["boot_ns"] = _atomic.monotonic_ns()
         self.sites_hdr["capacity"] = layout.site_capacity
+        self.sites[0]["name"] = b"<unknown>"     # site 0: no frame, or the registry is full
+        self.sites_hdr["count"] = 1
         for r in self.rings:
             r["capacity"] = layout.ring_capacity
         self.cpus["curproc"] = -1
-        self.slots["lock"][:, -1] = 0xFFFFFFFF   # each CPU's overflow slot
+        overflow = self.slots[:, -1]               # each CPU's overflow slot
+        overflow["lock"] = 0xFFFFFFFF
+        overflow["wait_min"] = np.iinfo(np.uint64).max
+        overflow["hold_min"] = np.iinfo(np.uint64).max
 
     def _views(self) -> None:
         lay, buf = self.layout, self.shm.buf
@@ -133,9 +138,35 @@ class Segment:
         self.destroy()
 
 
-def leaked_segments() -> list[str]:
-    """Names of smp segments in /dev/shm (a test checks none survive a run)."""
+def leaked_segments(orphans_only: bool = False) -> list[str]:
+    """Names of smp segments in /dev/shm (tests check that none survive a run).
+
+    ``orphans_only``: just those whose owner (the pid in the name) is gone --
+    the real leaks, as opposed to segments of runs still going on.
+    """
     try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
+        names = sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
     except FileNotFoundError:  # pragma: no cover - not Linux
         return []
+    if orphans_only:
+        names = [n for n in names if not _alive(_owner(n))]
+    return names
+
+
+def _owner(name: str) -> int:
+    try:
+        return int(name[len(SEGMENT_PREFIX):].split("-")[0])
+    except ValueError:
+        return -1
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

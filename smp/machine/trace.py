@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from smp import runfmt
-from smp.runfmt import REC_DTYPE, Catalogue
+from smp.runfmt import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ class Drainer:
 
     ``drain()`` may be called from any thread (a lock serialises it); ``start_thread()``
     runs it periodically in a daemon thread of the parent while the run goes on.
+    ``catalogue`` must hold every message before the CPUs are forked (messages a worker
+    registered afterwards would exist only in that worker); records with an unknown id
+    still render, as ``<unknown message N> args``.  ``close()`` saves the catalogue as
+    ``catalogue.json`` beside the logs, so the run renders again without this code.
     """
 
     def __init__(self, seg, run_dir: Path, catalogue: Catalogue):
@@ -191,6 +195,7 @@ class Drainer:
                     if f is not None:
                         f.close()
                 self._events = self._console = self._hist = None
+        self.cat.save(self.run_dir / runfmt.CATALOGUE_FILE)
         self._stats = self.stats()
         if self.error is not None:
             self._stats["error"] = f"{type(self.error).__name__}: {self.error}"

@@ -14,6 +14,7 @@ written for (the command line may override both) and describes the load:
     buckets = 8
     handoff_every = 50
     compute = "20us"
+    panic_at = 0                  # tests: the first process panics at this iteration
 
 Every field is checked before boot; an error names the file and the key path
 and says what was expected (exit status 2).
@@ -106,10 +107,11 @@ def load_script(spec: str | None) -> LoadScript:
     if not isinstance(syn, dict):
         raise BadInput(f"{shown}: synthetic: expected a table")
     where = f"{shown}: synthetic"
-    known = {"processes", "iterations", "buckets", "handoff_every", "compute"}
+    known = {"processes", "iterations", "buckets", "handoff_every", "compute", "panic_at"}
     for key in syn:
         if key not in known:
-            raise BadInput(f"{where}.{key}: unknown key (expected one of {', '.join(sorted(known))})")
+            expected = ", ".join(sorted(known))
+            raise BadInput(f"{where}.{key}: unknown key (expected one of {expected})")
     load = SyntheticLoad(
         name=path.stem,
         nprocs=_int(syn, "processes", where, 1, 65536, 16),
@@ -117,6 +119,7 @@ def load_script(spec: str | None) -> LoadScript:
         buckets=_int(syn, "buckets", where, 1, 1_000_000, 8),
         handoff_every=_int(syn, "handoff_every", where, 0, 10**9, 50),
         compute_ns=parse_duration(syn.get("compute", "20us"), f"{where}.compute"),
+        panic_at=_int(syn, "panic_at", where, 0, 10**9, 0),
     )
     return LoadScript(name=path.stem, path=shown, text=text,
                       sha256=hashlib.sha256(raw).hexdigest(), machine=machine, kernel=kernel,

@@ -11,7 +11,9 @@ It exercises every part of the machine for real:
   pass a token: the one whose turn it is not sleeps on its own channel with
   the pair's lock as interlock, and its partner wakes it -- usually from
   another CPU (sleep queues, wakeup, run queues, idle kicks);
-* every process prints a console line when it starts and when it exits.
+* every process prints a console line when it starts and when it exits;
+* ``panic_at`` (tests) makes the first process panic at that iteration while it
+  holds a bucket lock, to exercise the machine's panic path.
 
 A process keeps its place in ``p_reg[0]`` (iterations done), so it resumes
 correctly on whichever CPU wakes it up.
@@ -33,6 +35,7 @@ from smp.machine.lockspace import LockSpace
 QUANTUM = 32            # iterations per slice before the process goes back on the run queue
 CHAN_BASE = 0x7000_0000  # sleep channels: one per process
 
+MSG_PANIC = subr_prf.message("synth_step", "injected panic in pid %d at iteration %d", "panic")
 MSG_START = subr_prf.message("synth_start", "pid %d (%s) started on cpu%d")
 MSG_DONE = subr_prf.message("synth_exit", "pid %d (%s): %d iterations, %d handoff sleeps")
 WMESG = subr_prf.intern("handoff")
@@ -49,6 +52,7 @@ class SyntheticLoad:
     handoff_every: int = 50
     compute_ns: int = 20_000
     seed: int = 0
+    panic_at: int = 0        # fault injection: the first process panics at this iteration
 
     # -- parent ----------------------------------------------------------------
 
@@ -101,6 +105,8 @@ class SyntheticLoad:
             if big:
                 lock.kernel_lock()                     # trap(): KERNEL_PROC_LOCK
             lock.simple_lock(self.bucket_lock + b)
+            if self.panic_at and tid == 0 and i == self.panic_at:
+                subr_prf.panic(MSG_PANIC, pid, i)       # with the bucket lock held
             count[b] += 1
             lock.simple_unlock(self.bucket_lock + b)
             if big:

@@ -1,0 +1,192 @@
+"""`smp run` end to end: run directories, exit statuses, dead CPUs, Ctrl-C, panics, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from smp.machine.segment import leaked_segments
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def smp(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def script(tmp_path: Path, body: str, machine: str = "i386mp-2") -> Path:
+    p = tmp_path / "load.toml"
+    p.write_text(f'[run]\nmachine = "{machine}"\n{body}')
+    return p
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = set(leaked_segments(orphans_only=True))
+    yield
+    left = set(leaked_segments(orphans_only=True)) - before
+    assert left == set(), f"a run left segments in /dev/shm: {left}"
+
+
+def test_default_run_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "run"
+    r = smp("run", "--out", str(out), "--quiet", "-o", "ncpu=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == str(out)
+    for name in ("manifest.json", "console.log", "events.bin", "catalogue.json",
+                 "lockstat.json", "summary.json", "summary.txt"):
+        assert (out / name).is_file(), name
+    for name in ("manifest.json", "lockstat.json", "summary.json"):
+        assert json.loads((out / name).read_text())["schema"] == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "done" and s["ncpu"] == 2
+    load = s["kernel_counters"]["load"]
+    assert load["counters_consistent"] and load["increments"] == 16 * 2000
+    assert s["trace"]["dropped"] == 0
+    assert all(c["host"]["user_s"] > 0 for c in s["cpus"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["load_script"]["name"] == "default" and "[synthetic]" in m["load_script"]["text"]
+    assert m["machine"]["ncpu"] == 2 and m["overrides"] == ["ncpu=2"]
+    console = (out / "console.log").read_text().splitlines()
+    assert sum("synth_start" in line for line in console) == 16
+    assert console[0].startswith("[") and "] cpu" in console[0]
+
+
+def test_lockstat_counts_every_acquisition(tmp_path):
+    p = script(tmp_path, "[synthetic]\nprocesses = 6\niterations = 300\ncompute = '0us'\n")
+    out = tmp_path / "run"
+    assert smp("run", str(p), "--out", str(out), "-q", cwd=tmp_path).returncode == 0
+    ls = json.loads((out / "lockstat.json").read_text())
+    bucket = [r for r in ls["records"] if r["class"] == "synth_bucket"]
+    assert sum(r["acq"] for r in bucket) == 6 * 300
+    assert {r["site"] for r in bucket} == {"SyntheticLoad.step"}
+    assert all(r["contended"] <= r["acq"] for r in ls["records"])
+    # hold time is charged to the outermost hold of the (recursive) big lock only
+    assert all(sum(r["hold_hist"]) == r["acq"] for r in ls["records"]
+               if r["class"] != "kernel_lock")
+
+
+def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
+    p = script(tmp_path, "[synthetic]\nprocesses = 8\niterations = 1000000\n", "i386mp-4")
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "smp", "run", str(p), "--out", str(out),
+                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        workers = []
+        while time.monotonic() < deadline and len(workers) < 4:
+            workers = [w for w in psutil.Process(proc.pid).children()
+                       if "resource_tracker" not in " ".join(w.cmdline())]
+            time.sleep(0.05)
+        assert len(workers) == 4
+        time.sleep(0.5)
+        victim = sorted(workers, key=lambda w: w.pid)[1]     # cpu1
+        t0 = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=20)
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode not in (0, 2, 3), (proc.returncode, stderr)
+    assert "cpu1" in stdout and "died" in stdout and "SIGKILL" in stdout, stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "cpu-died"
+    assert (out / "console.log").read_text().count("synth_start") >= 1
+
+
+def test_ctrl_c_ends_the_run_cleanly(tmp_path):
+    p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "smp", "run", str(p), "--out", str(out),
+                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (out / "console.log").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert (out / "console.log").read_text().count("synth_start") == 4
+
+
+def test_a_simulated_panic_stops_every_cpu_and_names_the_held_locks(tmp_path):
+    p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000\npanic_at = 300\n")
+    out = tmp_path / "run"
+    r = smp("run", str(p), "--out", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    console = (out / "console.log").read_text()
+    assert "cpu0: panic: injected panic in pid 100 at iteration 300" in console or \
+        "panic: injected panic in pid 100 at iteration 300" in console
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "panic"
+    panicked = [c for c in s["cpus"] if c["state"] == "panic"]
+    assert len(panicked) == 1
+    assert "bucket[" in " ".join(h["name"] for h in panicked[0]["held"])
+    assert all(c["state"] in ("panic", "halted", "done") for c in s["cpus"])
+    assert "holds bucket[" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "nope"], "nope"),
+    (["-o", "bogus=1"], "unknown key 'bogus'"),
+    (["-o", "ncpu=0"], "ncpu"),
+    (["--cpus", "0"], "--cpus 0"),
+    (["-o", "physmem=4K"], "physmem"),
+    (["no-such-load"], "no-such-load: no such load script"),
+    (["--time-limit", "soon"], "--time-limit"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    r = smp("run", *args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[synthetic\n", "malformed TOML"),
+    ("[synthetic]\nprocesses = 0\n", "synthetic.processes = 0"),
+    ("[synthetic]\ncompute = 'fast'\n", "synthetic.compute"),
+    ("[synthetic]\nsurprise = 1\n", "synthetic.surprise"),
+    ("[other]\n", "'other'"),
+    ("", "no load"),
+])
+def test_bad_load_script_names_file_and_key(tmp_path, body, message):
+    p = script(tmp_path, body)
+    r = smp("run", str(p), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(p) in lines[0] and message in lines[0], r.stderr
+
+
+def test_malformed_machine_profile(tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text("[machine]\nncpu = \n")
+    r = smp("run", "-m", str(m), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2 and "m.toml" in r.stderr and "malformed TOML" in r.stderr
+
+
+def test_python_dash_m_and_list(tmp_path):
+    r = smp("list", cwd=tmp_path)
+    assert r.returncode == 0 and "i386mp-4" in r.stdout and "default" in r.stdout
