@@ -13,7 +13,7 @@ shared 2-core hosts vary by about 30% between runs):
 - worker start: fork of a CPU process that builds its Core and reports ready through a
   futex, 8 at a time, per worker; target <= 5 ms;
 - boot of a 16-CPU machine with 256 MiB of simulated RAM; target <= 1 s.  Measured through
-  :func:`boot_machine`, which calls ``smp.machine.boot.boot_for_bench`` once it exists and
+  :func:`boot_machine`, which calls ``smp.run.boot_for_bench`` once it exists and
   otherwise measures only ``Layout.plan`` + ``Segment`` with a 65,536 x 64-byte page array
   (the table says which one ran);
 - lock-protected shared-counter throughput with 1, 2 and 4 worker processes (the counter is
@@ -253,32 +253,33 @@ def bench_throughput(
 def boot_machine(ncpu: int, physmem: int) -> tuple[Callable[[], None], str]:
     """Boot a machine of ``ncpu`` CPUs and ``physmem`` bytes; return (teardown, what ran).
 
-    The hook for the real boot: once ``smp.machine.boot`` offers
+    The hook for the real boot: once ``smp.run`` offers
     ``boot_for_bench(ncpu, physmem_bytes)`` it is used (its result is torn down through
     ``destroy()``/``shutdown()``/``close()``, or called if it is a callable).  Until then
     only the segment is measured: ``Layout.plan`` with one vm_page-sized (64 B) record and one
     lock word per 4 KiB page, and ``Segment`` creation and formatting.
     """
     try:
-        from smp.machine import boot as boot_mod
+        from smp import run as boot_mod
     except ModuleNotFoundError as e:
-        if e.name != "smp.machine.boot":  # the module exists but is broken: say so
+        if e.name != "smp.run":  # the module exists but is broken: say so
             raise
         boot_mod = None
     boot_for_bench = getattr(boot_mod, "boot_for_bench", None)
     if boot_for_bench is not None:
+        what = "smp.run.boot_for_bench (declare, segment, kernel format, all CPUs up)"
         machine = boot_for_bench(ncpu, physmem)
         for name in ("destroy", "shutdown", "close"):
             if callable(getattr(machine, name, None)):
-                return getattr(machine, name), "smp.machine.boot.boot_for_bench"
+                return getattr(machine, name), what
         teardown = machine if callable(machine) else (lambda: None)
-        return teardown, "smp.machine.boot.boot_for_bench"
+        return teardown, what
     npages = physmem // PAGE
     pages = ArraySpec("vm_page", np.dtype("V64"), (npages,))
     lay = Layout.plan(ncpu, npages + 4096, 1 << 14, [pages])
     seg = Segment(lay)
     return seg.destroy, (
-        f"segment only (no smp.machine.boot.boot_for_bench yet): Layout.plan + Segment, "
+        f"segment only (no smp.run.boot_for_bench yet): Layout.plan + Segment, "
         f"{lay.size >> 20} MiB, untouched pages are not faulted in"
     )
 

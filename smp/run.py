@@ -109,6 +109,21 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     return run_dir, outcome
 
 
+def boot_for_bench(ncpu: int, physmem: int):
+    """Boot a machine of ``ncpu`` CPUs and ``physmem`` bytes with the default kernel and
+    an empty load, up to every CPU in its dispatch loop (scripts/bench_machine.py)."""
+    import tempfile
+
+    from smp.workload.synthetic import SyntheticLoad
+
+    m, k = apply_overrides(load_machine("i386mp-4"), load_kernel("default"),
+                           [f"ncpu={ncpu}", f"physmem={physmem}"])
+    load = SyntheticLoad(name="boot", nprocs=1, iterations=1, handoff_every=0, compute_ns=0)
+    kern = Kernel(k, load)
+    mach = Machine(m.ncpu, m.trace_ring, kern, m, Path(tempfile.gettempdir()))
+    return mach.boot_and_wait()
+
+
 def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -> dict:
     acq = sum(r["acq"] for r in o.lockstat["records"])
     contended = sum(r["contended"] for r in o.lockstat["records"])

@@ -154,18 +154,10 @@ class Machine:
         status, message = "internal-error", ""
         samples: dict[int, dict] = {}
         old_term = signal.signal(signal.SIGTERM, _terminate)
+        mp_logging = _install_worker_logging()
         try:
             drainer = Drainer(seg, self.run_dir, self.decl.catalogue)
-            ctx = _fork_context()
-            kernel = self.kernel
-            if not self.stats_on:
-                kernel.stats_on = False
-            for cpu in range(self.ncpu):
-                p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
-                                args=(seg, cpu, kernel, self.sched_lock, self.decl.nthreads),
-                                daemon=True)
-                p.start()
-                procs.append(p)
+            self._start_cpus(seg, procs)
             drainer.start_thread()
             status, message = self._supervise(seg, procs, drainer, t0, samples)
         except KeyboardInterrupt:
@@ -179,7 +171,42 @@ class Machine:
             elapsed = time.monotonic() - t0
             outcome = self._collect(seg, procs, drainer, status, message, elapsed, samples)
             seg.destroy()
+            if mp_logging:
+                _uninstall_worker_logging()
         return outcome
+
+    def _start_cpus(self, seg: Segment, procs: list) -> None:
+        """Fork one worker per CPU (the APs start; the parent is the BSP's firmware)."""
+        ctx = _fork_context()
+        if not self.stats_on:
+            self.kernel.stats_on = False
+        for cpu in range(self.ncpu):
+            p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
+                            args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads),
+                            daemon=True)
+            p.start()
+            procs.append(p)
+
+    def boot_and_wait(self, timeout_s: float = 30.0) -> BootedMachine:
+        """Boot, start every CPU and return once all are in their dispatch loops.
+
+        For benchmarks and tests of boot itself; ``destroy()`` halts and cleans up.
+        """
+        seg = self.boot()
+        procs: list = []
+        try:
+            self._start_cpus(seg, procs)
+            deadline = time.monotonic() + timeout_s
+            while not np.all(seg.cpus["heartbeat"] > 0):
+                if time.monotonic() > deadline or any(p.exitcode is not None for p in procs):
+                    raise RuntimeError("CPUs did not come up")
+                time.sleep(0.0002)
+        except BaseException:
+            seg.halt()
+            self._stop_workers(procs)
+            seg.destroy()
+            raise
+        return BootedMachine(self, seg, procs)
 
     def _supervise(self, seg: Segment, procs: list, drainer, t0: float,
                    samples: dict) -> tuple[str, str]:
@@ -268,6 +295,18 @@ class Machine:
                           kernel=kernel, layout=self.layout.to_dict())
 
 
+class BootedMachine:
+    """A machine whose CPUs are running (see ``Machine.boot_and_wait``)."""
+
+    def __init__(self, machine: Machine, seg: Segment, procs: list):
+        self.machine, self.seg, self.procs = machine, seg, procs
+
+    def destroy(self) -> None:
+        self.seg.halt()
+        self.machine._stop_workers(self.procs)
+        self.seg.destroy()
+
+
 class Terminated(Exception):
     """SIGTERM to the parent: end the run as cleanly as Ctrl-C does."""
 
@@ -311,6 +350,37 @@ def self_rusage() -> np.ndarray:
     cs = ps.num_ctx_switches()
     return np.array([ct.user, ct.system, ps.memory_info().rss, cs.voluntary, cs.involuntary],
                     dtype=np.float64)
+
+
+def _install_worker_logging() -> bool:
+    """Route the workers' diagnostics (the simulator's own errors, not trace data)
+    to the parent's stderr through multiprocessing-logging; returns True if installed."""
+    import multiprocessing
+
+    import multiprocessing_logging
+
+    logger = logging.getLogger("smp")
+    if any(isinstance(h, multiprocessing_logging.MultiProcessingHandler)
+           for h in logger.handlers):
+        return False
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork"):
+        return False                     # the handler needs fork; stay with plain logging
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("smp: %(name)s: %(message)s"))
+        logger.addHandler(h)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    if multiprocessing.get_start_method(allow_none=True) is None:
+        multiprocessing.set_start_method("fork")
+    multiprocessing_logging.install_mp_handler(logger)
+    return True
+
+
+def _uninstall_worker_logging() -> None:
+    import multiprocessing_logging
+
+    multiprocessing_logging.uninstall_mp_handler(logging.getLogger("smp"))
 
 
 def _fork_context():

@@ -264,7 +264,22 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
             pass
     finally:
         _leave_rusage(seg, cpu)
+        _flush_logging()
         os._exit(code)
+
+
+def _flush_logging() -> None:
+    """os._exit skips the queue feeder thread of multiprocessing-logging: flush it."""
+    import logging
+
+    for h in logging.getLogger("smp").handlers:
+        q = getattr(h, "queue", None)
+        if q is not None:
+            try:
+                q.close()
+                q.join_thread()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _die_with_parent() -> None:
