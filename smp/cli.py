@@ -12,12 +12,19 @@ simulator, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import traceback
 
 from smp.errors import BadInput
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BADINPUT, EXIT_PANIC = 0, 1, 2, 3
+
+# Tools that read run directories.  Each module has ``register(subparsers)``, which adds
+# its subcommand and sets ``func`` (taking the parsed arguments, returning an exit status).
+TOOLS = [m for m in ("smp.tools.lockstat", "smp.tools.trace", "smp.tools.compare")
+         if importlib.util.find_spec(m) is not None]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/SCRIPT-KERNEL-SEED-TIME)")
     r.add_argument("--time-limit", help="stop the run after this long, e.g. 30s")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--lockstat", action="store_true",
+                   help="print the top of the lock-contention report at the end")
     sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
+    for name in TOOLS:
+        module = importlib.import_module(name)
+        module.register(sub)            # adds its subcommand, with set_defaults(func=...)
     return p
 
 
@@ -78,6 +90,10 @@ def cmd_run(a: argparse.Namespace) -> int:
                 for h in c.held:
                     print(f"    holds {h['name']} ({h['class']}, {h['mode']}) taken in "
                           f"{h['site']}")
+    if a.lockstat:
+        from smp.tools.lockstat import print_top
+
+        print_top(run_dir, sys.stdout)
     return o.exit_code
 
 
@@ -97,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return EXIT_BADINPUT
     try:
-        return {"run": cmd_run, "list": cmd_list}[a.cmd](a)
+        func = {"run": cmd_run, "list": cmd_list}.get(a.cmd) or a.func
+        return func(a)
     except BadInput as e:
         print(f"smp: {e}", file=sys.stderr)
         return EXIT_BADINPUT
