@@ -868,7 +868,7 @@ static PyObject *Core_cas32(Core *c, PyObject *const *args, Py_ssize_t nargs)
     long long v[2];
     if (word_args(c, args, nargs, 3, 4, &p, v))
         return NULL;
-    uint32_t old = (uint32_t)v[0];
+    uint32_t old = (uint32_t)v[0];     /* the MMU's locked cmpxchg on a PTE, too */
     return PyBool_FromLong(__atomic_compare_exchange_n((uint32_t *)p, &old, (uint32_t)v[1], 0,
                                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
 }
@@ -910,6 +910,37 @@ static PyObject *Core_or64(Core *c, PyObject *const *args, Py_ssize_t nargs)
     if (word_args(c, args, nargs, 2, 8, &p, v))
         return NULL;
     return PyLong_FromLongLong(__atomic_fetch_or((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_or32(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 4, &p, v))
+        return NULL;
+    return PyLong_FromUnsignedLong(__atomic_fetch_or((uint32_t *)p, (uint32_t)v[0],
+                                                     __ATOMIC_SEQ_CST));
+}
+
+/* xchg32(off, v) -> old: how the pmap zaps a PTE and keeps the U/M bits the
+ * MMU may be setting at the same moment */
+static PyObject *Core_xchg32(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 4, &p, v))
+        return NULL;
+    return PyLong_FromUnsignedLong(__atomic_exchange_n((uint32_t *)p, (uint32_t)v[0],
+                                                       __ATOMIC_SEQ_CST));
+}
+
+static PyObject *Core_and64(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    char *p;
+    long long v[1];
+    if (word_args(c, args, nargs, 2, 8, &p, v))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_fetch_and((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
 }
 
 static PyObject *Core_xchg64(Core *c, PyObject *const *args, Py_ssize_t nargs)
@@ -1201,6 +1232,9 @@ static PyMethodDef Core_methods[] = {
     FC(fadd64, "fadd64(off, v) -> old value"),
     FC(or64, "or64(off, bits) -> old value"),
     FC(xchg64, "xchg64(off, v) -> old value"),
+    FC(or32, "or32(off, bits) -> old value"),
+    FC(xchg32, "xchg32(off, v) -> old value"),
+    FC(and64, "and64(off, bits) -> old value"),
     FC(load64, "load64(off) -> value"),
     FC(store64, "store64(off, v)"),
     FC(futex_wait, "futex_wait(off, expected, timeout_ns) -> 0 woken, 1 timeout, 2 changed"),

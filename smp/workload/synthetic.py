@@ -52,6 +52,9 @@ class SyntheticLoad:
     handoff_every: int = 50
     compute_ns: int = 20_000
     seed: int = 0
+    base: int = 0            # thread id of the first process (the kernel's threads come first)
+    needs_vm = False         # no address spaces: the processes only take locks
+    amap_per_proc = 16
     panic_at: int = 0        # fault injection: the first process panics at this iteration
 
     # -- parent ----------------------------------------------------------------
@@ -69,8 +72,8 @@ class SyntheticLoad:
 
     def format(self, seg: Any, kernel: Any) -> None:
         ncpu = seg.layout.ncpu
-        for tid in range(self.nprocs):
-            kernel.newproc(seg, tid, pid=100 + tid, name=self.name_id, kind=0, cpu=tid % ncpu)
+        for i in range(self.nprocs):
+            kernel.newproc(seg, i, pid=100 + i, name=self.name_id, kind=0, cpu=i % ncpu)
 
     # -- CPU -------------------------------------------------------------------
 
@@ -81,9 +84,10 @@ class SyntheticLoad:
         self.done = arr["synth_done"]
         self.proc = arr["proc"]
 
-    def step(self, ci: CPU, tid: int) -> int:
-        """Run up to QUANTUM iterations of process ``tid``."""
-        p = self.proc[tid]
+    def step(self, ci: CPU, gtid: int) -> int:
+        """Run up to QUANTUM iterations of process ``gtid`` (a thread id)."""
+        p = self.proc[gtid]
+        tid = gtid - self.base
         reg = p["reg"]
         pid = int(p["pid"])
         i = int(reg[0])

@@ -1,0 +1,82 @@
+"""i386 constants and address-space layout (machine/param.h, machine/pmap.h, uvm_pmap.h).
+
+NetBSD KERNBASE 0xc0000000, no PAE: one PDE maps 4 MiB (NBPD), a PTP or the
+PDP is one 4 KiB page of 1024 four-byte entries.  PDE slots 0..766 are user
+space; slot 767 (PDSLOT_PTE) points the PDP at itself (the recursive map that
+makes the current pmap's PTEs appear at PTE_BASE); slots 768.. are the kernel's,
+the same in every pmap; slot 1023 (PDSLOT_APTE) is the alternate recursive slot.
+
+Physical address ``pa`` of page index ``i`` is ``i * NBPG``; PTE and PDE
+values are the i386 bit layout (frame | flags), stored in the simulated
+physical memory of the page-table pages themselves.
+"""
+
+from __future__ import annotations
+
+NBPG = PAGE_SIZE = 4096
+PGSHIFT = 12
+NBPD = 1 << 22                      # bytes mapped by one PDE
+PDSHIFT = 22
+PTES_PER_PTP = 1024
+
+KERNBASE = 0xC000_0000
+PDSLOT_PTE = (KERNBASE // NBPD) - 1          # 767: recursive slot
+PDSLOT_KERN = KERNBASE // NBPD               # 768: first kernel slot
+PDSLOT_APTE = 1023                           # alternate recursive slot
+PTE_BASE = PDSLOT_PTE * NBPD                 # 0xbfc00000
+APTE_BASE = PDSLOT_APTE * NBPD               # 0xffc00000
+VM_MAXUSER_ADDRESS = PTE_BASE                # 0xbfc00000
+VM_MIN_KERNEL_ADDRESS = KERNBASE
+VM_MAX_KERNEL_ADDRESS = APTE_BASE
+NKPTP = 4                                    # kernel PTPs at boot (16 MB)
+NKPTP_MAX = 1024 - PDSLOT_KERN - 1
+
+# PTE bits (i386 pte.h)
+PG_V = 0x001
+PG_RW = 0x002
+PG_u = 0x004
+PG_U = 0x020          # used (referenced), set by the MMU
+PG_M = 0x040          # modified, set by the MMU
+PG_G = 0x100          # global (kernel, with CPUID_PGE)
+PG_W = 0x200          # PG_AVAIL1: wired mapping
+PG_PVLIST = 0x400     # PG_AVAIL2: mapping has a pv entry
+PG_FRAME = 0xFFFF_F000
+
+# uvm_pmap.h / uvm_extern.h
+VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE, VM_PROT_EXECUTE = 0, 1, 2, 4
+VM_PROT_ALL = 7
+VM_PROT_MASK = 7
+PMAP_WIRED = 0x10
+PMAP_CANFAIL = 0x20
+
+# errno values the 2001 kernel returned (KERN_RESOURCE_SHORTAGE became ENOMEM)
+ENOMEM = 12
+EFAULT = 14
+EACCES = 13
+
+
+def pdei(va: int) -> int:
+    """Index of the PDE that maps ``va``."""
+    return (va >> PDSHIFT) & 0x3FF
+
+
+def ptei(va: int) -> int:
+    """Index of ``va``'s PTE within its PTP."""
+    return (va >> PGSHIFT) & 0x3FF
+
+
+def ptp_i2v(i: int) -> int:
+    """First VA mapped by PDE slot ``i``."""
+    return i << PDSHIFT
+
+
+def trunc_page(va: int) -> int:
+    return va & ~(NBPG - 1)
+
+
+def atop(pa: int) -> int:
+    return pa >> PGSHIFT
+
+
+def ptoa(i: int) -> int:
+    return i << PGSHIFT

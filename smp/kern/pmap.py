@@ -1,0 +1,1239 @@
+"""The i386 pmap of the 1.91 lineage, on a multiprocessor (arch/i386/i386/pmap.c).
+
+A pmap is a page directory (PDP, one physical page: user PDEs 0..766, the
+recursive PDE 767, kernel PDEs 768.. shared by all pmaps) plus the page-table
+pages (PTPs) it has allocated.  A PTP is a vm_page owned by the pmap's object
+at offset = its PDE index; its ``wire_count`` is 1 + its valid PTEs; the
+pmap's ``memq`` lists its PTPs oldest first.  PTEs live in the PTP's page of
+simulated physical memory.  ``resident_count`` counts mappings + PTPs + the
+PDP; ``wired_count`` wired mappings.  Every managed page has a pv list of
+(pmap, va, ptp) entries under its ``pvh`` lock, and an attrs byte that
+collects the U/M bits of removed mappings.
+
+Locking (NETBSD-FACTS §3): ``pmap_main_lock`` (spinlockmgr) shared for
+map-to-head operations (pmap_enter, pmap_remove), exclusive for head-to-map
+ones (pmap_page_remove); the pmap's own lock (plus the current pmap's, lower
+address first, in ``pmap_map_ptes``; none for the kernel pmap); ``pvh``
+locks per page; the global ``pvalloc_lock``, ``pmaps_lock``,
+``pmap_tmpptp_lock`` and ``pmap_zero_page_lock``.
+
+pmap_enter(pmap, va, pa, prot, flags)       [§4.1]
+    main lock shared; map the PTEs (lock pmap, and curpmap if different)
+    user pmap: ptp = pmap_get_ptp(): the hint, or the PDE's page, or
+        pmap_alloc_ptp(): uvm_pagealloc(USERESERVE|ZERO), failing that
+        pmap_steal_ptp() when ``steal`` has ptp; no PTP ->
+        PMAP_CANFAIL ? ENOMEM : panic("pmap_enter: get ptp failed")
+    old PTE valid: same page -> keep its pv entry; other page -> unlink the
+        old pv entry (reused); invalid: resident++, PTP wire_count++
+    managed page: a pv entry (pmap_alloc_pv: free entry, unused pv page, a new
+        pv page from the kernel reserve, pv stealing when ``steal`` has pv) ->
+        none: PMAP_CANFAIL ? ENOMEM : panic("pmap_enter: no pv entries available")
+    write the PTE; a changed valid PTE is shot down on every CPU using the pmap
+
+pmap_steal_ptp(caller, idx)                  [§4.3, exactly the 1.91 behaviour]
+    pmaps_lock for the whole search, from pmaps_hand; the caller's own pmap is
+    a candidate (it is locked already); others are only try-locked; a PTP with
+    any wired PTE is skipped; the first other PTP is emptied with
+    pmap_remove_ptes (pv entries, stats, U/M bits), its PDE zeroed, the page
+    moved to the caller's object and zeroed.  The 2000 code flushed only the
+    local TLB; ``shootdown_on_steal = on`` also shoots the victim's 4 MiB
+    down on every CPU where it is active.  Every steal prints a console line
+    (the printf Sommerfeld added on the i386mp branch).
+
+Choices where the facts are open (NETBSD-FACTS §12):
+* ``pmap_canfail_leak`` (default off): on, a CANFAIL PTP failure returns
+  without releasing the pmap locks and the main lock, as the OpenBSD 1.63 copy
+  of the 1.91 code does; off, it unlocks (NetBSD 1.135).
+* A CANFAIL pv-allocation failure undoes the stats pmap_enter had already
+  bumped (§4.1 step 7 notes the real code leaks them); we keep the counts exact
+  so the DIAGNOSTIC invariants stay meaningful.
+* TLB shootdown follows the merged i386mp/x86_64 design (§6.2): per-CPU job
+  queues of PMAP_TLB_MAXJOBS = 16 (overflow -> full flush), an IPI, and a
+  rendezvous during which the initiator keeps answering its own IPIs.  PTPs a
+  removal empties are freed only after the rendezvous, as the later x86 code
+  does, so a correct kernel never leaves a stale translation behind.
+* Kernel-pmap statistics are updated atomically: the real code changed them
+  without a lock (the kernel pmap is never locked in pmap_map_ptes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smp.kern import lock, subr_prf
+from smp.kern import uvm as U
+from smp.kern.param import (
+    APTE_BASE,
+    ENOMEM,
+    KERNBASE,
+    NBPD,
+    NBPG,
+    PDSLOT_KERN,
+    PDSLOT_PTE,
+    PG_G,
+    PG_M,
+    PG_PVLIST,
+    PG_RW,
+    PG_U,
+    PG_V,
+    PG_W,
+    PMAP_CANFAIL,
+    PMAP_WIRED,
+    PTE_BASE,
+    VM_MAX_KERNEL_ADDRESS,
+    VM_MAXUSER_ADDRESS,
+    VM_PROT_WRITE,
+    PG_u,
+    pdei,
+    ptei,
+)
+from smp.kern.uvm import A, C, L
+from smp.kern.uvm_page import (
+    OWN_KPTP,
+    OWN_PDP,
+    OWN_PTP,
+    OWN_PVPAGE,
+    PG_BUSY,
+    UVM_PGA_USERESERVE,
+    UVM_PGA_ZERO,
+    memq_insert_tail,
+    memq_remove,
+    pmap_zero_page,
+    uvm_pagealloc,
+    uvm_pagefree,
+    uvm_pagerealloc,
+)
+
+PVE_PER_PVPAGE = 255
+PVE_LOWAT = PVE_PER_PVPAGE // 2
+PVE_HIWAT = PVE_LOWAT + 2 * PVE_PER_PVPAGE
+PMAP_TLB_MAXJOBS = 16
+I386_IPI_TLB = 0x8
+ALLOCPV_NEED, ALLOCPV_TRY, ALLOCPV_NONEED = 0, 1, 2
+KERNEL_PMAP = 0
+PMAP_KVA = 0xC0C0_0000          # where struct pmaps "live", for addresses in messages
+KVA_BASE = KERNBASE + 16 * 1024 * 1024   # kmem_map starts above the kernel image
+
+# pmap_glob slots
+G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS = range(7)
+# pvp_list values
+PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
+
+m = subr_prf.message
+MSG_STEAL = m("pmap_steal_ptp",
+              "stole PTP pa 0x%08x (va 0x%08x) from pmap %p for pmap %p va 0x%08x on cpu%d")
+MSG_STEAL_PV = m("pmap_try_steal_pv", "stole pv entry: pmap %p va 0x%08x (pa 0x%08x) for pmap %p")
+P_GETPTP = m("pmap_enter", "pmap_enter: get ptp failed", "panic")
+P_NOPV = m("pmap_enter", "pmap_enter: no pv entries available", "panic")
+P_TOOBIG = m("pmap_enter", "pmap_enter: too big", "panic")
+P_PDP = m("pmap_enter", "pmap_enter: trying to map over PDP/APDP!", "panic")
+P_NOKPTP = m("pmap_enter", "pmap_enter: missing kernel PTP!", "panic")
+P_MISMATCH = m("pmap_steal_ptp", "pmap_steal_ptp: PTP mismatch!", "panic")
+P_UNMANAGED = m("pmap_get_ptp", "pmap_get_ptp: unmanaged user PTP", "panic")
+P_GROW = m("pmap_growkernel", "pmap_growkernel: alloc ptp failed", "panic")
+P_BUSYPTP = m("pmap_release", "pmap_release: busy page table page", "panic")
+P_NOPVLIST = m("pmap_remove_ptes",
+               "pmap_remove_ptes: managed page without PG_PVLIST for 0x%lx", "panic")
+P_PVMISS = m("pmap_remove_pv", "pmap_remove_pv: no pv entry for pmap %p va 0x%lx", "panic")
+P_RENDEZVOUS = m("pmap_tlb_shootnow", "TLB IPI rendezvous failed (mask %x)", "panic")
+P_UNWIRE = m("pmap_unwire", "pmap_unwire: invalid (unmapped) va 0x%lx", "panic")
+MSG_UNWIRE = m("pmap_unwire", "pmap_unwire: wiring for pmap %p va 0x%lx didn't change!")
+del m
+
+
+class PerCPU:
+    """The pmap's per-CPU state: this CPU's TLB and its place in the shootdown protocol."""
+
+    def __init__(self, ci):
+        self.tlb: dict[int, tuple] = {}     # vpn -> (pg, pg_version, ptp, ptp_version, rw)
+        self.cpu = ci.cpu
+
+
+_ci = None
+_cfg = None
+_steal_ptp = _steal_pv = _shootdown_on_steal = _leak = False
+_phys_off = 0      # byte offset of physmem in the segment (atomic PTE operations)
+_pm_cpus_off = 0
+_ipi_mask_off = 0
+_core = None
+_pc: PerCPU | None = None
+_physmem_np = None
+
+
+def attach(ci, kernel_config) -> None:
+    global _ci, _cfg, _steal_ptp, _steal_pv, _shootdown_on_steal, _leak, _core, _pc
+    global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np
+    _ci = ci
+    _cfg = kernel_config
+    _steal_ptp = "ptp" in kernel_config.steal
+    _steal_pv = "pv" in kernel_config.steal
+    _shootdown_on_steal = kernel_config.shootdown_on_steal
+    _leak = kernel_config.pmap_canfail_leak
+    _core = ci.core
+    lay = ci.seg.layout.arrays
+    _phys_off = lay["physmem"][0]
+    _pm_cpus_off = lay["pm_cpus"][0]
+    _ipi_mask_off = lay["tlb_ipi_mask"][0]
+    _physmem_np = ci.seg.arrays["physmem"]
+    _pc = PerCPU(ci)
+    ci.pmap = _pc
+
+
+def pmap_addr(pm: int) -> int:
+    return PMAP_KVA + pm * 0x40
+
+
+def _cnt(idx: int, n: int = 1) -> None:
+    A.cnt[_ci.cnt_base + idx] += n
+
+
+def _stat_add(pm: int, arr, d: int) -> None:
+    if pm == KERNEL_PMAP:     # unlocked in the real code: keep it exact with atomics
+        off = _ci.seg.layout.arrays["pm_resident" if arr is A.pm_resident else "pm_wired"][0]
+        _core.fadd32(off + 4 * pm, d)
+    else:
+        arr[pm] += d
+
+
+# --- boot ----------------------------------------------------------------------
+
+def pmap_bootstrap(seg, nkva_pages: int) -> None:
+    """Boot (parent): the kernel pmap, its PDP and enough kernel PTPs for kmem_map."""
+    a = seg.arrays
+    a["pm_ptphint"][:] = -1
+    a["pm_memq_head"][:] = -1
+    a["pm_memq_tail"][:] = -1
+    a["pm_next"][:] = -1
+    a["pm_prev"][:] = -1
+    a["pm_owner"][:] = -1
+    g = a["pmap_glob"]
+    g[G_PMAPS] = g[G_HAND] = g[G_PVFREE] = g[G_PVUNUSED] = -1
+    for f in ("pv_next", "pv_pmap", "pv_ptp"):
+        a[f][:] = -1
+    a["pvp_pg"][:] = -1
+    a["pvp_free"][:] = -1
+    a["pvp_next"][:] = -1
+    a["pvp_prev"][:] = -1
+    a["cpu_pmap"][:] = KERNEL_PMAP
+    pdp = _boot_page(seg, OWN_PDP, KERNEL_PMAP, 0)
+    a["pm_inuse"][KERNEL_PMAP] = 1
+    a["pm_refs"][KERNEL_PMAP] = 1
+    a["pm_pdir"][KERNEL_PMAP] = pdp
+    a["pm_resident"][KERNEL_PMAP] = 1
+    a["pm_cpus"][KERNEL_PMAP] = (1 << seg.layout.ncpu) - 1      # active everywhere
+    phys = a["physmem"]
+    phys[pdp * 1024 + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
+    need = -(-(KVA_BASE + nkva_pages * NBPG - KERNBASE) // NBPD)
+    for i in range(need):
+        ptp = _boot_page(seg, OWN_KPTP, KERNEL_PMAP, PDSLOT_KERN + i)
+        phys[pdp * 1024 + PDSLOT_KERN + i] = (ptp << 12) | PG_V | PG_RW
+        a["pg_wire"][ptp] = 1
+        a["pm_resident"][KERNEL_PMAP] += 1
+    g[G_NKPDE] = need
+
+
+def _boot_page(seg, owner: int, obj: int, off: int) -> int:
+    """uvm_page_physget: take the first free page at boot (no locks: no CPUs yet)."""
+    a = seg.arrays
+    q = a["uvmq"]
+    pg = int(q[0])
+    nxt = int(a["pg_next"][pg])
+    q[0] = nxt
+    if nxt >= 0:
+        a["pg_prev"][nxt] = -1
+    a["pg_next"][pg] = a["pg_prev"][pg] = -1
+    a["pg_pq"][pg] = 0
+    a["pg_owner"][pg] = owner
+    a["pg_obj"][pg] = obj
+    a["pg_off"][pg] = off
+    ux = a["uvmexp"]
+    ux[U.FREE] -= 1
+    ux[U.PDPPAGES if owner == OWN_PDP else U.PTPPAGES] += 1
+    a["physmem"][pg * 1024:(pg + 1) * 1024] = 0
+    return pg
+
+
+# --- pmap_create / pmap_destroy ----------------------------------------------
+
+def pmap_create(owner_tid: int) -> int:
+    """A new user pmap: PDP from the kernel's reserve, kernel PDEs copied; -1 if no page.
+
+    The PDP comes from uvm_km_alloc(kernel_map) in the 1.91 code, which may sleep; the
+    caller decides (fork sleeps in "km_alloc1w" and retries).
+    """
+    lock.simple_lock(L.pmaps)
+    pm = -1
+    for i in range(1, len(A.pm_inuse)):
+        if not A.pm_inuse[i]:
+            pm = i
+            break
+    if pm < 0:
+        lock.simple_unlock(L.pmaps)
+        return -1
+    A.pm_inuse[pm] = 1
+    lock.simple_unlock(L.pmaps)
+    pdp = uvm_pagealloc(OWN_PDP, pm, 0, -1, UVM_PGA_ZERO)
+    if pdp < 0:
+        A.pm_inuse[pm] = 0
+        return -1
+    A.pg_flags[pdp] &= ~PG_BUSY
+    A.pm_refs[pm] = 1
+    A.pm_pdir[pm] = pdp
+    A.pm_ptphint[pm] = -1
+    A.pm_resident[pm] = 1
+    A.pm_wired[pm] = 0
+    A.pm_memq_head[pm] = A.pm_memq_tail[pm] = -1
+    A.pm_npages[pm] = 0
+    A.pm_owner[pm] = owner_tid
+    A.pm_cpus[pm] = 0
+    phys = A.physmem
+    base = pdp << 10
+    phys[base + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
+    lock.simple_lock(L.pmaps)          # freezes nkpde while the kernel PDEs are copied
+    kbase = A.pm_pdir[KERNEL_PMAP] << 10
+    nk = A.pmap_glob[G_NKPDE]
+    phys[base + PDSLOT_KERN: base + PDSLOT_KERN + nk] = \
+        phys[kbase + PDSLOT_KERN: kbase + PDSLOT_KERN + nk]
+    head = A.pmap_glob[G_PMAPS]         # LIST_INSERT_HEAD(&pmaps, ...)
+    A.pm_next[pm] = head
+    A.pm_prev[pm] = -1
+    if head >= 0:
+        A.pm_prev[head] = pm
+    A.pmap_glob[G_PMAPS] = pm
+    A.pmap_glob[G_NPMAPS] += 1
+    lock.simple_unlock(L.pmaps)
+    return pm
+
+
+def pmap_destroy(pm: int) -> None:
+    """Drop a reference; the last one releases the pmap (pmap_release)."""
+    lock.simple_lock(L.pmap + pm)
+    A.pm_refs[pm] -= 1
+    refs = A.pm_refs[pm]
+    lock.simple_unlock(L.pmap + pm)
+    if refs > 0:
+        return
+    lock.simple_lock(L.pmaps)
+    nxt, prv = A.pm_next[pm], A.pm_prev[pm]
+    if A.pmap_glob[G_HAND] == pm:
+        A.pmap_glob[G_HAND] = nxt
+    if prv < 0:
+        A.pmap_glob[G_PMAPS] = nxt
+    else:
+        A.pm_next[prv] = nxt
+    if nxt >= 0:
+        A.pm_prev[nxt] = prv
+    A.pmap_glob[G_NPMAPS] -= 1
+    lock.simple_unlock(L.pmaps)
+    lock.simple_lock(L.pmap + pm)
+    ptp = A.pm_memq_head[pm]
+    while ptp >= 0:
+        nxt = A.pg_lnext[ptp]
+        if A.pg_wire[ptp] > 1:
+            subr_prf.panic(P_BUSYPTP)
+        A.physmem[(A.pm_pdir[pm] << 10) + A.pg_off[ptp]] = 0
+        memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
+        _free_ptp_page(ptp)
+        ptp = nxt
+    pdp = A.pm_pdir[pm]
+    A.pm_pdir[pm] = -1
+    A.pm_inuse[pm] = 0
+    A.pm_owner[pm] = -1
+    lock.simple_unlock(L.pmap + pm)
+    uvm_pagefree(pdp)
+
+
+def _free_ptp_page(ptp: int) -> None:
+    A.pg_wire[ptp] = 0
+    _cnt(C.ptp_free)
+    uvm_pagefree(ptp)
+
+
+# --- pmap_map_ptes / pmap_unmap_ptes -------------------------------------------
+
+def pmap_map_ptes(pm: int) -> int:
+    """Lock what is needed to edit ``pm``'s PTEs; returns the other pmap locked, or -1.
+
+    Kernel pmap: no lock.  The pmap in this CPU's %cr3: its own lock.  Any other:
+    both it and the current pmap, lower address first (deadlock avoidance).
+    """
+    if pm == KERNEL_PMAP:
+        return -1
+    cur = A.cpu_pmap[_ci.cpu]
+    if cur == pm:
+        lock.simple_lock(L.pmap + pm)
+        return -1
+    if pm < cur:
+        lock.simple_lock(L.pmap + pm)
+        lock.simple_lock(L.pmap + cur)
+    else:
+        lock.simple_lock(L.pmap + cur)
+        lock.simple_lock(L.pmap + pm)
+    return cur
+
+
+def pmap_unmap_ptes(pm: int, other: int) -> None:
+    if pm == KERNEL_PMAP:
+        return
+    if other >= 0:
+        lock.simple_unlock(L.pmap + other)
+    lock.simple_unlock(L.pmap + pm)
+
+
+# --- PTPs -------------------------------------------------------------------------
+
+def pmap_get_ptp(pm: int, idx: int) -> int:
+    """The PTP for PDE slot ``idx``, allocating (or stealing) one if needed; -1 if none.
+
+    => pmap locked; caller holds no pvh lock (stealing takes them).
+    """
+    pde = A.physmem[(A.pm_pdir[pm] << 10) + idx]
+    if pde & PG_V:
+        ptp = pde >> 12
+        if A.pm_ptphint[pm] == ptp:
+            return ptp
+        if A.pg_owner[ptp] != OWN_PTP or A.pg_obj[ptp] != pm:
+            subr_prf.panic(P_UNMANAGED)
+        A.pm_ptphint[pm] = ptp
+        return ptp
+    return pmap_alloc_ptp(pm, idx)
+
+
+def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
+    """Allocate a PTP for slot ``idx`` of ``pm`` (=> pmap locked)."""
+    ptp = uvm_pagealloc(OWN_PTP, pm, idx, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
+    if ptp < 0:
+        if just_try or not _steal_ptp:
+            return -1
+        ptp = pmap_steal_ptp(pm, idx)
+        if ptp < 0:
+            return -1
+        pmap_zero_page(ptp)           # stolen pages arrive dirty
+    A.pg_flags[ptp] &= ~PG_BUSY       # PTPs are never busy
+    A.pg_wire[ptp] = 1
+    memq_insert_tail(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
+    A.pm_npages[pm] += 1
+    A.physmem[(A.pm_pdir[pm] << 10) + idx] = (ptp << 12) | PG_u | PG_RW | PG_V
+    _stat_add(pm, A.pm_resident, 1)
+    A.pm_ptphint[pm] = ptp
+    _cnt(C.ptp_alloc)
+    return ptp
+
+
+def pmap_steal_ptp(caller: int, idx: int) -> int:
+    """Steal a PTP from some pmap on the ``pmaps`` list (see the module docstring).
+
+    => ``caller`` locked (it is a candidate too); returns the page, or -1.
+    """
+    lock.simple_lock(L.pmaps)
+    g = A.pmap_glob
+    pm = g[G_HAND] if g[G_HAND] >= 0 else g[G_PMAPS]
+    first = pm
+    found = -1
+    victim_va = 0
+    victim = -1
+    phys = A.physmem
+    while pm >= 0:
+        caller_locked = pm == caller
+        if caller_locked or lock.simple_lock_try(L.pmap + pm):
+            ptp = A.pm_memq_head[pm]
+            while ptp >= 0:
+                pidx = A.pg_off[ptp]
+                pdir = A.pm_pdir[pm] << 10
+                if phys[pdir + pidx] >> 12 != ptp:
+                    subr_prf.panic(P_MISMATCH)
+                lock.simple_lock(L.tmpptp)        # pmap_tmpmap_pa
+                ptes = _physmem_np[ptp << 10:(ptp + 1) << 10]
+                wired = bool(np.any((ptes & (PG_V | PG_W)) == (PG_V | PG_W)))
+                if not wired:
+                    mask = pmap_remove_ptes(pm, ptp, pidx << 22, (pidx + 1) << 22,
+                                            stealing=True)
+                lock.simple_unlock(L.tmpptp)
+                if not wired:
+                    phys[pdir + pidx] = 0
+                    _stat_add(pm, A.pm_resident, -1)
+                    if A.pm_ptphint[pm] == ptp:
+                        A.pm_ptphint[pm] = A.pm_memq_head[pm]
+                    memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
+                    A.pm_npages[pm] -= 1
+                    if pm == A.cpu_pmap[_ci.cpu]:
+                        tlbflush()                 # the 2000 code: local flush only
+                    if _shootdown_on_steal:
+                        mask |= _shootdown_range(pm, pidx << 22, (pidx + 1) << 22)
+                        pmap_tlb_shootnow(mask)
+                    uvm_pagerealloc(ptp, OWN_PTP, caller, idx)
+                    found, victim, victim_va = ptp, pm, pidx << 22
+                    break
+                ptp = A.pg_lnext[ptp]
+            if not caller_locked:
+                lock.simple_unlock(L.pmap + pm)
+        pm = A.pm_next[pm] if A.pm_next[pm] >= 0 else g[G_PMAPS]
+        g[G_HAND] = pm
+        if found >= 0 or pm == first:
+            break
+    lock.simple_unlock(L.pmaps)
+    if found >= 0:
+        _cnt(C.ptp_steals)
+        subr_prf.printf(MSG_STEAL, found << 12, victim_va, pmap_addr(victim),
+                        pmap_addr(caller), idx << 22, _ci.cpu)
+    else:
+        _cnt(C.ptp_steal_fail)
+    return found
+
+
+# --- pv entries ---------------------------------------------------------------------
+
+def pmap_enter_pv(pg: int, pve: int, pm: int, va: int, ptp: int) -> None:
+    """Link a pv entry at the head of ``pg``'s list (=> pvh lock held)."""
+    A.pv_pmap[pve] = pm
+    A.pv_va[pve] = va
+    A.pv_ptp[pve] = ptp
+    A.pv_next[pve] = A.pvh_list[pg]
+    A.pvh_list[pg] = pve
+
+
+def pmap_remove_pv(pg: int, pm: int, va: int) -> int:
+    """Unlink (pm, va) from ``pg``'s pv list; returns the entry (=> pvh lock held)."""
+    prev, pve = -1, A.pvh_list[pg]
+    while pve >= 0:
+        if A.pv_pmap[pve] == pm and A.pv_va[pve] == va:
+            nxt = A.pv_next[pve]
+            if prev < 0:
+                A.pvh_list[pg] = nxt
+            else:
+                A.pv_next[prev] = nxt
+            A.pv_next[pve] = -1
+            return pve
+        prev, pve = pve, A.pv_next[pve]
+    subr_prf.panic(P_PVMISS, pmap_addr(pm), va)
+    return -1
+
+
+def _pvp_list_remove(p: int) -> None:
+    head = G_PVFREE if A.pvp_list[p] == PVL_FREE else G_PVUNUSED
+    nxt, prv = A.pvp_next[p], A.pvp_prev[p]
+    if prv < 0:
+        A.pmap_glob[head] = nxt
+    else:
+        A.pvp_next[prv] = nxt
+    if nxt >= 0:
+        A.pvp_prev[nxt] = prv
+    A.pvp_next[p] = A.pvp_prev[p] = -1
+    A.pvp_list[p] = PVL_NONE
+
+
+def _pvp_list_insert(p: int, which: int) -> None:
+    head = G_PVFREE if which == PVL_FREE else G_PVUNUSED
+    h = A.pmap_glob[head]
+    A.pvp_next[p] = h
+    A.pvp_prev[p] = -1
+    if h >= 0:
+        A.pvp_prev[h] = p
+    A.pmap_glob[head] = p
+    A.pvp_list[p] = which
+
+
+def _pv_take(p: int) -> int:
+    """Take one free entry of pv page ``p`` (=> pvalloc_lock)."""
+    pve = A.pvp_free[p]
+    A.pvp_free[p] = A.pv_next[pve]
+    A.pv_next[pve] = -1
+    A.pvp_nfree[p] -= 1
+    A.pmap_glob[G_NFPVENTS] -= 1
+    if A.pvp_nfree[p] == 0:
+        _pvp_list_remove(p)
+    return pve
+
+
+def pmap_alloc_pv(pm: int, mode: int) -> int:
+    """A free pv entry, or -1 (pmap_alloc_pv: free list, else pmap_alloc_pvpage)."""
+    lock.simple_lock(L.pvalloc)
+    p = A.pmap_glob[G_PVFREE]
+    if p >= 0:
+        pve = _pv_take(p)
+        if A.pmap_glob[G_NFPVENTS] < PVE_LOWAT:
+            pmap_alloc_pvpage(pm, ALLOCPV_NONEED)     # refill the cache in advance
+    else:
+        pve = pmap_alloc_pvpage(pm, mode)
+    lock.simple_unlock(L.pvalloc)
+    return pve
+
+
+def pmap_alloc_pvpage(pm: int, mode: int) -> int:
+    """A new pv page (=> pvalloc_lock held); returns an entry if one is wanted.
+
+    1. an entirely unused pv page;  2. kmem_map VA (never waiting) + a page from the
+    kernel reserve with kmem_object only try-locked;  3. pv stealing (NEED, steal pv).
+    """
+    if mode != ALLOCPV_NONEED and A.pmap_glob[G_PVUNUSED] >= 0:
+        p = A.pmap_glob[G_PVUNUSED]
+        _pvp_list_remove(p)
+        _pvp_list_insert(p, PVL_FREE)
+        return _pv_take(p)
+    from smp.kern import uvm_km
+    p = -1
+    pg = -1
+    va = uvm_km.uvm_km_valloc_try(1)
+    if va >= 0 and lock.simple_lock_try(L.kmem_object):
+        for i in range(len(A.pvp_pg)):
+            if A.pvp_pg[i] < 0:
+                p = i
+                break
+        if p >= 0:
+            pg = uvm_pagealloc(OWN_PVPAGE, p, 0, -1, UVM_PGA_USERESERVE)
+        lock.simple_unlock(L.kmem_object)
+    if pg < 0:
+        if va >= 0:
+            uvm_km.uvm_km_vfree(va, 1)
+        _cnt(C.pvpage_fail)
+        if mode == ALLOCPV_NEED and _steal_pv:
+            return _steal_one_pv(pm)
+        return -1
+    A.pg_flags[pg] &= ~PG_BUSY
+    A.pg_wire[pg] = 1
+    pmap_kenter_pa(va, pg, VM_PROT_WRITE)
+    A.pvp_pg[p] = pg
+    A.pvp_va[p] = va
+    base = p * PVE_PER_PVPAGE       # pmap_add_pvpage: carve the page into entries
+    for j in range(PVE_PER_PVPAGE - 1):
+        A.pv_next[base + j] = base + j + 1
+        A.pv_pmap[base + j] = -1
+    A.pv_next[base + PVE_PER_PVPAGE - 1] = -1
+    A.pvp_free[p] = base
+    A.pvp_nfree[p] = PVE_PER_PVPAGE
+    A.pmap_glob[G_NFPVENTS] += PVE_PER_PVPAGE
+    _pvp_list_insert(p, PVL_FREE)
+    _cnt(C.pvpage_alloc)
+    if mode == ALLOCPV_NONEED:
+        return -1
+    return _pv_take(p)
+
+
+def _steal_one_pv(pm: int) -> int:
+    """steal_one: walk every managed page for a stealable pv entry (pmap_try_steal_pv).
+
+    => pvalloc_lock held; pvh locks and victim pmap locks are only try-locked.
+    """
+    npages = len(A.pvh_list)
+    start = _ci.pv_steal_hand if hasattr(_ci, "pv_steal_hand") else 0
+    for k in range(npages):
+        pg = (start + k) % npages
+        if A.pvh_list[pg] < 0 or not lock.simple_lock_try(L.pvh + pg):
+            continue
+        prev, pve = -1, A.pvh_list[pg]
+        got = -1
+        while pve >= 0:
+            if _try_steal_pv(pg, pve, pm):
+                nxt = A.pv_next[pve]
+                if prev < 0:
+                    A.pvh_list[pg] = nxt
+                else:
+                    A.pv_next[prev] = nxt
+                A.pv_next[pve] = -1
+                got = pve
+                break
+            prev, pve = pve, A.pv_next[pve]
+        lock.simple_unlock(L.pvh + pg)
+        if got >= 0:
+            _ci.pv_steal_hand = pg + 1
+            _cnt(C.pv_steals)
+            return got
+    _cnt(C.pv_steal_fail)
+    return -1
+
+
+def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
+    """pmap_try_steal_pv: take one unwired user mapping's pv entry (=> pvh lock held).
+
+    The stolen PTE's U/M bits are not merged into attrs (as in the 1.91 code, unless
+    ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.
+    """
+    vpm = A.pv_pmap[pve]
+    if vpm == KERNEL_PMAP or not lock.simple_lock_try(L.pmap + vpm):
+        return False
+    va = A.pv_va[pve]
+    ptp = A.pv_ptp[pve]
+    idx = (ptp << 10) + ptei(va)
+    lock.simple_lock(L.tmpptp)                        # pmap_tmpmap_pvepte
+    pte = A.physmem[idx]
+    if pte & PG_W:
+        lock.simple_unlock(L.tmpptp)
+        lock.simple_unlock(L.pmap + vpm)
+        return False
+    opte = _core.xchg32(_phys_off + 4 * idx, 0)
+    lock.simple_unlock(L.tmpptp)
+    if _cfg.pv_steal_attrs:
+        A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+    A.pm_resident[vpm] -= 1
+    A.pg_wire[ptp] -= 1
+    mask = pmap_tlb_shootdown(vpm, va, opte)
+    lock.simple_unlock(L.pmap + vpm)
+    pmap_tlb_shootnow(mask)
+    subr_prf.printf(MSG_STEAL_PV, pmap_addr(vpm), va, pg << 12, pmap_addr(thief))
+    return True
+
+
+def pmap_free_pv(pve: int) -> None:
+    """Return one entry to its pv page (=> pvalloc_lock held)."""
+    p = pve // PVE_PER_PVPAGE
+    A.pv_pmap[pve] = -1
+    A.pv_next[pve] = A.pvp_free[p]
+    A.pvp_free[p] = pve
+    A.pvp_nfree[p] += 1
+    A.pmap_glob[G_NFPVENTS] += 1
+    if A.pvp_nfree[p] == 1:
+        _pvp_list_insert(p, PVL_FREE)
+    elif A.pvp_nfree[p] == PVE_PER_PVPAGE:
+        _pvp_list_remove(p)
+        _pvp_list_insert(p, PVL_UNUSED)
+
+
+def pmap_free_pvs(pves: list[int]) -> None:
+    if not pves:
+        return
+    lock.simple_lock(L.pvalloc)
+    for pve in pves:
+        pmap_free_pv(pve)
+    lock.simple_unlock(L.pvalloc)
+
+
+# --- pmap_enter ------------------------------------------------------------------
+
+def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
+    """Map ``va`` in ``pm`` to page ``pg``; 0, or ENOMEM with PMAP_CANFAIL (else panic)."""
+    _cnt(C.pmap_enter)
+    if va >= VM_MAX_KERNEL_ADDRESS:
+        subr_prf.panic(P_TOOBIG)
+    if PTE_BASE <= va < KERNBASE or va >= APTE_BASE:
+        subr_prf.panic(P_PDP)
+    wired = flags & PMAP_WIRED
+    lock.spinlockmgr_shared(L.pmap_main)
+    other = pmap_map_ptes(pm)
+    error = 0
+    try:
+        pdir = A.pm_pdir[pm] << 10
+        idx = pdei(va)
+        if pm == KERNEL_PMAP:
+            pde = A.physmem[pdir + idx]
+            if not pde & PG_V:
+                subr_prf.panic(P_NOKPTP)
+            ptp = -1
+            ptpage = pde >> 12
+        else:
+            ptp = pmap_get_ptp(pm, idx)
+            if ptp < 0:
+                if flags & PMAP_CANFAIL:
+                    _cnt(C.canfail_enomem)
+                    if _leak:
+                        other = -2          # the 1.91-lineage early return: locks stay held
+                    return ENOMEM
+                _cnt(C.noncanfail_panics)
+                subr_prf.panic(P_GETPTP)
+            ptpage = ptp
+        pte_idx = (ptpage << 10) + ptei(va)
+        opte = A.physmem[pte_idx]
+        pve = -1
+        same = False
+        bumped = False
+        if opte & PG_V:
+            if wired and not opte & PG_W:
+                _stat_add(pm, A.pm_wired, 1)
+            elif not wired and opte & PG_W:
+                _stat_add(pm, A.pm_wired, -1)
+            opg = opte >> 12
+            if opg == pg:
+                same = True
+                if opte & PG_PVLIST:
+                    lock.simple_lock(L.pvh + pg)
+                    A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+                    lock.simple_unlock(L.pvh + pg)
+            elif opte & PG_PVLIST:
+                lock.simple_lock(L.pvh + opg)
+                pve = pmap_remove_pv(opg, pm, va)
+                A.pvh_attrs[opg] |= opte & (PG_U | PG_M)
+                lock.simple_unlock(L.pvh + opg)
+        else:
+            _stat_add(pm, A.pm_resident, 1)
+            if wired:
+                _stat_add(pm, A.pm_wired, 1)
+            if ptp >= 0:
+                A.pg_wire[ptp] += 1
+            bumped = True
+        npte = (pg << 12) | PG_V
+        if prot & VM_PROT_WRITE:
+            npte |= PG_RW
+        if wired:
+            npte |= PG_W
+        if va < VM_MAXUSER_ADDRESS:
+            npte |= PG_u
+        if pm == KERNEL_PMAP:
+            npte |= PG_G
+        if same:
+            npte |= opte & (PG_PVLIST | PG_U | PG_M)
+        else:
+            if pve < 0:
+                pve = pmap_alloc_pv(pm, ALLOCPV_NEED)
+                if pve < 0:
+                    if bumped:                 # see the module docstring: keep counts exact
+                        _stat_add(pm, A.pm_resident, -1)
+                        if wired:
+                            _stat_add(pm, A.pm_wired, -1)
+                        if ptp >= 0:
+                            A.pg_wire[ptp] -= 1
+                    if flags & PMAP_CANFAIL:
+                        _cnt(C.canfail_enomem)
+                        return ENOMEM
+                    _cnt(C.noncanfail_panics)
+                    subr_prf.panic(P_NOPV)
+            lock.simple_lock(L.pvh + pg)
+            pmap_enter_pv(pg, pve, pm, va, ptp)
+            lock.simple_unlock(L.pvh + pg)
+            npte |= PG_PVLIST
+        opte = _core.xchg32(_phys_off + 4 * pte_idx, npte)
+        if opte & PG_V and (opte ^ npte) & ~(PG_U | PG_M):
+            mask = pmap_tlb_shootdown(pm, va, opte)
+            pmap_tlb_shootnow(mask)
+        return error
+    finally:
+        if other != -2:
+            pmap_unmap_ptes(pm, other)
+            lock.spinlockmgr_release_shared(L.pmap_main)
+
+
+# --- removal ------------------------------------------------------------------------
+
+def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = False) -> int:
+    """Remove the valid mappings in [sva, eva) of one PTP; returns the shootdown mask.
+
+    => pmap locked (PTEs mapped).  Stops early once the PTP is empty.  ``stealing``:
+    called by pmap_steal_ptp, which shoots down only if ``shootdown_on_steal``.
+    """
+    ptpage = ptp if ptp >= 0 else A.physmem[(A.pm_pdir[pm] << 10) + pdei(sva)] >> 12
+    base = ptpage << 10
+    lo, hi = ptei(sva), ptei(eva - 1) + 1
+    ptes = _physmem_np[base + lo: base + hi]
+    valid = np.nonzero(ptes & PG_V)[0]
+    mask = 0
+    pves = []
+    for i in valid:
+        i = int(i)
+        va = sva + ((i) << 12)
+        opte = _core.xchg32(_phys_off + 4 * (base + lo + i), 0)
+        if not opte & PG_V:
+            continue
+        if opte & PG_W:
+            _stat_add(pm, A.pm_wired, -1)
+        _stat_add(pm, A.pm_resident, -1)
+        if ptp >= 0:
+            A.pg_wire[ptp] -= 1
+        if stealing and not _shootdown_on_steal:
+            if pm == A.cpu_pmap[_ci.cpu]:
+                _pc.tlb.pop(va >> 12, None)     # the 2000 steal code: this CPU only
+        else:
+            mask |= pmap_tlb_shootdown(pm, va, opte)
+        pg = opte >> 12
+        if opte & PG_PVLIST:
+            lock.simple_lock(L.pvh + pg)
+            A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+            pves.append(pmap_remove_pv(pg, pm, va))
+            lock.simple_unlock(L.pvh + pg)
+        elif pm != KERNEL_PMAP and A.pg_owner[pg] not in (OWN_PVPAGE,):
+            subr_prf.panic(P_NOPVLIST, va)
+        if ptp >= 0 and A.pg_wire[ptp] <= 1:
+            break
+    pmap_free_pvs(pves)
+    _cnt(C.pmap_remove)
+    return mask
+
+
+def pmap_remove(pm: int, sva: int, eva: int) -> None:
+    """Remove mappings in [sva, eva); PTPs that become empty are freed after shootdown."""
+    lock.spinlockmgr_shared(L.pmap_main)
+    other = pmap_map_ptes(pm)
+    empty = []
+    mask = 0
+    try:
+        pdir = A.pm_pdir[pm] << 10
+        va = sva
+        while va < eva:
+            blk_end = min(eva, (va & ~(NBPD - 1)) + NBPD)
+            idx = pdei(va)
+            pde = A.physmem[pdir + idx]
+            if idx != PDSLOT_PTE and pde & PG_V:
+                ptp = -1 if pm == KERNEL_PMAP else pde >> 12
+                mask |= pmap_remove_ptes(pm, ptp, va, blk_end)
+                if ptp >= 0 and A.pg_wire[ptp] <= 1:
+                    empty.append(_unhook_ptp(pm, ptp, idx))
+            va = blk_end
+    finally:
+        pmap_tlb_shootnow(mask)
+        for ptp in empty:
+            _free_ptp_page(ptp)
+        pmap_unmap_ptes(pm, other)
+        lock.spinlockmgr_release_shared(L.pmap_main)
+
+
+def _unhook_ptp(pm: int, ptp: int, idx: int) -> int:
+    """Detach an empty PTP from its pmap (=> pmap locked); the caller frees it later."""
+    A.physmem[(A.pm_pdir[pm] << 10) + idx] = 0
+    _stat_add(pm, A.pm_resident, -1)
+    memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
+    A.pm_npages[pm] -= 1
+    if A.pm_ptphint[pm] == ptp:
+        A.pm_ptphint[pm] = A.pm_memq_head[pm]
+    return ptp
+
+
+def pmap_page_remove(pg: int) -> None:
+    """Remove every mapping of ``pg`` (pmap_page_protect(pg, VM_PROT_NONE)).
+
+    Head-to-map: pmap_main_lock exclusive, then the pvh lock, then each pmap.
+    """
+    if A.pvh_list[pg] < 0:
+        return
+    lock.spinlockmgr_exclusive(L.pmap_main)
+    lock.simple_lock(L.pvh + pg)
+    mask = 0
+    empty = []
+    pves = []
+    pve = A.pvh_list[pg]
+    while pve >= 0:
+        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        other = pmap_map_ptes(pm)
+        if ptp >= 0:
+            idx = (ptp << 10) + ptei(va)
+        else:
+            idx = ((A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
+        opte = _core.xchg32(_phys_off + 4 * idx, 0)
+        if opte & PG_W:
+            _stat_add(pm, A.pm_wired, -1)
+        _stat_add(pm, A.pm_resident, -1)
+        A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+        mask |= pmap_tlb_shootdown(pm, va, opte)
+        if ptp >= 0:
+            A.pg_wire[ptp] -= 1
+            if A.pg_wire[ptp] <= 1:
+                empty.append(_unhook_ptp(pm, ptp, pdei(va)))
+        pmap_unmap_ptes(pm, other)
+        pves.append(pve)
+        pve = A.pv_next[pve]
+    A.pvh_list[pg] = -1
+    lock.simple_unlock(L.pvh + pg)
+    pmap_tlb_shootnow(mask)
+    for ptp in empty:
+        _free_ptp_page(ptp)
+    pmap_free_pvs(pves)
+    lock.spinlockmgr_release_exclusive(L.pmap_main)
+
+
+def pmap_clear_reference(pg: int) -> bool:
+    """Clear PG_U in the attrs and every mapping of ``pg``; returns whether it was set."""
+    was = bool(A.pvh_attrs[pg] & PG_U)
+    if A.pvh_list[pg] < 0 and not was:
+        return False
+    lock.spinlockmgr_exclusive(L.pmap_main)
+    lock.simple_lock(L.pvh + pg)
+    A.pvh_attrs[pg] &= ~PG_U
+    mask = 0
+    pve = A.pvh_list[pg]
+    while pve >= 0:
+        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        other = pmap_map_ptes(pm)
+        idx = _pte_index(pm, va, ptp)
+        while True:
+            opte = A.physmem[idx]
+            if not opte & PG_U or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_U):
+                break
+        if opte & PG_U:
+            was = True
+            mask |= pmap_tlb_shootdown(pm, va, opte)
+        pmap_unmap_ptes(pm, other)
+        pve = A.pv_next[pve]
+    lock.simple_unlock(L.pvh + pg)
+    pmap_tlb_shootnow(mask)
+    lock.spinlockmgr_release_exclusive(L.pmap_main)
+    return was
+
+
+def pmap_is_modified(pg: int) -> bool:
+    """PG_M in the attrs or any mapping (pmap_test_attrs(pg, PG_M))."""
+    if A.pvh_attrs[pg] & PG_M:
+        return True
+    lock.spinlockmgr_exclusive(L.pmap_main)
+    lock.simple_lock(L.pvh + pg)
+    mod = False
+    pve = A.pvh_list[pg]
+    while pve >= 0 and not mod:
+        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        other = pmap_map_ptes(pm)
+        mod = bool(A.physmem[_pte_index(pm, va, ptp)] & PG_M)
+        pmap_unmap_ptes(pm, other)
+        pve = A.pv_next[pve]
+    if mod:
+        A.pvh_attrs[pg] |= PG_M
+    lock.simple_unlock(L.pvh + pg)
+    lock.spinlockmgr_release_exclusive(L.pmap_main)
+    return mod
+
+
+def _pte_index(pm: int, va: int, ptp: int) -> int:
+    if ptp >= 0:
+        return (ptp << 10) + ptei(va)
+    return ((A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
+
+
+def pmap_protect(pm: int, sva: int, eva: int, prot: int) -> None:
+    """Lower the protection of [sva, eva) (pmap_write_protect; no main lock)."""
+    if not prot & 0x1:
+        pmap_remove(pm, sva, eva)
+        return
+    other = pmap_map_ptes(pm)
+    mask = 0
+    pdir = A.pm_pdir[pm] << 10
+    va = sva
+    while va < eva:
+        pde = A.physmem[pdir + pdei(va)]
+        if pde & PG_V and pdei(va) != PDSLOT_PTE:
+            idx = ((pde >> 12) << 10) + ptei(va)
+            while True:
+                opte = A.physmem[idx]
+                if not (opte & PG_V and opte & PG_RW) or (prot & VM_PROT_WRITE):
+                    break
+                if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_RW):
+                    mask |= pmap_tlb_shootdown(pm, va, opte)
+                    break
+        va += NBPG
+    pmap_tlb_shootnow(mask)
+    pmap_unmap_ptes(pm, other)
+
+
+def pmap_unwire(pm: int, va: int) -> None:
+    """Clear PG_W of a mapping."""
+    other = pmap_map_ptes(pm)
+    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
+    if not pde & PG_V:
+        pmap_unmap_ptes(pm, other)
+        subr_prf.panic(P_UNWIRE, va)
+    idx = ((pde >> 12) << 10) + ptei(va)
+    while True:
+        opte = A.physmem[idx]
+        if not opte & PG_V:
+            pmap_unmap_ptes(pm, other)
+            subr_prf.panic(P_UNWIRE, va)
+        if not opte & PG_W:
+            subr_prf.printf(MSG_UNWIRE, pmap_addr(pm), va)
+            break
+        if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_W):
+            _stat_add(pm, A.pm_wired, -1)
+            break
+    pmap_unmap_ptes(pm, other)
+
+
+def pmap_extract(pm: int, va: int) -> int:
+    """The page mapped at ``va``, or -1 (PG_V checked, as in 1.135)."""
+    other = pmap_map_ptes(pm)
+    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
+    pg = -1
+    if pde & PG_V:
+        pte = A.physmem[((pde >> 12) << 10) + ptei(va)]
+        if pte & PG_V:
+            pg = pte >> 12
+    pmap_unmap_ptes(pm, other)
+    return pg
+
+
+# --- the kernel pmap ------------------------------------------------------------------
+
+def pmap_kenter_pa(va: int, pg: int, prot: int) -> None:
+    """An unmanaged kernel mapping: no pv entry, no lock, cannot fail."""
+    pde = A.physmem[(A.pm_pdir[KERNEL_PMAP] << 10) + pdei(va)]
+    if not pde & PG_V:
+        subr_prf.panic(P_NOKPTP)
+    idx = ((pde >> 12) << 10) + ptei(va)
+    npte = (pg << 12) | PG_V | PG_G | (PG_RW if prot & VM_PROT_WRITE else 0)
+    opte = _core.xchg32(_phys_off + 4 * idx, npte)
+    if not opte & PG_V:
+        _stat_add(KERNEL_PMAP, A.pm_resident, 1)
+    else:
+        pmap_tlb_shootnow(pmap_tlb_shootdown(KERNEL_PMAP, va, opte))
+
+
+def pmap_kremove(va: int, npages: int) -> None:
+    pdir = A.pm_pdir[KERNEL_PMAP] << 10
+    mask = 0
+    for i in range(npages):
+        v = va + i * NBPG
+        pde = A.physmem[pdir + pdei(v)]
+        idx = ((pde >> 12) << 10) + ptei(v)
+        opte = _core.xchg32(_phys_off + 4 * idx, 0)
+        if opte & PG_V:
+            _stat_add(KERNEL_PMAP, A.pm_resident, -1)
+            mask |= pmap_tlb_shootdown(KERNEL_PMAP, v, opte)
+    pmap_tlb_shootnow(mask)
+
+
+def pmap_growkernel(maxkvaddr: int) -> int:
+    """Grow the kernel's PTPs to cover ``maxkvaddr``; push the PDEs into every pmap."""
+    need = -(-(maxkvaddr - KERNBASE) // NBPD)
+    if need <= A.pmap_glob[G_NKPDE]:
+        return KERNBASE + A.pmap_glob[G_NKPDE] * NBPD
+    lock.simple_lock(L.pmap + KERNEL_PMAP)
+    kpdir = A.pm_pdir[KERNEL_PMAP] << 10
+    while A.pmap_glob[G_NKPDE] < need:
+        slot = PDSLOT_KERN + A.pmap_glob[G_NKPDE]
+        ptp = uvm_pagealloc(OWN_KPTP, KERNEL_PMAP, slot, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
+        if ptp < 0 and _steal_ptp:
+            ptp = pmap_steal_ptp(KERNEL_PMAP, slot)
+            if ptp >= 0:
+                A.pg_owner[ptp] = OWN_KPTP
+                pmap_zero_page(ptp)
+        if ptp < 0:
+            lock.simple_unlock(L.pmap + KERNEL_PMAP)
+            subr_prf.panic(P_GROW)
+        A.pg_flags[ptp] &= ~PG_BUSY
+        A.pg_wire[ptp] = 1
+        A.physmem[kpdir + slot] = (ptp << 12) | PG_V | PG_RW
+        _stat_add(KERNEL_PMAP, A.pm_resident, 1)
+        lock.simple_lock(L.pmaps)
+        pm = A.pmap_glob[G_PMAPS]
+        while pm >= 0:
+            A.physmem[(A.pm_pdir[pm] << 10) + slot] = A.physmem[kpdir + slot]
+            pm = A.pm_next[pm]
+        A.pmap_glob[G_NKPDE] += 1
+        lock.simple_unlock(L.pmaps)
+    lock.simple_unlock(L.pmap + KERNEL_PMAP)
+    return KERNBASE + A.pmap_glob[G_NKPDE] * NBPD
+
+
+# --- activation and the TLB ----------------------------------------------------------------
+
+def pmap_activate(pm: int) -> None:
+    """Load ``pm`` into this CPU's %cr3 (context switch): flush the TLB, note pm_cpus."""
+    cpu = _ci.cpu
+    cur = A.cpu_pmap[cpu]
+    if cur == pm:
+        return
+    bit = 1 << cpu
+    if cur != KERNEL_PMAP:
+        _core.and64(_pm_cpus_off + 8 * cur, ~bit)
+    if pm != KERNEL_PMAP:
+        _core.or64(_pm_cpus_off + 8 * pm, bit)
+    A.cpu_pmap[cpu] = pm
+    _pc.tlb.clear()
+
+
+def tlbflush() -> None:
+    """Flush this CPU's (non-global) TLB entries."""
+    _pc.tlb.clear()
+    _cnt(C.tlb_fullflush)
+
+
+def pmap_tlb_shootdown(pm: int, va: int, pte: int) -> int:
+    """Queue an invalidation of ``va`` on every other CPU using ``pm``; returns their mask.
+
+    This CPU's own entry is dropped at once.  A full queue escalates to a full flush.
+    """
+    me = _ci.cpu
+    if pm == A.cpu_pmap[me] or pm == KERNEL_PMAP:
+        _pc.tlb.pop(va >> 12, None)
+    active = A.pm_cpus[pm] & ~(1 << me)
+    if not active:
+        return 0
+    mask = 0
+    c = 0
+    while active:
+        if active & 1:
+            lock.simple_lock(L.tlbq + c)
+            if not A.tlbq_flush[c]:
+                n = A.tlbq_count[c]
+                if n < PMAP_TLB_MAXJOBS:
+                    A.tlbq_va[c * PMAP_TLB_MAXJOBS + n] = va
+                    A.tlbq_pmap[c * PMAP_TLB_MAXJOBS + n] = pm
+                    A.tlbq_count[c] = n + 1
+                else:
+                    A.tlbq_flush[c] = 1
+            lock.simple_unlock(L.tlbq + c)
+            mask |= 1 << c
+        active >>= 1
+        c += 1
+    _cnt(C.tlb_shootdowns)
+    return mask
+
+
+def _shootdown_range(pm: int, sva: int, eva: int) -> int:
+    """A whole 4 MiB region: a full flush on every other CPU using ``pm``."""
+    me = _ci.cpu
+    active = A.pm_cpus[pm] & ~(1 << me)
+    mask = 0
+    c = 0
+    while active:
+        if active & 1:
+            lock.simple_lock(L.tlbq + c)
+            A.tlbq_flush[c] = 1
+            lock.simple_unlock(L.tlbq + c)
+            mask |= 1 << c
+        active >>= 1
+        c += 1
+    return mask
+
+
+def pmap_tlb_shootnow(mask: int) -> None:
+    """Send the TLB IPI to ``mask`` and wait until every target has flushed.
+
+    While waiting this CPU keeps answering its own IPIs, or two CPUs shooting at each
+    other would deadlock.  The wait ends with a panic after a long time (DIAGNOSTIC's
+    10,000,000 spins) and stops at once if the machine halts.
+    """
+    if not mask:
+        return
+    me = _ci.cpu
+    off = _ipi_mask_off + 8 * me
+    _core.or64(off, mask)
+    c = 0
+    m = mask
+    while m:
+        if m & 1:
+            _ci.send_ipi(c, I386_IPI_TLB)
+        m >>= 1
+        c += 1
+    _cnt(C.tlb_ipis, bin(mask).count("1"))
+    import os
+    import time
+    deadline = None
+    spins = 0
+    while _core.load64(off) & mask:
+        if _ci.area["ipi_pending"]:
+            pmap_do_tlb_shootdown()
+        if _ci.seg.hdr["halt"]:
+            raise lock.Halted("machine halted during a TLB shootdown")
+        spins += 1
+        if spins % 16 == 0:
+            os.sched_yield()
+            if deadline is None:
+                deadline = time.monotonic() + 10.0
+            elif time.monotonic() > deadline:
+                subr_prf.panic(P_RENDEZVOUS, _core.load64(off) & mask)
+
+
+def pmap_do_tlb_shootdown() -> None:
+    """The TLB IPI handler: apply this CPU's queued invalidations and acknowledge."""
+    bits = _ci.take_ipis()
+    me = _ci.cpu
+    lock.simple_lock(L.tlbq + me)
+    if A.tlbq_flush[me]:
+        _pc.tlb.clear()
+        _cnt(C.tlb_fullflush)
+    else:
+        cur = A.cpu_pmap[me]
+        base = me * PMAP_TLB_MAXJOBS
+        for i in range(A.tlbq_count[me]):
+            if A.tlbq_pmap[base + i] in (cur, KERNEL_PMAP):
+                _pc.tlb.pop(A.tlbq_va[base + i] >> 12, None)
+    A.tlbq_count[me] = 0
+    A.tlbq_flush[me] = 0
+    lock.simple_unlock(L.tlbq + me)
+    bit = ~(1 << me)
+    for c in range(_ci.ncpu):
+        if c != me and A.tlb_ipi_mask[c] & (1 << me):
+            _core.and64(_ipi_mask_off + 8 * c, bit)
+    del bits

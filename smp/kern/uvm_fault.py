@@ -1,0 +1,337 @@
+"""The page-fault handler (uvm_fault.c, errno era: NETBSD-FACTS §5.2).
+
+uvm_fault(tid, va, access_type [, wire]):
+    uvmexp.faults++
+  ReFault (every retry starts over: see kern_synch's restart semantics)
+    lock the map; no entry -> EFAULT; access outside its protection -> EACCES
+    first try only, unless wiring: map resident neighbours (nback 3 / nforw 4 for
+        MADV_NORMAL) with PMAP_CANFAIL, ignoring failures (fltnamap)
+    case 1, the page has an anon:
+        not resident (swapped out): a new page (not from the reserve) or
+            fltnoram + uvm_wait("flt_noram1"); swap it in
+        write to a shared anon (an_ref > 1): copy-on-write (flt_acow): a new
+            anon and page or -- no anon, or swap full -> fltnoanon, ENOMEM;
+            else fltnoram + uvm_wait("flt_noram3")
+        pmap_enter(... | PMAP_CANFAIL) fails -> unlock everything; swap full ->
+            ENOMEM; else uvm_wait("flt_pmfail1") and ReFault
+    case 2, no anon:
+        file-backed: find or read the object's page; writing a private file
+            mapping promotes (copies) it into a new anon
+        anonymous zero-fill: promote into a new anon + zeroed page -- no anon or
+            swap full -> fltnoanon, ENOMEM ("promote: out of VM"); no page ->
+            fltnoram + uvm_wait("flt_noram5")
+        pmap_enter fails -> swap full ? ENOMEM : uvm_wait("flt_pmfail2"), ReFault
+    wire (mlock) or activate the page; unlock; 0
+
+The data page is allocated *before* pmap_enter, the PTP inside it, so a
+user fault normally blocks in flt_noram at free <= 5 long before its PTP
+allocation (free <= 1) can fail.  NetBSD kept no counter for the pmfail
+waits; ours are ``flt_pmfail1``/``flt_pmfail2``/``pmfail_waits``.
+ENOMEM makes trap() kill the process ("out of swap").
+"""
+
+from __future__ import annotations
+
+from smp.kern import lock, pmap, subr_prf, uvm_pdaemon
+from smp.kern.param import (
+    EACCES,
+    EFAULT,
+    ENOMEM,
+    NBPG,
+    PMAP_CANFAIL,
+    PMAP_WIRED,
+    VM_PROT_WRITE,
+    trunc_page,
+)
+from smp.kern.uvm import A, C, L
+from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc
+from smp.kern.uvm_map import (
+    E_ADVICE,
+    E_AMAP,
+    E_END,
+    E_FLAGS,
+    E_PROT,
+    E_START,
+    E_UOBJ,
+    E_UOFF,
+    EF_COPY,
+    EF_FILE,
+    EF_WIRED,
+    UVMADVICE,
+    _e,
+    uvm_map_lookup,
+)
+from smp.kern.uvm_page import (
+    OWN_ANON,
+    OWN_UOBJ,
+    PG_BUSY,
+    PG_CLEAN,
+    UVM_PGA_ZERO,
+    uvm_pageactivate,
+    uvm_pagealloc,
+    uvm_pagewire,
+)
+
+W = {name: subr_prf.intern(name) for name in (
+    "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
+H = subr_prf.UVMHIST_FUNC("uvm_fault")
+H_CALL = subr_prf.message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
+H_CASE1 = subr_prf.message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
+H_CASE2 = subr_prf.message("uvm_fault", "  case 2 fault: promote=%d, zfill=%d", "hist", "maphist")
+H_NORAM = subr_prf.message("uvm_fault", "  noram -- UVM_WAIT", "hist", "maphist")
+H_PMFAIL = subr_prf.message("uvm_fault", "  pmap_enter failed, waiting (%s)", "hist", "maphist")
+H_OOVM = subr_prf.message("uvm_fault", "<- failed.  out of VM", "hist", "maphist")
+H_DONE = subr_prf.message("uvm_fault", "<- done (SUCCESS!)", "hist", "maphist")
+
+_ci = None
+
+
+def attach(ci) -> None:
+    global _ci
+    _ci = ci
+
+
+def _cnt(idx: int) -> None:
+    A.cnt[_ci.cnt_base + idx] += 1
+
+
+class _Held:
+    """The locks a fault holds, so uvmfault_unlockall can drop them all.
+
+    The fault code takes each lock itself (so lockstat names the function that took
+    it) and records it here.
+    """
+
+    __slots__ = ("ids",)
+
+    def __init__(self):
+        self.ids: list[int] = []
+
+    def unlock(self, lk: int) -> None:
+        self.ids.remove(lk)
+        lock.simple_unlock(lk)
+
+    def unlockall(self) -> None:
+        while self.ids:
+            lock.simple_unlock(self.ids.pop())
+
+
+def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
+    """Resolve a fault at ``va`` for thread ``tid``; 0 or an errno.  May sleep (restart)."""
+    _cnt(C.faults)
+    call = subr_prf.UVMHIST_CALLED(H)
+    if call:
+        subr_prf.UVMHIST_LOG(H_CALL, call, A.vm_pmap[tid], va, 0, access)
+    va = trunc_page(va)
+    held = _Held()
+    lock.simple_lock(L.vm_map + tid)        # (held: unlocked by uvmfault_unlockall)
+    held.ids.append(L.vm_map + tid)
+    i = uvm_map_lookup(tid, va)
+    if i < 0:
+        held.unlockall()
+        return EFAULT
+    b = _e(tid, i)
+    ent = A.vm_entry
+    start, end, prot, flags = ent[b + E_START], ent[b + E_END], ent[b + E_PROT], ent[b + E_FLAGS]
+    base, uobj, uoff, adv = ent[b + E_AMAP], ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
+    if access & ~prot:
+        held.unlockall()
+        return EACCES
+    wired = bool(flags & EF_WIRED) or wire
+    if wire:
+        access = prot
+    pm = A.vm_pmap[tid]
+    wflag = PMAP_WIRED if wired else 0
+    enter_prot = prot
+    pidx = (va - start) // NBPG
+    if base >= 0:
+        lock.simple_lock(L.amap + tid)        # (held: unlocked by uvmfault_unlockall)
+        held.ids.append(L.amap + tid)
+        if not wire and _ci.md.refault_narrow.get(tid) != va:
+            _neighbours(pm, tid, va, start, end, base, adv, prot, wflag)
+        _ci.md.refault_narrow[tid] = va          # any ReFault of this fault is narrow
+        an = A.amap_slot[base + pidx]
+    else:
+        an = -1
+    if an >= 0:
+        r = _case1(held, tid, pm, va, base + pidx, an, access, enter_prot, wired, wflag)
+    else:
+        r = _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
+                   wired, wflag)
+    _ci.md.refault_narrow.pop(tid, None)
+    if call and r == 0:
+        subr_prf.UVMHIST_LOG(H_DONE, call)
+    return r
+
+
+def _neighbours(pm, tid, va, start, end, base, adv, prot, wflag) -> None:
+    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter."""
+    nback, nforw = UVMADVICE[adv]
+    lo = max(start, va - nback * NBPG)
+    hi = min(end, va + (nforw + 1) * NBPG)
+    for nva in range(lo, hi, NBPG):
+        if nva == va:
+            continue
+        an = A.amap_slot[base + (nva - start) // NBPG]
+        if an < 0:
+            continue
+        pg = A.an_page[an]
+        if pg < 0 or A.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
+            continue
+        _cnt(C.fltnamap)
+        p = prot & ~VM_PROT_WRITE if A.an_ref[an] > 1 else prot
+        pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | wflag)
+
+
+def _wait(held: _Held, wmesg: str, hist=H_NORAM) -> None:
+    held.unlockall()
+    _cnt(C.uvm_wait)
+    uvm_pdaemon.uvm_wait(W[wmesg])
+
+
+def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int:
+    """The page has an anon (NetBSD case 1)."""
+    lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
+    held.ids.append(L.anon + an)
+    pg = A.an_page[an]
+    if pg < 0:                                   # paged out: swap it in
+        pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0)
+        if pg < 0:
+            _cnt(C.fltnoram)
+            _wait(held, "flt_noram1")
+        A.an_page[an] = pg
+        A.pg_flags[pg] &= ~PG_BUSY
+        swpgonly_add(-1)
+        _cnt(C.pgswapin)
+        _cnt(C.pageins)
+    if access & VM_PROT_WRITE and A.an_ref[an] > 1:   # case 1B: copy-on-write
+        _cnt(C.flt_acow)
+        nan = uvm_analloc()
+        npg = -1
+        if nan >= 0:
+            npg = uvm_pagealloc(OWN_ANON, -1, 0, nan, 0)
+        if nan < 0 or npg < 0:
+            if nan >= 0:
+                from smp.kern.uvm_anon import uvm_anfree
+                uvm_anfree(nan)
+            if nan < 0 or swap_full():
+                _cnt(C.fltnoanon)
+                held.unlockall()
+                return ENOMEM
+            _cnt(C.fltnoram)
+            _wait(held, "flt_noram3")
+        A.an_page[nan] = npg
+        A.pg_flags[npg] &= ~(PG_BUSY | PG_CLEAN)
+        A.an_ref[an] -= 1
+        A.amap_slot[slot] = nan
+        held.unlock(L.anon + an)
+        an, pg = nan, npg
+        lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
+        held.ids.append(L.anon + an)
+    else:
+        _cnt(C.flt_anon)
+        if A.an_ref[an] > 1:
+            enter_prot &= ~VM_PROT_WRITE
+    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
+        if swap_full():
+            held.unlockall()
+            return ENOMEM
+        _cnt(C.pmfail_waits)
+        _cnt(C.flt_pmfail1)
+        _wait(held, "flt_pmfail1")
+    _finish(pg, wired)
+    held.unlockall()
+    return 0
+
+
+def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot, wired,
+           wflag) -> int:
+    """No anon: an object page, or zero-fill (NetBSD case 2)."""
+    write = bool(access & VM_PROT_WRITE)
+    uobjpage = -1
+    if flags & EF_FILE:
+        uobjpage = _uobj_get(held, uobj, uoff + pidx)
+        promote = write and bool(flags & EF_COPY)
+        if not promote:
+            _cnt(C.flt_obj)
+            if flags & EF_COPY:
+                enter_prot &= ~VM_PROT_WRITE
+            return _enter_obj(held, pm, va, uobjpage, access, enter_prot, wired, wflag)
+    if base < 0:
+        held.unlockall()
+        return EFAULT
+    an = uvm_analloc()
+    pg = -1
+    if an >= 0:
+        pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0 if uobjpage >= 0 else UVM_PGA_ZERO)
+    if an < 0 or pg < 0:
+        if an >= 0:
+            from smp.kern.uvm_anon import uvm_anfree
+            uvm_anfree(an)
+        if an < 0 or swap_full():
+            _cnt(C.fltnoanon)
+            held.unlockall()
+            return ENOMEM
+        _cnt(C.fltnoram)
+        _wait(held, "flt_noram5")
+    _cnt(C.flt_prcopy if uobjpage >= 0 else C.flt_przero)
+    A.an_page[an] = pg
+    A.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
+    A.amap_slot[base + pidx] = an               # amap_add: stays even if pmap_enter fails
+    lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
+    held.ids.append(L.anon + an)
+    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
+        if swap_full():
+            held.unlockall()
+            return ENOMEM
+        _cnt(C.pmfail_waits)
+        _cnt(C.flt_pmfail2)
+        _wait(held, "flt_pmfail2")
+    _finish(pg, wired)
+    held.unlockall()
+    return 0
+
+
+def _enter_obj(held, pm, va, pg, access, enter_prot, wired, wflag) -> int:
+    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
+        if swap_full():
+            held.unlockall()
+            return ENOMEM
+        _cnt(C.pmfail_waits)
+        _cnt(C.flt_pmfail2)
+        _wait(held, "flt_pmfail2")
+    _finish(pg, wired)
+    held.unlockall()
+    return 0
+
+
+def _uobj_get(held, uobj: int, off: int) -> int:
+    """The object's page at ``off``, read in if not resident (pgo_get, synchronous)."""
+    lock.simple_lock(L.vnode + uobj % 8)        # (held: unlocked by uvmfault_unlockall)
+    held.ids.append(L.vnode + uobj % 8)
+    slot = A.file_base[uobj] + off
+    pg = A.file_page[slot]
+    if pg < 0:
+        _cnt(C.fltget)
+        pg = uvm_pagealloc(OWN_UOBJ, uobj, off, -1, 0)
+        if pg < 0:
+            _cnt(C.fltnoram)
+            _wait(held, "uvn_get")
+        A.file_page[slot] = pg
+        A.pg_flags[pg] &= ~PG_BUSY
+        _cnt(C.pageins)
+    else:
+        _cnt(C.fltlget)
+    return pg
+
+
+def _finish(pg: int, wired: bool) -> None:
+    lock.simple_lock(L.pageq)
+    if wired:
+        uvm_pagewire(pg)
+    else:
+        uvm_pageactivate(pg)
+    lock.simple_unlock(L.pageq)
+
+
+__all__ = ["uvm_fault", "ENOMEM", "EFAULT", "EACCES"]

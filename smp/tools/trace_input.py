@@ -1,0 +1,626 @@
+"""What `smp trace` and `smp compare` read: run directories and text logs, as one kind of log.
+
+A *run directory* is read from its binary records (``events.bin``, sorted into one
+timeline with :func:`smp.runfmt.merge_order`) and ``catalogue.json``, so every record
+knows its exact template -- the (kind, function, format) of the kernel call site -- and
+can be re-rendered in any style.  ``manifest.json`` and ``summary.json`` supply the
+header (load script, machine, kernel, seed, mode, duration, dropped records).  A run
+directory without ``events.bin`` falls back to its ``console.log``.
+
+A *text log* is anything else: our own ``console.log``/``hist.log``, a ``dmesg`` with
+``[    12.345678]`` stamps, or a 2001 NetBSD console with no stamps at all.  Each line is
+split into an optional timestamp, an optional ``cpuN:`` (our console) or
+``fn#call@cpu:`` (UVMHIST) prefix, and the message; templates are mined from the message
+(:mod:`smp.tools.trace_mask`).
+
+Both give a :class:`Log`: per line a time (ns, -1 when unknown), a CPU (-1 when unknown)
+and a template id; a list of :class:`Template`; the header facts; and a
+:class:`SeqSource` for the sequence view (keys with aliases, alias-blind keys, display
+text).  Malformed input -- an unreadable or binary file, a truncated ``events.bin``, a bad
+``catalogue.json`` or ``manifest.json`` -- raises :class:`~smp.errors.BadInput` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smp import runfmt
+from smp.errors import BadInput
+from smp.runfmt import Catalogue
+from smp.tools import trace_mask
+
+MANIFEST_FILE = "manifest.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Template:
+    """One message template.
+
+    ``key`` identifies it across inputs: ``("exact", kind, hist, fn, fmt)`` for our own
+    records -- by text, never by catalogue id, since ids may change between code versions
+    -- or ``("mined", kind, text)``.  ``text`` is what tables print.
+    """
+
+    key: tuple
+    text: str
+    kind: str = "printf"  # printf | panic | hist | unknown
+    fn: str = ""
+
+
+@dataclass
+class Log:
+    """One input, whatever its format (see the module docstring)."""
+
+    source: str
+    exact: bool
+    format: str
+    time_ns: np.ndarray
+    cpu: np.ndarray
+    tid: np.ndarray
+    templates: list[Template]
+    manifest: dict | None = None
+    summary: dict | None = None
+    dropped: int | None = None
+    duration: float | None = None
+    duration_from: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.tid)
+
+    def panics(self) -> int:
+        """How many panic records/lines."""
+        kinds = np.array([t.kind == "panic" for t in self.templates] + [False], bool)
+        return int(np.count_nonzero(kinds[self.tid])) if self.n else 0
+
+    def seq(self, gid: np.ndarray) -> SeqSource:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def lines(self, idx: np.ndarray, style: str) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class SeqSource:
+    """Line keys for the sequence view (``smp.tools.compare_seq``).
+
+    ``raw()`` is one int64 per line for the line without its timestamp: equal raw keys
+    mean equal lines.  ``start(origin)`` restarts alias numbering at line ``origin``;
+    ``keys(lo, hi)`` gives (full, blind) int64 keys of lines ``lo..hi-1`` with aliases
+    numbered from the origin (full) or with aliases reduced to their kind (blind);
+    ``text(i)`` the normalized line for display, prefixed with its original stamp.
+    """
+
+    n: int
+
+    def raw(self) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, origin: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def text(self, i: int) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def alias_counts(self) -> dict[str, int]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    # building millions of small tuples and strings wakes the cyclic collector over and
+    # over for nothing (none of them is cyclic): 2-3x slower loading with it on
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# ---------------------------------------------------------------- opening inputs
+
+
+def load(path: str | Path, *, partial_ok: bool = False) -> Log:
+    """Open a run directory or a text log (module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"{p}: no such file or directory")
+    with _no_gc():
+        if p.is_dir():
+            if (p / runfmt.EVENTS_FILE).is_file():
+                return load_run(p, partial_ok=partial_ok)
+            if (p / runfmt.CONSOLE_FILE).is_file():
+                log = load_text(p / runfmt.CONSOLE_FILE)
+                log.source = str(p)
+                log.manifest = _json(p / MANIFEST_FILE, optional=True)
+                log.summary = _json(p / SUMMARY_FILE, optional=True)
+                _run_facts(log)
+                log.notes.append("no events.bin: read console.log, templates mined")
+                return log
+            raise BadInput(f"{p}: not a run directory (no {runfmt.EVENTS_FILE} or "
+                           f"{runfmt.CONSOLE_FILE})")
+        if p.name == runfmt.EVENTS_FILE or _starts_with(p, runfmt.EVENTS_MAGIC):
+            return load_run(p.parent, partial_ok=partial_ok, events=p)
+        if p.suffix == ".json":
+            raise BadInput(f"{p}: a JSON file, not a log; give the run directory "
+                           f"{p.parent} instead")
+        return load_text(p)
+
+
+def _starts_with(p: Path, magic: bytes) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+
+
+def _json(p: Path, optional: bool = False) -> dict | None:
+    if not p.is_file():
+        if optional:
+            return None
+        raise BadInput(f"{p}: missing")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise BadInput(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise BadInput(f"{p}: not a JSON object")
+    if d.get("schema") != 1:
+        raise BadInput(f"{p}: schema {d.get('schema')!r}, this smp reads 1")
+    return d
+
+
+def _run_facts(log: Log) -> None:
+    """Duration and dropped records from summary.json (when the run got that far)."""
+    s = log.summary or {}
+    trace = s.get("trace") or {}
+    if isinstance(trace.get("dropped"), int):
+        log.dropped = trace["dropped"]
+    # a simulated clock, if the run has one, else the run's own elapsed time (free mode
+    # stamps records with host time since boot, so the two agree)
+    for key in ("sim_time_s", "virtual_time_s", "duration_s", "elapsed_s"):
+        v = s.get(key)
+        if isinstance(v, int | float) and v > 0:
+            log.duration, log.duration_from = float(v), f"summary {key}"
+            return
+    if log.summary is None:
+        log.notes.append("no summary.json (the run did not finish?)")
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def load_run(d: Path, *, partial_ok: bool = False, events: Path | None = None) -> RunLog:
+    events = events or d / runfmt.EVENTS_FILE
+    catp = d / runfmt.CATALOGUE_FILE
+    if not catp.is_file():
+        raise BadInput(f"{d}: run directory has {events.name} but no {runfmt.CATALOGUE_FILE}")
+    cat = Catalogue.load(catp)
+    recs = runfmt.merge_order(runfmt.read_events(events, partial_ok=partial_ok))
+    log = RunLog(str(d), cat, recs)
+    log.manifest = _json(d / MANIFEST_FILE, optional=True)
+    log.summary = _json(d / SUMMARY_FILE, optional=True)
+    if log.manifest is None:
+        log.notes.append("no manifest.json")
+    _run_facts(log)
+    if log.duration is None and log.n:
+        log.duration, log.duration_from = float(recs["time"][-1]) / 1e9, "last record"
+    return log
+
+
+# conversion classes of a format's argument slots (for keys and aliases)
+SLOT_NONE, SLOT_NUM, SLOT_HEX, SLOT_PID, SLOT_STR = 0, 1, 2, 3, 4
+_PID_BEFORE = re.compile(r"\bpid[ =:#]?$")
+
+
+def slot_classes(fmt: str) -> list[int]:
+    """Class of every argument slot of a C format: SLOT_HEX for %p/%x/%X (an address when
+    its value is at least a page), SLOT_PID for a %d/%i/%u right after "pid", SLOT_STR
+    for %s (an index into the string table), SLOT_NUM otherwise."""
+    out: list[int] = []
+    # runfmt's own conversion grammar, so the slots line up with the renderer's
+    for m in runfmt._SPEC.finditer(fmt):
+        conv = m["conv"]
+        if conv == "%":
+            continue
+        if len(out) == runfmt.NARGS:
+            break
+        if conv in "pxX":
+            out.append(SLOT_HEX)
+        elif conv == "s":
+            out.append(SLOT_STR)
+        elif conv in "diu" and _PID_BEFORE.search(fmt, 0, m.start()):
+            out.append(SLOT_PID)
+        else:
+            out.append(SLOT_NUM)
+    return out + [SLOT_NONE] * (runfmt.NARGS - len(out))
+
+
+def _template_text(m: runfmt.Message) -> str:
+    if m.kind == "panic":
+        return f"panic: {m.fmt}"
+    if m.kind == "hist":
+        return f"[{m.hist}] {m.fn}: {m.fmt}"
+    return f"{m.fn}: {m.fmt}" if m.fn else m.fmt
+
+
+class RunLog(Log):
+    """A run directory read from events.bin + catalogue.json (exact templates)."""
+
+    def __init__(self, source: str, cat: Catalogue, records: np.ndarray):
+        self.cat = cat
+        self.records = records
+        templates: list[Template] = []
+        lut = np.full(runfmt.MAX_MSGID + 1, -1, np.int32)
+        slots: list[list[int]] = []
+        for m in cat.messages:
+            lut[m.id] = len(templates)
+            templates.append(Template(("exact", m.kind, m.hist, m.fn, m.fmt),
+                                      _template_text(m), m.kind, m.fn))
+            slots.append(slot_classes(m.fmt))
+        msgid = records["msgid"]
+        unknown = np.unique(msgid[lut[msgid] < 0]) if len(records) else []
+        for u in unknown:
+            # a record the catalogue does not know (a catalogue from other code): keep it
+            lut[u] = len(templates)
+            templates.append(Template(("exact", "unknown", "", "", f"<message {u}>"),
+                                      f"<unknown message {u}>", "unknown", ""))
+            slots.append([SLOT_NUM] * runfmt.NARGS)
+        super().__init__(source=source, exact=True, format="smp events", templates=templates,
+                         time_ns=records["time"].astype(np.int64),
+                         cpu=records["cpu"].astype(np.int16),
+                         tid=lut[msgid] if len(records) else np.zeros(0, np.int32))
+        self.slots = np.array(slots, np.uint8).reshape(len(templates), runfmt.NARGS)
+        if len(unknown):
+            self.notes.append(f"{len(unknown)} message ids not in catalogue.json")
+
+    def lines(self, idx: np.ndarray | None = None, style: str = "console") -> list[str]:
+        """Rendered lines of records ``idx`` (all when None), in that order.
+
+        ``style`` "console" or "hist" renders every record that way; "native" renders
+        UVMHIST records in UVMHIST style and the rest as console lines.
+        """
+        recs = self.records if idx is None else self.records[idx]
+        if style == "console":
+            return runfmt.console_lines(recs, self.cat)
+        if style == "hist":
+            return runfmt.hist_lines(recs, self.cat)
+        is_hist = self.cat.kind_codes()[recs["msgid"]] == runfmt.KIND_HIST
+        if not is_hist.any():
+            return runfmt.console_lines(recs, self.cat)
+        out = np.empty(len(recs), object)
+        out[is_hist] = runfmt.hist_lines(recs[is_hist], self.cat)
+        out[~is_hist] = runfmt.console_lines(recs[~is_hist], self.cat)
+        return out.tolist()
+
+    def as_text(self) -> TextLog:
+        """The same run as a text log (console lines, UVMHIST lines for hist records), for
+        comparing against a log that has no records: both sides then get mined templates."""
+        log = parse_text(self.source, "\n".join(self.lines(style="native")))
+        log.manifest, log.summary = self.manifest, self.summary
+        log.dropped, log.duration, log.duration_from = (self.dropped, self.duration,
+                                                        self.duration_from)
+        log.notes = self.notes + ["rendered from events.bin; templates mined"]
+        return log
+
+    def seq(self, gid: np.ndarray) -> SeqSource:
+        return _RunSeq(self, gid)
+
+
+# FNV-1a style mixing of int64 columns into one key per row (wrapping uint64 arithmetic)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_FNV_BASIS = np.uint64(0xCBF29CE484222325)
+
+
+def _mix(cols: list[np.ndarray]) -> np.ndarray:
+    h = np.full(len(cols[0]), _FNV_BASIS, np.uint64)
+    with np.errstate(over="ignore"):
+        for c in cols:
+            h ^= c.astype(np.uint64)
+            h *= _FNV_PRIME
+            h ^= h >> np.uint64(29)
+    return h.view(np.int64)
+
+
+_SENTINEL_ADDR = 0x5EA10000  # stand-ins rendered in place of aliased arguments (display)
+_SENTINEL_PID = 1597000000
+
+
+class _RunSeq(SeqSource):
+    def __init__(self, log: RunLog, gid: np.ndarray):
+        self.log = log
+        r = log.records
+        self.n = len(r)
+        tid = log.tid
+        self.kinds = log.slots[tid] if self.n else np.zeros((0, runfmt.NARGS), np.uint8)
+        args = r["args"].astype(np.int64)
+        args[self.kinds == SLOT_NONE] = 0  # slots the format does not use may hold garbage
+        strs = self.kinds == SLOT_STR
+        if strs.any():
+            # %s arguments index this run's string table; compare the strings themselves
+            table = np.array([hash(s) for s in log.cat.strings] + [0], np.int64)
+            v = args[strs]
+            ok = (v >= 0) & (v < len(log.cat.strings))
+            args[strs] = np.where(ok, table[np.clip(v, 0, len(table) - 1)], v ^ 0x5A5A)
+        self.args = args
+        u = np.where(args < 0, args & 0xFFFFFFFF, args)  # %x of a negative int is 32-bit
+        self.is_addr = (self.kinds == SLOT_HEX) & (u >= trace_mask.ADDR_MIN)
+        self.is_pid = self.kinds == SLOT_PID
+        is_hist = np.array([t.kind == "hist" for t in log.templates] + [False])[tid]
+        self.head = [gid[tid].astype(np.int64), r["cpu"].astype(np.int64),
+                     np.where(is_hist, r["call"], 0).astype(np.int64)]
+        self.origin = 0
+        self._full: np.ndarray | None = None
+        self._blind: np.ndarray | None = None
+        self._alias: np.ndarray | None = None
+        self._counts = {"addresses": 0, "pids": 0, "substitutions": 0}
+
+    def raw(self) -> np.ndarray:
+        if self.n == 0:
+            return np.zeros(0, np.int64)
+        return _mix(self.head + [self.args[:, k] for k in range(runfmt.NARGS)])
+
+    def start(self, origin: int) -> None:
+        self.origin = origin
+        self._full = self._blind = self._alias = None
+
+    def _compute(self) -> None:
+        o = self.origin
+        args = self.args[o:]
+        alias = np.zeros(args.shape, np.int64)
+        counts = {}
+        for name, mask in (("addresses", self.is_addr[o:]), ("pids", self.is_pid[o:])):
+            vals = args[mask]  # row-major: record order, then slot order within a record
+            if len(vals):
+                _uniq, first, inv = np.unique(vals, return_index=True, return_inverse=True)
+                rank = np.empty(len(first), np.int64)
+                rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+                alias[mask] = rank[inv.reshape(-1)]
+                counts[name] = len(first)
+            else:
+                counts[name] = 0
+        amask = self.is_addr[o:] | self.is_pid[o:]
+        counts["substitutions"] = int(np.count_nonzero(amask))
+        self._counts = counts
+        # full: aliased slots carry their alias number, tagged; blind: only the tag
+        tag = np.where(self.is_addr[o:], 1, np.where(self.is_pid[o:], 2, 0)).astype(np.int64)
+        full_args = np.where(amask, alias * 4 + tag + (1 << 62), args)
+        blind_args = np.where(amask, tag + (1 << 62), args)
+        head = [h[o:] for h in self.head]
+        self._full = _mix(head + [full_args[:, k] for k in range(runfmt.NARGS)])
+        self._blind = _mix(head + [blind_args[:, k] for k in range(runfmt.NARGS)])
+        self._alias = alias
+
+    def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._full is None:
+            self._compute()
+        o = self.origin
+        return self._full[lo - o:hi - o], self._blind[lo - o:hi - o]
+
+    def text(self, i: int) -> str:
+        log = self.log
+        rec = log.records[i:i + 1].copy()
+        subs: list[tuple[str, str]] = []
+        if self._alias is not None and i >= self.origin:
+            al = self._alias[i - self.origin]
+            for k in range(runfmt.NARGS):
+                if self.is_addr[i, k]:
+                    v = _SENTINEL_ADDR + k
+                    rec["args"][0, k] = v
+                    name = f"P{al[k]}"
+                    subs += [(f"0x{v:08x}", name), (f"{v:08x}", name), (f"{v:X}", name)]
+                elif self.is_pid[i, k]:
+                    v = _SENTINEL_PID + k
+                    rec["args"][0, k] = v
+                    subs.append((str(v), f"I{al[k]}"))
+        line = _render_one(log, rec)
+        for old, new in subs:
+            line = line.replace(old, new)
+        return line
+
+    def alias_counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def _render_one(log: RunLog, rec: np.ndarray) -> str:
+    if log.cat.kind_codes()[int(rec["msgid"][0])] == runfmt.KIND_HIST:
+        return runfmt.hist_line(rec[0], log.cat)
+    return runfmt.console_line(rec[0], log.cat)
+
+
+# ---------------------------------------------------------------- text logs
+
+# groups: seconds, fraction, the line after the stamp, cpu (only after a stamp: an
+# unstamped "cpu0: Intel Pentium III" is a device attaching, not a CPU's console line), body
+_CONSOLE = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?)?((?(1)(?:cpu(\d+): )?)(.*))$", re.M)
+_HIST = re.compile(r"^(?:(\d+)\.(\d+) ([^\s#]+)#(\d+)@(\d+)d?: )?(.*)$", re.M)
+_HIST_LINE = re.compile(r"\d+\.\d{6} [^\s#]+#\d+@\d+d?: ")
+_CONSOLE_LINE = re.compile(r"\[ *\d+\.\d+\] ")
+_DROP_LINE = re.compile(r"smp: (\d+) trace records dropped")
+
+
+def load_text(p: Path) -> TextLog:
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise BadInput(f"{p}: is a directory") from None
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise BadInput(f"{p}: binary data (NUL byte at offset {nul}), not a text log")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # old consoles are not UTF-8; every byte means something in latin-1
+        text = data.decode("latin-1")
+    return parse_text(str(p), text)
+
+
+def parse_text(source: str, text: str) -> TextLog:
+    """A text log from its contents (see the module docstring)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.endswith("\n"):
+        text = text[:-1]
+    lines = text.split("\n") if text else []
+    sample = [s for s in lines[:2000] if s]
+    nhist = sum(1 for s in sample if _HIST_LINE.match(s))
+    ncons = sum(1 for s in sample if _CONSOLE_LINE.match(s))
+    with _no_gc():
+        if sample and nhist > len(sample) // 2:
+            return TextLog(source, lines, _parse_hist(text, len(lines)), "smp hist")
+        cols = _parse_console(text, len(lines))
+        fmt = "plain"
+        if ncons:
+            fmt = "smp console" if np.count_nonzero(cols[1] >= 0) > ncons // 2 else "dmesg"
+        return TextLog(source, lines, cols, fmt)
+
+
+def _stamps(secs: list[str], fracs: list[str]) -> np.ndarray:
+    """ns since boot from "sec" and "frac" strings ("" = no stamp -> -1)."""
+    n = len(secs)
+    if n == 0 or not any(secs):
+        return np.full(n, -1, np.int64)
+    s = np.array([x or "-1" for x in secs], np.int64)
+    lens = {len(f) for f in fracs if f}
+    if lens == {6}:
+        f = np.array([x or "0" for x in fracs], np.int64) * 1000
+    else:
+        f = np.array([int((x + "000000000")[:9]) if x else 0 for x in fracs], np.int64)
+    return np.where(s >= 0, s * 1_000_000_000 + f, -1)
+
+
+def _findall(rx: re.Pattern, text: str, n: int) -> list[tuple]:
+    rows = rx.findall(text) if n else []
+    if len(rows) != n:  # cannot happen: the pattern matches every line, once
+        raise AssertionError(f"line split mismatch ({len(rows)} != {n})")
+    return rows
+
+
+def _parse_console(text: str, n: int) -> tuple:
+    rows = _findall(_CONSOLE, text, n)
+    t = _stamps([r[0] for r in rows], [r[1] for r in rows])
+    cpus = [r[3] for r in rows]
+    cpu = (np.array([c or "-1" for c in cpus], np.int16) if any(cpus)
+           else np.full(n, -1, np.int16))
+    return t, cpu, [r[4] for r in rows], [r[2] for r in rows]
+
+
+def _parse_hist(text: str, n: int) -> tuple:
+    rows = _findall(_HIST, text, n)
+    t = _stamps([r[0] for r in rows], [r[1] for r in rows])
+    cpu = np.array([r[4] or "-1" for r in rows], np.int16)
+    # template from "fn: msg"; the raw line keeps the call number and CPU
+    bodies = [f"{r[2]}: {r[5]}" if r[2] else r[5] for r in rows]
+    rests = [f"{r[2]}#{r[3]}@{r[4]}: {r[5]}" if r[2] else r[5] for r in rows]
+    return t, cpu, bodies, rests
+
+
+class TextLog(Log):
+    """A text log with mined templates."""
+
+    def __init__(self, source: str, lines: list[str], cols: tuple, fmt: str):
+        t, cpu, bodies, rests = cols
+        self.text_lines = lines
+        self.rests = rests
+        mined: dict[str, int] = {}
+        tid = trace_mask.mine(bodies, mined)
+        texts = sorted(mined, key=mined.get)
+        hist = fmt == "smp hist"
+        templates = []
+        for text in texts:
+            kind = ("panic" if text.startswith("panic: ") else "hist" if hist else "printf")
+            templates.append(Template(("mined", kind, text), text, kind,
+                                      text.split(": ", 1)[0] if ": " in text else ""))
+        super().__init__(source=source, exact=False, format=fmt, time_ns=t, cpu=cpu,
+                         tid=tid.astype(np.int32), templates=templates)
+        stamped = t[t >= 0]
+        if len(stamped):
+            self.duration, self.duration_from = float(stamped.max()) / 1e9, "last timestamp"
+        for b in bodies[-5:]:
+            m = _DROP_LINE.search(b)
+            if m:
+                self.dropped = int(m.group(1))
+
+    def lines(self, idx: np.ndarray | None = None, style: str = "console") -> list[str]:
+        if idx is None:
+            return list(self.text_lines)
+        tl = self.text_lines
+        return [tl[i] for i in idx.tolist()]
+
+    def seq(self, gid: np.ndarray) -> SeqSource:
+        return _TextSeq(self)
+
+
+class _TextSeq(SeqSource):
+    """Sequence keys of a text log: hashes of alias-normalized lines, computed lazily and
+    forward only (normalizing a million lines costs seconds; most comparisons need only
+    the stretch after the first raw difference)."""
+
+    def __init__(self, log: TextLog):
+        self.log = log
+        self.n = log.n
+        self.start(0)
+
+    def raw(self) -> np.ndarray:
+        return np.fromiter((hash(r) for r in self.log.rests), np.int64, self.n)
+
+    def start(self, origin: int) -> None:
+        self.origin = origin
+        self.norm = trace_mask.AliasNormalizer()
+        self.pos = origin              # next line the normalizer has not seen
+        self.lo = origin               # first line of the cache
+        self.cache: list[str] = []     # marked text of lines lo..pos-1
+
+    def _advance(self, lo: int, hi: int) -> None:
+        if lo < self.lo:
+            self.start(self.origin)
+        if lo > self.pos:
+            self.norm.skip(self.log.rests[self.pos:lo])
+            self.pos = self.lo = lo
+            self.cache = []
+        if hi > self.pos:
+            self.cache.extend(self.norm.normalize(self.log.rests[self.pos:hi]))
+            self.pos = hi
+        if lo > self.lo:  # drop what nobody will ask for again
+            del self.cache[:lo - self.lo]
+            self.lo = lo
+
+    def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        self._advance(lo, hi)
+        part = self.cache[lo - self.lo:hi - self.lo]
+        full = np.fromiter((hash(s) for s in part), np.int64, len(part))
+        blind = np.fromiter((hash(trace_mask.blind(s)) for s in part), np.int64, len(part))
+        return full, blind
+
+    def text(self, i: int) -> str:
+        if not self.lo <= i < self.pos:
+            if i < self.lo:
+                self.start(self.origin)
+            self._advance(i, i + 1)
+        marked = self.cache[i - self.lo]
+        line, rest = self.log.text_lines[i], self.log.rests[i]
+        return line[:len(line) - len(rest)] + trace_mask.display(marked)
+
+    def alias_counts(self) -> dict[str, int]:
+        return {"addresses": len(self.norm.addr), "pids": len(self.norm.pid),
+                "substitutions": self.norm.substitutions}

@@ -1,0 +1,175 @@
+"""Templates and aliases for printf-style lines nobody gave us a format for.
+
+Our own records carry their format (``catalogue.json``), so their template is exact.  A
+foreign log -- a real NetBSD console, a ``console.log`` without its ``events.bin`` -- only
+has text, and its templates have to be mined.  Drain3 [TOOLING-ANCHORS R31] does this
+with a masking step (regexes that turn ``0x...`` into ``<HEX>``, numbers into ``<NUM>``)
+followed by a similarity tree.  Kernel messages are short and their variable parts are
+almost always numbers, so the masking step alone does most of the work; we keep only it,
+with these rules, in this order:
+
+    <TIME>   12:34:56, 12:34:56.789
+    <HEX>    0x followed by hex digits; a bare 8- or 16-digit hex word with a letter and a digit
+    <PID>    the number after "pid" ("pid 123", "pid=123"); "pid 123 (cc1)" also masks the
+             command name in parentheses as (<*>)
+    <NUM>    every other run of decimal digits (with its fraction: 733.38, 1.5.1)
+
+so ``UVM: pid 123 (cc1), uid 0 killed: out of swap`` becomes ``UVM: pid <PID> (<*>), uid
+<NUM> killed: out of swap``.  Digits inside words are variables too (``cpu1`` and ``cpu2``
+both give ``cpu<NUM>``, ``exit1:`` gives ``exit<NUM>:``): a rule with no exceptions is one
+a reader can predict.  The similarity merge of Drain3 is left out on purpose: it merges
+``get ptp failed`` with ``get pv failed``, and a comparison tool must not hide a message.
+
+Speed: mining a million lines with a regex pass per mask costs seconds, so lines are first
+grouped by *shape* -- the line with ``0x...`` masked and every digit turned into ``0``
+(one C-level ``re.sub`` and one ``str.translate`` over the whole text).  All masks above
+depend only on where digits are, never on their values, so every line of one shape has the
+same template and the masks run once per shape.
+
+Aliases (the sequence view): collapsing every pointer to ``<HEX>`` (as diff-logs, Mozilla's
+normalize.sh and Valgrind's filters do) loses aliasing -- "the same PTP page reused" and
+"two different pages" look alike.  :class:`AliasNormalizer` instead renames addresses to
+``P1, P2, ...`` and pids to ``I1, I2, ...`` in first-seen order, per run, so two runs that
+do the same thing with different addresses give the same text and a reused page keeps its
+name.  Only hex values of at least 0x1000 (a page) are addresses; smaller ones are flags
+and stay as they are.  Times are masked; every other number stays, because in a same-seed
+comparison a different count is a divergence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# one full-text pass: literal "0x" first lets the regex engine skip ahead with a fast search
+HEX0X = re.compile(r"0[xX](?<!\w0[xX])[0-9a-fA-F]+")
+_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+
+_TIME = re.compile(r"(?<![\d:])\d{1,2}:\d\d:\d\d(?:\.\d+)?")
+_BAREHEX = re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)"
+                      r"(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{8})\b")
+_PID_NAME = re.compile(r"\b(pid[ =:#]?)\d+ \([^()\s]{1,32}\)")
+_PID = re.compile(r"\b(pid[ =:#]?)\d+")
+_NUM = re.compile(r"\d+(?:\.\d+)*")
+
+MASKS = ("time", "hex", "pid", "num")  # reported in compare's normalization section
+
+
+def mask_line(line: str) -> str:
+    """The mined template of one line (see the module docstring for the rules)."""
+    s = HEX0X.sub("<HEX>", line)
+    return _mask_shape(s)
+
+
+def _mask_shape(s: str) -> str:
+    """Masks after HEX0X; ``s`` may be a real line or any line of the same shape."""
+    s = _TIME.sub("<TIME>", s)
+    s = _BAREHEX.sub("<HEX>", s)
+    s = _PID_NAME.sub(r"\1<PID> (<*>)", s)
+    s = _PID.sub(r"\1<PID>", s)
+    return _NUM.sub("<NUM>", s)
+
+
+def mine(bodies: Sequence[str], templates: dict[str, int]) -> np.ndarray:
+    """Template ids of ``bodies``, adding new templates to ``templates`` (text -> id).
+
+    Lines are grouped by shape first (module docstring); the masks run once per shape,
+    on the shape's first line, so the template shows real text where nothing was masked.
+    """
+    if not bodies:
+        return np.zeros(0, np.int32)
+    # bodies never contain "\n" (they were split on it), so the split gives them back
+    shapes = HEX0X.sub("<HEX>", "\n".join(bodies)).translate(_DIGITS_TO_ZERO).split("\n")
+    assert len(shapes) == len(bodies)
+    shape_ids: dict[str, int] = {}
+    sid = [shape_ids.setdefault(s, len(shape_ids)) for s in shapes]
+    sid_arr = np.asarray(sid, np.int64)
+    # the first line of every shape, in shape-id order (ids are dense from 0)
+    first = np.unique(sid_arr, return_index=True)[1]
+    shape_tid = np.empty(len(shape_ids), np.int32)
+    for k, i in enumerate(first.tolist()):
+        t = mask_line(bodies[i])
+        shape_tid[k] = templates.setdefault(t, len(templates))
+    return shape_tid[sid_arr]
+
+
+# ---------------------------------------------------------------- aliases
+
+# One alternation, so the order of first appearance is the order in the text.  Markers
+# \x02...\x03 delimit an alias inside normalized text: the alias-blind form (used to
+# re-synchronize after a divergence) drops the number, the display form drops the markers.
+_ALIAS = re.compile(
+    r"(?P<time>(?<![\d:])\d{1,2}:\d\d:\d\d(?:\.\d+)?)"
+    r"|(?P<hex>0[xX](?<!\w0[xX])[0-9a-fA-F]+)"
+    r"|(?P<bare>\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{8})\b)"
+    r"|(?P<pidp>\bpid[ =:#]?)(?P<pid>\d+)"
+)
+_BLIND = re.compile("\x02([PI])\\d+\x03")
+ADDR_MIN = 0x1000  # hex values below a page are flags, not addresses
+
+
+class AliasNormalizer:
+    """Renames addresses (``P<n>``) and pids (``I<n>``) in first-seen order, for one run.
+
+    Feed lines in order with :meth:`normalize` (or :meth:`skip` for lines whose text is
+    not needed but whose addresses must still be numbered).  ``addr``/``pid`` map value ->
+    alias number; ``substitutions`` counts renamed occurrences.
+    """
+
+    def __init__(self) -> None:
+        self.addr: dict[int, int] = {}
+        self.pid: dict[int, int] = {}
+        self.substitutions = 0
+
+    def _sub(self, m: re.Match) -> str:
+        kind = m.lastgroup
+        if kind == "time":
+            return "<TIME>"
+        if kind == "pid":
+            v = int(m.group("pid"))
+            n = self.pid.setdefault(v, len(self.pid) + 1)
+            self.substitutions += 1
+            return f"{m.group('pidp')}\x02I{n}\x03"
+        v = int(m.group(kind), 16)
+        if v < ADDR_MIN:
+            return m.group(kind)
+        n = self.addr.setdefault(v, len(self.addr) + 1)
+        self.substitutions += 1
+        return f"\x02P{n}\x03"
+
+    def normalize(self, lines: Sequence[str]) -> list[str]:
+        """Normalized (marked) text of consecutive lines."""
+        if not lines:
+            return []
+        return _ALIAS.sub(self._sub, "\n".join(lines)).split("\n")
+
+    def skip(self, lines: Iterable[str]) -> None:
+        """Number the aliases of consecutive lines without producing text (fast path)."""
+        text = "\n".join(lines)
+        for m in _ALIAS.finditer(text):
+            kind = m.lastgroup
+            if kind == "pid":
+                self.pid.setdefault(int(m.group("pid")), len(self.pid) + 1)
+                self.substitutions += 1
+            elif kind in ("hex", "bare"):
+                v = int(m.group(kind), 16)
+                if v >= ADDR_MIN:
+                    self.addr.setdefault(v, len(self.addr) + 1)
+                    self.substitutions += 1
+
+    def aliases(self) -> dict[str, dict[str, str]]:
+        """The alias tables, value text -> alias name (for the normalization report)."""
+        return {"addresses": {f"0x{v:08x}": f"P{n}" for v, n in self.addr.items()},
+                "pids": {str(v): f"I{n}" for v, n in self.pid.items()}}
+
+
+def blind(marked: str) -> str:
+    """Alias-blind form of normalized text: ``P3`` and ``P4`` both become ``P``."""
+    return _BLIND.sub(r"\1", marked)
+
+
+def display(marked: str) -> str:
+    """Normalized text for people: the markers removed."""
+    return marked.replace("\x02", "").replace("\x03", "")
