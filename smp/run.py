@@ -78,6 +78,13 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     if seed < 0:
         raise BadInput(f"--seed {seed}: expected a non-negative integer")
     script.load.seed = seed
+    load = script.load
+    initial = getattr(load, "initial", getattr(load, "nprocs", 0))
+    if initial > cfg.machine.maxproc:
+        raise BadInput(f"{script.path}: {initial} processes at start, but machine "
+                       f"{cfg.machine.name} has maxproc {cfg.machine.maxproc}")
+    if hasattr(load, "maxproc"):
+        load.maxproc = min(load.maxproc, cfg.machine.maxproc)
     limit = time_limit_s if time_limit_s is not None else script.time_limit_s
     run_dir = Path(out) if out else default_run_dir(script, cfg, seed)
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -150,7 +157,10 @@ def summary_text(s: dict) -> str:
     ]
     kc = s["kernel_counters"]
     if "counters" in kc:
-        lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in kc["counters"].items()))
+        nz = [f"{k} {v}" for k, v in kc["counters"].items() if v]
+        lines.append("counters: " + (", ".join(nz) if nz else "all zero"))
+    if "processes" in kc:
+        lines.append("processes: " + ", ".join(f"{k} {v}" for k, v in kc["processes"].items()))
     load = kc.get("load", {})
     if load:
         lines.append("load: " + ", ".join(f"{k} {v}" for k, v in load.items()))

@@ -50,16 +50,33 @@ def test_default_run_writes_a_complete_run_directory(tmp_path):
         assert json.loads((out / name).read_text())["schema"] == 1
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "done" and s["ncpu"] == 2
-    load = s["kernel_counters"]["load"]
-    assert load["counters_consistent"] and load["increments"] == 16 * 2000
+    kc = s["kernel_counters"]
+    procs = kc["processes"]
+    assert procs["started"] == procs["exited"] > 0 and procs["alive"] == 0
+    c = kc["counters"]
+    assert c["faults"] > 0 and c["pmap_enter"] > 0 and c["flt_przero"] > 0
+    assert c["stale_tlb"] == 0
+    ux = kc["uvmexp"]
+    assert ux["anonpages"] == 0 and ux["active"] == 0 and ux["swpginuse"] == 0
     assert s["trace"]["dropped"] == 0
     assert all(c["host"]["user_s"] > 0 for c in s["cpus"])
     m = json.loads((out / "manifest.json").read_text())
-    assert m["load_script"]["name"] == "default" and "[synthetic]" in m["load_script"]["text"]
+    assert m["load_script"]["name"] == "default" and "[[process]]" in m["load_script"]["text"]
     assert m["machine"]["ncpu"] == 2 and m["overrides"] == ["ncpu=2"]
     console = (out / "console.log").read_text().splitlines()
-    assert sum("synth_start" in line for line in console) == 16
+    assert sum("exit1: pid" in line for line in console) == procs["exited"]
     assert console[0].startswith("[") and "] cpu" in console[0]
+
+
+def test_synthetic_load_counts_add_up(tmp_path):
+    p = script(tmp_path, "[synthetic]\nprocesses = 8\niterations = 500\n")
+    out = tmp_path / "run"
+    r = smp("run", str(p), "--out", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    load = s["kernel_counters"]["load"]
+    assert load["counters_consistent"] and load["increments"] == 8 * 500
+    assert (out / "console.log").read_text().count("synth_start") == 8
 
 
 def test_lockstat_counts_every_acquisition(tmp_path):
@@ -166,11 +183,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 @pytest.mark.parametrize("body, message", [
     ("[synthetic\n", "malformed TOML"),
-    ("[synthetic]\nprocesses = 0\n", "synthetic.processes = 0"),
+    ("[synthetic]\nprocesses = 0\n", "synthetic.processes: expected an integer"),
     ("[synthetic]\ncompute = 'fast'\n", "synthetic.compute"),
     ("[synthetic]\nsurprise = 1\n", "synthetic.surprise"),
     ("[other]\n", "'other'"),
     ("", "no load"),
+    ("[[process]]\nprogram = [{ op = 'touch' }]\n", "process[0].program[0].region"),
+    ("[[process]]\nprogram = [{ op = 'fly' }]\n", "unknown operation 'fly'"),
 ])
 def test_bad_load_script_names_file_and_key(tmp_path, body, message):
     p = script(tmp_path, body)

@@ -220,9 +220,11 @@ class Kernel:
             status = SLEEPING
         except trap.Killed:
             self._release_biglock()
+            lock.simple_lock(ci.sched_lock)
             A.np["kglob"][KG_KILLED] += 1
             if hasattr(self.load, "killed"):
-                self.load.killed(ci, tid)
+                self.load.killed(ci, tid)        # => sched_lock held
+            lock.simple_unlock(ci.sched_lock)
             status = EXITED
         finally:
             p["rtime_ns"] += ci.core.now() - t0

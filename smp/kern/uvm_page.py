@@ -145,6 +145,9 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     _q_remove(Q_FREE, pg)
     ux[U.FREE] = free - 1
     A.pg_pq[pg] = PQ_NONE
+    c = _OWNER_COUNTER.get(owner)
+    if c is not None:
+        ux[c] += 1                              # uvmexp counts: under fpageq, like free
     lock.simple_unlock(L.fpageq)
     A.pg_owner[pg] = owner
     A.pg_obj[pg] = obj
@@ -153,9 +156,6 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     A.pg_wire[pg] = 0
     A.pg_flags[pg] = PG_BUSY | PG_FAKE | (0 if flags & UVM_PGA_ZERO else PG_CLEAN)
     A.pg_version[pg] += 1
-    c = _OWNER_COUNTER.get(owner)
-    if c is not None:
-        ux[c] += 1
     if flags & UVM_PGA_ZERO:
         if owner in (OWN_PTP, OWN_PDP, OWN_KPTP):
             pmap_zero_page(pg)
@@ -170,16 +170,15 @@ def uvm_pagefree(pg: int) -> None:
     if pq == PQ_FREE:
         from smp.kern.subr_prf import panic
         panic(MSG_DOUBLE_FREE, pg << 12)
-    if pq in (PQ_ACTIVE, PQ_INACTIVE):
+    ux = A.uvmexp
+    owner = A.pg_owner[pg]
+    wired_data = A.pg_wire[pg] and owner in (OWN_ANON, OWN_UOBJ)
+    if pq in (PQ_ACTIVE, PQ_INACTIVE) or wired_data:
         lock.simple_lock(L.pageq)
         _dequeue_paging(pg)
+        if wired_data:
+            ux[U.WIRED] -= 1
         lock.simple_unlock(L.pageq)
-    ux = A.uvmexp
-    c = _OWNER_COUNTER.get(A.pg_owner[pg])
-    if c is not None:
-        ux[c] -= 1
-    if A.pg_wire[pg] and A.pg_owner[pg] in (OWN_ANON, OWN_UOBJ):
-        ux[U.WIRED] -= 1
     A.pg_owner[pg] = OWN_FREE
     A.pg_obj[pg] = -1
     A.pg_anon[pg] = -1
@@ -187,6 +186,9 @@ def uvm_pagefree(pg: int) -> None:
     A.pg_flags[pg] = 0
     A.pg_version[pg] += 1
     lock.simple_lock(L.fpageq)
+    c = _OWNER_COUNTER.get(owner)
+    if c is not None:
+        ux[c] -= 1
     _q_insert_tail(Q_FREE, pg)
     A.pg_pq[pg] = PQ_FREE
     ux[U.FREE] += 1

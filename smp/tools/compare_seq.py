@@ -83,11 +83,12 @@ def first_mismatch(x: np.ndarray, y: np.ndarray) -> int:
 
 
 def resync_point(ba: np.ndarray, bb: np.ndarray, sync: int, a_ends: bool,
-                 b_ends: bool) -> tuple[int, int] | None:
+                 b_ends: bool, skip_origin: bool = False) -> tuple[int, int] | None:
     """Nearest (i, j), smallest i + j, with ba[i:i+sync] == bb[j:j+sync].
 
     Near the ends of both logs fewer than ``sync`` lines may agree, if they are the last
-    lines of both.  None when there is no such point in the windows.
+    lines of both.  ``skip_origin`` excludes (0, 0).  None when there is no such point in
+    the windows.
     """
     la, lb = len(ba), len(bb)
     where: dict[int, list[int]] = {}
@@ -101,6 +102,8 @@ def resync_point(ba: np.ndarray, bb: np.ndarray, sync: int, a_ends: bool,
         for j in where.get(key, ())[:64]:
             if best is not None and i + j >= best[0] + best[1]:
                 break
+            if skip_origin and i == 0 and j == 0:
+                continue
             k = min(sync, la - i, lb - j)
             if k < sync and not (a_ends and b_ends and la - i == lb - j):
                 continue
@@ -160,7 +163,10 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
         ba, bb = ba[da - max(ia, da - context):], bb[db - max(ib, db - context):]
         dv = Divergence(da, db, "lines differ")
         dv.before = _before(A, B, ia, ib, da, db, context)
-        r = resync_point(ba, bb, sync, wa_end == A.n, wb_end == B.n)
+        # a divergence right at a restart point cannot be an alias difference again (two
+        # aliases of one value on one side, two values on the other): skip that line
+        r = resync_point(ba, bb, sync, wa_end == A.n, wb_end == B.n,
+                         skip_origin=(da, db) == (ia, ib) and bool(out))
         if r is None:
             dv.a_skipped, dv.b_skipped = wa_end - da, wb_end - db
         else:
@@ -182,9 +188,6 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
         if dv.resync is None:
             break
         ia, ib = dv.resync
-        if (ia, ib) == (da, db):
-            # the aliases differed: numbering restarts here, so these lines now agree
-            pass
         A.start(ia)
         B.start(ib)
     aliases = {"a": A.alias_counts(), "b": B.alias_counts()}

@@ -44,6 +44,7 @@ from smp.tools.lockstat_data import (
     LOCKSTAT_SCHEMA,
     TYPE_HELP,
     TYPE_NAMES,
+    Lockstat,
     Selection,
     load,
 )
@@ -69,8 +70,8 @@ The lockstat(8) table (default):
   one section per lock type and event: "Simple lock spin" (simple_lock), "RW lock spin
   (writer)" / "(reader)" (spinlockmgr exclusive / shared), "Kernel lock spin" (the big
   lock); no simulated lock sleeps, so there are no sleep sections.
-  Total%   share of the section's Time (with -c: of its Count); rows of one section add
-           up to 100 over the <all> rows of locks with several callers, else over all rows
+  Total%   the row's share of the section's Time (with -c: of its Count); the lock
+           rows (a lock's <all> row, or its only caller row) add up to 100
   Count    events: -E spin (default) contended acquisitions, i.e. ones that spun at least
            once; -E hold holds (an outermost acquire..release: a recursive re-entry of
            kernel_lock and a lock still held at the end have none); -E acquire every
@@ -206,7 +207,7 @@ def selection(a: argparse.Namespace) -> Selection:
     return Selection(locks=list(a.locks), funcs=list(a.funcs), kinds=kinds, events=events)
 
 
-def build(a: argparse.Namespace) -> tuple[Report, object]:
+def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     """The report the arguments ask for, and the run it was made from."""
     mode = _mode(a)
     extra = sorted(_given(a) - _USES[mode])
@@ -248,7 +249,7 @@ def build(a: argparse.Namespace) -> tuple[Report, object]:
     return rep, ls
 
 
-def render(rep: Report, ls, fmt: str) -> str:
+def render(rep: Report, ls: Lockstat, fmt: str) -> str:
     """The report as text, JSON or CSV."""
     if fmt == "text":
         return "\n".join(rep.lines) + "\n"

@@ -175,6 +175,13 @@ def sections(ls: Lockstat, sel: Selection, *, by_count: bool = False, locks_only
     return out
 
 
+def _n(n: int, noun: str) -> str:
+    """``1 more lock``, ``2 more locks``, ``3 more classes``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _pct(metric: float, total: float) -> float:
     # main.c: pcscale = 100 / total, or 100 when the total is 0
     return metric * (100.0 / total if total else 100.0)
@@ -229,7 +236,7 @@ def table(ls: Lockstat, sel: Selection, *, by_count: bool = False, locks_only: b
         if len(shown) < len(sec.groups):
             rest = sec.groups[len(shown):]
             m = sum(g.stat.metric(sec.event)[0 if by_count else 1] for g in rest)
-            rep.lines.append(f"({len(rest)} more locks not shown: {_pct(m, total):.2f}% of "
+            rep.lines.append(f"({_n(len(rest), 'more lock')} not shown: {_pct(m, total):.2f}% of "
                              f"the section's {'Count' if by_count else 'Time'})")
             omitted += len(rest)
     rep.meta["omitted_locks"] = omitted
@@ -319,7 +326,7 @@ def lock_stat(ls: Lockstat, sel: Selection, *, top: int | None = None) -> Report
                                  "site": site, "count": c, "wait_total_ns": w})
         rep.lines += ["", "." * LS_WIDTH, ""]
     if len(shown) < len(order):
-        rep.lines.append(f"({len(order) - len(shown)} more classes not shown)")
+        rep.lines.append(f"({_n(len(order) - len(shown), 'more class')} not shown)")
     return rep
 
 
@@ -465,8 +472,8 @@ def matrix(ls: Lockstat, sel: Selection, *, by_count: bool = False,
                                                  enumerate(holders)))
         hidden = len(wtot) - len(waiters), len(htot) - len(holders)
         if any(hidden):
-            rep.lines.append(f"({hidden[0]} more waiters, {hidden[1]} more holders not "
-                             f"shown; totals include them)")
+            rep.lines.append(f"({_n(hidden[0], 'more waiter')}, {_n(hidden[1], 'more holder')} "
+                             f"not shown; totals include them)")
         for w in waiters:
             for h in holders:
                 c = cs.get((w, h))
@@ -578,5 +585,5 @@ def versus(la: Lockstat, lb: Lockstat, sel: Selection, *, by_count: bool = False
                                  "time_ns_b": tb, "time_delta_ns": vb[1] - va[1],
                                  "time_ratio": _ratio(va[1], vb[1])})
         if top is not None and len(items) > top:
-            rep.lines.append(f"({len(items) - top} more locks not shown)")
+            rep.lines.append(f"({_n(len(items) - top, 'more lock')} not shown)")
     return rep

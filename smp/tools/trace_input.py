@@ -298,18 +298,8 @@ class RunLog(Log):
         ``style`` "console" or "hist" renders every record that way; "native" renders
         UVMHIST records in UVMHIST style and the rest as console lines.
         """
-        recs = self.records if idx is None else self.records[idx]
-        if style == "console":
-            return runfmt.console_lines(recs, self.cat)
-        if style == "hist":
-            return runfmt.hist_lines(recs, self.cat)
-        is_hist = self.cat.kind_codes()[recs["msgid"]] == runfmt.KIND_HIST
-        if not is_hist.any():
-            return runfmt.console_lines(recs, self.cat)
-        out = np.empty(len(recs), object)
-        out[is_hist] = runfmt.hist_lines(recs[is_hist], self.cat)
-        out[~is_hist] = runfmt.console_lines(recs[~is_hist], self.cat)
-        return out.tolist()
+        return render_records(self.records if idx is None else self.records[idx], self.cat,
+                              style)
 
     def as_text(self) -> TextLog:
         """The same run as a text log (console lines, UVMHIST lines for hist records), for
@@ -323,6 +313,21 @@ class RunLog(Log):
 
     def seq(self, gid: np.ndarray) -> SeqSource:
         return _RunSeq(self, gid)
+
+
+def render_records(recs: np.ndarray, cat: Catalogue, style: str) -> list[str]:
+    """Lines of records in array order (see :meth:`RunLog.lines` for ``style``)."""
+    if style == "console":
+        return runfmt.console_lines(recs, cat)
+    if style == "hist":
+        return runfmt.hist_lines(recs, cat)
+    is_hist = cat.kind_codes()[recs["msgid"]] == runfmt.KIND_HIST
+    if not is_hist.any():
+        return runfmt.console_lines(recs, cat)
+    out = np.empty(len(recs), object)
+    out[is_hist] = runfmt.hist_lines(recs[is_hist], cat)
+    out[~is_hist] = runfmt.console_lines(recs[~is_hist], cat)
+    return out.tolist()
 
 
 # FNV-1a style mixing of int64 columns into one key per row (wrapping uint64 arithmetic)

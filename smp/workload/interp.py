@@ -294,6 +294,18 @@ class ProgramLoad:
             return
         kern_synch.ltsleep(CHAN_BARRIER + bid, W_BARRIER, 50_000_000)
 
+    def forked(self, parent: int, child: int) -> None:
+        """The child inherits the parent's regions (its map is a copy)."""
+        n = NSLOTS * 2
+        self.pslot[child * n:(child + 1) * n] = self.pslot[parent * n:(parent + 1) * n]
+        d = child * NSTACK
+        self.pstack[d:d + NSTACK] = self.pstack[parent * NSTACK:(parent + 1) * NSTACK]
+
+    def exited(self, ci, tid) -> None:
+        n = NSLOTS * 2
+        for i in range(tid * n, (tid + 1) * n):
+            self.pslot[i] = 0
+
     def killed(self, ci, tid) -> None:
         """A process of this load died of a signal (barriers stop counting on it)."""
         self.glob[0] += 1
@@ -301,12 +313,12 @@ class ProgramLoad:
     # -- reports ---------------------------------------------------------------------
 
     def progress(self, seg: Any) -> tuple[float, float]:
-        g = seg.arrays["load_glob"]
-        return float(g[1]), float(max(1, g[2]))
+        from smp.kern.kernel import KG_EXITED, KG_STARTED
+        g = seg.arrays["kglob"]
+        return float(g[KG_EXITED]), float(max(1, g[KG_STARTED]))
 
     def summary(self, seg: Any) -> dict:
-        g = seg.arrays["load_glob"]
-        return {"kind": "program", "name": self.name, "processes_started": int(g[2]),
-                "processes_exited": int(g[1]), "killed": int(g[0])}
+        return {"kind": "program", "name": self.name, "process_kinds": len(self.kinds),
+                "initial_processes": self.initial}
 
 

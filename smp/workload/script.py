@@ -1,23 +1,37 @@
-"""Load scripts (``workloads/*.toml``): reading and validating them.
+"""Load scripts (``workloads/*.toml``): the language, its validation, its compilation.
 
 A load script names the machine profile and kernel configuration it was
-written for (the command line may override both) and describes the load:
+written for (the command line may override both), the files its processes
+use, and the processes: how many of each kind and the program each runs.
+See ``workloads/README.md`` for the language with an example per operation.
 
     [run]
-    machine = "i386mp-4"          # shared/machines/i386mp-4.toml
-    kernel = "default"            # shared/kernels/default.toml
-    time_limit = "120s"           # optional: stop the run after this long
+    machine = "i386mp-4"
+    kernel = "default"
+    time_limit = "120s"            # optional: stop the run after this long
 
-    [synthetic]                   # the machine's synthetic load (smp.workload.synthetic)
-    processes = 16
-    iterations = 2000
-    buckets = 8
-    handoff_every = 50
-    compute = "20us"
-    panic_at = 0                  # tests: the first process panics at this iteration
+    [[file]]
+    name = "src"
+    size = "4M"
 
-Every field is checked before boot; an error names the file and the key path
-and says what was expected (exit status 2).
+    [[process]]
+    name = "cc1"
+    count = 8
+    program = [
+      { op = "mmap", region = "heap", size = "8M" },
+      { op = "repeat", count = 4, body = [
+          { op = "touch", region = "heap", write = true },
+          { op = "compute", time = "2ms" },
+      ] },
+      { op = "munmap", region = "heap" },
+    ]
+
+Every field is checked before boot.  An error names the file, the key path
+(``process[2].program[3].stride``) and what was expected; exit status 2.
+Sizes take units (``4K``, ``16M``), durations too (``200ms``).  Programs
+compile to the operation table of smp.workload.program; every program ends
+with an implicit ``exit``.  A ``[synthetic]`` section instead of processes
+selects the machine's lock-only synthetic load (smp.workload.synthetic).
 """
 
 from __future__ import annotations
@@ -28,11 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smp.config import WORKLOADS, parse_duration
+from smp.config import WORKLOADS, parse_duration, parse_size
 from smp.errors import BadInput
-from smp.workload.synthetic import SyntheticLoad
+from smp.workload.program import NSLOTS, Assembler, Op
 
 DEFAULT_SCRIPT = "default"
+PAGE = 4096
+PROTS = {"r": 1, "rw": 3, "rx": 5, "rwx": 7, "none": 0}
+ADVICE = {"normal": 0, "random": 1, "sequential": 2}
+PATTERNS = {"sequential": 0, "random": 1, "sparse": 0}
+KM_KINDS = {"alloc1": 0, "malloc": 1, "malloc_pageable": 2}
+MAX_NEST = 8
 
 
 @dataclass
@@ -62,15 +82,307 @@ def resolve(spec: str | None) -> Path:
     return p
 
 
-def _int(t: dict, key: str, where: str, lo: int, hi: int, default: int) -> int:
-    v = t.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise BadInput(f"{where}.{key} = {v!r}: expected an integer from {lo} to {hi}")
-    return v
+class _Checker:
+    """Field access with error messages that name the file and the key path."""
+
+    def __init__(self, shown: str):
+        self.shown = shown
+
+    def bad(self, where: str, msg: str) -> BadInput:
+        return BadInput(f"{self.shown}: {where}: {msg}")
+
+    def table(self, v: Any, where: str) -> dict:
+        if not isinstance(v, dict):
+            raise self.bad(where, f"expected a table, got {type(v).__name__}")
+        return v
+
+    def keys(self, t: dict, where: str, allowed: set[str], required: set[str] = frozenset()):
+        for k in t:
+            if k not in allowed:
+                raise self.bad(f"{where}.{k}", "unknown key (expected one of "
+                               f"{', '.join(sorted(allowed))})")
+        for k in sorted(required):
+            if k not in t:
+                raise self.bad(f"{where}.{k}", "missing (required)")
+
+    def int(self, t: dict, key: str, where: str, lo: int, hi: int, default=None) -> int:
+        if key not in t:
+            if default is None:
+                raise self.bad(f"{where}.{key}", "missing (required)")
+            return default
+        v = t[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.bad(f"{where}.{key}", f"expected an integer from {lo} to {hi}, "
+                           f"got {v!r}")
+        return v
+
+    def str(self, t: dict, key: str, where: str, choices=None, default=None) -> str:
+        if key not in t:
+            if default is None:
+                raise self.bad(f"{where}.{key}", "missing (required)")
+            return default
+        v = t[key]
+        if not isinstance(v, str) or not v:
+            raise self.bad(f"{where}.{key}", f"expected a string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise self.bad(f"{where}.{key}", f"expected one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    def bool(self, t: dict, key: str, where: str, default: bool) -> bool:
+        v = t.get(key, default)
+        if not isinstance(v, bool):
+            raise self.bad(f"{where}.{key}", f"expected true or false, got {v!r}")
+        return v
+
+    def size(self, t: dict, key: str, where: str, default=None, lo: int = 0) -> int:
+        if key not in t:
+            if default is None:
+                raise self.bad(f"{where}.{key}", "missing (required)")
+            return default
+        n = parse_size(t[key], f"{self.shown}: {where}.{key}")
+        if n < lo:
+            raise self.bad(f"{where}.{key}", f"must be at least {lo} bytes")
+        return n
+
+    def pages(self, t: dict, key: str, where: str, default=None, lo: int = 0) -> int:
+        """A size given in bytes with units, or a plain integer of pages."""
+        if key not in t:
+            if default is None:
+                raise self.bad(f"{where}.{key}", "missing (required)")
+            return default
+        v = t[key]
+        if isinstance(v, int) and not isinstance(v, bool):
+            n = v
+        else:
+            n = parse_size(v, f"{self.shown}: {where}.{key}") // PAGE
+        if n < lo:
+            raise self.bad(f"{where}.{key}", f"must be at least {lo} page(s), got {v!r}")
+        return n
+
+    def duration(self, t: dict, key: str, where: str, default=None) -> int:
+        if key not in t:
+            if default is None:
+                raise self.bad(f"{where}.{key}", "missing (required)")
+            return default
+        return parse_duration(t[key], f"{self.shown}: {where}.{key}")
+
+
+OP_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    # op: (allowed keys besides "op", required keys)
+    "mmap": ({"region", "size", "prot", "share", "file", "offset", "advice"},
+             {"region", "size"}),
+    "munmap": ({"region"}, {"region"}),
+    "touch": ({"region", "first", "pages", "stride", "pattern", "write", "count", "time"},
+              {"region"}),
+    "mlock": ({"region"}, {"region"}),
+    "munlock": ({"region"}, {"region"}),
+    "fork": ({"program", "copies"}, {"program"}),
+    "exit": (set(), set()),
+    "kmalloc": ({"region", "size", "kind"}, {"region", "size"}),
+    "kfree": ({"region"}, {"region"}),
+    "read": ({"file", "offset", "size"}, {"file", "size"}),
+    "write": ({"file", "offset", "size"}, {"file", "size"}),
+    "compute": ({"time"}, {"time"}),
+    "sleep": ({"time"}, {"time"}),
+    "repeat": ({"count", "body"}, {"count", "body"}),
+    "duration": ({"time", "body"}, {"time", "body"}),
+    "barrier": ({"name", "count"}, {"name"}),
+}
+
+
+class _Compiler:
+    def __init__(self, ck: _Checker, files: dict[str, tuple[int, int]]):
+        self.ck = ck
+        self.files = files
+        self.asm = Assembler()
+        self.barriers: dict[str, int] = {}
+        self.barrier_count: dict[str, int | None] = {}
+        self.barrier_users: dict[str, int] = {}
+        self.max_private = 0
+        self.forks = 0
+        self.unbounded_forks = False
+        self.pending: list[tuple[list, str, dict[str, int], int, int]] = []
+
+    def program(self, ops: Any, where: str, regions: dict[str, int], inherited: int,
+                mult: int) -> int:
+        """Compile a program (and, after it, its fork children); returns its pc."""
+        if not isinstance(ops, list):
+            raise self.ck.bad(where, "expected a list of operations")
+        pc = self.asm.pc
+        private = [inherited]
+        self._block(ops, where, regions, private, mult, 0, set())
+        self.asm.emit(Op.EXIT)
+        self.max_private = max(self.max_private, private[0])
+        return pc
+
+    def _region(self, regions: dict[str, int], name: str, where: str, create: bool) -> int:
+        if name in regions:
+            return regions[name]
+        if not create:
+            raise self.ck.bad(where, f"region {name!r} is not mapped by an earlier mmap or "
+                              "kmalloc of this program")
+        if len(regions) >= NSLOTS:
+            raise self.ck.bad(where, f"more than {NSLOTS} regions in one process")
+        regions[name] = len(regions)
+        return regions[name]
+
+    def _block(self, ops, where, regions, private, mult, depth, seen_barriers) -> None:
+        ck = self.ck
+        if depth > MAX_NEST:
+            raise ck.bad(where, f"blocks nested deeper than {MAX_NEST}")
+        for i, raw in enumerate(ops):
+            w = f"{where}[{i}]"
+            t = ck.table(raw, w)
+            if "op" not in t:
+                raise ck.bad(f"{w}.op", "missing (expected one of "
+                             f"{', '.join(sorted(OP_KEYS))})")
+            op = t["op"]
+            if op not in OP_KEYS:
+                raise ck.bad(f"{w}.op", f"unknown operation {op!r} (expected one of "
+                             f"{', '.join(sorted(OP_KEYS))})")
+            allowed, required = OP_KEYS[op]
+            ck.keys(t, w, allowed | {"op"}, required)
+            getattr(self, "_op_" + op)(t, w, regions, private, mult, depth, seen_barriers)
+
+    # -- operations ---------------------------------------------------------------
+
+    def _op_mmap(self, t, w, regions, private, mult, depth, seen):
+        from smp.kern.uvm_map import EF_COPY, EF_FILE, EF_SHARED
+        ck = self.ck
+        if t["region"] in regions:
+            raise ck.bad(f"{w}.region", f"region {t['region']!r} is already mapped")
+        slot = self._region(regions, ck.str(t, "region", w), w, True)
+        npages = ck.pages(t, "size", w, lo=1)
+        prot = PROTS[ck.str(t, "prot", w, PROTS, "rw")]
+        share = ck.str(t, "share", w, ("private", "shared"), "private")
+        flags = EF_COPY if share == "private" else EF_SHARED
+        fid, foff = -1, 0
+        if "file" in t:
+            fname = ck.str(t, "file", w)
+            if fname not in self.files:
+                raise ck.bad(f"{w}.file", f"no [[file]] named {fname!r}")
+            fid, fsize = self.files[fname]
+            foff = ck.pages(t, "offset", w, 0)
+            if foff + npages > fsize:
+                raise ck.bad(w, f"maps pages {foff}..{foff + npages} of file {fname!r}, "
+                             f"which has {fsize}")
+            flags |= EF_FILE
+        elif share == "shared":
+            raise ck.bad(f"{w}.share", "shared anonymous memory is not modelled; "
+                         "use private (or a file)")
+        advice = ADVICE[ck.str(t, "advice", w, ADVICE, "normal")]
+        if fid < 0 or flags & EF_COPY:
+            private[0] += npages
+        self.asm.emit(Op.MMAP, slot, npages, prot, flags, fid, foff, advice)
+
+    def _op_munmap(self, t, w, regions, *_):
+        self.asm.emit(Op.MUNMAP, self._region(regions, self.ck.str(t, "region", w), w, False))
+
+    def _op_touch(self, t, w, regions, private, mult, depth, seen):
+        ck = self.ck
+        slot = self._region(regions, ck.str(t, "region", w), w, False)
+        first = ck.pages(t, "first", w, 0)
+        npages = ck.pages(t, "pages", w, 0)
+        stride = ck.pages(t, "stride", w, 1, lo=1)
+        pattern_name = ck.str(t, "pattern", w, PATTERNS, "sequential")
+        if pattern_name == "sparse" and "stride" not in t:
+            raise ck.bad(f"{w}.stride", "a sparse touch needs a stride (e.g. \"4M\")")
+        pattern = PATTERNS[pattern_name]
+        write = ck.bool(t, "write", w, False)
+        count = ck.int(t, "count", w, 0, 10**9, 0)
+        if pattern == 1 and count == 0 and "time" not in t:
+            raise ck.bad(f"{w}.count", "a random touch needs a count (or a time)")
+        if "time" in t:
+            self.asm.begin(Op.DURATION, ck.duration(t, "time", w), 0)
+            self.asm.emit(Op.TOUCH, slot, first, npages, stride, int(write), pattern,
+                          count if count else 256)
+            self.asm.end()
+        else:
+            self.asm.emit(Op.TOUCH, slot, first, npages, stride, int(write), pattern, count)
+
+    def _op_mlock(self, t, w, regions, *_):
+        self.asm.emit(Op.MLOCK, self._region(regions, self.ck.str(t, "region", w), w, False))
+
+    def _op_munlock(self, t, w, regions, *_):
+        self.asm.emit(Op.MUNLOCK, self._region(regions, self.ck.str(t, "region", w), w, False))
+
+    def _op_fork(self, t, w, regions, private, mult, depth, seen):
+        copies = self.ck.int(t, "copies", w, 1, 4096, 1)
+        row = self.asm.emit(Op.FORK, 0, copies)
+        self.forks += copies * mult
+        self.pending.append((t["program"], f"{w}.program", dict(regions), private[0], row))
+
+    def _op_exit(self, t, w, *_):
+        self.asm.emit(Op.EXIT)
+
+    def _op_kmalloc(self, t, w, regions, *_):
+        ck = self.ck
+        if t["region"] in regions:
+            raise ck.bad(f"{w}.region", f"region {t['region']!r} is already mapped")
+        slot = self._region(regions, ck.str(t, "region", w), w, True)
+        npages = ck.pages(t, "size", w, lo=1)
+        kind = KM_KINDS[ck.str(t, "kind", w, KM_KINDS, "alloc1")]
+        self.asm.emit(Op.KMALLOC, slot, npages, kind)
+
+    def _op_kfree(self, t, w, regions, *_):
+        self.asm.emit(Op.KFREE, self._region(regions, self.ck.str(t, "region", w), w, False))
+
+    def _io(self, t, w, op):
+        ck = self.ck
+        fname = ck.str(t, "file", w)
+        if fname not in self.files:
+            raise ck.bad(f"{w}.file", f"no [[file]] named {fname!r}")
+        fid, _size = self.files[fname]
+        self.asm.emit(op, fid, ck.pages(t, "offset", w, 0), ck.pages(t, "size", w, lo=1))
+
+    def _op_read(self, t, w, *_):
+        self._io(t, w, Op.READ)
+
+    def _op_write(self, t, w, *_):
+        self._io(t, w, Op.WRITE)
+
+    def _op_compute(self, t, w, *_):
+        self.asm.emit(Op.COMPUTE, self.ck.duration(t, "time", w))
+
+    def _op_sleep(self, t, w, *_):
+        self.asm.emit(Op.SLEEP, self.ck.duration(t, "time", w))
+
+    def _op_repeat(self, t, w, regions, private, mult, depth, seen):
+        count = self.ck.int(t, "count", w, 1, 10**9)
+        if not isinstance(t["body"], list) or not t["body"]:
+            raise self.ck.bad(f"{w}.body", "expected a non-empty list of operations")
+        self.asm.begin(Op.REPEAT, count, 0)
+        self._block(t["body"], f"{w}.body", regions, private, mult * count, depth + 1, seen)
+        self.asm.end()
+
+    def _op_duration(self, t, w, regions, private, mult, depth, seen):
+        d = self.ck.duration(t, "time", w)
+        if not isinstance(t["body"], list) or not t["body"]:
+            raise self.ck.bad(f"{w}.body", "expected a non-empty list of operations")
+        self.asm.begin(Op.DURATION, d, 0)
+        before = self.forks
+        self._block(t["body"], f"{w}.body", regions, private, mult, depth + 1, seen)
+        if self.forks != before:
+            self.unbounded_forks = True
+        self.asm.end()
+
+    def _op_barrier(self, t, w, regions, private, mult, depth, seen):
+        name = self.ck.str(t, "name", w)
+        if name not in self.barriers:
+            if len(self.barriers) >= 64:
+                raise self.ck.bad(w, "more than 64 barriers")
+            self.barriers[name] = len(self.barriers)
+            self.barrier_count[name] = None
+        if "count" in t:
+            self.barrier_count[name] = self.ck.int(t, "count", w, 1, 65536)
+        self.barrier_users[name] = self.barrier_users.get(name, 0) + self._kind_count
+        self.asm.emit(Op.BARRIER, self.barriers[name], 0)
+        self.barrier_rows = getattr(self, "barrier_rows", [])
+        self.barrier_rows.append((len(self.asm.rows) - 1, name))
 
 
 def load_script(spec: str | None) -> LoadScript:
-    """Read, parse and validate a load script; BadInput on any problem."""
+    """Read, parse, validate and compile a load script; BadInput on any problem."""
     path = resolve(spec)
     shown = str(path)
     try:
@@ -82,45 +394,96 @@ def load_script(spec: str | None) -> LoadScript:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"{shown}: malformed TOML: {e}") from None
+    ck = _Checker(shown)
     for key in doc:
-        if key not in ("run", "synthetic"):
-            raise BadInput(f"{shown}: unknown section or key {key!r} (expected [run], [synthetic])")
-    run = doc.get("run", {})
-    if not isinstance(run, dict):
-        raise BadInput(f"{shown}: run: expected a table")
-    for key in run:
-        if key not in ("machine", "kernel", "time_limit", "description"):
-            raise BadInput(f"{shown}: run.{key}: unknown key (machine, kernel, time_limit)")
-    machine = run.get("machine", "i386mp-4")
-    kernel = run.get("kernel", "default")
-    for key, v in (("machine", machine), ("kernel", kernel)):
-        if not isinstance(v, str) or not v:
-            raise BadInput(f"{shown}: run.{key} = {v!r}: expected a profile name")
+        if key not in ("run", "synthetic", "process", "file"):
+            raise BadInput(f"{shown}: unknown section or key {key!r} (expected [run], "
+                           "[[file]], [[process]] or [synthetic])")
+    run = ck.table(doc.get("run", {}), "run")
+    ck.keys(run, "run", {"machine", "kernel", "time_limit", "description"})
+    machine = ck.str(run, "machine", "run", default="i386mp-4")
+    kernel = ck.str(run, "kernel", "run", default="default")
     limit = None
     if "time_limit" in run:
-        limit = parse_duration(run["time_limit"], f"{shown}: run.time_limit") / 1e9
+        limit = ck.duration(run, "time_limit", "run") / 1e9
         if limit <= 0:
-            raise BadInput(f"{shown}: run.time_limit: must be positive")
-    syn = doc.get("synthetic")
-    if syn is None:
-        raise BadInput(f"{shown}: no load: expected a [synthetic] section")
-    if not isinstance(syn, dict):
-        raise BadInput(f"{shown}: synthetic: expected a table")
-    where = f"{shown}: synthetic"
-    known = {"processes", "iterations", "buckets", "handoff_every", "compute", "panic_at"}
-    for key in syn:
-        if key not in known:
-            expected = ", ".join(sorted(known))
-            raise BadInput(f"{where}.{key}: unknown key (expected one of {expected})")
-    load = SyntheticLoad(
-        name=path.stem,
-        nprocs=_int(syn, "processes", where, 1, 65536, 16),
-        iterations=_int(syn, "iterations", where, 1, 10**9, 2000),
-        buckets=_int(syn, "buckets", where, 1, 1_000_000, 8),
-        handoff_every=_int(syn, "handoff_every", where, 0, 10**9, 50),
-        compute_ns=parse_duration(syn.get("compute", "20us"), f"{where}.compute"),
-        panic_at=_int(syn, "panic_at", where, 0, 10**9, 0),
-    )
+            raise ck.bad("run.time_limit", "must be positive")
+    if "synthetic" in doc:
+        if "process" in doc:
+            raise BadInput(f"{shown}: [synthetic] and [[process]] cannot be combined")
+        load = _synthetic(ck, doc["synthetic"], path.stem)
+    elif "process" in doc:
+        load = _programs(ck, doc, path.stem)
+    else:
+        raise BadInput(f"{shown}: no load: expected [[process]] tables (or [synthetic])")
     return LoadScript(name=path.stem, path=shown, text=text,
                       sha256=hashlib.sha256(raw).hexdigest(), machine=machine, kernel=kernel,
                       time_limit_s=limit, load=load)
+
+
+def _synthetic(ck: _Checker, syn: Any, name: str):
+    from smp.workload.synthetic import SyntheticLoad
+
+    syn = ck.table(syn, "synthetic")
+    where = "synthetic"
+    ck.keys(syn, where, {"processes", "iterations", "buckets", "handoff_every", "compute",
+                         "panic_at"})
+    return SyntheticLoad(
+        name=name,
+        nprocs=ck.int(syn, "processes", where, 1, 65536, 16),
+        iterations=ck.int(syn, "iterations", where, 1, 10**9, 2000),
+        buckets=ck.int(syn, "buckets", where, 1, 1_000_000, 8),
+        handoff_every=ck.int(syn, "handoff_every", where, 0, 10**9, 50),
+        compute_ns=ck.duration(syn, "compute", where, 20_000),
+        panic_at=ck.int(syn, "panic_at", where, 0, 10**9, 0),
+    )
+
+
+def _programs(ck: _Checker, doc: dict, name: str):
+    from smp.workload.interp import ProcessKind, ProgramLoad
+
+    files: dict[str, tuple[int, int]] = {}
+    fl = doc.get("file", [])
+    if not isinstance(fl, list):
+        raise ck.bad("file", "expected [[file]] tables")
+    sizes = []
+    for i, f in enumerate(fl):
+        w = f"file[{i}]"
+        f = ck.table(f, w)
+        ck.keys(f, w, {"name", "size"}, {"name", "size"})
+        fname = ck.str(f, "name", w)
+        if fname in files:
+            raise ck.bad(f"{w}.name", f"file {fname!r} declared twice")
+        npages = ck.pages(f, "size", w, lo=1)
+        files[fname] = (len(sizes), npages)
+        sizes.append(npages)
+    if len(sizes) > 64:
+        raise ck.bad("file", "more than 64 files")
+    procs = doc["process"]
+    if not isinstance(procs, list) or not procs:
+        raise ck.bad("process", "expected [[process]] tables")
+    comp = _Compiler(ck, files)
+    kinds = []
+    for i, pt in enumerate(procs):
+        w = f"process[{i}]"
+        pt = ck.table(pt, w)
+        ck.keys(pt, w, {"name", "count", "uid", "cpu", "program"}, {"program"})
+        pname = ck.str(pt, "name", w, default=f"proc{i}")
+        count = ck.int(pt, "count", w, 1, 65536, 1)
+        comp._kind_count = count
+        pc = comp.program(pt["program"], f"{w}.program", {}, 0, count)
+        kinds.append(ProcessKind(pname, count, pc, uid=ck.int(pt, "uid", w, 0, 65535, 0),
+                                 cpu=ck.int(pt, "cpu", w, -1, 63, -1)))
+    # fork children (compiled after every top-level program)
+    while comp.pending:
+        ops, w, regions, inherited, row = comp.pending.pop(0)
+        comp._kind_count = 0
+        pc = comp.program(ops, w, regions, inherited, 1)
+        comp.asm.rows[row][1] = pc
+    for row, bname in getattr(comp, "barrier_rows", []):
+        n = comp.barrier_count[bname] or comp.barrier_users[bname]
+        comp.asm.rows[row][2] = max(1, n)
+    initial = sum(k.count for k in kinds)
+    maxproc = initial + (10**9 if comp.unbounded_forks else comp.forks)
+    return ProgramLoad(name=name, table=comp.asm.table(), kinds=kinds, maxproc=maxproc,
+                       files=sizes, amap_per_proc=max(16, comp.max_private))
