@@ -52,6 +52,8 @@
 #define RW_CPU_MASK 0x0000ffffu
 #define LF_RW 0x1u        /* lock flags: reader/writer lock */
 #define LF_RECURSE 0x2u   /* may be re-taken by its holder (kernel_lock) */
+#define LF_CLASS 0x4u     /* statistics per class, not per instance (pvh, anon: many) */
+#define LOCK_CLASS_KEY 0x80000000u
 
 /* held-lock modes */
 #define M_EXCL 0
@@ -348,6 +350,9 @@ static inline uint32_t hmap_get(hmap *m, uint64_t key, uint32_t *pos)
 
 static uint32_t stat_slot_for(Core *c, uint32_t lock, uint32_t site, uint32_t mode)
 {
+    uint32_t klass = c->locks[lock].klass;
+    if (c->locks[lock].flags & LF_CLASS)
+        lock = LOCK_CLASS_KEY | klass;  /* one slot per class and site, not per instance */
     uint64_t key = ((uint64_t)lock << 32) | ((uint64_t)site << 1) | mode;
     uint32_t pos;
     uint32_t v = hmap_get(&c->slotmap, key, &pos);
@@ -363,7 +368,7 @@ static uint32_t stat_slot_for(Core *c, uint32_t lock, uint32_t site, uint32_t mo
     memset(s, 0, sizeof *s);
     s->lock = lock;
     s->site = site;
-    s->klass = c->locks[lock].klass;
+    s->klass = klass;
     s->mode = mode;
     s->wait_min = UINT64_MAX;
     s->hold_min = UINT64_MAX;
@@ -486,8 +491,10 @@ static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t
     return 0;
 }
 
-/* Pop lock id from the held stack and charge its hold time. */
-static int released(Core *c, uint32_t id, uint32_t mode)
+/* Pop lock id from the held stack; *t is the release time (stats on).  The
+ * caller releases the lock word and only then charges the hold time
+ * (charge_hold), so the bookkeeping never lengthens the critical section. */
+static int pop_held(Core *c, uint32_t id, uint32_t mode, struct held *out, uint64_t *t)
 {
     struct cpu_area *me = c->me;
     int i;
@@ -498,21 +505,26 @@ static int released(Core *c, uint32_t id, uint32_t mode)
         PyErr_Format(LockError, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
         return -1;
     }
-    struct held h = me->held[i];
+    *out = me->held[i];
     for (int j = i; j < (int)me->nheld - 1; j++)
         me->held[j] = me->held[j + 1];
     __atomic_store_n(&me->nheld, me->nheld - 1, __ATOMIC_RELEASE);
-    if (c->stats_on && h.slot != UINT32_MAX) {
-        struct stat_slot *s = &c->slots[h.slot];
-        uint64_t d = core_now(c) - h.t_acq;
-        s->hold_total += d;
-        if (d > s->hold_max)
-            s->hold_max = d;
-        if (d < s->hold_min)
-            s->hold_min = d;
-        s->hold_hist[hist_bucket(d)]++;
-    }
+    *t = (c->stats_on && out->slot != UINT32_MAX) ? core_now(c) : 0;
     return 0;
+}
+
+static void charge_hold(Core *c, const struct held *h, uint64_t t)
+{
+    if (!t)
+        return;
+    struct stat_slot *s = &c->slots[h->slot];
+    uint64_t d = t - h->t_acq;
+    s->hold_total += d;
+    if (d > s->hold_max)
+        s->hold_max = d;
+    if (d < s->hold_min)
+        s->hold_min = d;
+    s->hold_hist[hist_bucket(d)]++;
 }
 
 static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id);
@@ -648,9 +660,12 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         lw->recurse--;
         Py_RETURN_NONE;
     }
-    if (released(c, id, M_EXCL))
+    struct held h;
+    uint64_t t;
+    if (pop_held(c, id, M_EXCL, &h, &t))
         return NULL;
     __atomic_store_n(&lw->state, 0, __ATOMIC_RELEASE);
+    charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
     Py_RETURN_NONE;
@@ -712,9 +727,12 @@ static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t id;
     if (check_lock(c, args, nargs, &id, 1, 0))
         return NULL;
-    if (released(c, id, M_SHARED))
+    struct held h;
+    uint64_t t;
+    if (pop_held(c, id, M_SHARED, &h, &t))
         return NULL;
     __atomic_fetch_sub(&c->locks[id].state, 1, __ATOMIC_RELEASE);
+    charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
     Py_RETURN_NONE;
@@ -806,10 +824,13 @@ static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(LockError, "spinlockmgr: release of lock %u not held exclusively", id);
         return NULL;
     }
-    if (released(c, id, M_EXCL))
+    struct held h;
+    uint64_t t;
+    if (pop_held(c, id, M_EXCL, &h, &t))
         return NULL;
     /* keep a waiting writer's WANT bit */
     __atomic_and_fetch(&lw->state, RW_WANT, __ATOMIC_RELEASE);
+    charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
     Py_RETURN_NONE;
@@ -1304,6 +1325,8 @@ PyMODINIT_FUNC PyInit__atomic(void)
     C("SITE_NAME", SITE_NAME);
     C("LF_RW", LF_RW);
     C("LF_RECURSE", LF_RECURSE);
+    C("LF_CLASS", LF_CLASS);
+    C("LOCK_CLASS_KEY", LOCK_CLASS_KEY);
     C("RW_WRITER", RW_WRITER);
     C("RW_WANT", RW_WANT);
     C("CS_OFFLINE", CS_OFFLINE);

@@ -76,7 +76,7 @@ if HDR_DTYPE.itemsize > A.HDR_SIZE:  # pragma: no cover
 
 CPU_STRIDE = -(-A.CPU_SIZE // 64) * 64   # cache-line aligned control blocks
 SLOT_BUDGET = 48 << 20                   # bytes of statistics slots for the whole machine
-MAX_SLOTS_PER_CPU = 8192
+MAX_SLOTS_PER_CPU = 16384
 PAIRS_PER_CPU = 2048
 SITE_CAPACITY = 4096
 

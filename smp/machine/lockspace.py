@@ -28,12 +28,16 @@ class LockClass:
     kind: str
 
 
+AGGREGATE_OVER = 1024    # ranges larger than this keep statistics per class (LF_CLASS)
+
+
 @dataclass(frozen=True)
 class LockRange:
     first: int
     count: int
     klass: int
     label: str      # instance label; "{i}" is replaced by the index within the range
+    aggregate: bool = False   # statistics per class and site, not per instance
 
 
 @dataclass
@@ -58,15 +62,22 @@ class LockSpace:
         return c
 
     def declare(self, class_name: str, kind: str = "spin", count: int = 1,
-                label: str | None = None) -> int:
-        """Reserve ``count`` consecutive lock ids of a class; returns the first."""
+                label: str | None = None, aggregate: bool | None = None) -> int:
+        """Reserve ``count`` consecutive lock ids of a class; returns the first.
+
+        ``aggregate``: count statistics per class and call site rather than per lock
+        (default: for ranges of more than AGGREGATE_OVER locks, such as one pvh lock
+        per physical page, which would overflow the per-CPU statistics table).
+        """
         if count < 1:
             raise ValueError("count must be >= 1")
         c = self.lock_class(class_name, kind)
         if label is None:
             label = class_name if count == 1 else class_name + "[{i}]"
         first = self.nlocks
-        self.ranges.append(LockRange(first, count, c.id, label))
+        if aggregate is None:
+            aggregate = count > AGGREGATE_OVER
+        self.ranges.append(LockRange(first, count, c.id, label, aggregate))
         self.nlocks += count
         return first
 
@@ -88,12 +99,13 @@ class LockSpace:
         for r in self.ranges:
             c = self.classes[r.klass]
             locks["klass"][r.first:r.first + r.count] = c.id
-            locks["flags"][r.first:r.first + r.count] = KINDS[c.kind]
+            locks["flags"][r.first:r.first + r.count] = KINDS[c.kind] | (
+                _atomic.LF_CLASS if r.aggregate else 0)
 
     def to_dict(self) -> dict:
         return {
             "classes": [{"id": c.id, "name": c.name, "kind": c.kind} for c in self.classes],
-            "ranges": [{"first": r.first, "count": r.count, "class": r.klass, "label": r.label}
-                       for r in self.ranges],
+            "ranges": [{"first": r.first, "count": r.count, "class": r.klass, "label": r.label,
+                        "aggregate": r.aggregate} for r in self.ranges],
             "nlocks": self.nlocks,
         }

@@ -7,7 +7,9 @@ self-describing JSON document: lock classes and instance labels, call-site
 names, one record per CPU slot, the waiter/holder pairs and any overflow.
 Reports (``smp lockstat``) read only this file, never the segment.
 
-Times are nanoseconds; histograms are log2 buckets: bucket b counts events of
+Lock ranges with very many instances (one pvh lock per page, one per anon) are
+counted per class and site; their records are named ``class[*]`` with ``lock``
+null.  Times are nanoseconds; histograms are log2 buckets: bucket b counts events of
 [2^(b-1), 2^b) ns, bucket 0 counts zero.
 """
 
@@ -20,6 +22,7 @@ from smp.machine.segment import Segment
 
 LOCKSTAT_SCHEMA = 1
 OVERFLOW = 0xFFFFFFFF
+CLASS_KEY = 0x80000000     # slot of a whole class (LF_CLASS): "pvh[*]"
 
 
 def _trim(h: np.ndarray) -> list[int]:
@@ -48,10 +51,17 @@ def collect_lockstat(seg: Segment, locks: LockSpace, elapsed_ns: int) -> dict:
             if not int(s["acq"]):
                 continue
             lock = int(s["lock"])
+            if lock != OVERFLOW and lock & CLASS_KEY:
+                name = classes[int(s["klass"])].name + "[*]"    # an aggregated class
+                lock_id = None
+            elif lock == OVERFLOW:
+                name, lock_id = "<overflow>", None
+            else:
+                name, lock_id = locks.name_of(lock), lock
             rec = {
                 "cpu": cpu,
-                "lock": lock if lock != OVERFLOW else None,
-                "name": locks.name_of(lock) if lock != OVERFLOW else "<overflow>",
+                "lock": lock_id,
+                "name": name,
                 "class": classes[int(s["klass"])].name if lock != OVERFLOW else "<overflow>",
                 "kind": classes[int(s["klass"])].kind if lock != OVERFLOW else "spin",
                 "mode": "shared" if int(s["mode"]) else "excl",
