@@ -42,9 +42,10 @@ USER_BASE = 1
 # kglob slots
 KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
 
-MSG_EXIT = subr_prf.message("exit1", "pid %d (%s) exited on cpu%d")
-MSG_FORKFAIL = subr_prf.message("fork1", "pid %d (%s): fork failed: proc table full")
+MSG_EXIT = subr_prf.message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
+MSG_FORKFAIL = subr_prf.message("", "proc: table is full")
 W_FORK = subr_prf.intern("km_alloc1w")
+H_EXIT = subr_prf.UVMHIST_FUNC("exit1")
 
 
 class Load(Protocol):
@@ -209,7 +210,10 @@ class Kernel:
         try:
             if tid == PAGEDAEMON:
                 pmap.pmap_activate(pmap.KERNEL_PMAP)
+                if md.biglock:
+                    lock.kernel_lock()           # kernel threads ran under the big lock
                 status = uvm_pdaemon.uvm_pageout_step(tid)
+                self._release_biglock()
             else:
                 pm = A.vm_pmap[tid]
                 pmap.pmap_activate(pm if pm >= 0 else pmap.KERNEL_PMAP)
@@ -248,7 +252,8 @@ class Kernel:
         p = ci.md.proc[tid]
         if U.A.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
-        subr_prf.printf(MSG_EXIT, int(p["pid"]), int(p["name"]), ci.cpu)
+        subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(H_EXIT), int(p["pid"]),
+                             int(p["name"]), ci.cpu)
         lock.simple_lock(ci.sched_lock)
         p["stat"] = SZOMB
         g = U.A.np["kglob"]
@@ -276,7 +281,7 @@ class Kernel:
         lock.simple_unlock(ci.sched_lock)
         if child < 0:
             pp = proc[parent]
-            subr_prf.printf(MSG_FORKFAIL, int(pp["pid"]), int(pp["name"]))
+            subr_prf.printf(MSG_FORKFAIL)                 # tablefull("proc")
             return -1
         pm = pmap.pmap_create(child)
         if pm < 0:

@@ -120,9 +120,9 @@ G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS = range(7)
 PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
 
 m = subr_prf.message
-MSG_STEAL = m("pmap_steal_ptp",
-              "stole PTP pa 0x%08x (va 0x%08x) from pmap %p for pmap %p va 0x%08x on cpu%d")
-MSG_STEAL_PV = m("pmap_try_steal_pv", "stole pv entry: pmap %p va 0x%08x (pa 0x%08x) for pmap %p")
+MSG_STEAL = m("",
+              "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p for pmap %p va 0x%08x on cpu%d")
+MSG_STEAL_PV = m("", "pmap_try_steal_pv: stole pv entry: pmap %p va 0x%08x (pa 0x%08x) for pmap %p")
 P_GETPTP = m("pmap_enter", "pmap_enter: get ptp failed", "panic")
 P_NOPV = m("pmap_enter", "pmap_enter: no pv entries available", "panic")
 P_TOOBIG = m("pmap_enter", "pmap_enter: too big", "panic")
@@ -137,7 +137,7 @@ P_NOPVLIST = m("pmap_remove_ptes",
 P_PVMISS = m("pmap_remove_pv", "pmap_remove_pv: no pv entry for pmap %p va 0x%lx", "panic")
 P_RENDEZVOUS = m("pmap_tlb_shootnow", "TLB IPI rendezvous failed (mask %x)", "panic")
 P_UNWIRE = m("pmap_unwire", "pmap_unwire: invalid (unmapped) va 0x%lx", "panic")
-MSG_UNWIRE = m("pmap_unwire", "pmap_unwire: wiring for pmap %p va 0x%lx didn't change!")
+MSG_UNWIRE = m("", "pmap_unwire: wiring for pmap %p va 0x%lx didn't change!")
 del m
 
 
@@ -1027,6 +1027,12 @@ def pmap_unwire(pm: int, va: int) -> None:
             _stat_add(pm, A.pm_wired, -1)
             break
     pmap_unmap_ptes(pm, other)
+
+
+def pmap_is_wired(pm: int, va: int) -> bool:
+    """Does the mapping at ``va`` have PG_W (a peek, for munlock)?"""
+    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
+    return bool(pde & PG_V and A.physmem[((pde >> 12) << 10) + ptei(va)] & PG_W)
 
 
 def pmap_extract(pm: int, va: int) -> int:

@@ -28,9 +28,9 @@ from smp.kern.param import ENOMEM, PG_M, PG_RW, PG_U, PG_V, VM_PROT_READ, VM_PRO
 from smp.kern.uvm import A, C
 
 MSG_STALE = subr_prf.message(
-    "pmap_tlb", "stale TLB entry: pid %d va 0x%08x -> pa 0x%08x via PTP pa 0x%08x (pmap %p)")
-MSG_KILL = subr_prf.message("trap", "UVM: pid %d (%s), uid %d killed: out of swap")
-MSG_SEGV = subr_prf.message("trap", "pid %d (%s): SIGSEGV at va 0x%08x (error %d)")
+    "", "pmap: stale TLB entry: pid %d va 0x%08x -> pa 0x%08x via PTP pa 0x%08x (pmap %p)")
+MSG_KILL = subr_prf.message("", "UVM: pid %d (%s), uid %d killed: out of swap")
+MSG_SEGV = subr_prf.message("", "pid %d (%s): SIGSEGV at va 0x%08x (error %d)")
 
 SIGKILL, SIGSEGV = 9, 11
 TLB_ENTRIES = 64          # the Pentium Pro's data TLB: 64 entries for 4 KiB pages

@@ -44,6 +44,10 @@ from smp.kern.param import (
     trunc_page,
 )
 from smp.kern.uvm import A, C, L
+from smp.kern.uvm import UX as _UX
+
+UX_WIRED, UX_WIREDMAX = _UX["wired"], _UX["wiredmax"]
+EAGAIN = 35
 from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc
 from smp.kern.uvm_map import (
     E_ADVICE,
@@ -140,6 +144,9 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     wired = bool(flags & EF_WIRED) or wire
     if wire:
         access = prot
+        if A.uvmexp[UX_WIRED] >= A.uvmexp[UX_WIREDMAX]:
+            held.unlockall()                       # uvm_fault_wire: over wiredmax
+            return EAGAIN
     pm = A.vm_pmap[tid]
     wflag = PMAP_WIRED if wired else 0
     enter_prot = prot

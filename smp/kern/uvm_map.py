@@ -108,8 +108,7 @@ def uvm_unmap(tid: int, va: int) -> int:
     start, end, _prot, flags, base, _uobj, _uoff, _adv = entry(tid, i)
     pm = A.vm_pmap[tid]
     pmap.pmap_remove(pm, start, end)
-    if flags & EF_WIRED:
-        _unwire_pages(tid, start, end, base)
+    _unwire_pages(tid, start, end, base)         # whole-entry or page-by-page mlock
     drop = []
     if base >= 0:
         lock.simple_lock(L.amap + tid)
@@ -145,6 +144,23 @@ def _unwire_pages(tid: int, start: int, end: int, base: int) -> None:
         if an >= 0 and A.an_page[an] >= 0 and A.pg_wire[A.an_page[an]]:
             uvm_pageunwire(A.an_page[an])
     lock.simple_unlock(L.pageq)
+
+
+def unwire_pages(tid: int, vas: list[int]) -> None:
+    """munlock of single pages: clear PG_W and unwire each page that is wired."""
+    from smp.kern import pmap
+    from smp.kern.uvm_page import uvm_pageunwire
+
+    pm = A.vm_pmap[tid]
+    for v in vas:
+        pg = pmap.pmap_extract(pm, v)
+        if pg < 0 or not pmap.pmap_is_wired(pm, v):
+            continue                      # never wired (mlock stopped at wiredmax)
+        pmap.pmap_unwire(pm, v)
+        lock.simple_lock(L.pageq)
+        if A.pg_wire[pg]:
+            uvm_pageunwire(pg)
+        lock.simple_unlock(L.pageq)
 
 
 def set_wired(tid: int, va: int, wired: bool) -> int:

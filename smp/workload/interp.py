@@ -19,16 +19,18 @@ import numpy as np
 
 from smp.kern import kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
+from smp.kern.uvm_fault import EAGAIN
 from smp.machine.cpu import CPU, EXITED, RUNNABLE
 from smp.machine.layout import ArraySpec
 from smp.workload.program import NSLOTS, NSTACK, OPW, Op, mix
 
 QUANTUM = 256
+KMEM_PER_PROC = 64        # kernel allocations one process may hold at once
 CHAN_BARRIER = 0xB000_0000
 CHAN_SLEEP = 0xB100_0000
 W_BARRIER = subr_prf.intern("barrier")
 W_NANOSLEEP = subr_prf.intern("nanoslp")
-MSG_ENOMEM = subr_prf.message("sys_mmap", "pid %d (%s): mmap of %d pages failed: %d")
+MSG_ENOMEM = subr_prf.message("", "pid %d (%s): mmap of %d pages failed: error %d")
 KM_KINDS = ("alloc1", "malloc", "malloc_pageable")
 
 
@@ -69,6 +71,7 @@ class ProgramLoad:
             ArraySpec("prog", i8, self.table.shape),
             ArraySpec("pslot", i8, (n, NSLOTS, 2)),
             ArraySpec("pstack", i8, (n, NSTACK)),
+            ArraySpec("pkmem", i8, (n, KMEM_PER_PROC, 3)),
             ArraySpec("barrier", i4, (64,)),
             ArraySpec("load_glob", i8, (8,)),
         ]
@@ -95,6 +98,7 @@ class ProgramLoad:
         self.prog = memoryview(a["prog"].reshape(-1))
         self.pslot = memoryview(a["pslot"].reshape(-1))
         self.pstack = memoryview(a["pstack"].reshape(-1))
+        self.kmem = memoryview(a["pkmem"].reshape(-1))
         self.proc = a["proc"]
         self.bar = memoryview(a["barrier"])
         self.glob = memoryview(a["load_glob"])
@@ -210,7 +214,8 @@ class ProgramLoad:
                     uvm_map.uvm_unmap(tid, self.pslot[base])
                     self.pslot[base] = self.pslot[base + 1] = 0
             elif op == Op.MLOCK or op == Op.MUNLOCK:
-                self._mlock(ci, tid, reg, prog[b + 1], op == Op.MLOCK)
+                self._mlock(ci, tid, reg, prog[b + 1], op == Op.MLOCK, prog[b + 2],
+                            prog[b + 3], prog[b + 4])
             elif op == Op.FORK:
                 for _ in range(max(1, prog[b + 2]) - int(reg[1])):
                     self.kernel.fork1(ci, tid, prog[b + 1])
@@ -219,10 +224,7 @@ class ProgramLoad:
             elif op == Op.KMALLOC:
                 self._kmalloc(tid, prog[b + 1], prog[b + 2], prog[b + 3])
             elif op == Op.KFREE:
-                base = (tid * NSLOTS + prog[b + 1]) * 2
-                if self.pslot[base]:
-                    uvm_km.uvm_km_free(self.pslot[base], self.pslot[base + 1])
-                    self.pslot[base] = self.pslot[base + 1] = 0
+                self._kfree(tid, prog[b + 1])
             elif op == Op.READ or op == Op.WRITE:
                 from smp.kern import uvm_bio
                 uvm_bio.ubc_rw(tid, prog[b + 1], prog[b + 2], prog[b + 3], op == Op.WRITE, reg)
@@ -250,37 +252,72 @@ class ProgramLoad:
         self.pslot[base] = va
         self.pslot[base + 1] = npages
 
-    def _mlock(self, ci, tid, reg, slot, wire) -> None:
+    def _mlock(self, ci, tid, reg, slot, wire, first, count, stride) -> None:
+        """mlock/munlock of a whole region, or of every ``stride``-th page of a range.
+
+        A whole region marks its map entry wired (later faults wire too); a range
+        wires just those pages, the way a program calling mlock(addr, 4096) page by
+        page would, without the map-entry clipping NetBSD does for it.
+        """
         from smp.kern.uvm_fault import uvm_fault
 
         base = (tid * NSLOTS + slot) * 2
         va, npages = self.pslot[base], self.pslot[base + 1]
         if not va:
             return
+        whole = count <= 0
+        if whole:
+            first, count, stride = 0, npages, 1
+        stride = max(1, stride)
+        pages = range(first, min(npages, first + count * stride), stride)
         if not wire:
-            uvm_map.set_wired(tid, va, False)
+            if whole:
+                uvm_map.set_wired(tid, va, False)
+            else:
+                uvm_map.unwire_pages(tid, [va + p * NBPG for p in pages])
             return
-        uvm_map.set_wired(tid, va, True)
+        if whole:
+            uvm_map.set_wired(tid, va, True)
         i = int(reg[0])
-        while i < npages:                        # uvm_fault_wire: fault every page in
+        while i < len(pages):                    # uvm_fault_wire: fault every page in
             reg[0] = i
-            r = uvm_fault(tid, va + i * NBPG, VM_PROT_READ | VM_PROT_WRITE, wire=True)
+            v = va + pages[i] * NBPG
+            r = uvm_fault(tid, v, VM_PROT_READ | VM_PROT_WRITE, wire=True)
+            if r == EAGAIN:
+                break                            # mlock fails: wiredmax reached
             if r:
-                trap.trap_fatal(tid, va + i * NBPG, r)
+                trap.trap_fatal(tid, v, r)
             i += 1
         reg[0] = 0
 
     def _kmalloc(self, tid, slot, npages, kind) -> None:
-        base = (tid * NSLOTS + slot) * 2
-        if self.pslot[base]:
+        """Allocate kernel memory and keep it under the region's name.
+
+        A region can hold several allocations (a program opening socket after
+        socket); kfree frees them all, and exit frees whatever is left.
+        """
+        free = [i for i in range(KMEM_PER_PROC) if not self.kmem[self._k(tid, i)]]
+        if not free:
             return
         if kind == 0:
             va = uvm_km.uvm_km_alloc1(npages)
         else:
             va = uvm_km.uvm_km_kmemalloc(npages, intrsafe=(kind == 1))
         if va > 0:
-            self.pslot[base] = va
-            self.pslot[base + 1] = npages
+            k = self._k(tid, free[0])
+            self.kmem[k], self.kmem[k + 1], self.kmem[k + 2] = va, npages, slot
+
+    @staticmethod
+    def _k(tid: int, i: int) -> int:
+        return (tid * KMEM_PER_PROC + i) * 3
+
+    def _kfree(self, tid, slot) -> None:
+        """Free the process's kernel allocations of ``slot`` (-1: all of them)."""
+        for i in range(KMEM_PER_PROC):
+            k = self._k(tid, i)
+            if self.kmem[k] and (slot < 0 or self.kmem[k + 2] == slot):
+                uvm_km.uvm_km_free(self.kmem[k], self.kmem[k + 1])
+                self.kmem[k] = self.kmem[k + 1] = 0
 
     def _barrier(self, tid, reg, bid, n) -> None:
         if not reg[2]:
@@ -302,6 +339,7 @@ class ProgramLoad:
         self.pstack[d:d + NSTACK] = self.pstack[parent * NSTACK:(parent + 1) * NSTACK]
 
     def exited(self, ci, tid) -> None:
+        self._kfree(tid, -1)                     # close(): the kernel frees its buffers
         n = NSLOTS * 2
         for i in range(tid * n, (tid + 1) * n):
             self.pslot[i] = 0

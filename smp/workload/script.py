@@ -174,8 +174,8 @@ OP_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "munmap": ({"region"}, {"region"}),
     "touch": ({"region", "first", "pages", "stride", "pattern", "write", "count", "time"},
               {"region"}),
-    "mlock": ({"region"}, {"region"}),
-    "munlock": ({"region"}, {"region"}),
+    "mlock": ({"region", "first", "pages", "stride"}, {"region"}),
+    "munlock": ({"region", "first", "pages", "stride"}, {"region"}),
     "fork": ({"program", "copies"}, {"program"}),
     "exit": (set(), set()),
     "kmalloc": ({"region", "size", "kind"}, {"region", "size"}),
@@ -300,11 +300,19 @@ class _Compiler:
         else:
             self.asm.emit(Op.TOUCH, slot, first, npages, stride, int(write), pattern, count)
 
+    def _wire(self, t, w, regions, op):
+        ck = self.ck
+        slot = self._region(regions, ck.str(t, "region", w), w, False)
+        stride = ck.pages(t, "stride", w, 1, lo=1)
+        span = ck.pages(t, "pages", w, 0)      # 0: the whole region, as its map entry
+        count = -(-span // stride) if span else 0
+        self.asm.emit(op, slot, ck.pages(t, "first", w, 0), count, stride)
+
     def _op_mlock(self, t, w, regions, *_):
-        self.asm.emit(Op.MLOCK, self._region(regions, self.ck.str(t, "region", w), w, False))
+        self._wire(t, w, regions, Op.MLOCK)
 
     def _op_munlock(self, t, w, regions, *_):
-        self.asm.emit(Op.MUNLOCK, self._region(regions, self.ck.str(t, "region", w), w, False))
+        self._wire(t, w, regions, Op.MUNLOCK)
 
     def _op_fork(self, t, w, regions, private, mult, depth, seen):
         copies = self.ck.int(t, "copies", w, 1, 4096, 1)

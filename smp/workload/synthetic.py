@@ -36,8 +36,8 @@ QUANTUM = 32            # iterations per slice before the process goes back on t
 CHAN_BASE = 0x7000_0000  # sleep channels: one per process
 
 MSG_PANIC = subr_prf.message("synth_step", "injected panic in pid %d at iteration %d", "panic")
-MSG_START = subr_prf.message("synth_start", "pid %d (%s) started on cpu%d")
-MSG_DONE = subr_prf.message("synth_exit", "pid %d (%s): %d iterations, %d handoff sleeps")
+MSG_START = subr_prf.message("", "synth: pid %d (%s) started on cpu%d")
+MSG_DONE = subr_prf.message("", "synth: pid %d (%s): %d iterations, %d handoff sleeps")
 WMESG = subr_prf.intern("handoff")
 
 
