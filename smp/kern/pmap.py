@@ -120,8 +120,8 @@ G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS = range(7)
 PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
 
 m = subr_prf.message
-MSG_STEAL = m("",
-              "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p for pmap %p va 0x%08x on cpu%d")
+MSG_STEAL = m("", "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p "
+                  "for pmap %p va 0x%08x on cpu%d")
 MSG_STEAL_PV = m("", "pmap_try_steal_pv: stole pv entry: pmap %p va 0x%08x (pa 0x%08x) for pmap %p")
 P_GETPTP = m("pmap_enter", "pmap_enter: get ptp failed", "panic")
 P_NOPV = m("pmap_enter", "pmap_enter: no pv entries available", "panic")

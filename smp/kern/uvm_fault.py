@@ -43,11 +43,8 @@ from smp.kern.param import (
     VM_PROT_WRITE,
     trunc_page,
 )
-from smp.kern.uvm import A, C, L
 from smp.kern.uvm import UX as _UX
-
-UX_WIRED, UX_WIREDMAX = _UX["wired"], _UX["wiredmax"]
-EAGAIN = 35
+from smp.kern.uvm import A, C, L
 from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc
 from smp.kern.uvm_map import (
     E_ADVICE,
@@ -76,6 +73,8 @@ from smp.kern.uvm_page import (
     uvm_pagewire,
 )
 
+UX_WIRED, UX_WIREDMAX = _UX["wired"], _UX["wiredmax"]
+EAGAIN = 35
 W = {name: subr_prf.intern(name) for name in (
     "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
 H = subr_prf.UVMHIST_FUNC("uvm_fault")

@@ -180,16 +180,18 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
         na, nb = (max(na, 1), max(nb, 1)) if dv.why == "aliases differ" else (na, nb)
         dv.a_lines = [(i, A.text(i)) for i in range(da, min(A.n, da + min(na, show)))]
         dv.b_lines = [(j, B.text(j)) for j in range(db, min(B.n, db + min(nb, show)))]
-        if dv.resync is not None:
-            ra, rb = dv.resync
-            k = min(context, A.n - ra, B.n - rb)
-            dv.after = [(ra + t, rb + t, A.text(ra + t)) for t in range(k)]
         out.append(dv)
         if dv.resync is None:
             break
         ia, ib = dv.resync
         A.start(ia)
         B.start(ib)
+        # the lines after the resync, numbered afresh as the next search will see them
+        k = min(context, A.n - ia, B.n - ib)
+        if k > 0:
+            A.keys(ia, ia + k)
+            B.keys(ib, ib + k)
+            dv.after = [(ia + t, ib + t, A.text(ia + t)) for t in range(k)]
     aliases = {"a": A.alias_counts(), "b": B.alias_counts()}
     return SeqResult(A.n, B.n, identical, matched or 0, out, aliases)
 

@@ -214,7 +214,7 @@ def load_run(d: Path, *, partial_ok: bool = False, events: Path | None = None) -
     if not catp.is_file():
         raise BadInput(f"{d}: run directory has {events.name} but no {runfmt.CATALOGUE_FILE}")
     cat = Catalogue.load(catp)
-    recs = runfmt.merge_order(runfmt.read_events(events, partial_ok=partial_ok))
+    recs = _merged(runfmt.read_events(events, partial_ok=partial_ok))
     log = RunLog(str(d), cat, recs)
     log.manifest = _json(d / MANIFEST_FILE, optional=True)
     log.summary = _json(d / SUMMARY_FILE, optional=True)
@@ -224,6 +224,19 @@ def load_run(d: Path, *, partial_ok: bool = False, events: Path | None = None) -
     if log.duration is None and log.n:
         log.duration, log.duration_from = float(recs["time"][-1]) / 1e9, "last record"
     return log
+
+
+def _merged(recs: np.ndarray) -> np.ndarray:
+    """:func:`runfmt.merge_order`, skipping the sort when the file is already in that order
+    (a drainer writes each batch merged; one batch is the common case)."""
+    if len(recs) < 2:
+        return recs
+    t, c, q = recs["time"], recs["cpu"], recs["seq"]
+    dt = t[1:].astype(np.int64) - t[:-1].astype(np.int64)
+    tie = dt == 0
+    dc = c[1:].astype(np.int64) - c[:-1].astype(np.int64)
+    ok = (dt > 0) | (tie & (dc > 0)) | (tie & (dc == 0) & (q[1:] > q[:-1]))
+    return recs if ok.all() else runfmt.merge_order(recs)
 
 
 # conversion classes of a format's argument slots (for keys and aliases)
@@ -372,11 +385,11 @@ class _RunSeq(SeqSource):
         is_hist = np.array([t.kind == "hist" for t in log.templates] + [False])[tid]
         self.head = [gid[tid].astype(np.int64), r["cpu"].astype(np.int64),
                      np.where(is_hist, r["call"], 0).astype(np.int64)]
-        self.origin = 0
         self._full: np.ndarray | None = None
         self._blind: np.ndarray | None = None
         self._alias: np.ndarray | None = None
         self._counts = {"addresses": 0, "pids": 0, "substitutions": 0}
+        self.start(0)
 
     def raw(self) -> np.ndarray:
         if self.n == 0:
@@ -385,14 +398,19 @@ class _RunSeq(SeqSource):
 
     def start(self, origin: int) -> None:
         self.origin = origin
+        self._hi = origin            # keys computed for lines origin.._hi-1
         self._full = self._blind = self._alias = None
 
-    def _compute(self) -> None:
+    def _compute(self, hi: int) -> None:
+        """Keys of lines origin..hi-1.  First-seen numbering of a longer range agrees with
+        that of its beginning, so the range can grow (doubling) without changing keys
+        already handed out; a divergence near the start costs little."""
         o = self.origin
-        args = self.args[o:]
+        args = self.args[o:hi]
+        is_addr, is_pid = self.is_addr[o:hi], self.is_pid[o:hi]
         alias = np.zeros(args.shape, np.int64)
         counts = {}
-        for name, mask in (("addresses", self.is_addr[o:]), ("pids", self.is_pid[o:])):
+        for name, mask in (("addresses", is_addr), ("pids", is_pid)):
             vals = args[mask]  # row-major: record order, then slot order within a record
             if len(vals):
                 _uniq, first, inv = np.unique(vals, return_index=True, return_inverse=True)
@@ -402,21 +420,23 @@ class _RunSeq(SeqSource):
                 counts[name] = len(first)
             else:
                 counts[name] = 0
-        amask = self.is_addr[o:] | self.is_pid[o:]
+        amask = is_addr | is_pid
         counts["substitutions"] = int(np.count_nonzero(amask))
         self._counts = counts
         # full: aliased slots carry their alias number, tagged; blind: only the tag
-        tag = np.where(self.is_addr[o:], 1, np.where(self.is_pid[o:], 2, 0)).astype(np.int64)
+        tag = np.where(is_addr, 1, np.where(is_pid, 2, 0)).astype(np.int64)
         full_args = np.where(amask, alias * 4 + tag + (1 << 62), args)
         blind_args = np.where(amask, tag + (1 << 62), args)
-        head = [h[o:] for h in self.head]
+        head = [h[o:hi] for h in self.head]
         self._full = _mix(head + [full_args[:, k] for k in range(runfmt.NARGS)])
         self._blind = _mix(head + [blind_args[:, k] for k in range(runfmt.NARGS)])
         self._alias = alias
+        self._hi = hi
 
     def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._full is None:
-            self._compute()
+        if hi > self._hi or self._full is None:
+            o = self.origin
+            self._compute(min(self.n, max(hi, o + 2 * (self._hi - o), o + 4096)))
         o = self.origin
         return self._full[lo - o:hi - o], self._blind[lo - o:hi - o]
 
@@ -424,6 +444,8 @@ class _RunSeq(SeqSource):
         log = self.log
         rec = log.records[i:i + 1].copy()
         subs: list[tuple[str, str]] = []
+        if i >= self.origin and (self._alias is None or i >= self._hi):
+            self.keys(i, i + 1)
         if self._alias is not None and i >= self.origin:
             al = self._alias[i - self.origin]
             for k in range(runfmt.NARGS):
@@ -548,7 +570,7 @@ class TextLog(Log):
         self.text_lines = lines
         self.rests = rests
         mined: dict[str, int] = {}
-        tid = trace_mask.mine(bodies, mined)
+        tid, self.mined = trace_mask.mine(bodies, mined)
         texts = sorted(mined, key=mined.get)
         hist = fmt == "smp hist"
         templates = []
@@ -591,7 +613,7 @@ class _TextSeq(SeqSource):
 
     def start(self, origin: int) -> None:
         self.origin = origin
-        self.norm = trace_mask.AliasNormalizer()
+        self.norm = trace_mask.AliasNormalizer(self.log.mined.time, self.log.mined.bare)
         self.pos = origin              # next line the normalizer has not seen
         self.lo = origin               # first line of the cache
         self.cache: list[str] = []     # marked text of lines lo..pos-1

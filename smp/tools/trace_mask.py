@@ -39,7 +39,10 @@ comparison a different count is a divergence.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -72,27 +75,44 @@ def _mask_shape(s: str) -> str:
     return _NUM.sub("<NUM>", s)
 
 
-def mine(bodies: Sequence[str], templates: dict[str, int]) -> np.ndarray:
+@dataclass
+class Mined:
+    """What :func:`mine` learnt besides the template ids: how many shapes, and whether any
+    line has a time or a bare hex word (both depend on the shape only), so that alias
+    normalization can leave out the regex alternatives that cannot match."""
+
+    shapes: int = 0
+    time: bool = False
+    bare: bool = False
+
+
+def mine(bodies: Sequence[str], templates: dict[str, int]) -> tuple[np.ndarray, Mined]:
     """Template ids of ``bodies``, adding new templates to ``templates`` (text -> id).
 
     Lines are grouped by shape first (module docstring); the masks run once per shape,
     on the shape's first line, so the template shows real text where nothing was masked.
     """
+    info = Mined()
     if not bodies:
-        return np.zeros(0, np.int32)
+        return np.zeros(0, np.int32), info
     # bodies never contain "\n" (they were split on it), so the split gives them back
     shapes = HEX0X.sub("<HEX>", "\n".join(bodies)).translate(_DIGITS_TO_ZERO).split("\n")
     assert len(shapes) == len(bodies)
     shape_ids: dict[str, int] = {}
     sid = [shape_ids.setdefault(s, len(shape_ids)) for s in shapes]
+    del shapes
     sid_arr = np.asarray(sid, np.int64)
     # the first line of every shape, in shape-id order (ids are dense from 0)
     first = np.unique(sid_arr, return_index=True)[1]
     shape_tid = np.empty(len(shape_ids), np.int32)
     for k, i in enumerate(first.tolist()):
-        t = mask_line(bodies[i])
+        s = HEX0X.sub("<HEX>", bodies[i])
+        info.time = info.time or bool(_TIME.search(s))
+        info.bare = info.bare or bool(_BAREHEX.search(s))
+        t = _mask_shape(s)
         shape_tid[k] = templates.setdefault(t, len(templates))
-    return shape_tid[sid_arr]
+    info.shapes = len(shape_ids)
+    return shape_tid[sid_arr], info
 
 
 # ---------------------------------------------------------------- aliases
@@ -100,12 +120,23 @@ def mine(bodies: Sequence[str], templates: dict[str, int]) -> np.ndarray:
 # One alternation, so the order of first appearance is the order in the text.  Markers
 # \x02...\x03 delimit an alias inside normalized text: the alias-blind form (used to
 # re-synchronize after a divergence) drops the number, the display form drops the markers.
-_ALIAS = re.compile(
-    r"(?P<time>(?<![\d:])\d{1,2}:\d\d:\d\d(?:\.\d+)?)"
-    r"|(?P<hex>0[xX](?<!\w0[xX])[0-9a-fA-F]+)"
-    r"|(?P<bare>\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{8})\b)"
-    r"|(?P<pidp>\bpid[ =:#]?)(?P<pid>\d+)"
-)
+# Alternatives that start with a literal ("0x", "pid") let the regex engine skip ahead;
+# the time and bare-hex ones cannot, so they are left out for logs that have none.
+_PARTS = {
+    "time": r"(?P<time>(?<![\d:])\d{1,2}:\d\d:\d\d(?:\.\d+)?)",
+    "hex": r"(?P<hex>0[xX](?<!\w0[xX])[0-9a-fA-F]+)",
+    "bare": (r"(?P<bare>\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)"
+             r"(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{8})\b)"),
+    "pid": r"(?P<pidp>pid(?<!\wpid)[ =:#]?)(?P<pid>\d+)",  # pid(?<!\wpid) == \bpid, faster
+}
+
+
+@lru_cache(maxsize=4)
+def _alias_rx(time: bool, bare: bool) -> re.Pattern:
+    parts = (["time"] if time else []) + ["hex"] + (["bare"] if bare else []) + ["pid"]
+    return re.compile("|".join(_PARTS[p] for p in parts))
+
+
 _BLIND = re.compile("\x02([PI])\\d+\x03")
 ADDR_MIN = 0x1000  # hex values below a page are flags, not addresses
 
@@ -118,10 +149,13 @@ class AliasNormalizer:
     alias number; ``substitutions`` counts renamed occurrences.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, time: bool = True, bare: bool = True) -> None:
         self.addr: dict[int, int] = {}
         self.pid: dict[int, int] = {}
         self.substitutions = 0
+        self.rx = _alias_rx(time, bare)
+        g = self.rx.groupindex  # findall tuples are in group-number order
+        self._gi = (g["hex"] - 1, g["bare"] - 1 if "bare" in g else None, g["pid"] - 1)
 
     def _sub(self, m: re.Match) -> str:
         kind = m.lastgroup
@@ -143,21 +177,28 @@ class AliasNormalizer:
         """Normalized (marked) text of consecutive lines."""
         if not lines:
             return []
-        return _ALIAS.sub(self._sub, "\n".join(lines)).split("\n")
+        return self.rx.sub(self._sub, "\n".join(lines)).split("\n")
 
     def skip(self, lines: Iterable[str]) -> None:
-        """Number the aliases of consecutive lines without producing text (fast path)."""
-        text = "\n".join(lines)
-        for m in _ALIAS.finditer(text):
-            kind = m.lastgroup
-            if kind == "pid":
-                self.pid.setdefault(int(m.group("pid")), len(self.pid) + 1)
-                self.substitutions += 1
-            elif kind in ("hex", "bare"):
-                v = int(m.group(kind), 16)
-                if v >= ADDR_MIN:
-                    self.addr.setdefault(v, len(self.addr) + 1)
-                    self.substitutions += 1
+        """Number the aliases of consecutive lines without producing text (fast path).
+
+        Same numbering as :meth:`normalize`, in bulk: findall and Counter run in C,
+        so Python touches each distinct token once rather than each occurrence.
+        """
+        found = self.rx.findall("\n".join(lines))
+        hi, bi, pi = self._gi
+        toks = Counter(t[hi] or t[bi] for t in found if t[hi] or t[bi]) if bi is not None \
+            else Counter(t[hi] for t in found if t[hi])
+        pids = Counter(t[pi] for t in found if t[pi])
+        # Counter keeps first-insertion order: the order of first appearance
+        for tok, n in toks.items():
+            v = int(tok, 16)
+            if v >= ADDR_MIN:
+                self.addr.setdefault(v, len(self.addr) + 1)
+                self.substitutions += n
+        for tok, n in pids.items():
+            self.pid.setdefault(int(tok), len(self.pid) + 1)
+            self.substitutions += n
 
     def aliases(self) -> dict[str, dict[str, str]]:
         """The alias tables, value text -> alias name (for the normalization report)."""
