@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--lockstat", action="store_true",
                    help="print the top of the lock-contention report at the end")
     sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
+    e = sub.add_parser("experiment", help="run load scripts x kernel configurations x seeds",
+                       description="The January 2001 experiment: run a matrix of load "
+                       "scripts, kernel configurations and seeds, and print one table.")
+    e.add_argument("scripts", nargs="*", help="load scripts (default: heavy-mp ptp-hog "
+                   "kmem-storm fork-churn)")
+    e.add_argument("-c", "--config", action="append", default=[], metavar="KEY=V[,KEY=V]",
+                   help="a kernel configuration cell, e.g. 'steal=none biglock=off' "
+                   "(repeatable; default: steal {ptp,pv|none} x biglock {on|off})")
+    e.add_argument("-k", "--kernel", help="base kernel configuration (default: the script's)")
+    e.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override applied to every run")
+    e.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    e.add_argument("--jobs", type=int, default=None, help="runs at a time (default: cores)")
+    e.add_argument("--out", help="experiment directory (default experiments/TIME)")
+    e.add_argument("--time-limit", help="time limit of each run, e.g. 30s")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in TOOLS:
         module = importlib.import_module(name)
         module.register(sub)            # adds its subcommand, with set_defaults(func=...)
@@ -97,6 +113,29 @@ def cmd_run(a: argparse.Namespace) -> int:
     return o.exit_code
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from smp import experiment as X
+
+    if a.seeds < 1:
+        raise BadInput(f"--seeds {a.seeds}: expected at least 1")
+    scripts = a.scripts or X.DEFAULT_SCRIPTS
+    configs = [X.parse_config(c) for c in a.config] or X.DEFAULT_CONFIGS
+    out = Path(a.out) if a.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
+    jobs = a.jobs or X.default_jobs()
+    cells = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
+                             kernel=a.kernel, extra=a.overrides, time_limit=a.time_limit,
+                             progress=not a.quiet and sys.stdout.isatty())
+    meta = {"scripts": scripts, "configs": [c for c, _ in configs], "seeds": a.seeds,
+            "kernel": a.kernel, "overrides": a.overrides, "time_limit": a.time_limit}
+    X.write_outputs(cells, out, meta)
+    print(out)
+    print(X.render_text(cells))
+    return EXIT_OK
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from smp.config import WORKLOADS, list_kernels, list_machines
 
@@ -113,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return EXIT_BADINPUT
     try:
-        func = {"run": cmd_run, "list": cmd_list}.get(a.cmd) or a.func
+        func = {"run": cmd_run, "list": cmd_list,
+                "experiment": cmd_experiment}.get(a.cmd) or a.func
         return func(a)
     except BadInput as e:
         print(f"smp: {e}", file=sys.stderr)

@@ -704,8 +704,27 @@ def _check_anons(ctx: _Ctx) -> None:
             ctx.bad("swap", f"swpginuse {int(ux[U.SWPGINUSE])}, slots marked used {used}")
     if not ctx.full:
         return
+    # amap slots: each process's window [tid * amap_per_proc, + vm_aused), and within
+    # it only the runs its map entries cover (munmap leaves -1 behind)
     slots = a["amap_slot"]
-    ref = np.bincount(slots[slots >= 0], minlength=nanon)[:nanon]
+    aused = a["vm_aused"]
+    per = len(slots) // max(1, len(aused))
+    win = np.zeros(len(slots), bool)
+    covered = np.zeros(len(slots), bool)
+    ent = a["vm_entry"].reshape(len(aused), -1, 8)
+    for tid in range(len(aused)):
+        n = int(aused[tid])
+        if n > 0:
+            win[tid * per: tid * per + min(n, per)] = True
+        for i in range(int(a["vm_nentries"][tid])):
+            start, end, base = int(ent[tid, i, 0]), int(ent[tid, i, 1]), int(ent[tid, i, 4])
+            if base >= 0:
+                covered[base: base + (end - start) // NBPG] = True
+    for s in np.nonzero(win & ~covered & (slots >= 0))[0][:MAX_PER_CHECK]:
+        ctx.bad("anon refs", f"amap slot {int(s)} outside any map entry names anon "
+                f"{int(slots[s])}")
+    named = slots[covered & (slots >= 0)]
+    ref = np.bincount(named, minlength=nanon)[:nanon]
     for an in np.nonzero(ref != an_ref)[0][:MAX_PER_CHECK * 2]:
         ctx.bad("anon refs", f"anon {int(an)}: an_ref {int(an_ref[an])}, named by "
                 f"{int(ref[an])} amap slots")

@@ -186,6 +186,8 @@ def _pageout_anon(pg: int, may_react: bool) -> str:
             if slot < 0:
                 slot = uvm_swap_alloc()
             if slot < 0:                          # swap full: keep it
+                if not may_react:
+                    return "busy"                 # UVMPD_NUMDIRTYREACTS used up this pass
                 lock.simple_lock(L.pageq)
                 uvm_pageactivate(pg)
                 lock.simple_unlock(L.pageq)

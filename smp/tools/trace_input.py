@@ -478,9 +478,12 @@ def _render_one(log: RunLog, rec: np.ndarray) -> str:
 # groups: seconds, fraction, the line after the stamp, cpu (only after a stamp: an
 # unstamped "cpu0: Intel Pentium III" is a device attaching, not a CPU's console line), body
 _CONSOLE = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?)?((?(1)(?:cpu(\d+): )?)(.*))$", re.M)
+# a dmesg stamp is followed by the message itself ("cpu1: Intel ..." is a device name)
+_DMESG = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?)?(()(.*))$", re.M)
 _HIST = re.compile(r"^(?:(\d+)\.(\d+) ([^\s#]+)#(\d+)@(\d+)d?: )?(.*)$", re.M)
 _HIST_LINE = re.compile(r"\d+\.\d{6} [^\s#]+#\d+@\d+d?: ")
-_CONSOLE_LINE = re.compile(r"\[ *\d+\.\d+\] ")
+_STAMPED_LINE = re.compile(r"\[ *\d+\.\d+\] ")
+_SMP_CONSOLE_LINE = re.compile(r"\[ *\d+\.\d{6}\] (?:cpu\d+|smp): ")
 _DROP_LINE = re.compile(r"smp: (\d+) trace records dropped")
 
 
@@ -511,15 +514,16 @@ def parse_text(source: str, text: str) -> TextLog:
     lines = text.split("\n") if text else []
     sample = [s for s in lines[:2000] if s]
     nhist = sum(1 for s in sample if _HIST_LINE.match(s))
-    ncons = sum(1 for s in sample if _CONSOLE_LINE.match(s))
+    nstamped = sum(1 for s in sample if _STAMPED_LINE.match(s))
+    nsmp = sum(1 for s in sample if _SMP_CONSOLE_LINE.match(s))
     with _no_gc():
         if sample and nhist > len(sample) // 2:
             return TextLog(source, lines, _parse_hist(text, len(lines)), "smp hist")
-        cols = _parse_console(text, len(lines))
-        fmt = "plain"
-        if ncons:
-            fmt = "smp console" if np.count_nonzero(cols[1] >= 0) > ncons // 2 else "dmesg"
-        return TextLog(source, lines, cols, fmt)
+        if nstamped and nsmp >= 0.9 * nstamped:  # our console: every line says its CPU
+            return TextLog(source, lines, _parse_console(_CONSOLE, text, len(lines)),
+                           "smp console")
+        return TextLog(source, lines, _parse_console(_DMESG, text, len(lines)),
+                       "dmesg" if nstamped else "plain")
 
 
 def _stamps(secs: list[str], fracs: list[str]) -> np.ndarray:
@@ -528,7 +532,7 @@ def _stamps(secs: list[str], fracs: list[str]) -> np.ndarray:
     if n == 0 or not any(secs):
         return np.full(n, -1, np.int64)
     s = np.array([x or "-1" for x in secs], np.int64)
-    lens = {len(f) for f in fracs if f}
+    lens = set(map(len, fracs)) - {0}
     if lens == {6}:
         f = np.array([x or "0" for x in fracs], np.int64) * 1000
     else:
@@ -543,8 +547,8 @@ def _findall(rx: re.Pattern, text: str, n: int) -> list[tuple]:
     return rows
 
 
-def _parse_console(text: str, n: int) -> tuple:
-    rows = _findall(_CONSOLE, text, n)
+def _parse_console(rx: re.Pattern, text: str, n: int) -> tuple:
+    rows = _findall(rx, text, n)
     t = _stamps([r[0] for r in rows], [r[1] for r in rows])
     cpus = [r[3] for r in rows]
     cpu = (np.array([c or "-1" for c in cpus], np.int16) if any(cpus)
@@ -576,7 +580,7 @@ class TextLog(Log):
         templates = []
         for text in texts:
             kind = ("panic" if text.startswith("panic: ") else "hist" if hist else "printf")
-            templates.append(Template(("mined", kind, text), text, kind,
+            templates.append(Template(("mined", kind, text), text or "(empty line)", kind,
                                       text.split(": ", 1)[0] if ": " in text else ""))
         super().__init__(source=source, exact=False, format=fmt, time_ns=t, cpu=cpu,
                          tid=tid.astype(np.int32), templates=templates)

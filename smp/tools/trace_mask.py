@@ -98,10 +98,10 @@ def mine(bodies: Sequence[str], templates: dict[str, int]) -> tuple[np.ndarray, 
     # bodies never contain "\n" (they were split on it), so the split gives them back
     shapes = HEX0X.sub("<HEX>", "\n".join(bodies)).translate(_DIGITS_TO_ZERO).split("\n")
     assert len(shapes) == len(bodies)
-    shape_ids: dict[str, int] = {}
-    sid = [shape_ids.setdefault(s, len(shape_ids)) for s in shapes]
+    # dense ids in order of first appearance; dict.fromkeys and map run in C
+    shape_ids = {s: k for k, s in enumerate(dict.fromkeys(shapes))}
+    sid_arr = np.fromiter(map(shape_ids.__getitem__, shapes), np.int64, len(shapes))
     del shapes
-    sid_arr = np.asarray(sid, np.int64)
     # the first line of every shape, in shape-id order (ids are dense from 0)
     first = np.unique(sid_arr, return_index=True)[1]
     shape_tid = np.empty(len(shape_ids), np.int32)
@@ -137,6 +137,9 @@ def _alias_rx(time: bool, bare: bool) -> re.Pattern:
     return re.compile("|".join(_PARTS[p] for p in parts))
 
 
+_HEXTOK = re.compile(_PARTS["hex"].replace("?P<hex>", ""))
+_HEX_OR_BARE = re.compile(_PARTS["hex"] + "|" + _PARTS["bare"])
+_PIDTOK = re.compile(r"pid(?<!\wpid)[ =:#]?(\d+)")
 _BLIND = re.compile("\x02([PI])\\d+\x03")
 ADDR_MIN = 0x1000  # hex values below a page are flags, not addresses
 
@@ -154,8 +157,7 @@ class AliasNormalizer:
         self.pid: dict[int, int] = {}
         self.substitutions = 0
         self.rx = _alias_rx(time, bare)
-        g = self.rx.groupindex  # findall tuples are in group-number order
-        self._gi = (g["hex"] - 1, g["bare"] - 1 if "bare" in g else None, g["pid"] - 1)
+        self.bare = bare
 
     def _sub(self, m: re.Match) -> str:
         kind = m.lastgroup
@@ -182,21 +184,23 @@ class AliasNormalizer:
     def skip(self, lines: Iterable[str]) -> None:
         """Number the aliases of consecutive lines without producing text (fast path).
 
-        Same numbering as :meth:`normalize`, in bulk: findall and Counter run in C,
-        so Python touches each distinct token once rather than each occurrence.
+        Same numbering as :meth:`normalize`, in bulk: findall and Counter run in C, so
+        Python touches each distinct token once rather than each occurrence.
         """
-        found = self.rx.findall("\n".join(lines))
-        hi, bi, pi = self._gi
-        toks = Counter(t[hi] or t[bi] for t in found if t[hi] or t[bi]) if bi is not None \
-            else Counter(t[hi] for t in found if t[hi])
-        pids = Counter(t[pi] for t in found if t[pi])
+        text = "\n".join(lines)
+        # addresses and pids number separately, so each can have its own pass; times never
+        # overlap either, so they need none
+        if self.bare:
+            toks = Counter(h or b for h, b in _HEX_OR_BARE.findall(text))
+        else:
+            toks = Counter(_HEXTOK.findall(text))
         # Counter keeps first-insertion order: the order of first appearance
         for tok, n in toks.items():
             v = int(tok, 16)
             if v >= ADDR_MIN:
                 self.addr.setdefault(v, len(self.addr) + 1)
                 self.substitutions += n
-        for tok, n in pids.items():
+        for tok, n in Counter(_PIDTOK.findall(text)).items():
             self.pid.setdefault(int(tok), len(self.pid) + 1)
             self.substitutions += n
 

@@ -25,7 +25,7 @@ from smp.machine.layout import ArraySpec
 from smp.workload.program import NSLOTS, NSTACK, OPW, Op, mix
 
 QUANTUM = 256
-KMEM_PER_PROC = 64        # kernel allocations one process may hold at once
+KMEM_PER_PROC = 512       # kernel allocations one process may hold at once
 CHAN_BARRIER = 0xB000_0000
 CHAN_SLEEP = 0xB100_0000
 W_BARRIER = subr_prf.intern("barrier")
