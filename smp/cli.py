@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--lockstat", action="store_true",
                    help="print the top of the lock-contention report at the end")
+    r.add_argument("--lockstep", action="store_true",
+                   help="one CPU at a time, the schedule drawn from --seed: replayable, "
+                   "byte-identical logs; the time limit is virtual time")
+    r.add_argument("--strategy", choices=("random", "pct"), default="random",
+                   help="lockstep schedule: random (default) or pct")
+    r.add_argument("--replay", metavar="RUN",
+                   help="rerun RUN's manifest (script text, configuration, seed, schedule) "
+                   "and check that the result is identical")
     sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
     e = sub.add_parser("experiment", help="run load scripts x kernel configurations x seeds",
                        description="The January 2001 experiment: run a matrix of load "
@@ -89,9 +97,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.cpus is not None and not 1 <= a.cpus <= 64:
         raise BadInput(f"--cpus {a.cpus}: expected an integer from 1 to 64")
     progress = not a.quiet and sys.stdout.isatty()
+    if a.replay:
+        from smp.replay import replay
+
+        return replay(a.replay, out=a.out, progress=progress)
     run_dir, o = run(a.script, machine=a.machine, kernel=a.kernel, overrides=a.overrides,
                      cpus=a.cpus, seed=a.seed, out=a.out, progress=progress,
-                     time_limit_s=limit)
+                     time_limit_s=limit, lockstep=a.strategy if a.lockstep else None)
     print(run_dir)
     summary = (run_dir / "summary.txt").read_text().splitlines()
     for line in summary[1:]:

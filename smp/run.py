@@ -30,7 +30,7 @@ from smp.errors import BadInput
 from smp.kern.kernel import Kernel
 from smp.machine.boot import Machine, RunOutcome, host_info
 from smp.runfmt import CATALOGUE_FILE
-from smp.workload.script import LoadScript, load_script
+from smp.workload.script import LoadScript, load_script, load_script_text
 
 MANIFEST_SCHEMA = 1
 SUMMARY_SCHEMA = 1
@@ -71,9 +71,16 @@ def code_version() -> str:
 def run(script_spec: str | None = None, *, machine: str | None = None,
         kernel: str | None = None, overrides: list[str] = (), cpus: int | None = None,
         seed: int = 0, out: str | None = None, progress: bool = False,
-        time_limit_s: float | None = None) -> tuple[Path, RunOutcome]:
-    """Run a load script; returns the run directory and the outcome."""
-    script = load_script(script_spec)
+        time_limit_s: float | None = None, lockstep: str | None = None,
+        script_text: str | None = None) -> tuple[Path, RunOutcome]:
+    """Run a load script; returns the run directory and the outcome.
+
+    ``lockstep``: None (free mode), "random" or "pct" (one CPU at a time, the schedule
+    drawn from ``seed``; the time limit is then virtual time).  ``script_text``: run
+    this text under the script's name (replay of a run directory's manifest).
+    """
+    script = load_script(script_spec) if script_text is None else \
+        load_script_text(script_spec, script_text)
     cfg = configure(script, machine, kernel, list(overrides), cpus)
     if seed < 0:
         raise BadInput(f"--seed {seed}: expected a non-negative integer")
@@ -94,7 +101,8 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
         "schema": MANIFEST_SCHEMA,
         "tool": "smp", "version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "mode": "free", "seed": seed,
+        "mode": "lockstep" if lockstep else "free", "seed": seed,
+        "strategy": lockstep,
         "load_script": {"name": script.name, "path": script.path, "sha256": script.sha256,
                         "text": script.text},
         "machine": cfg.machine.to_dict(), "kernel": cfg.kernel.to_dict(),
@@ -104,8 +112,11 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     _write_json(run_dir / "manifest.json", manifest)
     kern = Kernel(cfg.kernel, script.load)
     mach = Machine(cfg.machine.ncpu, cfg.machine.trace_ring, kern, cfg.machine, run_dir,
-                   time_limit_s=limit, progress=progress, stats_on=cfg.kernel.lockstat)
+                   time_limit_s=limit, progress=progress, stats_on=cfg.kernel.lockstat,
+                   lockstep=lockstep, seed=seed)
     outcome = mach.run()
+    if lockstep:
+        rerender_logs(run_dir)
     from smp.kern import subr_prf
 
     subr_prf.CATALOGUE.save(run_dir / CATALOGUE_FILE)
@@ -131,6 +142,27 @@ def boot_for_bench(ncpu: int, physmem: int):
     return mach.boot_and_wait()
 
 
+def rerender_logs(run_dir: Path) -> None:
+    """Lockstep: write events.bin, console.log and hist.log again from the records in merged
+    (virtual time, cpu, sequence) order, so they do not depend on when the parent
+    happened to drain the rings."""
+    from smp.runfmt import KIND_HIST, Catalogue, console_lines, hist_lines, merge_order, \
+        read_events, write_events
+
+    ev = run_dir / "events.bin"
+    if not ev.exists():
+        return
+    cat = Catalogue.load(run_dir / CATALOGUE_FILE)
+    recs = merge_order(read_events(ev, partial_ok=True))
+    write_events(ev, recs)                       # in merged order, not drain order
+    hist = cat.kind_codes()[recs["msgid"]] == KIND_HIST
+    (run_dir / "console.log").write_text("".join(x + "\n" for x in
+                                                 console_lines(recs[~hist], cat)))
+    if hist.any():
+        (run_dir / "hist.log").write_text("".join(x + "\n" for x in
+                                                  hist_lines(recs[hist], cat)))
+
+
 def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -> dict:
     acq = sum(r["acq"] for r in o.lockstat["records"])
     contended = sum(r["contended"] for r in o.lockstat["records"])
@@ -145,6 +177,7 @@ def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -
         "trace": o.trace,
         "cpus": [asdict(c) for c in o.cpus],
         "segment_bytes": o.layout["size"],
+        "schedule": o.schedule,
     }
 
 

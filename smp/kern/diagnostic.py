@@ -138,8 +138,9 @@ MAX_PER_CHECK = 20          # lines per check before "... and N more"
 
 # What a mid-operation stop breaks (see check_after_run).
 SKIPPED_AFTER_PANIC = [
-    "uvmexp page-owner counters and uvmexp.wired (updated outside any lock)",
-    "pages owned by nobody off the free list (uvm_pagefree sets the owner before the lock)",
+    "uvmexp page-owner counters and uvmexp.wired against pg_owner (uvm_pagealloc sets "
+    "pg_owner after dropping fpageq, uvm_pagefree before taking it)",
+    "pages owned by nobody off the free list (the same window)",
     "kernel pmap (its PTEs and statistics are changed without a pmap lock)",
     "pv-entry leaks (an entry is in flight between pmap_alloc_pv and pmap_enter_pv)",
     "anon reference counts, anon<->page links, swap-slot ownership, swpgonly, file pages",
@@ -226,8 +227,8 @@ def check_after_run(seg: Any) -> Report:
     if held:
         skipped.append("structures under the locks still held: "
                        + ", ".join(lock_name(x) for x in sorted(held)))
-    why = (f"cpu{panic_cpu - 1} panicked; " if panic_cpu else "") + \
-        "stopped inside the kernel: " + ", ".join(dirty)
+    why = "; ".join(([f"cpu{panic_cpu - 1} panicked"] if panic_cpu else [])
+                    + (["stopped inside the kernel: " + ", ".join(dirty)] if dirty else []))
     return Report(violations, skipped, why)
 
 

@@ -1207,11 +1207,15 @@ def pmap_tlb_shootnow(mask: int) -> None:
     import time
     deadline = None
     spins = 0
+    hook = _core.sched_hook                  # lockstep: waiting is a scheduling point
     while _core.load64(off) & mask:
         if _ci.area["ipi_pending"]:
             pmap_do_tlb_shootdown()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")
+        if hook is not None:
+            hook()
+            continue
         spins += 1
         if spins % 16 == 0:
             os.sched_yield()

@@ -193,6 +193,7 @@ typedef struct {
     uint64_t ring_mask;
     int stats_on;
     int spin_limit;
+    int lockstep;             /* virtual clock, scheduling points while spinning */
     PyObject *ipi_handler;
     PyObject *sched_hook;
     /* private caches */
@@ -212,8 +213,12 @@ static inline uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Nanoseconds since boot; in lockstep mode the machine's virtual clock, which
+ * only the CPU holding the turn advances, so every timestamp is reproducible. */
 static inline uint64_t core_now(Core *c)
 {
+    if (c->lockstep)
+        return __atomic_load_n(&c->hdr->vclock, __ATOMIC_RELAXED);
     return mono_ns() - c->hdr->boot_ns;
 }
 
@@ -413,6 +418,8 @@ static void record_pair(Core *c, uint32_t klass, uint32_t waiter, uint32_t holde
 
 /* One turn of waiting: service IPIs, notice a halt, give the host CPU away
  * now and then.  Returns -1 with an exception set when the CPU must stop. */
+static inline int sched_point(Core *c);
+
 static int spin_turn(Core *c, uint64_t spins)
 {
     if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
@@ -424,6 +431,11 @@ static int spin_turn(Core *c, uint64_t spins)
         if (r == NULL)
             return -1;
         Py_DECREF(r);
+    }
+    if (c->lockstep) {
+        /* only one CPU runs: a spinner must give the turn away, or the holder
+         * never gets to release the lock */
+        return sched_point(c);
     }
     if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0) {
         sched_yield();
@@ -1074,9 +1086,14 @@ static PyObject *Core_trace(Core *c, PyObject *const *args, Py_ssize_t nargs)
     r.time = core_now(c);
     uint64_t head = h->head;
     uint64_t tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
-    if (head - tail >= h->capacity) {
-        __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
-        Py_RETURN_FALSE;
+    while (head - tail >= h->capacity) {
+        if (!c->lockstep || __atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
+            __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
+            Py_RETURN_FALSE;
+        }
+        /* lockstep: a drop would depend on the drainer's speed; wait for room */
+        sched_yield();
+        tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
     }
     c->records[head & c->ring_mask] = r;
     __atomic_store_n(&h->head, head + 1, __ATOMIC_RELEASE);
@@ -1222,6 +1239,15 @@ static int Core_set_ipi(Core *c, PyObject *v, void *u) { return set_obj(&c->ipi_
 static PyObject *Core_get_hook(Core *c, void *u) { return get_obj(c->sched_hook); }
 static int Core_set_hook(Core *c, PyObject *v, void *u) { return set_obj(&c->sched_hook, v); }
 static PyObject *Core_get_cpu(Core *c, void *u) { return PyLong_FromLong(c->cpu); }
+static PyObject *Core_get_lockstep(Core *c, void *u) { return PyBool_FromLong(c->lockstep); }
+static int Core_set_lockstep(Core *c, PyObject *v, void *u)
+{
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    c->lockstep = b;
+    return 0;
+}
 
 static PyGetSetDef Core_getset[] = {
     {"stats_on", (getter)Core_get_stats_on, (setter)Core_set_stats_on,
@@ -1233,6 +1259,8 @@ static PyGetSetDef Core_getset[] = {
     {"sched_hook", (getter)Core_get_hook, (setter)Core_set_hook,
      "called at every scheduling point (lock operations): the lockstep scheduler", NULL},
     {"cpu", (getter)Core_get_cpu, NULL, "this CPU's number", NULL},
+    {"lockstep", (getter)Core_get_lockstep, (setter)Core_set_lockstep,
+     "lockstep mode: now() is the virtual clock, spinning is a scheduling point", NULL},
     {NULL},
 };
 

@@ -98,6 +98,7 @@ class RunOutcome:
     lockstat: dict
     kernel: dict
     layout: dict
+    schedule: dict = field(default_factory=dict)
 
 
 CPU_STATES = {
@@ -112,7 +113,8 @@ class Machine:
 
     def __init__(self, ncpu: int, ring_capacity: int, kernel: KernelImage, profile: Any,
                  run_dir: Path, *, time_limit_s: float | None = None,
-                 progress: bool = False, stats_on: bool = True):
+                 progress: bool = False, stats_on: bool = True,
+                 lockstep: str | None = None, seed: int = 0):
         self.ncpu = ncpu
         self.ring_capacity = ring_capacity
         self.kernel = kernel
@@ -121,6 +123,8 @@ class Machine:
         self.time_limit_s = time_limit_s
         self.progress = progress
         self.stats_on = stats_on
+        self.lockstep = lockstep          # None (free mode), "random" or "pct"
+        self.seed = seed
         self.locks = LockSpace()
         self.sched_lock = self.locks.declare("sched_lock", "spin")
 
@@ -131,11 +135,18 @@ class Machine:
         decl = self.kernel.declare(self.profile, self.locks)
         self.decl = decl
         arrays = machine_arrays(self.ncpu, decl.nthreads) + list(decl.arrays)
+        if self.lockstep:
+            from smp.machine.lockstep import lockstep_arrays
+            arrays += lockstep_arrays(self.ncpu)
         self.layout = Layout.plan(self.ncpu, self.locks.nlocks, self.ring_capacity, arrays)
         seg = Segment(self.layout)
         try:
             self.locks.format_words(seg.locks)
             self.kernel.format(seg)
+            if self.lockstep:
+                from smp.machine.lockstep import format_lockstep
+                limit = int(self.time_limit_s * 1e9) if self.time_limit_s else None
+                format_lockstep(seg, self.seed, self.lockstep, limit)
         except BaseException:
             seg.destroy()
             raise
@@ -182,7 +193,8 @@ class Machine:
             self.kernel.stats_on = False
         for cpu in range(self.ncpu):
             p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
-                            args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads),
+                            args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads,
+                                  self.lockstep),
                             daemon=True)
             p.start()
             procs.append(p)
@@ -221,6 +233,9 @@ class Machine:
                     return "panic", f"cpu{cpu} panicked"
                 if ready:
                     dead = [p for p in procs if p.exitcode is not None]
+                    if self.lockstep and seg.halted and not any(
+                            p.exitcode not in (EXIT_DONE, EXIT_HALTED) for p in dead):
+                        return self._lockstep_status(seg)
                     for p in dead:
                         cpu = procs.index(p)
                         if p.exitcode == EXIT_PANIC or seg.hdr["panic_cpu"]:
@@ -231,7 +246,10 @@ class Machine:
                             return "cpu-died", f"cpu{cpu} (pid {p.pid}) died: {_why(p.exitcode)}"
                 if self.kernel.finished(seg):
                     return "done", "load finished"
-                if self.time_limit_s is not None and now - t0 > self.time_limit_s:
+                if self.lockstep and seg.halted:
+                    continue                 # the CPUs are stopping by themselves
+                if (self.time_limit_s is not None and not self.lockstep
+                        and now - t0 > self.time_limit_s):
                     return "timeout", f"time limit of {self.time_limit_s:g} s reached"
                 if now - last_sample > 0.5:
                     last_sample = now
@@ -245,6 +263,15 @@ class Machine:
             _sample_host(procs, samples)
             if bar is not None:
                 bar.close()
+
+    def _lockstep_status(self, seg: Segment) -> tuple[str, str]:
+        """Why a lockstep run ended: finished, virtual time limit, deadlock, livelock."""
+        why = bytes(seg.arrays["ls_report"][0]).decode("utf-8", "replace")
+        if not why:
+            return "done", "load finished"
+        if why.startswith("time limit"):
+            return "timeout", f"virtual time limit of {self.time_limit_s:g} s reached"
+        return why.split(":")[0], why
 
     def _stop_workers(self, procs: list) -> None:
         deadline = time.monotonic() + GRACE_S
@@ -283,16 +310,26 @@ class Machine:
                 state=CPU_STATES.get(int(area["state"]), "?"),
                 text=bytes(text[i]).decode("utf-8", "replace"), held=held,
                 spinning_on=self.locks.name_of(spin - 1) if spin else "", host=host))
-        exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130}.get(status, 1)
+        exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130,
+                     "deadlock": 5, "livelock": 5}.get(status, 1)
         from smp.machine.lockstat import collect_lockstat
-        lockstat = collect_lockstat(seg, self.locks, int(elapsed * 1e9))
+        vclock = int(seg.hdr["vclock"])
+        lockstat = collect_lockstat(seg, self.locks,
+                                    vclock if self.lockstep else int(elapsed * 1e9))
         try:
             kernel = self.kernel.summary(seg)
         except Exception as e:  # noqa: BLE001 - a half-booted kernel must not hide the report
             kernel = {"error": repr(e)}
+        schedule = {}
+        if self.lockstep:
+            from smp.machine.lockstep import ST_POINTS, ST_SWITCHES
+            st = seg.arrays["ls_state"]
+            schedule = {"strategy": self.lockstep, "seed": self.seed,
+                        "points": int(st[ST_POINTS]), "switches": int(st[ST_SWITCHES]),
+                        "virtual_ns": vclock}
         return RunOutcome(status=status, exit_code=exit_code, elapsed_s=elapsed,
                           message=message, cpus=cpus, trace=trace, lockstat=lockstat,
-                          kernel=kernel, layout=self.layout.to_dict())
+                          kernel=kernel, layout=self.layout.to_dict(), schedule=schedule)
 
 
 class BootedMachine:

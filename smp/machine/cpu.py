@@ -42,6 +42,7 @@ RUNQ_HDR_DTYPE = np.dtype([("head", "<u8"), ("tail", "<u8"), ("pad", "<u8", (6,)
 CPU_TEXT = 1024   # bytes of "last words" per CPU: where it was when it stopped
 
 EXIT_DONE, EXIT_INTERNAL, EXIT_PANIC, EXIT_HALTED = 0, 1, 3, 4
+IDLE_VTICK = 10_000       # ns of virtual time an idle turn lasts (lockstep)
 
 
 class Panic(Exception):
@@ -101,6 +102,7 @@ class CPU:
                          for i in range(self.ncpu)]
         self.md = None
         self._kick_seen = 0
+        self.lockstep = None          # smp.machine.lockstep.Lockstep in lockstep mode
         self.tick_ns = 10_000_000
 
     # -- run queues (=> caller holds sched_lock) --------------------------------
@@ -193,8 +195,12 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
     area = ci.area
     core = ci.core
     kick_off = ci._kick_off[ci.cpu]
+    ls = ci.lockstep
     while not ci.halted:
         area["heartbeat"] += 1
+        if ls is not None and kernel.finished(ci.seg):
+            ls.finish()                      # the end is a scheduling decision too
+            break
         if area["ipi_pending"]:
             kernel.ipi(ci)
         ci._kick_seen = core.fadd32(kick_off, 0)
@@ -203,7 +209,10 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
             if kernel.idle(ci):
                 continue
             area["state"] = _atomic.CS_IDLE
-            ci.idle_wait()
+            if ls is not None:
+                ls.point(IDLE_VTICK)         # idle turns pass virtual time
+            else:
+                ci.idle_wait()
             area["state"] = _atomic.CS_RUNNING
             continue
         area["curproc"] = tid
@@ -223,7 +232,8 @@ def where(exc: BaseException | None = None, limit: int = 8) -> str:
     return " <- ".join(reversed(names))
 
 
-def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthreads: int) -> None:
+def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthreads: int,
+                lockstep: str | None = None) -> None:
     """Body of CPU ``cpu``'s worker process; never returns (os._exit).
 
     Exit status: 0 the run ended, 3 this CPU panicked, 4 halted by another
@@ -238,6 +248,11 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
         ci.area["state"] = _atomic.CS_RUNNING
         kernel.cpu_attach(ci)
         try:
+            if lockstep:
+                from smp.machine.lockstep import Lockstep
+                ci.lockstep = Lockstep(ci, lockstep)
+                ci.lockstep.install()
+                ci.lockstep.wait_turn()
             dispatch(ci, kernel)
             code = EXIT_DONE if not seg.hdr["panic_cpu"] else EXIT_HALTED
             ci.area["state"] = _atomic.CS_DONE

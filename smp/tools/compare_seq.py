@@ -84,7 +84,8 @@ def first_mismatch(x: np.ndarray, y: np.ndarray) -> int:
 
 def resync_point(ba: np.ndarray, bb: np.ndarray, sync: int, a_ends: bool,
                  b_ends: bool, skip_origin: bool = False) -> tuple[int, int] | None:
-    """Nearest (i, j), smallest i + j, with ba[i:i+sync] == bb[j:j+sync].
+    """Nearest (i, j) with ba[i:i+sync] == bb[j:j+sync]: smallest i + j, then the most
+    balanced (lines replaced rather than inserted on one side and deleted on the other).
 
     Near the ends of both logs fewer than ``sync`` lines may agree, if they are the last
     lines of both.  ``skip_origin`` excludes (0, 0).  None when there is no such point in
@@ -94,23 +95,25 @@ def resync_point(ba: np.ndarray, bb: np.ndarray, sync: int, a_ends: bool,
     where: dict[int, list[int]] = {}
     for j, key in enumerate(bb.tolist()):
         where.setdefault(key, []).append(j)
-    best: tuple[int, int] | None = None
+    best: tuple[int, int, int, int] | None = None  # (i + j, |i - j|, i, j)
     for i, key in enumerate(ba.tolist()):
-        if best is not None and i >= best[0] + best[1]:
+        if best is not None and i > best[0]:
             break
         # 64 candidates per line bound the work on long runs of one repeated line
         for j in where.get(key, ())[:64]:
-            if best is not None and i + j >= best[0] + best[1]:
-                break
+            rank = (i + j, abs(i - j))
+            if best is not None and rank >= best[:2]:
+                if rank[0] > best[0]:
+                    break
+                continue
             if skip_origin and i == 0 and j == 0:
                 continue
             k = min(sync, la - i, lb - j)
             if k < sync and not (a_ends and b_ends and la - i == lb - j):
                 continue
             if np.array_equal(ba[i:i + k], bb[j:j + k]):
-                best = (i, j)
-                break
-    return best
+                best = (*rank, i, j)
+    return None if best is None else (best[2], best[3])
 
 
 def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int = 3,

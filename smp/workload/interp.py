@@ -123,11 +123,14 @@ class ProgramLoad:
                     return RUNNABLE
                 pc += 1
             elif op == Op.COMPUTE:
-                t = time.perf_counter_ns() + prog[b + 1]
-                while time.perf_counter_ns() < t:
-                    if ci.area_ipi[0]:
-                        from smp.kern import pmap
-                        pmap.pmap_do_tlb_shootdown()
+                if ci.lockstep is not None:
+                    ci.lockstep.point(prog[b + 1])     # user time passes, virtually
+                else:
+                    t = time.perf_counter_ns() + prog[b + 1]
+                    while time.perf_counter_ns() < t:
+                        if ci.area_ipi[0]:
+                            from smp.kern import pmap
+                            pmap.pmap_do_tlb_shootdown()
                 budget -= QUANTUM // 4
                 pc += 1
             elif op == Op.REPEAT or op == Op.DURATION:
@@ -162,6 +165,9 @@ class ProgramLoad:
                 budget -= 8
             p["pc"] = pc
             reg[0] = 0
+            if ci.lockstep is not None:
+                ci.lockstep.progress()
+                ci.lockstep.point()             # an operation boundary
         p["pc"] = pc
         return RUNNABLE
 
@@ -183,6 +189,7 @@ class ProgramLoad:
         pid = int(p["pid"])
         memref = trap.memref
         seed = self.seed
+        ls = ci.lockstep
         while i < total:
             if pattern == 1:
                 page = first + mix(seed, pid, b, i) % max(1, npages)
@@ -191,6 +198,8 @@ class ProgramLoad:
             reg[0] = i                           # a sleep restarts at this reference
             memref(tid, va0 + page * NBPG, bool(write))
             i += 1
+            if ls is not None:
+                ls.progress()
             budget -= 1
             if budget <= 0 and i < total:
                 reg[0] = i

@@ -398,6 +398,15 @@ def load_script(spec: str | None) -> LoadScript:
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"{shown}: cannot read: {e}") from None
+    return _parse(path.stem, shown, text, raw)
+
+
+def load_script_text(name: str, text: str) -> LoadScript:
+    """A load script given as text (a run directory's manifest keeps it for replay)."""
+    return _parse(Path(name).stem, f"{name} (from a manifest)", text, text.encode())
+
+
+def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -419,12 +428,12 @@ def load_script(spec: str | None) -> LoadScript:
     if "synthetic" in doc:
         if "process" in doc:
             raise BadInput(f"{shown}: [synthetic] and [[process]] cannot be combined")
-        load = _synthetic(ck, doc["synthetic"], path.stem)
+        load = _synthetic(ck, doc["synthetic"], stem)
     elif "process" in doc:
-        load = _programs(ck, doc, path.stem)
+        load = _programs(ck, doc, stem)
     else:
         raise BadInput(f"{shown}: no load: expected [[process]] tables (or [synthetic])")
-    return LoadScript(name=path.stem, path=shown, text=text,
+    return LoadScript(name=stem, path=shown, text=text,
                       sha256=hashlib.sha256(raw).hexdigest(), machine=machine, kernel=kernel,
                       time_limit_s=limit, load=load)
 

@@ -102,9 +102,13 @@ class SyntheticLoad:
                 self.handoff(ci, tid, i)       # may sleep: resumes at this iteration
                 reg[2] = i
             if self.compute_ns:
-                t = time.perf_counter_ns() + self.compute_ns
-                while time.perf_counter_ns() < t:
-                    pass
+                if ci.lockstep is not None:
+                    ci.lockstep.point(self.compute_ns)
+                    ci.lockstep.progress()
+                else:
+                    t = time.perf_counter_ns() + self.compute_ns
+                    while time.perf_counter_ns() < t:
+                        pass
             b = (pid * 7 + i + self.seed) % self.buckets
             if big:
                 lock.kernel_lock()                     # trap(): KERNEL_PROC_LOCK
