@@ -146,8 +146,15 @@ def rerender_logs(run_dir: Path) -> None:
     """Lockstep: write events.bin, console.log and hist.log again from the records in merged
     (virtual time, cpu, sequence) order, so they do not depend on when the parent
     happened to drain the rings."""
-    from smp.runfmt import KIND_HIST, Catalogue, console_lines, hist_lines, merge_order, \
-        read_events, write_events
+    from smp.runfmt import (
+        KIND_HIST,
+        Catalogue,
+        console_lines,
+        hist_lines,
+        merge_order,
+        read_events,
+        write_events,
+    )
 
     ev = run_dir / "events.bin"
     if not ev.exists():

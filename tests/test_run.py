@@ -57,7 +57,8 @@ def test_default_run_writes_a_complete_run_directory(tmp_path):
     assert c["faults"] > 0 and c["pmap_enter"] > 0 and c["flt_przero"] > 0
     assert c["stale_tlb"] == 0
     ux = kc["uvmexp"]
-    assert ux["anonpages"] == 0 and ux["active"] == 0 and ux["swpginuse"] == 0
+    assert ux["anonpages"] == 0 and ux["swpginuse"] == 0
+    assert ux["active"] + ux["inactive"] == ux["filepages"]     # the cached source file
     assert s["trace"]["dropped"] == 0
     assert all(c["host"]["user_s"] > 0 for c in s["cpus"])
     m = json.loads((out / "manifest.json").read_text())

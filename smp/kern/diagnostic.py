@@ -426,7 +426,7 @@ def _check_pmaps(ctx: _Ctx) -> _Maps:
             s, t = int(s), int(t)
             if not 0 <= t < ctx.npages or owner[t] != want_owner or obj[t] != pm \
                     or off[t] != s:
-                ctx.bad("pde", f"{where} slot {s}: PDE -> page {t} owned by "
+                ctx.bad("pde", f"{where} slot {s}: PDE -> {_pa(t)} owned by "
                         f"{OWNER_NAMES[owner[t]] if 0 <= t < ctx.npages else '?'} "
                         f"obj {int(obj[t]) if 0 <= t < ctx.npages else -1} "
                         f"off {int(off[t]) if 0 <= t < ctx.npages else -1}")

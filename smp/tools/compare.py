@@ -266,12 +266,15 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
     G = len(gtext)
     gid_of = [loc[lg.tid] if lg.n else np.zeros(0, np.int64)
               for loc, lg in zip(local, logs_a + logs_b, strict=True)]
-    counts = np.array([np.bincount(g, minlength=G) for g in gid_of], np.int64).reshape(-1, G)
+    counts = _counts(gid_of, G)
     ca, cb = counts[:na], counts[na:]
     dur_a = [lg.duration for lg in logs_a]
     dur_b = [lg.duration for lg in logs_b]
-    if rate and (None in dur_a or None in dur_b):
-        raise BadInput("--rate: a log has no duration (no summary.json and no timestamps)")
+    if rate:
+        for lg in logs_a + logs_b:
+            if lg.duration is None:
+                raise BadInput(f"{lg.source}: --rate needs a duration (no summary.json and "
+                               f"no timestamps)")
     basis = "s" if rate else "run"
     rows = _rows(ca, cb, dur_a, dur_b, gtext, None, test, alpha, basis)
     n_templates = (int(np.count_nonzero(ca.sum(0))), int(np.count_nonzero(cb.sum(0))))
@@ -280,9 +283,8 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
         cpus = sorted({int(c) for lg in logs_a + logs_b for c in np.unique(lg.cpu)})
         cpu_rows = []
         for c in cpus:
-            m = np.array([np.bincount(g[lg.cpu == c], minlength=G)
-                          for g, lg in zip(gid_of, logs_a + logs_b, strict=True)],
-                         np.int64).reshape(-1, G)
+            m = _counts([g[lg.cpu == c] for g, lg in zip(gid_of, logs_a + logs_b,
+                                                          strict=True)], G)
             cpu_rows.extend(_rows(m[:na], m[na:], dur_a, dur_b, gtext, c, test, alpha, basis,
                                   fdr=False))
         _fdr(cpu_rows, alpha)
@@ -294,13 +296,25 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
                                           divergences=divergences, context=context,
                                           window=window)
         modes = {(lg.manifest or {}).get("mode") for lg in (A, B)}
+        seeds = {(lg.manifest or {}).get("seed") for lg in (A, B)}
         if "free" in modes:
             notes.append("free mode is not replayable: the two runs are expected to diverge "
                          "early; the sequence view is exact for lockstep runs of one seed")
+        elif modes == {"lockstep"} and len(seeds) > 1:
+            notes.append("lockstep runs of different seeds: they are expected to diverge")
     for lg in logs_a + logs_b:
         notes.extend(f"{lg.source}: {n}" for n in lg.notes)
     return Result(logs_a, logs_b, "exact" if exact else "mined", test, basis, alpha, rows,
                   cpu_rows, seq_result, notes, n_templates)
+
+
+def _counts(gids: list[np.ndarray], G: int) -> np.ndarray:
+    """(runs, templates) matrix of how often each template occurs in each run."""
+    out = np.zeros((len(gids), G), np.int64)
+    for i, g in enumerate(gids):
+        if len(g):
+            out[i] = np.bincount(g, minlength=G)
+    return out
 
 
 def _rows(ca: np.ndarray, cb: np.ndarray, dur_a: list, dur_b: list,
@@ -449,7 +463,6 @@ def _facts(logs: list[Log]) -> dict[str, str]:
     else:
         dur = f"{sum(durs):.3f} s ({sum(durs) / n:.3f} s/run)"
     return {
-        "input": logs[0].source if n == 1 else f"{n} runs",
         "load script": _collapse([load_script(lg) for lg in logs]),
         "machine": _collapse([machine(lg) for lg in logs]),
         "kernel": _collapse([_m(lg, "kernel", "name") for lg in logs]),
@@ -597,6 +610,11 @@ def render_text(res: Result, top: int | None = None) -> str:
         out += _table(res.per_cpu, res, top, cpu=True)
     if res.seq is not None:
         out += [""] + _seq_text(res.seq)
+        al = res.seq.aliases
+        if any(al[side]["substitutions"] for side in ("a", "b")):
+            out.append("  aliases in the stretch compared: " + "; ".join(
+                f"{side.upper()} {al[side]['addresses']} addresses, {al[side]['pids']} pids, "
+                f"{al[side]['substitutions']} substitutions" for side in ("a", "b")))
     if res.notes:
         out += [""] + [f"note: {n}" for n in res.notes]
     return "\n".join(out) + "\n"

@@ -321,7 +321,7 @@ class RunLog(Log):
         log.manifest, log.summary = self.manifest, self.summary
         log.dropped, log.duration, log.duration_from = (self.dropped, self.duration,
                                                         self.duration_from)
-        log.notes = self.notes + ["rendered from events.bin; templates mined"]
+        log.notes = list(self.notes)
         return log
 
     def seq(self, gid: np.ndarray) -> SeqSource:
