@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                    "byte-identical logs; the time limit is virtual time")
     r.add_argument("--strategy", choices=("random", "pct"), default="random",
                    help="lockstep schedule: random (default) or pct")
+    r.add_argument("--fail", action="append", default=[], metavar="SPEC",
+                   help="fault injection, e.g. uvm_pagealloc:p=0.01, pmap_alloc_pv:nth=5, "
+                   "trylock:pmap_steal_ptp:p=0.5, delay:pmaps_lock@pmap_steal_ptp=100us")
     r.add_argument("--replay", metavar="RUN",
                    help="rerun RUN's manifest (script text, configuration, seed, schedule) "
                    "and check that the result is identical")
@@ -81,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="experiment directory (default experiments/TIME)")
     e.add_argument("--time-limit", help="time limit of each run, e.g. 30s")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    x = sub.add_parser("explore", help="explore lockstep schedules over many seeds",
+                       description="Run a load script in lockstep mode once per seed, check "
+                       "the DIAGNOSTIC invariants, detect panics, deadlocks, livelocks and "
+                       "stale-TLB uses, and write a reproducer for the first failure.")
+    x.add_argument("script", help="load script name or path")
+    x.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
+    x.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    x.add_argument("--strategy", choices=("random", "pct"), default="random")
+    x.add_argument("-m", "--machine")
+    x.add_argument("-k", "--kernel")
+    x.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    x.add_argument("--fail", action="append", default=[], metavar="SPEC")
+    x.add_argument("--time-limit", help="virtual time limit of each run, e.g. 2s")
+    x.add_argument("--jobs", type=int, default=None, help="runs at a time (default: cores)")
+    x.add_argument("--out", help="directory (default explore/SCRIPT-STRATEGY-TIME)")
+    x.add_argument("--all", action="store_true", help="keep going after the first failure")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in TOOLS:
         module = importlib.import_module(name)
         module.register(sub)            # adds its subcommand, with set_defaults(func=...)
@@ -103,7 +123,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         return replay(a.replay, out=a.out, progress=progress)
     run_dir, o = run(a.script, machine=a.machine, kernel=a.kernel, overrides=a.overrides,
                      cpus=a.cpus, seed=a.seed, out=a.out, progress=progress,
-                     time_limit_s=limit, lockstep=a.strategy if a.lockstep else None)
+                     time_limit_s=limit, lockstep=a.strategy if a.lockstep else None,
+                     fail=a.fail)
     print(run_dir)
     summary = (run_dir / "summary.txt").read_text().splitlines()
     for line in summary[1:]:
@@ -148,6 +169,35 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explore(a: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from smp import explore as E
+
+    if a.seeds < 1:
+        raise BadInput(f"--seeds {a.seeds}: expected at least 1")
+    stem = Path(a.script).stem
+    out = Path(a.out) if a.out else Path("explore") / \
+        f"{stem}-{a.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    res = E.explore(a.script, seeds, out, strategy=a.strategy,
+                    jobs=a.jobs or max(1, os.cpu_count() or 1), machine=a.machine,
+                    kernel=a.kernel, overrides=a.overrides, fail=a.fail,
+                    time_limit=a.time_limit, stop_on_failure=not a.all,
+                    progress=not a.quiet and sys.stdout.isatty())
+    print(out)
+    print(E.render(res))
+    bad = [r for r in res if r.verdict != "ok"]
+    if bad:
+        first = min(bad, key=lambda r: r.seed)
+        print(f"first failure: seed {first.seed} ({first.verdict}): {first.detail}")
+        print(f"reproduce:     smp run --replay {first.run_dir}")
+        return 1
+    return EXIT_OK
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from smp.config import WORKLOADS, list_kernels, list_machines
 
@@ -165,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BADINPUT
     try:
         func = {"run": cmd_run, "list": cmd_list,
-                "experiment": cmd_experiment}.get(a.cmd) or a.func
+                "experiment": cmd_experiment, "explore": cmd_explore}.get(a.cmd) or a.func
         return func(a)
     except BadInput as e:
         print(f"smp: {e}", file=sys.stderr)

@@ -57,7 +57,8 @@ def replay(run_dir: str, out: str | None = None, progress: bool = False) -> int:
     run_dir2, o = run(ls["name"], machine=m["machine"]["name"], kernel=m["kernel"]["name"],
                       overrides=replay_overrides(m), seed=m["seed"], out=str(dst),
                       progress=progress, time_limit_s=m.get("time_limit_s"),
-                      lockstep=lockstep, script_text=ls["text"])
+                      lockstep=lockstep, script_text=ls["text"],
+                      fail=[f for f in m.get("failpoints", []) if f not in _script_fail(ls)])
     print(run_dir2)
     if not lockstep:
         print(f"replayed a free-mode run (status {o.status}); free-mode interleavings are "
@@ -79,6 +80,16 @@ def replay(run_dir: str, out: str | None = None, progress: bool = False) -> int:
         return 1
     print(f"replay of {src}: identical ({', '.join(n for n in COMPARED if (src / n).exists())})")
     return 0
+
+
+def _script_fail(ls: dict) -> list[str]:
+    """Failpoints the script text itself declares (the replay gets them from the text)."""
+    import tomllib
+
+    try:
+        return list(tomllib.loads(ls["text"]).get("run", {}).get("fail", []))
+    except (tomllib.TOMLDecodeError, AttributeError):
+        return []
 
 
 def _first_difference(a: bytes | None, b: bytes | None) -> str:

@@ -72,7 +72,7 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
         kernel: str | None = None, overrides: list[str] = (), cpus: int | None = None,
         seed: int = 0, out: str | None = None, progress: bool = False,
         time_limit_s: float | None = None, lockstep: str | None = None,
-        script_text: str | None = None) -> tuple[Path, RunOutcome]:
+        script_text: str | None = None, fail: list[str] = ()) -> tuple[Path, RunOutcome]:
     """Run a load script; returns the run directory and the outcome.
 
     ``lockstep``: None (free mode), "random" or "pct" (one CPU at a time, the schedule
@@ -93,6 +93,9 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     if hasattr(load, "maxproc"):
         load.maxproc = min(load.maxproc, cfg.machine.maxproc)
     limit = time_limit_s if time_limit_s is not None else script.time_limit_s
+    from smp.kern import kern_fail
+    failspecs = list(script.fail or []) + list(fail)
+    kern_fail.parse(list(fail), "--fail")
     run_dir = Path(out) if out else default_run_dir(script, cfg, seed)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise BadInput(f"{run_dir}: run directory exists and is not empty")
@@ -107,10 +110,11 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
                         "text": script.text},
         "machine": cfg.machine.to_dict(), "kernel": cfg.kernel.to_dict(),
         "overrides": list(cfg.overrides), "time_limit_s": limit,
+        "failpoints": failspecs,
         "host": host_info(), "argv": list(sys.argv),
     }
     _write_json(run_dir / "manifest.json", manifest)
-    kern = Kernel(cfg.kernel, script.load)
+    kern = Kernel(cfg.kernel, script.load, failspecs=failspecs, seed=seed)
     mach = Machine(cfg.machine.ncpu, cfg.machine.trace_ring, kern, cfg.machine, run_dir,
                    time_limit_s=limit, progress=progress, stats_on=cfg.kernel.lockstat,
                    lockstep=lockstep, seed=seed)

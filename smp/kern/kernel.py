@@ -79,10 +79,16 @@ class PerCPU:
 class Kernel:
     """The simulated NetBSD kernel: configuration + load, bootable by the machine."""
 
-    def __init__(self, config: KernelConfig, load: Load):
+    def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
+                 seed: int = 0):
+        from smp.kern import kern_fail
+
         self.config = config
         self.load = load
         self.stats_on = config.lockstat
+        self.failspecs = list(failspecs)
+        self.failpoints, self.delays = kern_fail.parse(self.failspecs)
+        self.seed = seed
 
     # -- parent side -----------------------------------------------------------
 
@@ -90,12 +96,16 @@ class Kernel:
         self.machine = machine
         self.nthreads = USER_BASE + self.load.nprocs
         self.sched_lock = 0                   # the machine declared it first
+        self.lockspace = locks
         lock.declare_kernel_lock(locks)
         files = getattr(self.load, "files", [])
         arrays = U.declare(machine, self.config, locks, self.nthreads,
                            amap_per_proc=getattr(self.load, "amap_per_proc", 16),
                            nfiles_pages=sum(files))
+        from smp.kern import kern_fail
+
         arrays += [
+            ArraySpec("fail_counts", np.dtype("<i8"), (len(kern_fail.all_sites()),)),
             ArraySpec("proc", PROC_DTYPE, (self.nthreads,)),
             ArraySpec("kglob", np.dtype("<i8"), (8,)),
         ]
@@ -103,6 +113,12 @@ class Kernel:
         self.load.base = USER_BASE
         arrays += self.load.declare(locks, machine)
         arrays += subr_prf.arrays()
+        known = {c.name for c in locks.classes}
+        for d in self.delays:
+            if d.lock_class not in known:
+                from smp.errors import BadInput
+                raise BadInput(f"delay:{d.lock_class}: no lock class of that name (known: "
+                               f"{', '.join(sorted(known))})")
         return Declaration(arrays=arrays, nthreads=self.nthreads, catalogue=subr_prf.CATALOGUE)
 
     def format(self, seg: Any) -> None:
@@ -196,6 +212,9 @@ class Kernel:
         uvm_fault.attach(ci)
         uvm_pdaemon.attach(ci)
         trap.attach(ci, self.config.diagnostic)
+        from smp.kern import kern_fail
+        kern_fail.attach(ci, self.failpoints, self.delays, self.seed,
+                         ci.seg.layout.arrays["fail_counts"][0], self.lockspace)
         ci.core.ipi_handler = pmap.pmap_do_tlb_shootdown
         self.load.attach(ci)
 

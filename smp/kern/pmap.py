@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smp.kern import lock, subr_prf
+from smp.kern import kern_fail, lock, subr_prf
 from smp.kern import uvm as U
 from smp.kern.param import (
     APTE_BASE,
@@ -401,7 +401,10 @@ def pmap_get_ptp(pm: int, idx: int) -> int:
 
 def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
     """Allocate a PTP for slot ``idx`` of ``pm`` (=> pmap locked)."""
-    ptp = uvm_pagealloc(OWN_PTP, pm, idx, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
+    if kern_fail.ON and kern_fail.fail("pmap_alloc_ptp"):
+        ptp = -1
+    else:
+        ptp = uvm_pagealloc(OWN_PTP, pm, idx, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
     if ptp < 0:
         if just_try or not _steal_ptp:
             return -1
@@ -435,7 +438,8 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
     phys = A.physmem
     while pm >= 0:
         caller_locked = pm == caller
-        if caller_locked or lock.simple_lock_try(L.pmap + pm):
+        if caller_locked or (not kern_fail.trylock_fails("pmap_steal_ptp")
+                             and lock.simple_lock_try(L.pmap + pm)):
             ptp = A.pm_memq_head[pm]
             while ptp >= 0:
                 pidx = A.pg_off[ptp]
@@ -547,6 +551,8 @@ def _pv_take(p: int) -> int:
 
 def pmap_alloc_pv(pm: int, mode: int) -> int:
     """A free pv entry, or -1 (pmap_alloc_pv: free list, else pmap_alloc_pvpage)."""
+    if kern_fail.ON and kern_fail.fail("pmap_alloc_pv"):
+        return -1
     lock.simple_lock(L.pvalloc)
     p = A.pmap_glob[G_PVFREE]
     if p >= 0:
@@ -573,8 +579,10 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     from smp.kern import uvm_km
     p = -1
     pg = -1
-    va = uvm_km.uvm_km_valloc_try(1)
-    if va >= 0 and lock.simple_lock_try(L.kmem_object):
+    va = -1 if kern_fail.ON and kern_fail.fail("pmap_alloc_pvpage") else \
+        uvm_km.uvm_km_valloc_try(1)
+    if va >= 0 and not kern_fail.trylock_fails("pmap_alloc_pvpage") and \
+            lock.simple_lock_try(L.kmem_object):
         for i in range(len(A.pvp_pg)):
             if A.pvp_pg[i] < 0:
                 p = i
@@ -649,7 +657,8 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
     ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.
     """
     vpm = A.pv_pmap[pve]
-    if vpm == KERNEL_PMAP or not lock.simple_lock_try(L.pmap + vpm):
+    if vpm == KERNEL_PMAP or kern_fail.trylock_fails("pmap_try_steal_pv") or \
+            not lock.simple_lock_try(L.pmap + vpm):
         return False
     va = A.pv_va[pve]
     ptp = A.pv_ptp[pve]

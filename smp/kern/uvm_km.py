@@ -21,7 +21,7 @@ pages and retries the one page; the memory pressure is the same).
 
 from __future__ import annotations
 
-from smp.kern import lock, subr_prf
+from smp.kern import kern_fail, lock, subr_prf
 from smp.kern import uvm as U
 from smp.kern.param import NBPG, PMAP_WIRED, VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm import A, C, L
@@ -74,7 +74,7 @@ def _valloc_locked(npages: int) -> int:
 
 def uvm_km_valloc_try(npages: int) -> int:
     """Kernel VA without waiting for the kmem_map lock; -1 if busy or full."""
-    if not lock.simple_lock_try(L.kmem_map):
+    if kern_fail.trylock_fails("uvm_km_valloc_try") or not lock.simple_lock_try(L.kmem_map):
         return -1
     va = _valloc_locked(npages)
     lock.simple_unlock(L.kmem_map)

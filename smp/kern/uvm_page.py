@@ -32,7 +32,7 @@ move pages between them as in NetBSD.
 
 from __future__ import annotations
 
-from smp.kern import kern_synch, lock
+from smp.kern import kern_fail, kern_synch, lock
 from smp.kern import uvm as U
 from smp.kern.uvm import A, C, L
 
@@ -128,6 +128,8 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
 
     => caller holds the object's or anon's lock (the page goes into it).
     """
+    if kern_fail.ON and kern_fail.fail("uvm_pagealloc"):
+        return -1
     ux = A.uvmexp
     lock.simple_lock(L.fpageq)
     free = ux[U.FREE]

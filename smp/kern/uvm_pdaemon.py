@@ -28,7 +28,7 @@ bits) until inactive reaches inactarg.
 
 from __future__ import annotations
 
-from smp.kern import kern_synch, lock, pmap, subr_prf
+from smp.kern import kern_fail, kern_synch, lock, pmap, subr_prf
 from smp.kern import uvm as U
 from smp.kern.param import NBPG, PMAP_WIRED, VM_PROT_READ
 from smp.kern.uvm import A, C, L
@@ -164,7 +164,7 @@ def uvmpd_scan() -> None:
 def _pageout_anon(pg: int, may_react: bool) -> str:
     """Try to free one inactive anon page (=> page queues locked)."""
     an = A.pg_anon[pg]
-    if an < 0 or not lock.simple_lock_try(L.anon + an):
+    if an < 0 or kern_fail.trylock_fails("uvmpd_scan") or not lock.simple_lock_try(L.anon + an):
         _cnt(C.pdbusy)
         return "busy"
     if A.an_page[an] != pg:

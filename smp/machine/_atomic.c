@@ -45,6 +45,7 @@
 #define NHIST 32
 #define SITE_NAME 48
 #define NARGS 6
+#define MAXCLASS 256
 
 /* lock word state encodings */
 #define RW_WRITER 0x80000000u
@@ -203,7 +204,10 @@ typedef struct {
     uint32_t *site_vals;
     uint32_t site_cap;
     uint32_t site_used;
-    uint32_t overflow_slot;       /* index of the per-CPU overflow slot */
+    uint32_t overflow_slot;
+    int ndelays;                  /* fault injection: extra hold time per class/site */
+    uint64_t delay_ns[MAXCLASS];
+    char delay_site[MAXCLASS][SITE_NAME];       /* index of the per-CPU overflow slot */
 } Core;
 
 static inline uint64_t mono_ns(void)
@@ -500,6 +504,21 @@ static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t
     h->t_acq = t;
     __atomic_store_n(&me->nheld, me->nheld + 1, __ATOMIC_RELEASE);
     me->cursite = site;
+    if (c->ndelays) {
+        uint32_t k = lw->klass;
+        if (k < MAXCLASS && c->delay_ns[k] &&
+            (!c->delay_site[k][0] || strncmp(c->delay_site[k], c->site_entries[site].name,
+                                             SITE_NAME) == 0)) {
+            /* "what if this lock were slower": hold it longer, in the CPU's own time */
+            if (c->lockstep)
+                __atomic_fetch_add(&c->hdr->vclock, c->delay_ns[k], __ATOMIC_RELAXED);
+            else {
+                uint64_t end = mono_ns() + c->delay_ns[k];
+                while (mono_ns() < end)
+                    cpu_relax();
+            }
+        }
+    }
     return 0;
 }
 
@@ -1039,6 +1058,28 @@ static PyObject *Core_futex_wake(Core *c, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLong(r);
 }
 
+/* set_delay(klass, site, ns): every acquisition of a lock of class klass taken by
+ * the function named site ("" = any) holds it ns longer (fault injection). */
+static PyObject *Core_set_delay(Core *c, PyObject *args)
+{
+    unsigned int klass;
+    const char *site;
+    unsigned long long ns;
+    if (!PyArg_ParseTuple(args, "IsK", &klass, &site, &ns))
+        return NULL;
+    if (klass >= MAXCLASS) {
+        PyErr_SetString(PyExc_ValueError, "lock class out of range");
+        return NULL;
+    }
+    c->delay_ns[klass] = ns;
+    strncpy(c->delay_site[klass], site, SITE_NAME - 1);
+    c->delay_site[klass][SITE_NAME - 1] = 0;
+    c->ndelays = 0;
+    for (int i = 0; i < MAXCLASS; i++)
+        c->ndelays += c->delay_ns[i] != 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_now(Core *c, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromUnsignedLongLong(core_now(c));
@@ -1291,6 +1332,8 @@ static PyMethodDef Core_methods[] = {
     FC(trace, "trace(msgid, call, *args) -> bool: append a record to this CPU's ring"),
     {"nheld", (PyCFunction)Core_nheld, METH_NOARGS, "number of locks this CPU holds"},
     {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
+    {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
+     "set_delay(klass, site, ns): hold locks of a class longer when taken by site"},
     {NULL},
 };
 

@@ -267,6 +267,8 @@ class Machine:
     def _lockstep_status(self, seg: Segment) -> tuple[str, str]:
         """Why a lockstep run ended: finished, virtual time limit, deadlock, livelock."""
         why = bytes(seg.arrays["ls_report"][0]).decode("utf-8", "replace")
+        import re
+        why = re.sub(r"lock (\d+)", lambda m: self.locks.name_of(int(m[1])), why)
         if not why:
             return "done", "load finished"
         if why.startswith("time limit"):

@@ -267,6 +267,16 @@ def slot_classes(fmt: str) -> list[int]:
     return out + [SLOT_NONE] * (runfmt.NARGS - len(out))
 
 
+_HEAD_FN = re.compile(r"([A-Za-z_][\w.]*): ")
+
+
+def head_fn(text: str) -> str:
+    """The function a kernel message names at its start ("pmap_enter: get ptp failed"),
+    for messages declared without one (the kernel's own printf text), else ""."""
+    m = _HEAD_FN.match(text)
+    return m.group(1) if m else ""
+
+
 def _template_text(m: runfmt.Message) -> str:
     if m.kind == "panic":
         return f"panic: {m.fmt}"
@@ -287,7 +297,7 @@ class RunLog(Log):
         for m in cat.messages:
             lut[m.id] = len(templates)
             templates.append(Template(("exact", m.kind, m.hist, m.fn, m.fmt),
-                                      _template_text(m), m.kind, m.fn))
+                                      _template_text(m), m.kind, m.fn or head_fn(m.fmt)))
             slots.append(slot_classes(m.fmt))
         msgid = records["msgid"]
         unknown = np.unique(msgid[lut[msgid] < 0]) if len(records) else []
@@ -581,7 +591,7 @@ class TextLog(Log):
         for text in texts:
             kind = ("panic" if text.startswith("panic: ") else "hist" if hist else "printf")
             templates.append(Template(("mined", kind, text), text or "(empty line)", kind,
-                                      text.split(": ", 1)[0] if ": " in text else ""))
+                                      head_fn(text)))
         super().__init__(source=source, exact=False, format=fmt, time_ns=t, cpu=cpu,
                          tid=tid.astype(np.int32), templates=templates)
         stamped = t[t >= 0]

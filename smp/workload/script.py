@@ -65,6 +65,7 @@ class LoadScript:
     kernel: str
     time_limit_s: float | None
     load: Any
+    fail: list = None
 
 
 def resolve(spec: str | None) -> Path:
@@ -417,7 +418,13 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
             raise BadInput(f"{shown}: unknown section or key {key!r} (expected [run], "
                            "[[file]], [[process]] or [synthetic])")
     run = ck.table(doc.get("run", {}), "run")
-    ck.keys(run, "run", {"machine", "kernel", "time_limit", "description"})
+    ck.keys(run, "run", {"machine", "kernel", "time_limit", "description", "fail"})
+    fail = run.get("fail", [])
+    if not isinstance(fail, list) or not all(isinstance(f, str) for f in fail):
+        raise ck.bad("run.fail", "expected a list of failpoint strings, e.g. "
+                     "[\"uvm_pagealloc:p=0.01\"]")
+    from smp.kern import kern_fail
+    kern_fail.parse(fail, f"{shown}: run.fail")
     machine = ck.str(run, "machine", "run", default="i386mp-4")
     kernel = ck.str(run, "kernel", "run", default="default")
     limit = None
@@ -435,7 +442,7 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
         raise BadInput(f"{shown}: no load: expected [[process]] tables (or [synthetic])")
     return LoadScript(name=stem, path=shown, text=text,
                       sha256=hashlib.sha256(raw).hexdigest(), machine=machine, kernel=kernel,
-                      time_limit_s=limit, load=load)
+                      time_limit_s=limit, load=load, fail=list(fail))
 
 
 def _synthetic(ck: _Checker, syn: Any, name: str):
@@ -444,7 +451,7 @@ def _synthetic(ck: _Checker, syn: Any, name: str):
     syn = ck.table(syn, "synthetic")
     where = "synthetic"
     ck.keys(syn, where, {"processes", "iterations", "buckets", "handoff_every", "compute",
-                         "panic_at"})
+                         "panic_at", "lock_order_bug"})
     return SyntheticLoad(
         name=name,
         nprocs=ck.int(syn, "processes", where, 1, 65536, 16),
@@ -453,6 +460,7 @@ def _synthetic(ck: _Checker, syn: Any, name: str):
         handoff_every=ck.int(syn, "handoff_every", where, 0, 10**9, 50),
         compute_ns=ck.duration(syn, "compute", where, 20_000),
         panic_at=ck.int(syn, "panic_at", where, 0, 10**9, 0),
+        lock_order_bug=ck.bool(syn, "lock_order_bug", where, False),
     )
 
 

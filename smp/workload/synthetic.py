@@ -13,7 +13,9 @@ It exercises every part of the machine for real:
   another CPU (sleep queues, wakeup, run queues, idle kicks);
 * every process prints a console line when it starts and when it exits;
 * ``panic_at`` (tests) makes the first process panic at that iteration while it
-  holds a bucket lock, to exercise the machine's panic path.
+  holds a bucket lock, to exercise the machine's panic path;
+* ``lock_order_bug`` (tests) makes even and odd processes take buckets 0 and 1 in
+  opposite orders -- the deadlock that lockstep exploration must find.
 
 A process keeps its place in ``p_reg[0]`` (iterations done), so it resumes
 correctly on whichever CPU wakes it up.
@@ -56,6 +58,7 @@ class SyntheticLoad:
     needs_vm = False         # no address spaces: the processes only take locks
     amap_per_proc = 16
     panic_at: int = 0        # fault injection: the first process panics at this iteration
+    lock_order_bug: bool = False  # tests: even pids take buckets 0 then 1, odd 1 then 0
 
     # -- parent ----------------------------------------------------------------
 
@@ -112,6 +115,8 @@ class SyntheticLoad:
             b = (pid * 7 + i + self.seed) % self.buckets
             if big:
                 lock.kernel_lock()                     # trap(): KERNEL_PROC_LOCK
+            if self.lock_order_bug and self.buckets > 1:
+                self._both_buckets(tid)          # a deliberate lock-order reversal
             lock.simple_lock(self.bucket_lock + b)
             if self.panic_at and tid == 0 and i == self.panic_at:
                 subr_prf.panic(MSG_PANIC, pid, i)       # with the bucket lock held
@@ -127,6 +132,14 @@ class SyntheticLoad:
         self.exit_handoff(tid)
         subr_prf.printf(MSG_DONE, pid, int(p["name"]), i, int(p["nsleep"]))
         return EXITED
+
+    def _both_buckets(self, tid: int) -> None:
+        """Take buckets 0 and 1 in an order that depends on the pid: an AB-BA deadlock."""
+        first, second = (0, 1) if tid % 2 == 0 else (1, 0)
+        lock.simple_lock(self.bucket_lock + first)
+        lock.simple_lock(self.bucket_lock + second)
+        lock.simple_unlock(self.bucket_lock + second)
+        lock.simple_unlock(self.bucket_lock + first)
 
     def handoff(self, ci: CPU, tid: int, i: int) -> None:
         """Pass the pair's token to the partner, or sleep until it is ours."""
