@@ -5,7 +5,8 @@
     smp list                      machine profiles, kernel configurations, load scripts
 
 Exit status: 0 the run finished, 2 bad input (one line on stderr naming the
-file or key), 3 the simulated kernel panicked, 1 an internal error of the
+file or key), 3 the simulated kernel panicked, 4 a DIAGNOSTIC invariant was
+violated, 5 lockstep found a deadlock or livelock, 1 an internal error of the
 simulator, 130 interrupted.
 """
 

@@ -189,6 +189,7 @@ def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -
         "cpus": [asdict(c) for c in o.cpus],
         "segment_bytes": o.layout["size"],
         "schedule": o.schedule,
+        "diagnostic": o.diagnostic,
     }
 
 

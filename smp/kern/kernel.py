@@ -177,6 +177,16 @@ class Kernel:
     def progress(self, seg: Any) -> tuple[float, float]:
         return self.load.progress(seg)
 
+    def audit(self, seg: Any) -> dict:
+        """DIAGNOSTIC: the VM invariants on the stopped machine (when configured)."""
+        if not self.config.diagnostic:
+            return {}
+        from smp.kern.diagnostic import check_after_run
+
+        r = check_after_run(seg)
+        return {"checked": True, "violations": list(r), "skipped": r.skipped,
+                "reason": r.reason}
+
     def summary(self, seg: Any) -> dict:
         c = seg.arrays["cnt"]
         ux = seg.arrays["uvmexp"]

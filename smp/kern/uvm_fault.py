@@ -181,12 +181,16 @@ def _neighbours(pm, tid, va, start, end, base, adv, prot, wflag) -> None:
         an = A.amap_slot[base + (nva - start) // NBPG]
         if an < 0:
             continue
+        # the anon's lock keeps its page from being paged out and freed under us
+        lock.simple_lock(L.anon + an)
         pg = A.an_page[an]
         if pg < 0 or A.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
+            lock.simple_unlock(L.anon + an)
             continue
         _cnt(C.fltnamap)
         p = prot & ~VM_PROT_WRITE if A.an_ref[an] > 1 else prot
         pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | wflag)
+        lock.simple_unlock(L.anon + an)
 
 
 def _wait(held: _Held, wmesg: str, hist=H_NORAM) -> None:

@@ -99,6 +99,7 @@ class RunOutcome:
     kernel: dict
     layout: dict
     schedule: dict = field(default_factory=dict)
+    diagnostic: dict = field(default_factory=dict)
 
 
 CPU_STATES = {
@@ -312,8 +313,16 @@ class Machine:
                 state=CPU_STATES.get(int(area["state"]), "?"),
                 text=bytes(text[i]).decode("utf-8", "replace"), held=held,
                 spinning_on=self.locks.name_of(spin - 1) if spin else "", host=host))
+        audit = {}
+        if hasattr(self.kernel, "audit"):
+            try:
+                audit = self.kernel.audit(seg)          # DIAGNOSTIC, on the stopped machine
+            except Exception as e:  # noqa: BLE001 - report it, do not lose the run
+                audit = {"error": repr(e)}
+        if audit.get("violations") and status in ("done", "timeout"):
+            status, message = "invariant", f"DIAGNOSTIC: {audit['violations'][0]}"
         exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130,
-                     "deadlock": 5, "livelock": 5}.get(status, 1)
+                     "invariant": 4, "deadlock": 5, "livelock": 5}.get(status, 1)
         from smp.machine.lockstat import collect_lockstat
         vclock = int(seg.hdr["vclock"])
         lockstat = collect_lockstat(seg, self.locks,
@@ -331,7 +340,8 @@ class Machine:
                         "virtual_ns": vclock}
         return RunOutcome(status=status, exit_code=exit_code, elapsed_s=elapsed,
                           message=message, cpus=cpus, trace=trace, lockstat=lockstat,
-                          kernel=kernel, layout=self.layout.to_dict(), schedule=schedule)
+                          kernel=kernel, layout=self.layout.to_dict(), schedule=schedule,
+                          diagnostic=audit)
 
 
 class BootedMachine:

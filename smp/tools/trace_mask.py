@@ -133,8 +133,11 @@ _PARTS = {
 
 @lru_cache(maxsize=4)
 def _alias_rx(time: bool, bare: bool) -> re.Pattern:
+    """The alternation without capturing groups: findall gives whole matches, and which
+    alternative matched is plain from the text (a time has ":", a pid starts with "pid",
+    an address with "0x" or not)."""
     parts = (["time"] if time else []) + ["hex"] + (["bare"] if bare else []) + ["pid"]
-    return re.compile("|".join(_PARTS[p] for p in parts))
+    return re.compile("|".join(re.sub(r"\(\?P<\w+>", "(?:", _PARTS[p]) for p in parts))
 
 
 _HEXTOK = re.compile(_PARTS["hex"].replace("?P<hex>", ""))
@@ -159,27 +162,34 @@ class AliasNormalizer:
         self.rx = _alias_rx(time, bare)
         self.bare = bare
 
-    def _sub(self, m: re.Match) -> str:
-        kind = m.lastgroup
-        if kind == "time":
+    def _alias(self, tok: str) -> str:
+        """The replacement of one matched token (numbering it if it is new)."""
+        if tok.startswith("pid"):
+            head = tok.rstrip("0123456789")
+            n = self.pid.setdefault(int(tok[len(head):]), len(self.pid) + 1)
+            return f"{head}\x02I{n}\x03"
+        if ":" in tok:
             return "<TIME>"
-        if kind == "pid":
-            v = int(m.group("pid"))
-            n = self.pid.setdefault(v, len(self.pid) + 1)
-            self.substitutions += 1
-            return f"{m.group('pidp')}\x02I{n}\x03"
-        v = int(m.group(kind), 16)
+        v = int(tok, 16)
         if v < ADDR_MIN:
-            return m.group(kind)
-        n = self.addr.setdefault(v, len(self.addr) + 1)
-        self.substitutions += 1
-        return f"\x02P{n}\x03"
+            return tok
+        return f"\x02P{self.addr.setdefault(v, len(self.addr) + 1)}\x03"
 
     def normalize(self, lines: Sequence[str]) -> list[str]:
-        """Normalized (marked) text of consecutive lines."""
+        """Normalized (marked) text of consecutive lines.
+
+        The tokens are collected in C (findall, Counter); Python numbers each distinct
+        token once, in order of first appearance, and the substitution is a dict lookup.
+        """
         if not lines:
             return []
-        return self.rx.sub(self._sub, "\n".join(lines)).split("\n")
+        text = "\n".join(lines)
+        repl: dict[str, str] = {}
+        for tok, n in Counter(self.rx.findall(text)).items():
+            r = repl[tok] = self._alias(tok)
+            if r != tok and r != "<TIME>":
+                self.substitutions += n
+        return self.rx.sub(lambda m: repl[m.group()], text).split("\n")
 
     def skip(self, lines: Iterable[str]) -> None:
         """Number the aliases of consecutive lines without producing text (fast path).
