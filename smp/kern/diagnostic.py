@@ -45,7 +45,9 @@ pmap's is its valid kernel PTEs + its kernel PTPs + 1.  ``wired_count`` is
 the number of valid PTEs with PG_W.
 
 **Mappings and pv lists** (pmap.c, §2.3).  Every valid user PTE maps an
-anon or file page and carries PG_PVLIST and PG_u; every valid kernel PTE
+anon or file page and carries PG_PVLIST and PG_u; a wired one (PG_W) maps a
+wired page (``wire_count`` > 0: mlock'd memory is not pageable); every valid
+kernel PTE
 lies in allocated kernel VA (``kva_used``) and, if unmanaged
 (``pmap_kenter_pa``), maps a pv page or interrupt-safe kernel memory.  No
 PTE maps a free page.  Every managed PTE (PG_PVLIST) has exactly one pv
@@ -461,9 +463,8 @@ def _check_pmaps(ctx: _Ctx) -> _Maps:
             if int(a["pm_npages"][pm]) != len(memq):
                 ctx.bad("memq", f"{where}: pm_npages {int(a['pm_npages'][pm])}, memq "
                         f"{len(memq)}")
-            hint = int(a["pm_ptphint"][pm])
-            if hint >= 0 and hint not in set(memq) and memq:
-                ctx.bad("memq", f"{where}: pm_ptphint {_pa(hint)} is not one of its PTPs")
+            # (pm_ptphint is not checked: a stale hint is harmless by design, every
+            # user compares it with the PDE's frame before trusting it)
         resident = int(nvalid.sum()) + len(tbl) + 1
         if int(a["pm_resident"][pm]) != resident:
             ctx.bad("pmap stats", f"{where}: resident_count {int(a['pm_resident'][pm])}, "
@@ -547,6 +548,12 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
         ctx.bad("pte", f"pmap {int(maps.pmap[i])} va 0x{int(maps.va[i]):08x}: user PTE "
                 f"0x{int(maps.pte[i]):08x} maps a {OWNER_NAMES[fo[i]]} page or lacks "
                 "PG_PVLIST/PG_u")
+    # a wired user mapping (PG_W) maps a wired page: mlock'd memory is never paged out
+    wire = a["pg_wire"]
+    for i in np.nonzero(user & inrange & ((maps.pte & PG_W) != 0) & (wire[fr] <= 0)
+                        & ((fo == OWN_ANON) | (fo == OWN_UOBJ)))[0]:
+        ctx.bad("wiring", f"pmap {int(maps.pmap[i])} va 0x{int(maps.va[i]):08x}: wired PTE "
+                f"but page {_pa(fr[i])} has wire_count 0 (pageable)")
     kern = ~user & inrange
     unmanaged_ok = (fo == OWN_PVPAGE) | (fo == OWN_KMEM)
     for i in np.nonzero(kern & ~managed & ~unmanaged_ok & (fo != OWN_FREE))[0]:

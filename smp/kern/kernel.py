@@ -131,7 +131,7 @@ class Kernel:
         a["vm_pmap"][:] = -1
         kern_synch.format_sleepq(seg)
         uvm_page.format_pages(seg, U.S.npages, self.config, self.machine)
-        pmap.pmap_bootstrap(seg, U.S.nkva)
+        pmap.pmap_bootstrap(seg, U.S.nkva + 1)     # + the pager's emergency window
         uvm_anon.format_anons(seg, U.S.nanon)
         base = 0
         for i, size in enumerate(getattr(self.load, "files", [])):

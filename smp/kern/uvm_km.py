@@ -43,6 +43,12 @@ def kva(i: int) -> int:
     return KVA_BASE + i * NBPG
 
 
+def emergva() -> int:
+    """The pager's emergency window: one page of kernel VA past kmem_map ("emergva")."""
+    from smp.kern.uvm import S
+    return kva(S.nkva)
+
+
 def _vindex(va: int) -> int:
     from smp.kern.pmap import KVA_BASE
     return (va - KVA_BASE) // NBPG

@@ -107,8 +107,9 @@ def uvm_unmap(tid: int, va: int) -> int:
         return EFAULT
     start, end, _prot, flags, base, _uobj, _uoff, _adv = entry(tid, i)
     pm = A.vm_pmap[tid]
+    wired = _wired_pages(pm, start, end)         # what *this* process wired (PG_W)
     pmap.pmap_remove(pm, start, end)
-    _unwire_pages(tid, start, end, base)         # whole-entry or page-by-page mlock
+    _unwire(wired)
     drop = []
     if base >= 0:
         lock.simple_lock(L.amap + tid)
@@ -133,16 +134,27 @@ def uvm_unmap(tid: int, va: int) -> int:
     return 0
 
 
-def _unwire_pages(tid: int, start: int, end: int, base: int) -> None:
+def _wired_pages(pm: int, start: int, end: int) -> list[int]:
+    """Pages this pmap maps wired in [start, end) -- a shared (COW) anon page another
+    process wired is not ours to unwire."""
+    from smp.kern import pmap
+
+    pages = []
+    for v in range(start, end, NBPG):
+        if pmap.pmap_is_wired(pm, v):
+            pages.append(pmap.pmap_extract(pm, v))
+    return [pg for pg in pages if pg >= 0]
+
+
+def _unwire(pages: list[int]) -> None:
     from smp.kern.uvm_page import uvm_pageunwire
 
-    if base < 0:
+    if not pages:
         return
     lock.simple_lock(L.pageq)
-    for s in range(base, base + (end - start) // NBPG):
-        an = A.amap_slot[s]
-        if an >= 0 and A.an_page[an] >= 0 and A.pg_wire[A.an_page[an]]:
-            uvm_pageunwire(A.an_page[an])
+    for pg in pages:
+        if A.pg_wire[pg]:
+            uvm_pageunwire(pg)
     lock.simple_unlock(L.pageq)
 
 
@@ -174,7 +186,7 @@ def set_wired(tid: int, va: int, wired: bool) -> int:
         return EFAULT
     b = _e(tid, i)
     flags = A.vm_entry[b + E_FLAGS]
-    start, end, base = A.vm_entry[b + E_START], A.vm_entry[b + E_END], A.vm_entry[b + E_AMAP]
+    start, end = A.vm_entry[b + E_START], A.vm_entry[b + E_END]
     if wired:
         A.vm_entry[b + E_FLAGS] = flags | EF_WIRED
         lock.simple_unlock(L.vm_map + tid)
@@ -183,10 +195,11 @@ def set_wired(tid: int, va: int, wired: bool) -> int:
     lock.simple_unlock(L.vm_map + tid)
     if flags & EF_WIRED:
         pm = A.vm_pmap[tid]
+        pages = _wired_pages(pm, start, end)
         for v in range(start, end, NBPG):
-            if pmap.pmap_extract(pm, v) >= 0:
+            if pmap.pmap_is_wired(pm, v):
                 pmap.pmap_unwire(pm, v)
-        _unwire_pages(tid, start, end, base)
+        _unwire(pages)
     return 0
 
 

@@ -251,9 +251,11 @@ def uvm_pagermapin(pg: int, prot: int) -> int:
     _cnt(C.pagermapin)
     lock.simple_lock(L.pager_map)
     va = uvm_km.uvm_km_valloc(1)
-    lock.simple_unlock(L.pager_map)
     if va < 0:
-        kern_synch.ltsleep(U.CHAN_PAGERMAP, W_FREE, _ci.tick_ns)
+        # pager_map is full: the pagedaemon (our only pager) uses the emergency
+        # window rather than sleep with the page's anon locked ("emergva")
+        va = uvm_km.emergva()
+    lock.simple_unlock(L.pager_map)
     pmap.pmap_enter(pmap.KERNEL_PMAP, va, pg, prot, PMAP_WIRED | prot)
     return va
 
@@ -262,4 +264,5 @@ def uvm_pagermapout(va: int) -> None:
     from smp.kern import uvm_km
 
     pmap.pmap_remove(pmap.KERNEL_PMAP, va, va + NBPG)
-    uvm_km.uvm_km_vfree(va, 1)
+    if va != uvm_km.emergva():
+        uvm_km.uvm_km_vfree(va, 1)

@@ -612,6 +612,10 @@ class TextLog(Log):
         return _TextSeq(self)
 
 
+def _hashes(strings: list[str]) -> np.ndarray:
+    return np.fromiter(map(hash, strings), np.int64, len(strings))
+
+
 class _TextSeq(SeqSource):
     """Sequence keys of a text log: hashes of alias-normalized lines, computed lazily and
     forward only (normalizing a million lines costs seconds; most comparisons need only
@@ -623,14 +627,16 @@ class _TextSeq(SeqSource):
         self.start(0)
 
     def raw(self) -> np.ndarray:
-        return np.fromiter((hash(r) for r in self.log.rests), np.int64, self.n)
+        return _hashes(self.log.rests)
 
     def start(self, origin: int) -> None:
         self.origin = origin
         self.norm = trace_mask.AliasNormalizer(self.log.mined.time, self.log.mined.bare)
         self.pos = origin              # next line the normalizer has not seen
         self.lo = origin               # first line of the cache
-        self.cache: list[str] = []     # marked text of lines lo..pos-1
+        self.marked: list[str] = []    # normalized text of lines lo..pos-1
+        self.full = np.zeros(0, np.int64)   # and their keys
+        self.blind = np.zeros(0, np.int64)
 
     def _advance(self, lo: int, hi: int) -> None:
         if lo < self.lo:
@@ -638,27 +644,29 @@ class _TextSeq(SeqSource):
         if lo > self.pos:
             self.norm.skip(self.log.rests[self.pos:lo])
             self.pos = self.lo = lo
-            self.cache = []
+            self.marked, self.full, self.blind = [], self.full[:0], self.blind[:0]
         if hi > self.pos:
-            self.cache.extend(self.norm.normalize(self.log.rests[self.pos:hi]))
+            marked, blind = self.norm.normalize(self.log.rests[self.pos:hi], blind=True)
+            self.marked.extend(marked)
+            self.full = np.concatenate((self.full, _hashes(marked)))
+            self.blind = np.concatenate((self.blind, _hashes(blind)))
             self.pos = hi
         if lo > self.lo:  # drop what nobody will ask for again
-            del self.cache[:lo - self.lo]
+            k = lo - self.lo
+            del self.marked[:k]
+            self.full, self.blind = self.full[k:], self.blind[k:]
             self.lo = lo
 
     def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         self._advance(lo, hi)
-        part = self.cache[lo - self.lo:hi - self.lo]
-        full = np.fromiter((hash(s) for s in part), np.int64, len(part))
-        blind = np.fromiter((hash(trace_mask.blind(s)) for s in part), np.int64, len(part))
-        return full, blind
+        return self.full[lo - self.lo:hi - self.lo], self.blind[lo - self.lo:hi - self.lo]
 
     def text(self, i: int) -> str:
         if not self.lo <= i < self.pos:
             if i < self.lo:
                 self.start(self.origin)
             self._advance(i, i + 1)
-        marked = self.cache[i - self.lo]
+        marked = self.marked[i - self.lo]
         line, rest = self.log.text_lines[i], self.log.rests[i]
         return line[:len(line) - len(rest)] + trace_mask.display(marked)
 

@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -118,8 +119,8 @@ def mine(bodies: Sequence[str], templates: dict[str, int]) -> tuple[np.ndarray, 
 # ---------------------------------------------------------------- aliases
 
 # One alternation, so the order of first appearance is the order in the text.  Markers
-# \x02...\x03 delimit an alias inside normalized text: the alias-blind form (used to
-# re-synchronize after a divergence) drops the number, the display form drops the markers.
+# \x02...\x03 delimit an alias inside normalized text (so that "P1" written by the kernel
+# never equals an alias); the display form drops them.
 # Alternatives that start with a literal ("0x", "pid") let the regex engine skip ahead;
 # the time and bare-hex ones cannot, so they are left out for logs that have none.
 _PARTS = {
@@ -140,10 +141,6 @@ def _alias_rx(time: bool, bare: bool) -> re.Pattern:
     return re.compile("|".join(re.sub(r"\(\?P<\w+>", "(?:", _PARTS[p]) for p in parts))
 
 
-_HEXTOK = re.compile(_PARTS["hex"].replace("?P<hex>", ""))
-_HEX_OR_BARE = re.compile(_PARTS["hex"] + "|" + _PARTS["bare"])
-_PIDTOK = re.compile(r"pid(?<!\wpid)[ =:#]?(\d+)")
-_BLIND = re.compile("\x02([PI])\\d+\x03")
 ADDR_MIN = 0x1000  # hex values below a page are flags, not addresses
 
 
@@ -160,59 +157,55 @@ class AliasNormalizer:
         self.pid: dict[int, int] = {}
         self.substitutions = 0
         self.rx = _alias_rx(time, bare)
-        self.bare = bare
+        self._full: dict[str, str] = {}
+        self._blind: dict[str, str] = {}
 
-    def _alias(self, tok: str) -> str:
-        """The replacement of one matched token (numbering it if it is new)."""
+    def _alias(self, tok: str) -> tuple[str, str]:
+        """(marked, alias-blind) replacement of one matched token, numbering it if new."""
         if tok.startswith("pid"):
             head = tok.rstrip("0123456789")
             n = self.pid.setdefault(int(tok[len(head):]), len(self.pid) + 1)
-            return f"{head}\x02I{n}\x03"
+            return f"{head}\x02I{n}\x03", f"{head}\x02I\x03"
         if ":" in tok:
-            return "<TIME>"
+            return "<TIME>", "<TIME>"
         v = int(tok, 16)
         if v < ADDR_MIN:
-            return tok
-        return f"\x02P{self.addr.setdefault(v, len(self.addr) + 1)}\x03"
+            return tok, tok
+        return f"\x02P{self.addr.setdefault(v, len(self.addr) + 1)}\x03", "\x02P\x03"
 
-    def normalize(self, lines: Sequence[str]) -> list[str]:
-        """Normalized (marked) text of consecutive lines.
+    def normalize(self, lines: Sequence[str], blind: bool = False) -> list[str] | tuple:
+        """Normalized (marked) text of consecutive lines; with ``blind``, also the alias-blind
+        text (aliases reduced to ``P``/``I``), as a pair of lists.
 
-        The tokens are collected in C (findall, Counter); Python numbers each distinct
-        token once, in order of first appearance, and the substitution is a dict lookup.
+        Everything per occurrence runs in C: findall collects the tokens, split the text
+        between them, and the result is joined from the two; Python numbers each distinct
+        token once, in order of first appearance.
         """
         if not lines:
-            return []
+            return ([], []) if blind else []
         text = "\n".join(lines)
-        repl: dict[str, str] = {}
-        for tok, n in Counter(self.rx.findall(text)).items():
-            r = repl[tok] = self._alias(tok)
-            if r != tok and r != "<TIME>":
+        toks = self.rx.findall(text)
+        full, blinded = self._full, self._blind  # a token's replacement never changes
+        for tok, n in Counter(toks).items():
+            if tok not in full:
+                full[tok], blinded[tok] = self._alias(tok)
+            if "\x02" in full[tok]:
                 self.substitutions += n
-        return self.rx.sub(lambda m: repl[m.group()], text).split("\n")
+        parts = self.rx.split(text)
+        out = _interleave(parts, map(full.__getitem__, toks)).split("\n")
+        if not blind:
+            return out
+        return out, _interleave(parts, map(blinded.__getitem__, toks)).split("\n")
 
     def skip(self, lines: Iterable[str]) -> None:
-        """Number the aliases of consecutive lines without producing text (fast path).
-
-        Same numbering as :meth:`normalize`, in bulk: findall and Counter run in C, so
-        Python touches each distinct token once rather than each occurrence.
-        """
-        text = "\n".join(lines)
-        # addresses and pids number separately, so each can have its own pass; times never
-        # overlap either, so they need none
-        if self.bare:
-            toks = Counter(h or b for h, b in _HEX_OR_BARE.findall(text))
-        else:
-            toks = Counter(_HEXTOK.findall(text))
-        # Counter keeps first-insertion order: the order of first appearance
-        for tok, n in toks.items():
-            v = int(tok, 16)
-            if v >= ADDR_MIN:
-                self.addr.setdefault(v, len(self.addr) + 1)
+        """Number the aliases of consecutive lines without producing text (fast path):
+        :meth:`normalize` without the substitution."""
+        full, blinded = self._full, self._blind
+        for tok, n in Counter(self.rx.findall("\n".join(lines))).items():
+            if tok not in full:
+                full[tok], blinded[tok] = self._alias(tok)
+            if "\x02" in full[tok]:
                 self.substitutions += n
-        for tok, n in Counter(_PIDTOK.findall(text)).items():
-            self.pid.setdefault(int(tok), len(self.pid) + 1)
-            self.substitutions += n
 
     def aliases(self) -> dict[str, dict[str, str]]:
         """The alias tables, value text -> alias name (for the normalization report)."""
@@ -220,9 +213,9 @@ class AliasNormalizer:
                 "pids": {str(v): f"I{n}" for v, n in self.pid.items()}}
 
 
-def blind(marked: str) -> str:
-    """Alias-blind form of normalized text: ``P3`` and ``P4`` both become ``P``."""
-    return _BLIND.sub(r"\1", marked)
+def _interleave(parts: list[str], reps: Iterable[str]) -> str:
+    """parts[0] + reps[0] + parts[1] + ... + parts[-1], joined in C."""
+    return "".join(chain.from_iterable(zip(parts[:-1], reps, strict=True))) + parts[-1]
 
 
 def display(marked: str) -> str:
