@@ -9,6 +9,7 @@ median (and min-max over seeds) of what the thread argued about --
     pv_steals       pv-entry steals
     pmfail          flt_pmfail1/2 waits: uvm_fault recovering from pmap_enter failure
     panics          runs that ended in a simulated panic (the non-CANFAIL callers)
+    deadlocks       runs whose CPUs deadlocked (a waits-for cycle of spin locks)
     oom_kills       processes killed "out of swap"
     stale_tlb       uses of stale TLB entries (diagnostic = on)
     faults/s        faults per second of the run
@@ -44,8 +45,8 @@ DEFAULT_CONFIGS = [
     ("steal=none biglock=on", ["steal=none", "biglock=on"]),
     ("steal=none biglock=off", ["steal=none", "biglock=off"]),
 ]
-METRICS = ["ptp_steals", "pv_steals", "pmfail", "panics", "oom_kills", "stale_tlb",
-           "faults_per_s", "wall_s"]
+METRICS = ["ptp_steals", "pv_steals", "pmfail", "panics", "deadlocks", "oom_kills",
+           "stale_tlb", "faults_per_s", "wall_s"]
 
 
 @dataclass
@@ -59,7 +60,15 @@ class Cell:
 
 def parse_config(spec: str) -> tuple[str, list[str]]:
     """``"steal=none,biglock=off"`` or ``"steal=none biglock=off"`` -> name, overrides."""
-    parts = [p for p in spec.replace(";", " ").split() if p]
+    parts = [p for p in spec.replace(";", " ").replace(",", " ").split() if p]
+    # "steal=ptp,pv" keeps its comma: a part without "=" continues the previous value
+    merged: list[str] = []
+    for p in parts:
+        if "=" not in p and merged:
+            merged[-1] += "," + p
+        else:
+            merged.append(p)
+    parts = merged
     ov = []
     for p in parts:
         if "=" not in p:
@@ -82,8 +91,8 @@ def _run_one(script: str, overrides: list[str], seed: int, out: Path, kernel: st
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0
     if p.returncode == 2:
-        raise BadInput(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else
-                       f"{script}: bad input")
+        line = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"{script}: bad input"
+        raise BadInput(line.removeprefix("smp: "))
     try:
         s = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -95,6 +104,7 @@ def _run_one(script: str, overrides: list[str], seed: int, out: Path, kernel: st
         "status": s["status"], "exit_code": p.returncode, "run_dir": str(out),
         "ptp_steals": c.get("ptp_steals", 0), "pv_steals": c.get("pv_steals", 0),
         "pmfail": c.get("pmfail_waits", 0), "panics": int(s["status"] == "panic"),
+        "deadlocks": int(s["status"] in ("deadlock", "livelock")),
         "noncanfail_panics": c.get("noncanfail_panics", 0),
         "oom_kills": c.get("oom_kills", 0), "stale_tlb": c.get("stale_tlb", 0),
         "faults_per_s": c.get("faults", 0) / elapsed, "wall_s": wall,
@@ -117,10 +127,10 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
                    extra: list[str] = (), time_limit: str | None = None,
                    progress: bool = False) -> list[Cell]:
     """Run the matrix; returns the cells with their per-seed results."""
-    from smp.workload.script import resolve
+    from smp.workload.script import load_script
 
     for s in scripts:
-        resolve(s)                      # bad names fail before anything runs
+        load_script(s)                  # bad scripts fail before anything runs
     out.mkdir(parents=True, exist_ok=True)
     cells = [Cell(s, name, ov, list(seeds)) for s in scripts for name, ov in configs]
     tasks = []
@@ -170,14 +180,15 @@ def _fmt(metric: str, vals: list[float]) -> str:
         return s if lo == hi else f"{s} ({lo:,.0f}-{hi:,.0f})"
     if metric == "wall_s":
         return f"{med:.1f} ({lo:.1f}-{hi:.1f})"
-    if metric == "panics":
+    if metric in ("panics", "deadlocks"):
         return f"{int(sum(vals))}/{len(vals)}"
     s = f"{med:g}"
     return s if lo == hi else f"{s} ({lo:g}-{hi:g})"
 
 
 HEADERS = {"ptp_steals": "PTP steals", "pv_steals": "pv steals", "pmfail": "pmfail waits",
-           "panics": "panics", "oom_kills": "out-of-swap kills", "stale_tlb": "stale TLB",
+           "panics": "panics", "deadlocks": "deadlocks", "oom_kills": "out-of-swap kills",
+           "stale_tlb": "stale TLB",
            "faults_per_s": "faults/s", "wall_s": "wall s"}
 
 

@@ -82,9 +82,9 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
             machine: str | None = None, kernel: str | None = None,
             overrides: list[str] = (), fail: list[str] = (), time_limit: str | None = None,
             stop_on_failure: bool = True, progress: bool = False) -> list[Outcome]:
-    from smp.workload.script import resolve
+    from smp.workload.script import load_script
 
-    resolve(script)
+    load_script(script)
     out.mkdir(parents=True, exist_ok=True)
 
     def one(seed: int) -> Outcome:
@@ -107,7 +107,8 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
             cmd += ["--time-limit", time_limit]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode == 2:
-            raise BadInput((p.stderr.strip().splitlines() or ["bad input"])[-1])
+            raise BadInput((p.stderr.strip().splitlines() or ["bad input"])[-1]
+                           .removeprefix("smp: "))
         verdict, detail, points = classify(d, p.returncode, p.stderr)
         return Outcome(seed, verdict, detail, str(d), points)
 

@@ -88,8 +88,10 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     load = script.load
     initial = getattr(load, "initial", getattr(load, "nprocs", 0))
     if initial > cfg.machine.maxproc:
-        raise BadInput(f"{script.path}: {initial} processes at start, but machine "
-                       f"{cfg.machine.name} has maxproc {cfg.machine.maxproc}")
+        kinds = getattr(load, "kinds", [])
+        key = "process[0].count" if len(kinds) == 1 else "process[*].count"
+        raise BadInput(f"{script.path}: {key}: {initial} processes at start, but "
+                       f"machine {cfg.machine.name} has maxproc {cfg.machine.maxproc}")
     if hasattr(load, "maxproc"):
         load.maxproc = min(load.maxproc, cfg.machine.maxproc)
     limit = time_limit_s if time_limit_s is not None else script.time_limit_s

@@ -46,8 +46,9 @@ the number of valid PTEs with PG_W.
 
 **Mappings and pv lists** (pmap.c, §2.3).  Every valid user PTE maps an
 anon or file page and carries PG_PVLIST and PG_u; a wired one (PG_W) maps a
-wired page (``wire_count`` > 0: mlock'd memory is not pageable); every valid
-kernel PTE
+wired page (``wire_count`` > 0: mlock'd memory is not pageable), and every
+wired anon or file page has a wired mapping (no wiring outlives its mlock);
+every valid kernel PTE
 lies in allocated kernel VA (``kva_used``) and, if unmanaged
 (``pmap_kenter_pa``), maps a pv page or interrupt-safe kernel memory.  No
 PTE maps a free page.  Every managed PTE (PG_PVLIST) has exactly one pv
@@ -82,7 +83,9 @@ A run that ended in a panic (or a CPU stopped while spinning inside the
 kernel) stops mid-operation, and many of these relations are legitimately
 broken at that moment: ``check_after_run`` then checks only what every
 kernel path keeps true at each lock release -- the structures whose locks
-no stopped CPU holds -- and says which checks it skipped.
+no stopped CPU holds, leaving out the pmaps the stopped CPUs were running
+(a halt unwinds a CPU through Python ``finally`` clauses that release the
+pmap locks of an unfinished pmap_enter) -- and says which checks it skipped.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ class _Ctx:
         self.npages = len(a["pg_owner"])
         self.phys = a["physmem"].reshape(self.npages, 1024)
         self.ux = a["uvmexp"]
+        self.busy_pmaps: set[int] = set()
 
     def bad(self, check: str, msg: str) -> None:
         self._per[check] += 1
@@ -211,7 +215,9 @@ def check_after_run(seg: Any) -> Report:
     from smp.machine import _atomic
 
     cpus = seg.cpus
+    a = seg.arrays
     held: set[int] = set()
+    busy: set[int] = set()
     dirty: list[str] = []
     for i in range(len(cpus)):
         c = cpus[i]
@@ -220,15 +226,27 @@ def check_after_run(seg: Any) -> Report:
         state = int(c["state"])
         if n or state not in (_atomic.CS_DONE, _atomic.CS_OFFLINE, _atomic.CS_IDLE):
             dirty.append(f"cpu{i} ({_state_name(state)}, {n} locks held)")
+            # Python's finally clauses (pmap_enter, pmap_remove) drop the pmap locks while
+            # a halt unwinds the CPU, so the pmap it was changing may look unlocked: leave
+            # out the pmap in its %cr3 and its thread's
+            busy.add(int(a["cpu_pmap"][i]))
+            tid = int(c["curproc"])
+            if 0 <= tid < len(a["vm_pmap"]):
+                busy.add(int(a["vm_pmap"][tid]))
+    busy.discard(-1)
     panic_cpu = int(seg.hdr["panic_cpu"])
     if not dirty and not panic_cpu:
         return Report(_run(_Ctx(seg, True, set())))
     ctx = _Ctx(seg, False, held)
+    ctx.busy_pmaps = busy
     violations = _run(ctx)
     skipped = list(SKIPPED_AFTER_PANIC)
     if held:
         skipped.append("structures under the locks still held: "
                        + ", ".join(lock_name(x) for x in sorted(held)))
+    if busy - {KERNEL_PMAP}:
+        skipped.append("the pmaps the stopped CPUs were running: "
+                       + ", ".join(f"pmap {pm}" for pm in sorted(busy - {KERNEL_PMAP})))
     why = "; ".join(([f"cpu{panic_cpu - 1} panicked"] if panic_cpu else [])
                     + (["stopped inside the kernel: " + ", ".join(dirty)] if dirty else []))
     return Report(violations, skipped, why)
@@ -401,7 +419,7 @@ def _check_pmaps(ctx: _Ctx) -> _Maps:
             ok = True
         else:       # after a panic: user pmaps fully made, on the list, not locked
             ok = (user and listed is not None and pm in listed
-                  and not ctx.locked(U.L.pmap + pm))
+                  and not ctx.locked(U.L.pmap + pm) and pm not in ctx.busy_pmaps)
         if not ok:
             continue
         if user and listed is not None and pm not in listed:
@@ -554,6 +572,14 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
                         & ((fo == OWN_ANON) | (fo == OWN_UOBJ)))[0]:
         ctx.bad("wiring", f"pmap {int(maps.pmap[i])} va 0x{int(maps.va[i]):08x}: wired PTE "
                 f"but page {_pa(fr[i])} has wire_count 0 (pageable)")
+    # ... and a wired anon or file page is wired by some mapping (not leaked wired)
+    if ctx.full:
+        wmapped = np.zeros(ctx.npages, bool)
+        wmapped[fr[user & inrange & ((maps.pte & PG_W) != 0)]] = True
+        for pg in np.nonzero((wire > 0) & ((owner == OWN_ANON) | (owner == OWN_UOBJ))
+                             & ~wmapped)[0]:
+            ctx.bad("wiring", f"page {_pa(int(pg))} ({OWNER_NAMES[owner[pg]]}) has "
+                    f"wire_count {int(wire[pg])} but no wired mapping (wiring leaked)")
     kern = ~user & inrange
     unmanaged_ok = (fo == OWN_PVPAGE) | (fo == OWN_KMEM)
     for i in np.nonzero(kern & ~managed & ~unmanaged_ok & (fo != OWN_FREE))[0]:

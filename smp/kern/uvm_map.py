@@ -20,7 +20,7 @@ Simplifications, each documented where it is made:
 from __future__ import annotations
 
 from smp.kern import lock
-from smp.kern.param import EFAULT, ENOMEM, NBPG, VM_PROT_READ
+from smp.kern.param import EFAULT, ENOMEM, NBPG, VM_MAXUSER_ADDRESS, VM_PROT_READ
 from smp.kern.uvm import A, L, S
 
 E_START, E_END, E_PROT, E_FLAGS, E_AMAP, E_UOBJ, E_UOFF, E_ADVICE = range(8)
@@ -69,6 +69,8 @@ def uvm_mmap(tid: int, npages: int, prot: int, flags: int, uobj: int = -1, uoff:
         for i in range(n):
             end = max(end, A.vm_entry[_e(tid, i) + E_END])
         va = -(-end // align) * align
+        if va + npages * NBPG > VM_MAXUSER_ADDRESS:
+            return -ENOMEM                 # no room below the recursive page-table map
         base = -1
         if not flags & EF_FILE or flags & EF_COPY:
             if A.vm_aused[tid] + npages > S.amap_per_proc:

@@ -52,6 +52,7 @@ from smp.machine.segment import Segment
 log = logging.getLogger("smp.machine")
 
 POLL_S = 0.1           # supervision period: a dead worker is seen within this
+DEADLOCK_S = 2.0       # a waits-for cycle that stands this long is a deadlock (free mode)
 GRACE_S = 3.0          # how long halted CPUs get to stop before they are killed
 RUSAGE_FIELDS = ("user_s", "system_s", "rss_bytes", "vcsw", "ivcsw")
 
@@ -225,6 +226,7 @@ class Machine:
                    samples: dict) -> tuple[str, str]:
         bar = _progress_bar(self.progress)
         last_sample = 0.0
+        stuck_since, stuck = None, None
         try:
             while True:
                 ready = connection.wait([p.sentinel for p in procs], timeout=POLL_S)
@@ -247,6 +249,15 @@ class Machine:
                             return "cpu-died", f"cpu{cpu} (pid {p.pid}) died: {_why(p.exitcode)}"
                 if self.kernel.finished(seg):
                     return "done", "load finished"
+                cycle = find_deadlock(seg)
+                if cycle is None:
+                    stuck_since, stuck = None, None
+                elif cycle != stuck:
+                    stuck_since, stuck = now, cycle
+                elif now - stuck_since >= DEADLOCK_S:
+                    desc = ", ".join(f"cpu{c} spins on {self.locks.name_of(lk)}"
+                                     for c, lk in cycle)
+                    return "deadlock", f"deadlock: {desc}"
                 if self.lockstep and seg.halted:
                     continue                 # the CPUs are stopping by themselves
                 if (self.time_limit_s is not None and not self.lockstep
@@ -342,6 +353,37 @@ class Machine:
                           message=message, cpus=cpus, trace=trace, lockstat=lockstat,
                           kernel=kernel, layout=self.layout.to_dict(), schedule=schedule,
                           diagnostic=audit)
+
+
+def find_deadlock(seg: Segment) -> tuple | None:
+    """A cycle of CPUs each spinning on a lock the next one holds, or None.
+
+    Read racily from the parent while the CPUs run; the supervisor declares a
+    deadlock only when the same cycle has stood for DEADLOCK_S.
+    """
+    from smp.machine.lockstep import _holder
+
+    cpus = seg.cpus
+    state = cpus["state"]
+    spin = cpus["spinning_on"]
+    for start in range(len(cpus)):
+        seen: list[int] = []
+        cpu = start
+        while cpu not in seen:
+            if state[cpu] != _atomic.CS_SPINNING or not spin[cpu]:
+                break
+            seen.append(cpu)
+            lk = int(spin[cpu]) - 1
+            cpu = _holder(int(seg.locks["state"][lk]), int(seg.locks["flags"][lk]))
+            if cpu < 0:
+                break
+        else:
+            i = seen.index(cpu)
+            cyc = seen[i:]
+            k = cyc.index(min(cyc))
+            cyc = cyc[k:] + cyc[:k]
+            return tuple((c, int(spin[c]) - 1) for c in cyc)
+    return None
 
 
 class BootedMachine:

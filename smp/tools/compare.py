@@ -54,6 +54,7 @@ import numpy as np
 
 from smp.errors import BadInput
 from smp.tools import compare_seq, compare_stats, trace_input, trace_mask
+from smp.tools.trace import emit
 from smp.tools.trace_input import Log
 
 SCHEMA = 1
@@ -116,18 +117,18 @@ def main(a: argparse.Namespace) -> int:
     single = len(side_a) == 1 and len(side_b) == 1
     if "diverged" in fail_on and (not single or a.no_seq):
         raise BadInput("--fail-on diverged: needs one run per side and the sequence view")
-    logs_a = [trace_input.load(p, partial_ok=a.partial) for p in side_a]
-    logs_b = [trace_input.load(p, partial_ok=a.partial) for p in side_b]
-    result = compare(logs_a, logs_b, test=a.test, alpha=a.alpha, rate=a.rate,
-                     templates=a.templates, per_cpu=a.per_cpu,
-                     seq=single and not a.no_seq, context=a.context,
-                     divergences=a.divergences, window=a.window)
+    # a batch program building millions of strings and no cycles: the collector would only
+    # walk the heap again and again
+    with trace_input.no_gc():
+        logs_a = [trace_input.load(p, partial_ok=a.partial) for p in side_a]
+        logs_b = [trace_input.load(p, partial_ok=a.partial) for p in side_b]
+        result = compare(logs_a, logs_b, test=a.test, alpha=a.alpha, rate=a.rate,
+                         templates=a.templates, per_cpu=a.per_cpu,
+                         seq=single and not a.no_seq, context=a.context,
+                         divergences=a.divergences, window=a.window)
     result.fail = evaluate_fail_on(result, fail_on)
-    if a.json:
-        json.dump(result.to_json(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render_text(result, top=a.top))
+    emit(json.dumps(result.to_json(), indent=1) + "\n" if a.json
+         else render_text(result, top=a.top))
     for cond, why in result.fail:
         print(f"smp compare: --fail-on {cond}: {why}", file=sys.stderr)
     return 1 if result.fail else 0

@@ -134,8 +134,8 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
         while p < m:
             lo = max(0, p - context)
             hi = min(m, p + chunk)
-            fa, _ = A.keys(ia + lo, ia + hi)
-            fb, _ = B.keys(ib + lo, ib + hi)
+            fa = A.full_keys(ia + lo, ia + hi)
+            fb = B.full_keys(ib + lo, ib + hi)
             q = first_mismatch(fa[p - lo:], fb[p - lo:])
             if q < hi - p:
                 p += q
@@ -155,7 +155,7 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
             dv.before = _before(A, B, ia, ib, da, db, context)
             longer, start, dest = (B, db, dv.b_lines) if da == A.n else (A, da, dv.a_lines)
             end = min(longer.n, start + show)
-            longer.keys(start, end)
+            longer.full_keys(start, end)
             dest.extend((i, longer.text(i)) for i in range(start, end))
             dv.a_skipped, dv.b_skipped = A.n - da, B.n - db
             out.append(dv)
@@ -192,8 +192,8 @@ def sequence(A: SeqSource, B: SeqSource, *, divergences: int = 1, context: int =
         # the lines after the resync, numbered afresh as the next search will see them
         k = min(context, A.n - ia, B.n - ib)
         if k > 0:
-            A.keys(ia, ia + k)
-            B.keys(ib, ib + k)
+            A.full_keys(ia, ia + k)
+            B.full_keys(ib, ib + k)
             dv.after = [(ia + t, ib + t, A.text(ia + t)) for t in range(k)]
     aliases = {"a": A.alias_counts(), "b": B.alias_counts()}
     return SeqResult(A.n, B.n, identical, matched or 0, out, aliases)
@@ -204,5 +204,5 @@ def _before(A: SeqSource, B: SeqSource, ia: int, ib: int, da: int, db: int,
     k = min(context, da - ia, db - ib)
     if k <= 0:
         return []
-    A.keys(da - k, da)
+    A.full_keys(da - k, da)
     return [(da - k + t, db - k + t, A.text(da - k + t)) for t in range(k)]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -79,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(a: argparse.Namespace) -> int:
+    with trace_input.no_gc():  # see compare.main
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     if (a.json or a.per_cpu) and not a.stats:
         raise BadInput("--json and --per-cpu go with --stats")
     if a.invert and not a.grep:
@@ -99,23 +105,27 @@ def main(a: argparse.Namespace) -> int:
         keep = np.array([bool(rx.search(s)) != a.invert for s in lines], bool)
         idx = idx[keep] if len(idx) else idx
         lines = [s for s, k in zip(lines, keep.tolist(), strict=True) if k]
-    out = sys.stdout
     if a.stats:
         st = stats(log, idx, per_cpu=a.per_cpu)
-        if a.json:
-            json.dump(st, out, indent=1)
-            out.write("\n")
-        else:
-            out.write(stats_text(st, per_cpu=a.per_cpu))
+        emit(json.dumps(st, indent=1) + "\n" if a.json else stats_text(st, per_cpu=a.per_cpu))
     else:
         if a.relative or a.delta:
             lines = restamp(log, idx, style, relative=a.relative, delta=a.delta)
         elif lines is None:
             lines = log.lines(idx, style)
         if lines:
-            out.write("\n".join(lines) + "\n")
+            emit("\n".join(lines) + "\n")
     _warn(log, a, len(idx))
     return 0
+
+
+def emit(text: str) -> None:
+    """Write to stdout; a reader that went away (head, less) is not an error of ours."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _warn(log: Log, a: argparse.Namespace, shown: int) -> None:

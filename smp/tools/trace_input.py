@@ -112,15 +112,21 @@ class SeqSource:
     def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
+    def full_keys(self, lo: int, hi: int) -> np.ndarray:  # pragma: no cover
+        """The first of :meth:`keys` (the blind keys may cost extra)."""
+        raise NotImplementedError
+
     def text(self, i: int) -> str:  # pragma: no cover
         raise NotImplementedError
 
-    def alias_counts(self) -> dict[str, int]:  # pragma: no cover
+    def alias_counts(self) -> dict:  # pragma: no cover
+        """Aliases numbered since the last start(): counts, substitutions, and the first
+        ALIAS_TABLE entries of each table (value -> alias)."""
         raise NotImplementedError
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     # building millions of small tuples and strings wakes the cyclic collector over and
     # over for nothing (none of them is cyclic): 2-3x slower loading with it on
     was = gc.isenabled()
@@ -140,7 +146,7 @@ def load(path: str | Path, *, partial_ok: bool = False) -> Log:
     p = Path(path)
     if not p.exists():
         raise BadInput(f"{p}: no such file or directory")
-    with _no_gc():
+    with no_gc():
         if p.is_dir():
             if (p / runfmt.EVENTS_FILE).is_file():
                 return load_run(p, partial_ok=partial_ok)
@@ -368,6 +374,7 @@ def _mix(cols: list[np.ndarray]) -> np.ndarray:
     return h.view(np.int64)
 
 
+ALIAS_TABLE = 50  # entries of each alias table in compare's JSON report
 _SENTINEL_ADDR = 0x5EA10000  # stand-ins rendered in place of aliased arguments (display)
 _SENTINEL_PID = 1597000000
 
@@ -398,7 +405,8 @@ class _RunSeq(SeqSource):
         self._full: np.ndarray | None = None
         self._blind: np.ndarray | None = None
         self._alias: np.ndarray | None = None
-        self._counts = {"addresses": 0, "pids": 0, "substitutions": 0}
+        self._counts = {"addresses": 0, "pids": 0, "substitutions": 0,
+                        "table": {"addresses": {}, "pids": {}}}
         self.start(0)
 
     def raw(self) -> np.ndarray:
@@ -419,19 +427,29 @@ class _RunSeq(SeqSource):
         args = self.args[o:hi]
         is_addr, is_pid = self.is_addr[o:hi], self.is_pid[o:hi]
         alias = np.zeros(args.shape, np.int64)
-        counts = {}
+        counts: dict = {}
+        tables: dict[str, dict[str, str]] = {}
         for name, mask in (("addresses", is_addr), ("pids", is_pid)):
             vals = args[mask]  # row-major: record order, then slot order within a record
+            table: dict[str, str] = {}
             if len(vals):
-                _uniq, first, inv = np.unique(vals, return_index=True, return_inverse=True)
+                uniq, first, inv = np.unique(vals, return_index=True, return_inverse=True)
+                order = np.argsort(first, kind="stable")
                 rank = np.empty(len(first), np.int64)
-                rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+                rank[order] = np.arange(1, len(first) + 1)
                 alias[mask] = rank[inv.reshape(-1)]
                 counts[name] = len(first)
+                for n, v in enumerate(uniq[order[:ALIAS_TABLE]].tolist(), 1):
+                    if name == "addresses":
+                        table[f"0x{v & 0xFFFFFFFF if v < 0 else v:08x}"] = f"P{n}"
+                    else:
+                        table[str(v)] = f"I{n}"
             else:
                 counts[name] = 0
+            tables[name] = table
         amask = is_addr | is_pid
         counts["substitutions"] = int(np.count_nonzero(amask))
+        counts["table"] = tables
         self._counts = counts
         # full: aliased slots carry their alias number, tagged; blind: only the tag
         tag = np.where(is_addr, 1, np.where(is_pid, 2, 0)).astype(np.int64)
@@ -442,6 +460,9 @@ class _RunSeq(SeqSource):
         self._blind = _mix(head + [blind_args[:, k] for k in range(runfmt.NARGS)])
         self._alias = alias
         self._hi = hi
+
+    def full_keys(self, lo: int, hi: int) -> np.ndarray:
+        return self.keys(lo, hi)[0]
 
     def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         if hi > self._hi or self._full is None:
@@ -473,7 +494,7 @@ class _RunSeq(SeqSource):
             line = line.replace(old, new)
         return line
 
-    def alias_counts(self) -> dict[str, int]:
+    def alias_counts(self) -> dict:
         return dict(self._counts)
 
 
@@ -526,7 +547,7 @@ def parse_text(source: str, text: str) -> TextLog:
     nhist = sum(1 for s in sample if _HIST_LINE.match(s))
     nstamped = sum(1 for s in sample if _STAMPED_LINE.match(s))
     nsmp = sum(1 for s in sample if _SMP_CONSOLE_LINE.match(s))
-    with _no_gc():
+    with no_gc():
         if sample and nhist > len(sample) // 2:
             return TextLog(source, lines, _parse_hist(text, len(lines)), "smp hist")
         if nstamped and nsmp >= 0.9 * nstamped:  # our console: every line says its CPU
@@ -636,7 +657,6 @@ class _TextSeq(SeqSource):
         self.lo = origin               # first line of the cache
         self.marked: list[str] = []    # normalized text of lines lo..pos-1
         self.full = np.zeros(0, np.int64)   # and their keys
-        self.blind = np.zeros(0, np.int64)
 
     def _advance(self, lo: int, hi: int) -> None:
         if lo < self.lo:
@@ -644,22 +664,29 @@ class _TextSeq(SeqSource):
         if lo > self.pos:
             self.norm.skip(self.log.rests[self.pos:lo])
             self.pos = self.lo = lo
-            self.marked, self.full, self.blind = [], self.full[:0], self.blind[:0]
+            self.marked, self.full = [], self.full[:0]
         if hi > self.pos:
-            marked, blind = self.norm.normalize(self.log.rests[self.pos:hi], blind=True)
+            marked = self.norm.normalize(self.log.rests[self.pos:hi])
             self.marked.extend(marked)
             self.full = np.concatenate((self.full, _hashes(marked)))
-            self.blind = np.concatenate((self.blind, _hashes(blind)))
             self.pos = hi
         if lo > self.lo:  # drop what nobody will ask for again
             k = lo - self.lo
             del self.marked[:k]
-            self.full, self.blind = self.full[k:], self.blind[k:]
+            self.full = self.full[k:]
             self.lo = lo
 
     def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         self._advance(lo, hi)
-        return self.full[lo - self.lo:hi - self.lo], self.blind[lo - self.lo:hi - self.lo]
+        return self.full[lo - self.lo:hi - self.lo], self._blind_keys(lo, hi)
+
+    def full_keys(self, lo: int, hi: int) -> np.ndarray:
+        self._advance(lo, hi)
+        return self.full[lo - self.lo:hi - self.lo]
+
+    def _blind_keys(self, lo: int, hi: int) -> np.ndarray:
+        # only re-synchronization needs these, on a window: derived when asked
+        return _hashes(trace_mask.blind(self.marked[lo - self.lo:hi - self.lo]))
 
     def text(self, i: int) -> str:
         if not self.lo <= i < self.pos:
@@ -670,6 +697,7 @@ class _TextSeq(SeqSource):
         line, rest = self.log.text_lines[i], self.log.rests[i]
         return line[:len(line) - len(rest)] + trace_mask.display(marked)
 
-    def alias_counts(self) -> dict[str, int]:
+    def alias_counts(self) -> dict:
         return {"addresses": len(self.norm.addr), "pids": len(self.norm.pid),
-                "substitutions": self.norm.substitutions}
+                "substitutions": self.norm.substitutions,
+                "table": self.norm.aliases(ALIAS_TABLE)}

@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import islice
 
 import numpy as np
 
@@ -120,7 +120,8 @@ def mine(bodies: Sequence[str], templates: dict[str, int]) -> tuple[np.ndarray, 
 
 # One alternation, so the order of first appearance is the order in the text.  Markers
 # \x02...\x03 delimit an alias inside normalized text (so that "P1" written by the kernel
-# never equals an alias); the display form drops them.
+# never equals an alias): the alias-blind form drops the number, the display form the
+# markers.
 # Alternatives that start with a literal ("0x", "pid") let the regex engine skip ahead;
 # the time and bare-hex ones cannot, so they are left out for logs that have none.
 _PARTS = {
@@ -157,65 +158,68 @@ class AliasNormalizer:
         self.pid: dict[int, int] = {}
         self.substitutions = 0
         self.rx = _alias_rx(time, bare)
+        self.rx_split = re.compile(f"({self.rx.pattern})")
         self._full: dict[str, str] = {}
-        self._blind: dict[str, str] = {}
 
-    def _alias(self, tok: str) -> tuple[str, str]:
-        """(marked, alias-blind) replacement of one matched token, numbering it if new."""
+    def _alias(self, tok: str) -> str:
+        """The replacement of one matched token, numbering it if it is new."""
         if tok.startswith("pid"):
             head = tok.rstrip("0123456789")
             n = self.pid.setdefault(int(tok[len(head):]), len(self.pid) + 1)
-            return f"{head}\x02I{n}\x03", f"{head}\x02I\x03"
+            return f"{head}\x02I{n}\x03"
         if ":" in tok:
-            return "<TIME>", "<TIME>"
+            return "<TIME>"
         v = int(tok, 16)
         if v < ADDR_MIN:
-            return tok, tok
-        return f"\x02P{self.addr.setdefault(v, len(self.addr) + 1)}\x03", "\x02P\x03"
+            return tok
+        return f"\x02P{self.addr.setdefault(v, len(self.addr) + 1)}\x03"
 
-    def normalize(self, lines: Sequence[str], blind: bool = False) -> list[str] | tuple:
-        """Normalized (marked) text of consecutive lines; with ``blind``, also the alias-blind
-        text (aliases reduced to ``P``/``I``), as a pair of lists.
+    def _number(self, toks: list[str]) -> None:
+        full = self._full  # a token's replacement never changes once numbered
+        for tok, n in Counter(toks).items():
+            r = full.get(tok)
+            if r is None:
+                r = full[tok] = self._alias(tok)
+            if "\x02" in r:
+                self.substitutions += n
 
-        Everything per occurrence runs in C: findall collects the tokens, split the text
-        between them, and the result is joined from the two; Python numbers each distinct
-        token once, in order of first appearance.
+    def normalize(self, lines: Sequence[str]) -> list[str]:
+        """Normalized (marked) text of consecutive lines.
+
+        Everything per occurrence runs in C: one split with the alternation as a group
+        gives the text between tokens and the tokens, a slice assignment puts the aliases
+        in, a join makes the text; Python numbers each distinct token once, in order of
+        first appearance.
         """
         if not lines:
-            return ([], []) if blind else []
-        text = "\n".join(lines)
-        toks = self.rx.findall(text)
-        full, blinded = self._full, self._blind  # a token's replacement never changes
-        for tok, n in Counter(toks).items():
-            if tok not in full:
-                full[tok], blinded[tok] = self._alias(tok)
-            if "\x02" in full[tok]:
-                self.substitutions += n
-        parts = self.rx.split(text)
-        out = _interleave(parts, map(full.__getitem__, toks)).split("\n")
-        if not blind:
-            return out
-        return out, _interleave(parts, map(blinded.__getitem__, toks)).split("\n")
+            return []
+        pieces = self.rx_split.split("\n".join(lines))
+        toks = pieces[1::2]
+        self._number(toks)
+        pieces[1::2] = map(self._full.__getitem__, toks)
+        return "".join(pieces).split("\n")
 
     def skip(self, lines: Iterable[str]) -> None:
         """Number the aliases of consecutive lines without producing text (fast path):
         :meth:`normalize` without the substitution."""
-        full, blinded = self._full, self._blind
-        for tok, n in Counter(self.rx.findall("\n".join(lines))).items():
-            if tok not in full:
-                full[tok], blinded[tok] = self._alias(tok)
-            if "\x02" in full[tok]:
-                self.substitutions += n
+        self._number(self.rx.findall("\n".join(lines)))
 
-    def aliases(self) -> dict[str, dict[str, str]]:
-        """The alias tables, value text -> alias name (for the normalization report)."""
-        return {"addresses": {f"0x{v:08x}": f"P{n}" for v, n in self.addr.items()},
-                "pids": {str(v): f"I{n}" for v, n in self.pid.items()}}
+    def aliases(self, limit: int | None = None) -> dict[str, dict[str, str]]:
+        """The alias tables, value text -> alias name, the first ``limit`` of each (for
+        the normalization report)."""
+        return {"addresses": {f"0x{v:08x}": f"P{n}" for v, n in
+                              islice(self.addr.items(), limit)},
+                "pids": {str(v): f"I{n}" for v, n in islice(self.pid.items(), limit)}}
 
 
-def _interleave(parts: list[str], reps: Iterable[str]) -> str:
-    """parts[0] + reps[0] + parts[1] + ... + parts[-1], joined in C."""
-    return "".join(chain.from_iterable(zip(parts[:-1], reps, strict=True))) + parts[-1]
+_BLIND = re.compile("\\d+\x03")  # inside markers, only an alias number precedes \x03
+
+
+def blind(marked: Sequence[str]) -> list[str]:
+    """Alias-blind form of normalized lines: ``P3`` and ``P4`` both become ``P``."""
+    if not marked:
+        return []
+    return _BLIND.sub("\x03", "\n".join(marked)).split("\n")
 
 
 def display(marked: str) -> str:

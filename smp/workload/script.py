@@ -44,7 +44,7 @@ from typing import Any
 
 from smp.config import WORKLOADS, parse_duration, parse_size
 from smp.errors import BadInput
-from smp.workload.program import NSLOTS, Assembler, Op
+from smp.workload.program import NSLOTS, NSTACK, Assembler, Op
 
 DEFAULT_SCRIPT = "default"
 PAGE = 4096
@@ -52,7 +52,11 @@ PROTS = {"r": 1, "rw": 3, "rx": 5, "rwx": 7, "none": 0}
 ADVICE = {"normal": 0, "random": 1, "sequential": 2}
 PATTERNS = {"sequential": 0, "random": 1, "sparse": 0}
 KM_KINDS = {"alloc1": 0, "malloc": 1, "malloc_pageable": 2}
-MAX_NEST = 8
+MAX_NEST = NSTACK          # open repeat/duration blocks (one loop-stack slot each)
+USER_BASE, VM_MAXUSER = 0x0800_0000, 0xBFC0_0000
+USER_SPACE = VM_MAXUSER - USER_BASE      # what mmap can hand out on i386
+MAX_PAGES = USER_SPACE // PAGE
+MAX_NS = 86_400 * 10**9
 
 
 @dataclass
@@ -100,7 +104,8 @@ class _Checker:
     def keys(self, t: dict, where: str, allowed: set[str], required: set[str] = frozenset()):
         for k in t:
             if k not in allowed:
-                raise self.bad(f"{where}.{k}", "unknown key (expected one of "
+                shown = k if k.isidentifier() else repr(k)     # one line, whatever the key
+                raise self.bad(f"{where}.{shown}", "unknown key (expected one of "
                                f"{', '.join(sorted(allowed))})")
         for k in sorted(required):
             if k not in t:
@@ -158,6 +163,9 @@ class _Checker:
             n = parse_size(v, f"{self.shown}: {where}.{key}") // PAGE
         if n < lo:
             raise self.bad(f"{where}.{key}", f"must be at least {lo} page(s), got {v!r}")
+        if n > MAX_PAGES:
+            raise self.bad(f"{where}.{key}", f"{v!r} is more than the i386 user address "
+                           f"space ({USER_SPACE >> 20} MiB)")
         return n
 
     def duration(self, t: dict, key: str, where: str, default=None) -> int:
@@ -165,7 +173,10 @@ class _Checker:
             if default is None:
                 raise self.bad(f"{where}.{key}", "missing (required)")
             return default
-        return parse_duration(t[key], f"{self.shown}: {where}.{key}")
+        ns = parse_duration(t[key], f"{self.shown}: {where}.{key}")
+        if ns > MAX_NS:
+            raise self.bad(f"{where}.{key}", f"{t[key]!r} is longer than a day")
+        return ns
 
 
 OP_KEYS: dict[str, tuple[set[str], set[str]]] = {
@@ -216,21 +227,44 @@ class _Compiler:
         self.max_private = max(self.max_private, private[0])
         return pc
 
-    def _region(self, regions: dict[str, int], name: str, where: str, create: bool) -> int:
-        if name in regions:
-            return regions[name]
-        if not create:
-            raise self.ck.bad(where, f"region {name!r} is not mapped by an earlier mmap or "
-                              "kmalloc of this program")
-        if len(regions) >= NSLOTS:
-            raise self.ck.bad(where, f"more than {NSLOTS} regions in one process")
-        regions[name] = len(regions)
-        return regions[name]
+    def _region(self, regions: dict, name: str, where: str, kind: str,
+                create: int = 0) -> int:
+        """The slot of region ``name`` of ``kind`` ("mmap" or "kmalloc").
+
+        ``create`` > 0 maps it (that many pages); a region's name can be mapped
+        again once it has been unmapped.  regions: name -> [slot, kind, pages, mapped].
+        """
+        r = regions.get(name)
+        if create:
+            if r is not None and r[3]:
+                raise self.ck.bad(f"{where}.region", f"region {name!r} is already mapped")
+            if r is None:
+                used = {v[0] for v in regions.values()}
+                if len(used) >= NSLOTS:
+                    gone = next((k for k, v in regions.items() if not v[3]), None)
+                    if gone is None:
+                        raise self.ck.bad(where, f"more than {NSLOTS} regions mapped at "
+                                          "once in one process")
+                    slot = regions.pop(gone)[0]        # reuse an unmapped region's slot
+                else:
+                    slot = min(set(range(NSLOTS)) - used)
+                r = regions[name] = [slot, kind, create, True]
+            r[1], r[2], r[3] = kind, create, True
+            return r[0]
+        if r is None or not r[3]:
+            raise self.ck.bad(f"{where}.region", f"region {name!r} is not mapped by an "
+                              "earlier mmap or kmalloc of this program")
+        if r[1] != kind:
+            other = "kmalloc/kfree" if r[1] == "kmalloc" else "mmap"
+            raise self.ck.bad(f"{where}.region", f"region {name!r} was made by {r[1]}: "
+                              f"use it with {other} operations")
+        return r[0]
 
     def _block(self, ops, where, regions, private, mult, depth, seen_barriers) -> None:
         ck = self.ck
         if depth > MAX_NEST:
-            raise ck.bad(where, f"blocks nested deeper than {MAX_NEST}")
+            raise ck.bad(where, f"blocks nested deeper than {MAX_NEST} (a timed touch is a "
+                         "block too)")
         for i, raw in enumerate(ops):
             w = f"{where}[{i}]"
             t = ck.table(raw, w)
@@ -238,7 +272,7 @@ class _Compiler:
                 raise ck.bad(f"{w}.op", "missing (expected one of "
                              f"{', '.join(sorted(OP_KEYS))})")
             op = t["op"]
-            if op not in OP_KEYS:
+            if not isinstance(op, str) or op not in OP_KEYS:
                 raise ck.bad(f"{w}.op", f"unknown operation {op!r} (expected one of "
                              f"{', '.join(sorted(OP_KEYS))})")
             allowed, required = OP_KEYS[op]
@@ -250,10 +284,9 @@ class _Compiler:
     def _op_mmap(self, t, w, regions, private, mult, depth, seen):
         from smp.kern.uvm_map import EF_COPY, EF_FILE, EF_SHARED
         ck = self.ck
-        if t["region"] in regions:
-            raise ck.bad(f"{w}.region", f"region {t['region']!r} is already mapped")
-        slot = self._region(regions, ck.str(t, "region", w), w, True)
+        name = ck.str(t, "region", w)
         npages = ck.pages(t, "size", w, lo=1)
+        slot = self._region(regions, name, w, "mmap", create=npages)
         prot = PROTS[ck.str(t, "prot", w, PROTS, "rw")]
         share = ck.str(t, "share", w, ("private", "shared"), "private")
         flags = EF_COPY if share == "private" else EF_SHARED
@@ -268,20 +301,28 @@ class _Compiler:
                 raise ck.bad(w, f"maps pages {foff}..{foff + npages} of file {fname!r}, "
                              f"which has {fsize}")
             flags |= EF_FILE
+        elif "offset" in t:
+            raise ck.bad(f"{w}.offset", "an offset needs a file")
         elif share == "shared":
             raise ck.bad(f"{w}.share", "shared anonymous memory is not modelled; "
                          "use private (or a file)")
         advice = ADVICE[ck.str(t, "advice", w, ADVICE, "normal")]
         if fid < 0 or flags & EF_COPY:
             private[0] += npages
+        mapped = sum(r[2] for r in regions.values() if r[3] and r[1] == "mmap")
+        if mapped > MAX_PAGES:
+            raise ck.bad(f"{w}.size", f"the process's regions add up to {mapped * 4} KiB, "
+                         f"more than the i386 user address space ({USER_SPACE >> 20} MiB)")
         self.asm.emit(Op.MMAP, slot, npages, prot, flags, fid, foff, advice)
 
     def _op_munmap(self, t, w, regions, *_):
-        self.asm.emit(Op.MUNMAP, self._region(regions, self.ck.str(t, "region", w), w, False))
+        name = self.ck.str(t, "region", w)
+        self.asm.emit(Op.MUNMAP, self._region(regions, name, w, "mmap"))
+        regions[name][3] = False
 
     def _op_touch(self, t, w, regions, private, mult, depth, seen):
         ck = self.ck
-        slot = self._region(regions, ck.str(t, "region", w), w, False)
+        slot = self._region(regions, ck.str(t, "region", w), w, "mmap")
         first = ck.pages(t, "first", w, 0)
         npages = ck.pages(t, "pages", w, 0)
         stride = ck.pages(t, "stride", w, 1, lo=1)
@@ -294,6 +335,9 @@ class _Compiler:
         if pattern == 1 and count == 0 and "time" not in t:
             raise ck.bad(f"{w}.count", "a random touch needs a count (or a time)")
         if "time" in t:
+            if depth + 1 > MAX_NEST:
+                raise ck.bad(w, f"blocks nested deeper than {MAX_NEST} (a timed touch is a "
+                             "block too)")
             self.asm.begin(Op.DURATION, ck.duration(t, "time", w), 0)
             self.asm.emit(Op.TOUCH, slot, first, npages, stride, int(write), pattern,
                           count if count else 256)
@@ -303,11 +347,15 @@ class _Compiler:
 
     def _wire(self, t, w, regions, op):
         ck = self.ck
-        slot = self._region(regions, ck.str(t, "region", w), w, False)
+        name = ck.str(t, "region", w)
+        slot = self._region(regions, name, w, "mmap")
         stride = ck.pages(t, "stride", w, 1, lo=1)
+        first = ck.pages(t, "first", w, 0)
         span = ck.pages(t, "pages", w, 0)      # 0: the whole region, as its map entry
+        if not span and ("stride" in t or "first" in t):
+            span = max(0, regions[name][2] - first)     # from first to the region's end
         count = -(-span // stride) if span else 0
-        self.asm.emit(op, slot, ck.pages(t, "first", w, 0), count, stride)
+        self.asm.emit(op, slot, first, count, stride)
 
     def _op_mlock(self, t, w, regions, *_):
         self._wire(t, w, regions, Op.MLOCK)
@@ -319,30 +367,41 @@ class _Compiler:
         copies = self.ck.int(t, "copies", w, 1, 4096, 1)
         row = self.asm.emit(Op.FORK, 0, copies)
         self.forks += copies * mult
-        self.pending.append((t["program"], f"{w}.program", dict(regions), private[0], row))
+        inherited = {k: list(v) for k, v in regions.items()}
+        self.pending.append((t["program"], f"{w}.program", inherited, private[0], row,
+                             copies * mult))
 
     def _op_exit(self, t, w, *_):
         self.asm.emit(Op.EXIT)
 
     def _op_kmalloc(self, t, w, regions, *_):
         ck = self.ck
-        if t["region"] in regions:
-            raise ck.bad(f"{w}.region", f"region {t['region']!r} is already mapped")
-        slot = self._region(regions, ck.str(t, "region", w), w, True)
+        name = ck.str(t, "region", w)
         npages = ck.pages(t, "size", w, lo=1)
+        r = regions.get(name)
+        if r is not None and r[3] and r[1] == "kmalloc":
+            slot = r[0]                     # more allocations under the same name
+        else:
+            slot = self._region(regions, name, w, "kmalloc", create=npages)
         kind = KM_KINDS[ck.str(t, "kind", w, KM_KINDS, "alloc1")]
         self.asm.emit(Op.KMALLOC, slot, npages, kind)
 
     def _op_kfree(self, t, w, regions, *_):
-        self.asm.emit(Op.KFREE, self._region(regions, self.ck.str(t, "region", w), w, False))
+        name = self.ck.str(t, "region", w)
+        self.asm.emit(Op.KFREE, self._region(regions, name, w, "kmalloc"))
+        regions[name][3] = False
 
     def _io(self, t, w, op):
         ck = self.ck
         fname = ck.str(t, "file", w)
         if fname not in self.files:
             raise ck.bad(f"{w}.file", f"no [[file]] named {fname!r}")
-        fid, _size = self.files[fname]
-        self.asm.emit(op, fid, ck.pages(t, "offset", w, 0), ck.pages(t, "size", w, lo=1))
+        fid, fsize = self.files[fname]
+        off, n = ck.pages(t, "offset", w, 0), ck.pages(t, "size", w, lo=1)
+        if off + n > fsize:
+            raise ck.bad(w, f"reads or writes pages {off}..{off + n} of file {fname!r}, "
+                         f"which has {fsize}")
+        self.asm.emit(op, fid, off, n)
 
     def _op_read(self, t, w, *_):
         self._io(t, w, Op.READ)
@@ -384,6 +443,7 @@ class _Compiler:
             self.barrier_count[name] = None
         if "count" in t:
             self.barrier_count[name] = self.ck.int(t, "count", w, 1, 65536)
+
         self.barrier_users[name] = self.barrier_users.get(name, 0) + self._kind_count
         self.asm.emit(Op.BARRIER, self.barriers[name], 0)
         self.barrier_rows = getattr(self, "barrier_rows", [])
@@ -412,6 +472,8 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"{shown}: malformed TOML: {e}") from None
+    except RecursionError:
+        raise BadInput(f"{shown}: malformed TOML: nested too deeply") from None
     ck = _Checker(shown)
     for key in doc:
         if key not in ("run", "synthetic", "process", "file"):
@@ -501,9 +563,9 @@ def _programs(ck: _Checker, doc: dict, name: str):
                                  cpu=ck.int(pt, "cpu", w, -1, 63, -1)))
     # fork children (compiled after every top-level program)
     while comp.pending:
-        ops, w, regions, inherited, row = comp.pending.pop(0)
-        comp._kind_count = 0
-        pc = comp.program(ops, w, regions, inherited, 1)
+        ops, w, regions, inherited, row, nchildren = comp.pending.pop(0)
+        comp._kind_count = nchildren      # a barrier in the child waits for all of them
+        pc = comp.program(ops, w, regions, inherited, nchildren)
         comp.asm.rows[row][1] = pc
     for row, bname in getattr(comp, "barrier_rows", []):
         n = comp.barrier_count[bname] or comp.barrier_users[bname]

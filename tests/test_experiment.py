@@ -1,0 +1,184 @@
+"""``smp experiment``: a matrix of load scripts x kernel configurations x seeds, one table.
+
+The matrix here is tiny -- one small fixture script (tests/fixtures/workloads/tiny.toml)
+under two kernel configurations, one seed, two runs at a time -- so the whole file takes a
+few seconds.  The experiment directory must hold results.csv (one row per cell), results.md
+and results.txt (the printed table), experiment.json (schema 1) and every run directory, and
+bad input must stop the experiment with exit status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smp.experiment import METRICS, parse_config
+from smp.machine.segment import leaked_segments
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "fixtures" / "workloads" / "tiny.toml"
+CELLS = {"steal=ptp,pv": "ptp,pv", "steal=none": "none"}     # cell -> kernel.steal of its runs
+
+
+def smp(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = set(leaked_segments(orphans_only=True))
+    yield
+    left = set(leaked_segments(orphans_only=True)) - before
+    assert left == set(), f"a run left segments in /dev/shm: {left}"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Run the tiny matrix once; the tests below look at what it left."""
+    cwd = tmp_path_factory.mktemp("experiment")
+    out = cwd / "exp"
+    r = smp("experiment", str(TINY), "-c", "steal=ptp,pv", "-c", "steal=none", "--seeds", "1",
+            "--time-limit", "5s", "-o", "ncpu=2", "--jobs", "2", "--out", str(out), "-q",
+            cwd=cwd)
+    return r, out
+
+
+def test_tiny_matrix_exits_0_and_prints_the_experiment_directory(experiment):
+    r, out = experiment
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == str(out)
+    assert "Traceback" not in r.stderr
+
+
+def test_printed_table_has_a_header_with_units_and_a_row_per_cell(experiment):
+    r, out = experiment
+    table = r.stdout.splitlines()[1:]
+    assert table[0].split()[:4] == ["load", "kernel", "config", "PTP"]
+    assert "faults/s" in table[0] and "wall s" in table[0]
+    assert set(table[1]) <= {"-", " "}
+    rows = table[2:]
+    assert len(rows) == len(CELLS)
+    for row, cell in zip(rows, CELLS, strict=True):
+        assert row.split()[:2] == ["tiny", cell]
+        assert "0/1" in row.split()                      # panics: none of one run
+    assert (out / "results.txt").read_text().splitlines() == table
+
+
+def test_results_csv_has_one_row_per_cell_with_median_min_max(experiment):
+    _r, out = experiment
+    with (out / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["load"], row["config"], row["seeds"]) for row in rows] == [
+        ("tiny", cell, "1") for cell in CELLS]
+    for row in rows:
+        for m in METRICS:
+            med, lo, hi = (float(row[f"{m}_{s}"]) for s in ("median", "min", "max"))
+            assert lo <= med <= hi
+            assert lo == hi                              # one seed
+        assert float(row["panics_median"]) == 0 and float(row["stale_tlb_median"]) == 0
+        assert float(row["faults_per_s_median"]) > 0 and float(row["wall_s_median"]) > 0
+
+
+def test_results_md_is_a_markdown_table_with_a_row_per_cell(experiment):
+    _r, out = experiment
+    lines = (out / "results.md").read_text().splitlines()
+    assert lines[0].startswith("| load | kernel config | PTP steals |")
+    assert lines[1].startswith("|---|")
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| tiny", c] for c in CELLS]
+
+
+def test_experiment_json_has_schema_1_and_names_every_run_directory(experiment):
+    _r, out = experiment
+    doc = json.loads((out / "experiment.json").read_text())
+    assert doc["schema"] == 1
+    assert doc["scripts"] == [str(TINY)] and doc["configs"] == list(CELLS)
+    assert doc["seeds"] == 1 and doc["overrides"] == ["ncpu=2"] and doc["time_limit"] == "5s"
+    assert [(c["load"], c["config"], c["overrides"]) for c in doc["cells"]] == [
+        ("tiny", cell, [cell]) for cell in CELLS]
+    for cell in doc["cells"]:
+        [run] = cell["runs"]
+        assert run["seed"] == 0 and run["status"] == "done" and run["exit_code"] == 0
+        assert run["panics"] == 0 and run["stale_tlb"] == 0 and run["panic_message"] == ""
+        run_dir = Path(run["run_dir"])
+        assert run_dir.is_dir() and run_dir.is_relative_to(out / "runs" / "tiny")
+        for name in ("manifest.json", "summary.json", "lockstat.json", "console.log"):
+            assert (run_dir / name).is_file(), (run_dir, name)
+        m = json.loads((run_dir / "manifest.json").read_text())
+        assert m["kernel"]["steal"] == CELLS[cell["config"]]
+        assert m["machine"]["ncpu"] == 2 and m["time_limit_s"] == 5
+        assert m["overrides"] == [cell["config"], "ncpu=2"]
+        s = json.loads((run_dir / "summary.json").read_text())
+        assert s["status"] == run["status"] and s["seed"] == 0
+
+
+def test_every_run_directory_is_under_runs_by_script_config_and_seed(experiment):
+    _r, out = experiment
+    dirs = sorted(p.relative_to(out).as_posix() for p in (out / "runs").glob("*/*/*"))
+    assert dirs == ["runs/tiny/steal-none/seed0", "runs/tiny/steal-ptp+pv/seed0"]
+
+
+def test_an_unknown_script_name_exits_2_with_one_line_before_anything_runs(tmp_path):
+    out = tmp_path / "exp"
+    r = smp("experiment", "no-such-load", "-c", "steal=none", "--seeds", "1", "--out",
+            str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smp: no-such-load: no such load script")
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-c", "steal"], "--config 'steal': expected key=value pairs"),
+    (["--seeds", "0"], "--seeds 0: expected at least 1"),
+])
+def test_bad_experiment_arguments_exit_2_with_one_line(tmp_path, args, message):
+    r = smp("experiment", str(TINY), *args, "--out", str(tmp_path / "exp"), "-q", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_bad_override_exits_2_with_the_runs_message(tmp_path):
+    r = smp("experiment", str(TINY), "-c", "steal=sometimes", "--seeds", "1",
+            "--out", str(tmp_path / "exp"), "-q", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "unknown stealing path 'sometimes'" in lines[0]
+
+
+@pytest.mark.parametrize("spec, overrides", [
+    ("steal=ptp,pv", ["steal=ptp,pv"]),
+    ("steal=none biglock=off", ["steal=none", "biglock=off"]),
+    ("steal=none;biglock=off", ["steal=none", "biglock=off"]),
+])
+def test_a_config_cell_is_key_value_pairs(spec, overrides):
+    assert parse_config(spec) == (" ".join(overrides), overrides)
+
+
+# -- known bugs (strict xfail: they fail today) -------------------------------------------------
+
+def test_a_config_cell_may_separate_pairs_with_commas():
+    assert parse_config("steal=none,biglock=off")[1] == ["steal=none", "biglock=off"]
+
+
+def test_an_invalid_script_exits_2_with_one_clean_line_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[process]]\nprogram = [ { op = "fly" } ]\n')
+    out = tmp_path / "exp"
+    r = smp("experiment", str(bad), "-c", "steal=none", "--seeds", "1", "--out", str(out),
+            "-q", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert lines == [f"smp: {bad}: process[0].program[0].op: unknown operation 'fly' "
+                     "(expected one of barrier, compute, duration, exit, fork, kfree, "
+                     "kmalloc, mlock, mmap, munlock, munmap, read, repeat, sleep, touch, "
+                     "write)"]
+    assert not out.exists()

@@ -1,0 +1,116 @@
+"""The shipped load scripts (workloads/*.toml) run to completion, shortened for CI.
+
+Each script is run the way a user would, ``python -m smp run NAME`` in a subprocess, on two
+CPUs with an 8-second time limit; the whole file takes about half a minute on a 2-core host.
+A run must end normally (exit status 0, status ``done`` or ``timeout``) -- none of the
+scripts is meant to panic in its own kernel configuration (``default``: both stealing
+paths) -- and its summary.json must be sane: the counters are there and add up, no stale TLB
+entry was used, the trace lost nothing.  ``-m slow`` runs each script at full length instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smp.machine.segment import leaked_segments
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p.stem for p in (REPO / "workloads").glob("*.toml"))
+COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals",
+            "pmfail_waits", "oom_kills", "stale_tlb")
+
+
+def smp(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = set(leaked_segments(orphans_only=True))
+    yield
+    left = set(leaked_segments(orphans_only=True)) - before
+    assert left == set(), f"a run left segments in /dev/shm: {left}"
+
+
+def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
+              limit_s: float | None) -> dict:
+    """The checks every shipped run must pass; returns its summary."""
+    assert r.returncode == 0, f"{name}: exit {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.splitlines()[0] == str(out)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["schema"] == 1 and s["exit_code"] == 0
+    assert s["status"] in ("done", "timeout"), (s["status"], s["message"])
+    assert s["ncpu"] == ncpu and s["load_script"] == name and s["kernel"] == "default"
+    if limit_s is not None:
+        assert s["elapsed_s"] < limit_s + 5
+    kc = s["kernel_counters"]
+    c = kc["counters"]
+    for key in COUNTERS:
+        assert key in c, key
+        assert isinstance(c[key], int) and c[key] >= 0, (key, c[key])
+    assert c["faults"] > 0 and c["pmap_enter"] > 0 and c["memrefs"] > 0
+    assert c["stale_tlb"] == 0
+    procs = kc["processes"]
+    assert procs["started"] >= kc["load"]["initial_processes"] > 0
+    assert procs["started"] == procs["exited"] + procs["alive"]
+    if s["status"] == "done":
+        assert procs["alive"] == 0
+    assert s["trace"]["dropped"] == 0
+    assert all(cpu["dropped"] == 0 and cpu["seq_gaps"] == 0 for cpu in s["trace"]["per_cpu"])
+    assert len(s["cpus"]) == ncpu
+    m = json.loads((out / "manifest.json").read_text())
+    script = REPO / "workloads" / f"{name}.toml"
+    assert m["schema"] == 1 and m["load_script"]["name"] == name
+    assert m["load_script"]["sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
+    assert m["machine"]["ncpu"] == ncpu
+    assert json.loads((out / "lockstat.json").read_text())["schema"] == 1
+    assert (out / "console.log").is_file()
+    return s
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_script_runs_to_completion_on_two_cpus_in_eight_seconds(tmp_path, name):
+    out = tmp_path / "run"
+    r = smp("run", name, "--out", str(out), "--quiet", "--time-limit", "8s", "-o", "ncpu=2",
+            cwd=tmp_path, timeout=120)
+    s = check_run(name, out, r, ncpu=2, limit_s=8)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["time_limit_s"] == 8 and m["overrides"] == ["ncpu=2"]
+    if s["status"] == "timeout":
+        assert s["elapsed_s"] >= 7.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_script_runs_at_full_length_on_its_own_machine(request, tmp_path, name):
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("full length (about a minute for all five): select with -m slow")
+    out = tmp_path / "run"
+    r = smp("run", name, "--out", str(out), "--quiet", cwd=tmp_path, timeout=600)
+    check_run(name, out, r, ncpu=4, limit_s=None)     # every shipped script names i386mp-4
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_script_opens_with_a_header_saying_what_it_models(name):
+    text = (REPO / "workloads" / f"{name}.toml").read_text()
+    header = re.match(r"((?:#.*\n)+)", text)
+    assert header and header.group(1).startswith(f"# {name}.toml -- ")
+    assert len(header.group(1).splitlines()) >= 5
+    assert "What to look for" in header.group(1) or "what to look for" in header.group(1)
+
+
+def test_readme_describes_every_shipped_script():
+    readme = (REPO / "workloads" / "README.md").read_text()
+    section = readme.split("## The shipped scripts", 1)[1].split("\n## ", 1)[0]
+    assert sorted(re.findall(r"^\* \*\*`([\w-]+)`\*\*", section, flags=re.M)) == SHIPPED
