@@ -575,11 +575,11 @@ BAD = [
      "process[0].program[0]" + ".body[0]" * MAX_NEST + ".body",
      f"blocks nested deeper than {MAX_NEST}"),
     ("too many regions", script(*MANY_REGIONS), f"process[0].program[{NSLOTS}]",
-     f"more than {NSLOTS} regions in one process"),
+     f"more than {NSLOTS} regions mapped at once in one process"),
     ("too many regions with inherited ones",
      script(*MANY_REGIONS[:NSLOTS], '{ op = "fork", program = [ '
             '{ op = "kmalloc", region = "k", size = 1 } ] }'),
-     f"process[0].program[{NSLOTS}].program[0]", f"more than {NSLOTS} regions in one process"),
+     f"process[0].program[{NSLOTS}].program[0]", f"more than {NSLOTS} regions mapped at once in one process"),
     ("too many barriers",
      script(*[f'{{ op = "barrier", name = "b{i}" }}' for i in range(65)]),
      "process[0].program[64]", "more than 64 barriers"),
