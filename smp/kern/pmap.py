@@ -991,8 +991,11 @@ def _pte_index(pm: int, va: int, ptp: int) -> int:
     return ((A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
 
 
-def pmap_protect(pm: int, sva: int, eva: int, prot: int) -> None:
-    """Lower the protection of [sva, eva) (pmap_write_protect; no main lock)."""
+def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = False) -> None:
+    """Lower the protection of [sva, eva) (pmap_write_protect; no main lock).
+
+    ``skip_wired``: leave wired mappings alone (fork does not share wired pages).
+    """
     if not prot & 0x1:
         pmap_remove(pm, sva, eva)
         return
@@ -1006,7 +1009,8 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int) -> None:
             idx = ((pde >> 12) << 10) + ptei(va)
             while True:
                 opte = A.physmem[idx]
-                if not (opte & PG_V and opte & PG_RW) or (prot & VM_PROT_WRITE):
+                if not (opte & PG_V and opte & PG_RW) or (prot & VM_PROT_WRITE) or \
+                        (skip_wired and opte & PG_W):
                     break
                 if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_RW):
                     mask |= pmap_tlb_shootdown(pm, va, opte)
@@ -1172,6 +1176,7 @@ def pmap_tlb_shootdown(pm: int, va: int, pte: int) -> int:
         active >>= 1
         c += 1
     _cnt(C.tlb_shootdowns)
+    # (pm_cpus is unsigned: bit 63 is CPU 63, and the loop above ends)
     return mask
 
 
@@ -1217,7 +1222,7 @@ def pmap_tlb_shootnow(mask: int) -> None:
     deadline = None
     spins = 0
     hook = _core.sched_hook                  # lockstep: waiting is a scheduling point
-    while _core.load64(off) & mask:
+    while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
         if _ci.area["ipi_pending"]:
             pmap_do_tlb_shootdown()
         if _ci.seg.hdr["halt"]:

@@ -115,7 +115,7 @@ def declare(machine, kernel_config, locks: LockSpace, nthreads: int,
     for f in ("pm_inuse", "pm_refs", "pm_pdir", "pm_ptphint", "pm_resident", "pm_wired",
               "pm_memq_head", "pm_memq_tail", "pm_npages", "pm_next", "pm_prev", "pm_owner"):
         arr(f, i4, S.maxpmap)
-    arr("pm_cpus", i8, S.maxpmap)
+    arr("pm_cpus", np.dtype("<u8"), S.maxpmap)      # CPU bitmask: 64 CPUs need bit 63
     arr("pmap_glob", i4, 16)
     # pv entries, in pv pages of PVE_PER_PVPAGE
     from smp.kern.pmap import PVE_PER_PVPAGE
@@ -143,7 +143,7 @@ def declare(machine, kernel_config, locks: LockSpace, nthreads: int,
     arr("tlbq_flush", i4, machine.ncpu)
     arr("tlbq_va", i8, machine.ncpu * PMAP_TLB_MAXJOBS)
     arr("tlbq_pmap", i4, machine.ncpu * PMAP_TLB_MAXJOBS)
-    arr("tlb_ipi_mask", i8, machine.ncpu)
+    arr("tlb_ipi_mask", np.dtype("<u8"), machine.ncpu)
     arr("cpu_pmap", i4, machine.ncpu)         # pmap loaded in each CPU's %cr3
     # file pages (vnode objects) and per-process maps
     arr("file_page", i4, S.nfilepages)

@@ -242,6 +242,7 @@ def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int
         _cnt(C.flt_anon)
         if A.an_ref[an] > 1:
             enter_prot &= ~VM_PROT_WRITE
+    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
     if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
         if swap_full():
             held.unlockall()
@@ -249,7 +250,7 @@ def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int
         _cnt(C.pmfail_waits)
         _cnt(C.flt_pmfail1)
         _wait(held, "flt_pmfail1")
-    _finish(pg, wired)
+    _finish(pg, wired, was)
     held.unlockall()
     return 0
 
@@ -290,6 +291,7 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
     A.amap_slot[base + pidx] = an               # amap_add: stays even if pmap_enter fails
     lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
     held.ids.append(L.anon + an)
+    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
     if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
         if swap_full():
             held.unlockall()
@@ -297,12 +299,13 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
         _cnt(C.pmfail_waits)
         _cnt(C.flt_pmfail2)
         _wait(held, "flt_pmfail2")
-    _finish(pg, wired)
+    _finish(pg, wired, was)
     held.unlockall()
     return 0
 
 
 def _enter_obj(held, pm, va, pg, access, enter_prot, wired, wflag) -> int:
+    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
     if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
         if swap_full():
             held.unlockall()
@@ -310,7 +313,7 @@ def _enter_obj(held, pm, va, pg, access, enter_prot, wired, wflag) -> int:
         _cnt(C.pmfail_waits)
         _cnt(C.flt_pmfail2)
         _wait(held, "flt_pmfail2")
-    _finish(pg, wired)
+    _finish(pg, wired, was)
     held.unlockall()
     return 0
 
@@ -335,10 +338,12 @@ def _uobj_get(held, uobj: int, off: int) -> int:
     return pg
 
 
-def _finish(pg: int, wired: bool) -> None:
+def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
     lock.simple_lock(L.pageq)
-    if wired:
+    if wired and not was_wired:                 # mlock twice wires the page once
         uvm_pagewire(pg)
+    elif wired:
+        pass                                    # the page is wired for this mapping already
     else:
         uvm_pageactivate(pg)
     lock.simple_unlock(L.pageq)

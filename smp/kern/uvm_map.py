@@ -14,7 +14,11 @@ Simplifications, each documented where it is made:
   marking entries needs_copy and copying on the first fault (amap_copy) --
   the faults that follow (case 1B, COW) are the same;
 * amap slots are a fixed window per process (``S.amap_per_proc`` pages of
-  anonymous memory at most), so no amap allocator is modelled.
+  anonymous memory at most), so no amap allocator is modelled;
+* a page the parent has wired is not shared with the child at fork: NetBSD
+  copies wired pages at once (amap_cow_now) so the parent's wired mapping never
+  turns copy-on-write; page contents are not modelled, so the child simply gets
+  its own page at its first touch.
 """
 
 from __future__ import annotations
@@ -222,13 +226,15 @@ def uvmspace_fork(parent: int, child: int, child_pm: int) -> None:
             A.vm_aused[child] += npg
             for k in range(npg):
                 an = A.amap_slot[base + k]
+                if an >= 0 and pmap.pmap_is_wired(ppm, start + k * NBPG):
+                    an = -1      # a wired page is the parent's alone (see the docstring)
                 A.amap_slot[cbase + k] = an
                 if an >= 0:
                     lock.simple_lock(L.anon + an)
                     A.an_ref[an] += 1
                     lock.simple_unlock(L.anon + an)
             if flags & EF_COPY:
-                pmap.pmap_protect(ppm, start, end, prot & ~2 | VM_PROT_READ)
+                pmap.pmap_protect(ppm, start, end, prot & ~2 | VM_PROT_READ, skip_wired=True)
         b = _e(child, i)
         _put(b, start, end, prot, flags & ~EF_WIRED, cbase, uobj, uoff, adv)
     A.vm_nentries[child] = A.vm_nentries[parent]

@@ -573,6 +573,11 @@ static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t
                                         : "lock %u is a reader/writer lock", *id);
         return -1;
     }
+    if (acquire && __atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&c->hdr->panic_cpu, __ATOMIC_RELAXED) != (uint32_t)c->cpu + 1) {
+        PyErr_SetString(HaltedError, "machine halted");     /* stop at the next lock */
+        return -1;
+    }
     if (acquire && c->me->nheld >= MAXHELD) {
         PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
         return -1;
@@ -681,6 +686,15 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t id;
     if (check_lock(c, args, nargs, &id, 0, 0))
         return NULL;
+    if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
+        /* halted: keep every lock (also through finally clauses that would release
+         * them), so the report shows what the CPU held.  The panicking CPU is already
+         * unwinding with its Panic: let that through; any other CPU stops here. */
+        if (__atomic_load_n(&c->hdr->panic_cpu, __ATOMIC_RELAXED) == (uint32_t)c->cpu + 1)
+            Py_RETURN_NONE;
+        PyErr_SetString(HaltedError, "machine halted");
+        return NULL;
+    }
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
     if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine) {
@@ -758,6 +772,15 @@ static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t id;
     if (check_lock(c, args, nargs, &id, 1, 0))
         return NULL;
+    if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
+        /* halted: keep every lock (also through finally clauses that would release
+         * them), so the report shows what the CPU held.  The panicking CPU is already
+         * unwinding with its Panic: let that through; any other CPU stops here. */
+        if (__atomic_load_n(&c->hdr->panic_cpu, __ATOMIC_RELAXED) == (uint32_t)c->cpu + 1)
+            Py_RETURN_NONE;
+        PyErr_SetString(HaltedError, "machine halted");
+        return NULL;
+    }
     struct held h;
     uint64_t t;
     if (pop_held(c, id, M_SHARED, &h, &t))
@@ -849,6 +872,15 @@ static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t id;
     if (check_lock(c, args, nargs, &id, 1, 0))
         return NULL;
+    if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
+        /* halted: keep every lock (also through finally clauses that would release
+         * them), so the report shows what the CPU held.  The panicking CPU is already
+         * unwinding with its Panic: let that through; any other CPU stops here. */
+        if (__atomic_load_n(&c->hdr->panic_cpu, __ATOMIC_RELAXED) == (uint32_t)c->cpu + 1)
+            Py_RETURN_NONE;
+        PyErr_SetString(HaltedError, "machine halted");
+        return NULL;
+    }
     struct lock_word *lw = &c->locks[id];
     uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
     if (!(s & RW_WRITER) || (s & RW_CPU_MASK) != (uint32_t)c->cpu + 1) {

@@ -178,14 +178,23 @@ class Machine:
         except Terminated:
             status, message = "interrupted", "terminated (SIGTERM)"
         finally:
-            signal.signal(signal.SIGTERM, old_term)
-            seg.halt()
-            self._stop_workers(procs)
-            elapsed = time.monotonic() - t0
-            outcome = self._collect(seg, procs, drainer, status, message, elapsed, samples)
-            seg.destroy()
-            if mp_logging:
-                _uninstall_worker_logging()
+            # a second Ctrl-C (or SIGTERM) must not cut the cleanup short: the segment
+            # would outlive the run and the run directory would lose its summary
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                seg.halt()
+                self._stop_workers(procs)
+                elapsed = time.monotonic() - t0
+                outcome = self._collect(seg, procs, drainer, status, message, elapsed,
+                                        samples)
+            finally:
+                seg.destroy()
+                if mp_logging:
+                    _uninstall_worker_logging()
+                if status != "interrupted":       # after Ctrl-C, stay deaf until exit
+                    signal.signal(signal.SIGINT, old_int)
+                    signal.signal(signal.SIGTERM, old_term)
         return outcome
 
     def _start_cpus(self, seg: Segment, procs: list) -> None:
@@ -236,8 +245,18 @@ class Machine:
                     return "panic", f"cpu{cpu} panicked"
                 if ready:
                     dead = [p for p in procs if p.exitcode is not None]
-                    if self.lockstep and seg.halted and not any(
-                            p.exitcode not in (EXIT_DONE, EXIT_HALTED) for p in dead):
+                    if self.lockstep and seg.halted:
+                        # wait for every CPU, so a failing one is not classified by
+                        # another's normal halted exit
+                        self._stop_workers(procs)
+                        codes = [p.exitcode for p in procs]
+                        if EXIT_PANIC in codes or seg.hdr["panic_cpu"]:
+                            return "panic", f"cpu{int(seg.hdr['panic_cpu']) - 1} panicked"
+                        if any(c not in (EXIT_DONE, EXIT_HALTED) for c in codes):
+                            bad = next(i for i, c in enumerate(codes)
+                                       if c not in (EXIT_DONE, EXIT_HALTED))
+                            return ("internal-error" if codes[bad] == EXIT_INTERNAL
+                                    else "cpu-died"), f"cpu{bad}: {_why(codes[bad])}"
                         return self._lockstep_status(seg)
                     for p in dead:
                         cpu = procs.index(p)

@@ -303,6 +303,12 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
                          "early; the sequence view is exact for lockstep runs of one seed")
         elif modes == {"lockstep"} and len(seeds) > 1:
             notes.append("lockstep runs of different seeds: they are expected to diverge")
+    hist_a = any(t.kind == "hist" for lg in logs_a for t in lg.templates)
+    hist_b = any(t.kind == "hist" for lg in logs_b for t in lg.templates)
+    if hist_a != hist_b:
+        notes.append(f"only {'A' if hist_a else 'B'} has UVMHIST records: is the other side a "
+                     f"console.log alone? (compare like with like: run directories, or "
+                     f"smp trace --all output)")
     for lg in logs_a + logs_b:
         notes.extend(f"{lg.source}: {n}" for n in lg.notes)
     return Result(logs_a, logs_b, "exact" if exact else "mined", test, basis, alpha, rows,

@@ -11,7 +11,8 @@ so the same run re-renders with other options without rerunning: console style
 order with CPU and then sequence number breaking ties (:func:`smp.runfmt.merge_order`).
 
     smp trace RUN                       console records, as console.log has them
-    smp trace RUN --hist                UVMHIST records (hist.log); --all: every record
+    smp trace RUN --hist                UVMHIST records (hist.log)
+    smp trace RUN --all                 both logs in one timeline, each line in its style
     smp trace RUN --cpu 0,2 -F 'pmap_*' --from 1.5s --to 2s -e 'stole PTP'
     smp trace RUN -r --delta            time since the first line, and since the previous one
     smp trace RUN --stats               counts per message template (vmstat -U has no such
@@ -53,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hist", action="store_true",
                    help="UVMHIST style (sec.usec fn#call@cpu: msg), UVMHIST records")
     p.add_argument("--all", action="store_true",
-                   help="every record (console and UVMHIST) in the chosen style")
+                   help="every record, console and UVMHIST, in one timeline (each in its own "
+                   "style; with --hist all in UVMHIST style)")
     p.add_argument("-H", "--history", metavar="NAME[,NAME]",
                    help="UVMHIST records of these histories only (maphist, pdhist, ...)")
     p.add_argument("--cpu", metavar="LIST", help="CPUs, e.g. 0,2-3")
@@ -94,7 +96,8 @@ def _main(a: argparse.Namespace) -> int:
         raise BadInput(f"{a.run}: --hist, --all and --history re-render binary records; "
                        f"this is a text log")
     idx = select(log, a)
-    style = "hist" if a.hist else "console"
+    # --all alone: console.log and hist.log in one timeline, each line in its own style
+    style = "hist" if a.hist else "native" if a.all else "console"
     lines: list[str] | None = None
     if a.grep:
         try:
@@ -257,7 +260,7 @@ def restamp(log: Log, idx: np.ndarray, style: str, *, relative: bool,
 
 def _head_len(line: str, style: str) -> int:
     """Length of a rendered line's stamp plus the space after it."""
-    if style == "hist":
+    if style == "hist" or (style == "native" and not line.startswith("[")):
         return line.find(" ") + 1
     return line.find("] ") + 2
 

@@ -333,7 +333,7 @@ class RunLog(Log):
     def as_text(self) -> TextLog:
         """The same run as a text log (console lines, UVMHIST lines for hist records), for
         comparing against a log that has no records: both sides then get mined templates."""
-        log = parse_text(self.source, "\n".join(self.lines(style="native")))
+        log = parse_text(self.source, "\n".join(self.lines(style="native")), mixed=True)
         log.manifest, log.summary = self.manifest, self.summary
         log.dropped, log.duration, log.duration_from = (self.dropped, self.duration,
                                                         self.duration_from)
@@ -511,7 +511,12 @@ def _render_one(log: RunLog, rec: np.ndarray) -> str:
 _CONSOLE = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?)?((?(1)(?:cpu(\d+): )?)(.*))$", re.M)
 # a dmesg stamp is followed by the message itself ("cpu1: Intel ..." is a device name)
 _DMESG = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?)?(()(.*))$", re.M)
-_HIST = re.compile(r"^(?:(\d+)\.(\d+) ([^\s#]+)#(\d+)@(\d+)d?: )?(.*)$", re.M)
+# our console and UVMHIST prefixes, either one per line (a run rendered as text has both):
+# 1 sec, 2 frac, 3 cpu of a console line; 4 sec, 5 frac, 6 fn, 7 call, 8 cpu of a UVMHIST
+# line ("@1d:" is how one vmstat version printed it); 9 the message
+_SMP = re.compile(r"^(?:\[ *(\d+)\.(\d+)\] ?(?:cpu(\d+): )?"
+                  r"|(\d+)\.(\d+) ([^\s#]+)#(\d+)@(\d+)d?: )?(.*)$", re.M)
+HIST_MARK = "\x01"  # starts the body of a UVMHIST line while mining: kind hist
 _HIST_LINE = re.compile(r"\d+\.\d{6} [^\s#]+#\d+@\d+d?: ")
 _STAMPED_LINE = re.compile(r"\[ *\d+\.\d+\] ")
 _SMP_CONSOLE_LINE = re.compile(r"\[ *\d+\.\d{6}\] (?:cpu\d+|smp): ")
@@ -536,8 +541,9 @@ def load_text(p: Path) -> TextLog:
     return parse_text(str(p), text)
 
 
-def parse_text(source: str, text: str) -> TextLog:
-    """A text log from its contents (see the module docstring)."""
+def parse_text(source: str, text: str, mixed: bool = False) -> TextLog:
+    """A text log from its contents (see the module docstring); ``mixed``: expect both
+    console and UVMHIST lines (a run rendered as text)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.endswith("\n"):
@@ -548,8 +554,9 @@ def parse_text(source: str, text: str) -> TextLog:
     nstamped = sum(1 for s in sample if _STAMPED_LINE.match(s))
     nsmp = sum(1 for s in sample if _SMP_CONSOLE_LINE.match(s))
     with no_gc():
-        if sample and nhist > len(sample) // 2:
-            return TextLog(source, lines, _parse_hist(text, len(lines)), "smp hist")
+        if mixed or nhist:
+            fmt = "smp hist" if nhist == len(sample) else "smp console+hist"
+            return TextLog(source, lines, _parse_smp(text, len(lines)), fmt)
         if nstamped and nsmp >= 0.9 * nstamped:  # our console: every line says its CPU
             return TextLog(source, lines, _parse_console(_CONSOLE, text, len(lines)),
                            "smp console")
@@ -587,13 +594,15 @@ def _parse_console(rx: re.Pattern, text: str, n: int) -> tuple:
     return t, cpu, [r[4] for r in rows], [r[2] for r in rows]
 
 
-def _parse_hist(text: str, n: int) -> tuple:
-    rows = _findall(_HIST, text, n)
-    t = _stamps([r[0] for r in rows], [r[1] for r in rows])
-    cpu = np.array([r[4] or "-1" for r in rows], np.int16)
-    # template from "fn: msg"; the raw line keeps the call number and CPU
-    bodies = [f"{r[2]}: {r[5]}" if r[2] else r[5] for r in rows]
-    rests = [f"{r[2]}#{r[3]}@{r[4]}: {r[5]}" if r[2] else r[5] for r in rows]
+def _parse_smp(text: str, n: int) -> tuple:
+    rows = _findall(_SMP, text, n)
+    t = _stamps([r[0] or r[3] for r in rows], [r[1] or r[4] for r in rows])
+    cpu = np.array([r[2] or r[7] or "-1" for r in rows], np.int16)
+    # a UVMHIST line's template comes from "fn: msg" (marked as UVMHIST); its raw line
+    # keeps the call number and CPU
+    bodies = [f"{HIST_MARK}{r[5]}: {r[8]}" if r[5] else r[8] for r in rows]
+    rests = [f"{r[5]}#{r[6]}@{r[7]}: {r[8]}" if r[5] else
+             f"cpu{r[2]}: {r[8]}" if r[2] else r[8] for r in rows]
     return t, cpu, bodies, rests
 
 
@@ -607,10 +616,11 @@ class TextLog(Log):
         mined: dict[str, int] = {}
         tid, self.mined = trace_mask.mine(bodies, mined)
         texts = sorted(mined, key=mined.get)
-        hist = fmt == "smp hist"
         templates = []
         for text in texts:
-            kind = ("panic" if text.startswith("panic: ") else "hist" if hist else "printf")
+            kind = "panic" if text.startswith("panic: ") else "printf"
+            if text.startswith(HIST_MARK):
+                kind, text = "hist", text[len(HIST_MARK):]
             templates.append(Template(("mined", kind, text), text or "(empty line)", kind,
                                       head_fn(text)))
         super().__init__(source=source, exact=False, format=fmt, time_ns=t, cpu=cpu,

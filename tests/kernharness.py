@@ -1,0 +1,335 @@
+"""Shared fixtures for the kernel tests: a machine booted inside the test process.
+
+``Booted`` does what ``Machine.run`` does up to the moment the CPUs would be
+forked -- declare, plan the layout, create and format the segment -- and then
+attaches the kernel to an in-process ``CPU`` for cpu0, so a test can call
+``pmap_enter``, ``uvm_pagealloc``, ``uvm_fault`` ... directly and look at one
+decision point at a time.  There is no dispatcher: a ``Sleep`` or ``Panic``
+reaches the test, which catches it with ``sleeps``/``panics``.  No other CPU
+exists, so no TLB shootdown ever has to wait for an acknowledgement (unless a
+test fakes another CPU's bit in ``pm_cpus``); multi-CPU behaviour is tested
+with real ``Machine`` runs (``CheckedMachine``).
+
+``free_to(n)`` really takes pages off the free list with ``uvm_pagealloc`` (as
+kernel memory, OWN_KMEM) so every counter stays true and the DIAGNOSTIC
+invariants keep holding; ``give_back`` returns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from smp.config import apply_overrides, load_kernel, load_machine
+from smp.kern import kern_synch, lock, pmap, subr_prf, uvm_map
+from smp.kern import uvm as U
+from smp.kern.diagnostic import check_after_run, check_invariants
+from smp.kern.kernel import USER_BASE, Kernel
+from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
+from smp.kern.uvm_page import OWN_KMEM, PG_BUSY, uvm_pagealloc, uvm_pagefree
+from smp.machine.boot import Machine
+from smp.machine.cpu import CPU, Panic
+from smp.runfmt import Catalogue
+from smp.workload.interp import ProcessKind, ProgramLoad
+from smp.workload.program import Assembler, Op
+
+RW = VM_PROT_READ | VM_PROT_WRITE
+PAGEDAEMON_TID = 0
+
+
+def idle_load(nprocs: int, amap_per_proc: int = 4096) -> ProgramLoad:
+    """A load whose processes exist (pmap, map, proc slot) but never run on their own."""
+    a = Assembler()
+    pc = a.pc
+    a.emit(Op.EXIT)
+    return ProgramLoad(name="harness", table=a.table(), kinds=[ProcessKind("proc", nprocs, pc)],
+                       maxproc=nprocs, amap_per_proc=amap_per_proc)
+
+
+def configs(overrides: Sequence[str] = (), machine: str = "tiny", kernel: str = "default"):
+    """Machine profile and kernel configuration with ``-o`` style overrides (DIAGNOSTIC on)."""
+    return apply_overrides(load_machine(machine), load_kernel(kernel),
+                           ["diagnostic=on", *overrides])
+
+
+class Booted:
+    """One booted, unforked machine with the kernel attached to cpu0 in this process."""
+
+    def __init__(self, overrides: Sequence[str] = (), nprocs: int = 3,
+                 amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default"):
+        m, k = configs(["ncpu=1", *overrides], machine, kernel)
+        self.profile, self.config = m, k
+        self.load = idle_load(nprocs, amap_per_proc)
+        self.kernel = Kernel(k, self.load)
+        self._tmp = tempfile.TemporaryDirectory(prefix="smp-harness-")
+        self.machine = Machine(m.ncpu, m.trace_ring, self.kernel, m, Path(self._tmp.name))
+        self.seg = None
+        try:
+            self.seg = self.machine.boot()       # (destroys the segment itself on failure)
+            self.ci = CPU(self.seg, 0, self.machine.sched_lock, self.machine.decl.nthreads)
+            self.kernel.cpu_attach(self.ci)
+            while self.ci.remrunqueue() is not None:    # no dispatcher: empty the run queue
+                pass
+        except BaseException:
+            self.destroy()
+            raise
+        self.a = self.seg.arrays
+        self.taken: list[int] = []
+        self.nprocs = nprocs
+        self._ring_seen = 0
+
+    # -- life --------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        seg = getattr(self, "seg", None)
+        if seg is not None:
+            self.seg = None
+            seg.destroy()
+        self._tmp.cleanup()
+
+    @property
+    def ux(self) -> np.ndarray:
+        return self.a["uvmexp"]
+
+    def free(self) -> int:
+        return int(self.ux[U.FREE])
+
+    # -- processes ------------------------------------------------------------------------
+
+    def tid(self, i: int) -> int:
+        """Thread id of the load's i-th process (0-based)."""
+        return USER_BASE + i
+
+    def pm(self, i: int) -> int:
+        return int(self.a["vm_pmap"][self.tid(i)])
+
+    def switch_to(self, i: int) -> int:
+        """Run process i on cpu0: its pmap in %cr3, curproc set (kernel.run's prologue)."""
+        tid = self.tid(i)
+        self.ci.area["curproc"] = tid
+        pmap.pmap_activate(self.pm(i))
+        return tid
+
+    def as_pagedaemon(self) -> contextlib.AbstractContextManager:
+        """cpu0 runs the pagedaemon thread meanwhile (it may take the last page)."""
+        @contextlib.contextmanager
+        def cm():
+            old = int(self.ci.area["curproc"])
+            self.ci.area["curproc"] = PAGEDAEMON_TID
+            try:
+                yield
+            finally:
+                self.ci.area["curproc"] = old
+        return cm()
+
+    def mmap(self, i: int, npages: int, prot: int = RW, flags: int = uvm_map.EF_COPY,
+             align: int = NBPG) -> int:
+        va = uvm_map.uvm_mmap(self.tid(i), npages, prot, flags, align=align)
+        assert va > 0, f"mmap failed: {va}"
+        return va
+
+    def fault(self, i: int, va: int, write: bool = True, wire: bool = False) -> int:
+        from smp.kern.uvm_fault import uvm_fault
+
+        tid = self.switch_to(i)
+        return uvm_fault(tid, va, VM_PROT_WRITE if write else VM_PROT_READ, wire=wire)
+
+    def touch(self, i: int, va: int, write: bool = True) -> None:
+        """A memory reference through the MMU (trap.memref): TLB, page walk, trap."""
+        from smp.kern import trap
+
+        tid = self.switch_to(i)
+        trap.memref(tid, va, write)
+
+    def anon_page(self, i: int, va: int) -> int:
+        """The resident page of process i's anon at ``va`` (-1 if none)."""
+        tid = self.tid(i)
+        ent = uvm_map.uvm_map_lookup(tid, va)
+        start, _e, _p, _f, base, *_ = uvm_map.entry(tid, ent)
+        an = int(self.a["amap_slot"][base + (va - start) // NBPG])
+        return int(self.a["an_page"][an]) if an >= 0 else -1
+
+    def extract(self, i: int, va: int) -> int:
+        return pmap.pmap_extract(self.pm(i), va)
+
+    def unmap_keep_pages(self, i: int, va: int, npages: int = 1) -> None:
+        """pmap_remove only: the pages stay resident in the amap (as after a steal)."""
+        self.switch_to(i)
+        pmap.pmap_remove(self.pm(i), va, va + npages * NBPG)
+
+    # -- free memory -------------------------------------------------------------------------
+
+    def take_page(self) -> int:
+        lock.simple_lock(U.L.kernel_object)
+        pg = uvm_pagealloc(OWN_KMEM, 0, 0, -1, 0)
+        lock.simple_unlock(U.L.kernel_object)
+        if pg >= 0:
+            self.a["pg_flags"][pg] &= ~PG_BUSY
+            self.taken.append(pg)
+        return pg
+
+    def free_to(self, n: int) -> None:
+        """Allocate pages away (or give them back) until uvmexp.free == n."""
+        while self.free() < n and self.taken:
+            self.give_back(1)
+        with self.as_pagedaemon():           # only the pagedaemon may take the last page
+            while self.free() > n:
+                assert self.take_page() >= 0, "uvm_pagealloc refused while pages are free"
+        assert self.free() == n, f"free {self.free()}, wanted {n}"
+
+    def give_back(self, n: int | None = None) -> None:
+        n = len(self.taken) if n is None else n
+        for _ in range(n):
+            pg = self.taken.pop()
+            lock.simple_lock(U.L.kernel_object)
+            uvm_pagefree(pg)
+            lock.simple_unlock(U.L.kernel_object)
+
+    # -- pv entries ----------------------------------------------------------------------------
+
+    def hold_pv_entries(self) -> list[int]:
+        """Take every free pv entry (and every unused pv page's) through pmap_alloc_pv,
+        so the next pmap_enter must make a new pv page or steal.
+
+        => free <= 1, so pmap_alloc_pvpage cannot make new pv pages meanwhile.
+        """
+        assert self.free() <= 1, "free memory would make new pv pages"
+        held = []
+        while (pve := pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_TRY)) >= 0:
+            held.append(pve)
+        return held
+
+    def release_pv_entries(self, held: list[int]) -> None:
+        pmap.pmap_free_pvs(held)
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def cnt(self, name: str) -> int:
+        """A per-CPU event counter, summed over CPUs (``A.cnt`` rows)."""
+        return int(self.a["cnt"][:, getattr(U.C, name)].sum())
+
+    def counters(self) -> dict[str, int]:
+        c = self.a["cnt"].sum(axis=0)
+        return {n: int(c[i]) for i, n in enumerate(U.COUNTERS)}
+
+    def delta(self, before: dict[str, int]) -> dict[str, int]:
+        now = self.counters()
+        return {k: now[k] - before[k] for k in now if now[k] != before[k]}
+
+    def console(self) -> list[str]:
+        """New console lines of cpu0 since the last call, without the time stamp."""
+        ring = self.seg.rings[0]
+        recs = self.seg.records[0]
+        cap = int(ring["capacity"])
+        head, tail = int(ring["head"]), int(ring["tail"])
+        cat: Catalogue = subr_prf.CATALOGUE
+        out = []
+        for k in range(tail, head):
+            r = recs[k & (cap - 1)]
+            msgid = int(r["msgid"])
+            m = cat.message(msgid)
+            if m is None or m.kind == "hist":
+                continue
+            text = cat.render_message(msgid, [int(x) for x in r["args"]])
+            who = "panic" if m.kind == "panic" else m.fn      # as the console renders it
+            out.append(f"{who}: {text}" if who else text)
+        ring["tail"] = head
+        return out
+
+    def check(self) -> list[str]:
+        """The DIAGNOSTIC invariants, with the harness's own pages accounted as kmem."""
+        return check_invariants(self.seg)
+
+    def check_after(self):
+        return check_after_run(self.seg)
+
+    def sleep_queue(self, tid: int, s: kern_synch.Sleep) -> None:
+        """Put ``tid`` on its sleep queue as the dispatcher would (``sleeps`` has already
+        dropped the interlock)."""
+        kern_synch.sleepq_enter(self.ci, tid, kern_synch.Sleep(s.chan, s.wmesg, s.timo_ns, -1))
+
+    def held(self) -> int:
+        return self.ci.core.nheld()
+
+
+def sleeps(fn: Callable[..., Any], *args: Any, **kw: Any) -> kern_synch.Sleep:
+    """Call ``fn``; it must ltsleep.  Releases the interlock as the dispatcher would and
+    checks the sleeper held no other lock (restart semantics)."""
+    with pytest.raises(kern_synch.Sleep) as ei:
+        fn(*args, **kw)
+    s = ei.value
+    if s.interlock >= 0:
+        lock.simple_unlock(s.interlock)
+    assert lock.lock_held(U.L.pagedaemon) is False
+    return s
+
+
+def wmesg(s: kern_synch.Sleep) -> str:
+    return subr_prf.CATALOGUE.strings[s.wmesg]
+
+
+def panics(fn: Callable[..., Any], *args: Any, **kw: Any) -> str:
+    """Call ``fn``; it must panic.  Returns the panic message."""
+    with pytest.raises(Panic) as ei:
+        fn(*args, **kw)
+    return str(ei.value)
+
+
+@contextlib.contextmanager
+def booted(overrides: Sequence[str] = (), **kw: Any) -> Iterator[Booted]:
+    b = Booted(overrides, **kw)
+    try:
+        yield b
+    finally:
+        b.destroy()
+
+
+# --- real machines --------------------------------------------------------------------------
+
+class CheckedMachine(Machine):
+    """A Machine that runs the DIAGNOSTIC checks on its segment after the CPUs stopped."""
+
+    def _collect(self, seg, *args, **kw):
+        self.violations = check_after_run(seg)
+        a = seg.arrays
+        from smp.kern.diagnostic import summary_counts
+
+        self.owners = summary_counts(seg)
+        self.final_uvmexp = {n: int(a["uvmexp"][i]) for i, n in enumerate(U.UVMEXP_FIELDS)}
+        self.final_pmaps_inuse = int(np.count_nonzero(a["pm_inuse"]))
+        return super()._collect(seg, *args, **kw)
+
+
+def run_program(program: Callable[[Assembler], int], nprocs: int, overrides: Sequence[str],
+                machine: str = "tiny", kernel: str = "default", amap_per_proc: int = 4096,
+                time_limit_s: float = 60.0, run_dir: Path | None = None, seed: int = 0,
+                maxproc: int = 0, fail: Sequence[str] = (), lockstep: str | None = None):
+    """Boot a real machine (forked CPUs) on a program of ``nprocs`` processes (``maxproc``
+    alive at once, forks included) with failpoints ``fail`` (smp.kern.kern_fail specs),
+    free-running or in ``lockstep`` ("random"/"pct", reproducible by ``seed``); returns
+    (machine, outcome)."""
+    m, k = configs(overrides, machine, kernel)
+    a = Assembler()
+    pc = program(a)
+    load = ProgramLoad(name="kerntest", table=a.table(), kinds=[ProcessKind("hog", nprocs, pc)],
+                       maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed)
+    kern = Kernel(k, load, list(fail), seed=seed)
+    tmp = None
+    if run_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="smp-kerntest-")
+        run_dir = Path(tmp.name)
+    mach = CheckedMachine(m.ncpu, m.trace_ring, kern, m, run_dir, time_limit_s=time_limit_s,
+                          lockstep=lockstep, seed=seed)
+    try:
+        outcome = mach.run()
+        mach.console = (Path(run_dir) / "console.log").read_text()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return mach, outcome
