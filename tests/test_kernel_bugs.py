@@ -110,10 +110,11 @@ def lock_order_edges(b, body) -> dict[tuple[str, str], str]:
     return edges
 
 
-@pytest.mark.xfail(strict=True, reason="pmap_steal_ptp takes pvh and pvalloc_lock under "
-                   "pmap_tmpptp_lock; pv stealing takes pmap_tmpptp_lock under pvalloc_lock "
-                   "and a pvh lock: two CPUs stealing at once can deadlock")
-def test_ptp_stealing_and_pv_stealing_take_locks_in_one_order():
+def test_ptp_stealing_and_pv_stealing_take_two_locks_in_opposite_orders_as_in_1_91():
+    """A hazard of the 1.91 code the model keeps on purpose (pmap.py docstring): PTP
+    stealing holds pmap_tmpptp_lock while pmap_remove_ptes frees pv entries under
+    pvalloc_lock; pv stealing holds pvalloc_lock while pmap_tmpmap_pvepte takes
+    pmap_tmpptp_lock.  Harmless on a uniprocessor or under the big lock."""
     with booted(["steal=ptp,pv"]) as b:
         def both_steals():
             _, tva = stealable_setup(b, thief=1, victims=(0,))
@@ -131,28 +132,27 @@ def test_ptp_stealing_and_pv_stealing_take_locks_in_one_order():
 
         edges = lock_order_edges(b, both_steals)
         assert b.cnt("ptp_steals") == 1 and b.cnt("pv_steals") == 1 and b.check() == []
-        cycles = sorted(f"{x} -> {y} ({f}) and {y} -> {x} ({edges[(y, x)]})"
-                        for (x, y), f in edges.items() if (y, x) in edges and x < y)
-        assert cycles == []
+        pairs = {tuple(sorted((x, y))) for (x, y) in edges if (y, x) in edges}
+        assert ("pmap_tmpptp_lock", "pvalloc_lock") in pairs
 
 
 STEAL_BOTH = ["pmap_alloc_ptp:p=0.3", "pmap_alloc_pvpage:p=0.995"]   # both steals, often
 
 
-@pytest.mark.xfail(strict=True, reason="the same lock-order inversion deadlocks a real "
-                   "two-CPU machine: cpu0 in pmap_steal_ptp holds pmap_tmpptp_lock and spins "
-                   "on pvalloc_lock, cpu1 in pmap_try_steal_pv holds pvalloc_lock and spins "
-                   "on pmap_tmpptp_lock")
-def test_two_cpus_stealing_ptps_and_pv_entries_do_not_deadlock():
+def test_two_cpus_stealing_ptps_and_pv_entries_deadlock_without_the_big_lock():
+    """The same inversion on a real two-CPU machine, found by lockstep schedules: one CPU
+    in pmap_steal_ptp holds pmap_tmpptp_lock and spins on pvalloc_lock while the other,
+    in pmap_try_steal_pv, holds pvalloc_lock and spins on pmap_tmpptp_lock."""
     outcomes = []
     for seed in range(3):                                # lockstep: each seed reproducible
         mach, o = run_program(ptp_hog(8, 6, 4, stride=32), 6,
                               ["ncpu=2", "physmem=8M", "swap=16M", "steal=ptp,pv",
                                "biglock=off"], amap_per_proc=8 * 1024, fail=STEAL_BOTH,
                               seed=seed, lockstep="random", time_limit_s=60)
-        assert list(mach.violations) == []
         outcomes.append((seed, o.status, o.message))
-    assert [x for x in outcomes if x[1] != "done"] == []
+    deadlocks = [m for _, st, m in outcomes if st == "deadlock"]
+    assert deadlocks, outcomes
+    assert "pmap_tmpptp_lock" in deadlocks[0] and "pvalloc_lock" in deadlocks[0]
 
 
 def test_a_deadlock_report_names_every_lock_the_cpus_held():
@@ -171,9 +171,6 @@ def test_a_deadlock_report_names_every_lock_the_cpus_held():
     assert "pmap_main_lock" in names and any(n.startswith("pmap[") for n in names), names
 
 
-@pytest.mark.xfail(strict=True, reason="kernel.run raises 'returned to user mode holding "
-                   "locks' on the leaked locks, so pmap_canfail_leak = on ends every run as an "
-                   "internal error of the simulator instead of modelling the leak")
 def test_pmap_canfail_leak_models_the_leak_instead_of_crashing_the_simulator():
     mach, o = run_program(ptp_hog(8, 4, 2), 4,
                           ["ncpu=2", "physmem=8M", "swap=16M", "steal=none",

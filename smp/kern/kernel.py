@@ -45,6 +45,8 @@ KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
 MSG_EXIT = subr_prf.message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
 MSG_FORKFAIL = subr_prf.message("", "proc: table is full")
 W_FORK = subr_prf.intern("km_alloc1w")
+P_LOCKDEBUG = subr_prf.message("", "simple_lock: locking against myself (lock %d)", "panic")
+P_LOCKPROTO = subr_prf.message("", "lockmgr: lock protocol violation (lock %d)", "panic")
 H_EXIT = subr_prf.UVMHIST_FUNC("exit1")
 
 
@@ -251,6 +253,13 @@ class Kernel:
             self._release_biglock()
             kern_synch.sleepq_enter(ci, tid, s)
             status = SLEEPING
+        except lock.LockError as e:
+            # LOCKDEBUG: a lock protocol violation is a kernel panic, as in NetBSD
+            import re
+            m = re.search(r"lock (\d+)", str(e))
+            subr_prf.panic(P_LOCKDEBUG if "myself" in str(e) else P_LOCKPROTO,
+                           int(m[1]) if m else -1)
+            raise                                    # (panic does not return)
         except trap.Killed:
             self._release_biglock()
             lock.simple_lock(ci.sched_lock)
