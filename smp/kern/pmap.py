@@ -54,6 +54,14 @@ Choices where the facts are open (NETBSD-FACTS §12):
   does, so a correct kernel never leaves a stale translation behind.
 * Kernel-pmap statistics are updated atomically: the real code changed them
   without a lock (the kernel pmap is never locked in pmap_map_ptes).
+
+A hazard of the 1.91 code kept on purpose (NETBSD-FACTS §6.4 item 2): PTP
+stealing holds ``pmap_tmpptp_lock`` while ``pmap_remove_ptes`` frees pv entries
+under ``pvalloc_lock``, and pv stealing holds ``pvalloc_lock`` while
+``pmap_tmpmap_pvepte`` takes ``pmap_tmpptp_lock``.  Under the big lock (the
+i386mp branch of January 2001) or on one CPU the two never run at once; with
+``biglock = off`` two CPUs stealing at the same moment deadlock, which runs and
+``smp explore`` report as a deadlock naming both locks.
 """
 
 from __future__ import annotations
