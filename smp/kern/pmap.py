@@ -302,12 +302,7 @@ def pmap_create(owner_tid: int) -> int:
     nk = A.pmap_glob[G_NKPDE]
     phys[base + PDSLOT_KERN: base + PDSLOT_KERN + nk] = \
         phys[kbase + PDSLOT_KERN: kbase + PDSLOT_KERN + nk]
-    head = A.pmap_glob[G_PMAPS]         # LIST_INSERT_HEAD(&pmaps, ...)
-    A.pm_next[pm] = head
-    A.pm_prev[pm] = -1
-    if head >= 0:
-        A.pm_prev[head] = pm
-    A.pmap_glob[G_PMAPS] = pm
+    _list_insert_head(A.pm_next, A.pm_prev, G_PMAPS, pm)      # LIST_INSERT_HEAD(&pmaps)
     A.pmap_glob[G_NPMAPS] += 1
     lock.simple_unlock(L.pmaps)
     return pm
@@ -322,15 +317,9 @@ def pmap_destroy(pm: int) -> None:
     if refs > 0:
         return
     lock.simple_lock(L.pmaps)
-    nxt, prv = A.pm_next[pm], A.pm_prev[pm]
     if A.pmap_glob[G_HAND] == pm:
-        A.pmap_glob[G_HAND] = nxt
-    if prv < 0:
-        A.pmap_glob[G_PMAPS] = nxt
-    else:
-        A.pm_next[prv] = nxt
-    if nxt >= 0:
-        A.pm_prev[nxt] = prv
+        A.pmap_glob[G_HAND] = A.pm_next[pm]
+    _list_remove(A.pm_next, A.pm_prev, G_PMAPS, pm)
     A.pmap_glob[G_NPMAPS] -= 1
     lock.simple_unlock(L.pmaps)
     lock.simple_lock(L.pmap + pm)
@@ -521,27 +510,36 @@ def pmap_remove_pv(pg: int, pm: int, va: int) -> int:
     return -1
 
 
-def _pvp_list_remove(p: int) -> None:
-    head = G_PVFREE if A.pvp_list[p] == PVL_FREE else G_PVUNUSED
-    nxt, prv = A.pvp_next[p], A.pvp_prev[p]
-    if prv < 0:
-        A.pmap_glob[head] = nxt
+def _list_insert_head(nxt, prv, head: int, x: int) -> None:
+    """LIST_INSERT_HEAD on index links, the head in pmap_glob[head]."""
+    h = A.pmap_glob[head]
+    nxt[x] = h
+    prv[x] = -1
+    if h >= 0:
+        prv[h] = x
+    A.pmap_glob[head] = x
+
+
+def _list_remove(nxt, prv, head: int, x: int) -> None:
+    """LIST_REMOVE on index links, the head in pmap_glob[head]."""
+    n, p = nxt[x], prv[x]
+    if p < 0:
+        A.pmap_glob[head] = n
     else:
-        A.pvp_next[prv] = nxt
-    if nxt >= 0:
-        A.pvp_prev[nxt] = prv
-    A.pvp_next[p] = A.pvp_prev[p] = -1
+        nxt[p] = n
+    if n >= 0:
+        prv[n] = p
+    nxt[x] = prv[x] = -1
+
+
+def _pvp_list_remove(p: int) -> None:
+    _list_remove(A.pvp_next, A.pvp_prev,
+                 G_PVFREE if A.pvp_list[p] == PVL_FREE else G_PVUNUSED, p)
     A.pvp_list[p] = PVL_NONE
 
 
 def _pvp_list_insert(p: int, which: int) -> None:
-    head = G_PVFREE if which == PVL_FREE else G_PVUNUSED
-    h = A.pmap_glob[head]
-    A.pvp_next[p] = h
-    A.pvp_prev[p] = -1
-    if h >= 0:
-        A.pvp_prev[h] = p
-    A.pmap_glob[head] = p
+    _list_insert_head(A.pvp_next, A.pvp_prev, G_PVFREE if which == PVL_FREE else G_PVUNUSED, p)
     A.pvp_list[p] = which
 
 

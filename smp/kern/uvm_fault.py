@@ -242,17 +242,7 @@ def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int
         _cnt(C.flt_anon)
         if A.an_ref[an] > 1:
             enter_prot &= ~VM_PROT_WRITE
-    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
-    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
-        if swap_full():
-            held.unlockall()
-            return ENOMEM
-        _cnt(C.pmfail_waits)
-        _cnt(C.flt_pmfail1)
-        _wait(held, "flt_pmfail1")
-    _finish(pg, wired, was)
-    held.unlockall()
-    return 0
+    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail1")
 
 
 def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot, wired,
@@ -267,7 +257,8 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
             _cnt(C.flt_obj)
             if flags & EF_COPY:
                 enter_prot &= ~VM_PROT_WRITE
-            return _enter_obj(held, pm, va, uobjpage, access, enter_prot, wired, wflag)
+            return _enter(held, pm, va, uobjpage, enter_prot, access, wired, wflag,
+                          "flt_pmfail2")
     if base < 0:
         held.unlockall()
         return EFAULT
@@ -291,28 +282,23 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
     A.amap_slot[base + pidx] = an               # amap_add: stays even if pmap_enter fails
     lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
     held.ids.append(L.anon + an)
+    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail2")
+
+
+def _enter(held, pm, va, pg, enter_prot, access, wired, wflag, wmesg) -> int:
+    """The fault's pmap_enter, with PMAP_CANFAIL, and its recovery.
+
+    Failure: unlock everything; swap full -> ENOMEM (the process will be killed);
+    otherwise wait for the pagedaemon in ``wmesg`` and ReFault (restart).
+    """
     was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
     if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
         if swap_full():
             held.unlockall()
             return ENOMEM
         _cnt(C.pmfail_waits)
-        _cnt(C.flt_pmfail2)
-        _wait(held, "flt_pmfail2")
-    _finish(pg, wired, was)
-    held.unlockall()
-    return 0
-
-
-def _enter_obj(held, pm, va, pg, access, enter_prot, wired, wflag) -> int:
-    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
-    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
-        if swap_full():
-            held.unlockall()
-            return ENOMEM
-        _cnt(C.pmfail_waits)
-        _cnt(C.flt_pmfail2)
-        _wait(held, "flt_pmfail2")
+        _cnt(C.flt_pmfail1 if wmesg == "flt_pmfail1" else C.flt_pmfail2)
+        _wait(held, wmesg)
     _finish(pg, wired, was)
     held.unlockall()
     return 0

@@ -161,6 +161,15 @@ def uvmpd_scan() -> None:
         pg = nxt if nxt < 0 or A.pg_pq[nxt] == PQ_ACTIVE else A.uvmq[Q_ACTIVE]
 
 
+def _reactivate(pg: int) -> str:
+    """Back to the active queue: referenced again, or nowhere to page it out to."""
+    lock.simple_lock(L.pageq)
+    uvm_pageactivate(pg)
+    lock.simple_unlock(L.pageq)
+    _cnt(C.pdreact)
+    return "react"
+
+
 def _pageout_anon(pg: int, may_react: bool) -> str:
     """Try to free one inactive anon page (=> page queues locked)."""
     an = A.pg_anon[pg]
@@ -173,11 +182,7 @@ def _pageout_anon(pg: int, may_react: bool) -> str:
     lock.simple_unlock(L.pageq)
     try:
         if pmap.pmap_clear_reference(pg):
-            lock.simple_lock(L.pageq)
-            uvm_pageactivate(pg)
-            lock.simple_unlock(L.pageq)
-            _cnt(C.pdreact)
-            return "react"
+            return _reactivate(pg)
         pmap.pmap_page_remove(pg)
         dirty = not A.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg) or \
             not A.an_swslot[an]
@@ -188,11 +193,7 @@ def _pageout_anon(pg: int, may_react: bool) -> str:
             if slot < 0:                          # swap full: keep it
                 if not may_react:
                     return "busy"                 # UVMPD_NUMDIRTYREACTS used up this pass
-                lock.simple_lock(L.pageq)
-                uvm_pageactivate(pg)
-                lock.simple_unlock(L.pageq)
-                _cnt(C.pdreact)
-                return "react"
+                return _reactivate(pg)
             A.an_swslot[an] = slot + 1
             uvm_pager_put(pg)
             _cnt(C.pgswapout)
@@ -218,11 +219,7 @@ def _pageout_file(pg: int) -> str:
     lock.simple_unlock(L.pageq)
     try:
         if pmap.pmap_clear_reference(pg):
-            lock.simple_lock(L.pageq)
-            uvm_pageactivate(pg)
-            lock.simple_unlock(L.pageq)
-            _cnt(C.pdreact)
-            return "react"
+            return _reactivate(pg)
         pmap.pmap_page_remove(pg)
         if not A.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg):
             uvm_pager_put(pg)
