@@ -118,6 +118,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.cpus is not None and not 1 <= a.cpus <= 64:
         raise BadInput(f"--cpus {a.cpus}: expected an integer from 1 to 64")
     progress = not a.quiet and sys.stdout.isatty()
+    if a.strategy != "random" and not a.lockstep:
+        raise BadInput(f"--strategy {a.strategy}: only with --lockstep")
+    if a.replay and (a.script or a.lockstep or a.seed):
+        raise BadInput("--replay RUN takes its script, seed and mode from RUN's manifest")
     if a.replay:
         from smp.replay import replay
 

@@ -30,6 +30,7 @@ from smp.errors import BadInput
 from smp.kern.kernel import Kernel
 from smp.machine.boot import Machine, RunOutcome, host_info
 from smp.runfmt import CATALOGUE_FILE
+from smp.workload import interp, synthetic  # noqa: F401 - their messages, before boot
 from smp.workload.script import LoadScript, load_script, load_script_text
 
 MANIFEST_SCHEMA = 1
@@ -120,7 +121,14 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     mach = Machine(cfg.machine.ncpu, cfg.machine.trace_ring, kern, cfg.machine, run_dir,
                    time_limit_s=limit, progress=progress, stats_on=cfg.kernel.lockstat,
                    lockstep=lockstep, seed=seed)
-    outcome = mach.run()
+    try:
+        outcome = mach.run()
+    except BadInput:
+        # refused at boot (e.g. a delay naming no lock class): leave no half-made run
+        for f in run_dir.iterdir():
+            f.unlink()
+        run_dir.rmdir()
+        raise
     if lockstep:
         rerender_logs(run_dir)
     from smp.kern import subr_prf

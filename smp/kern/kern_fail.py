@@ -67,7 +67,12 @@ def parse(specs: list[str], where: str = "--fail") -> tuple[list[FailPoint], lis
     from smp.config import parse_duration
 
     fps, delays = [], []
+    seen: dict[str, str] = {}
     for spec in specs:
+        key = spec.split("=")[0] if spec.startswith("delay:") else spec.rsplit(":", 1)[0]
+        if key in seen:
+            raise BadInput(f"{where} {spec!r}: {key} is already set by {seen[key]!r}")
+        seen[key] = spec
         m = _DELAY.match(spec)
         if m:
             ns = parse_duration(m["val"], f"{where} {spec}")

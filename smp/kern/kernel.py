@@ -28,7 +28,25 @@ from typing import Any, Protocol
 import numpy as np
 
 from smp.config import KernelConfig, MachineProfile
-from smp.kern import kern_synch, lock, subr_prf
+
+# Every kernel module is imported here, in the parent, before any CPU forks: their
+# console messages and wait channels must be in the catalogue the run directory keeps
+# (subr_prf refuses entries declared after boot).
+from smp.kern import (  # noqa: F401 - uvm_bio, uvm_anon: for their catalogue entries
+    kern_fail,
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    trap,
+    uvm_anon,
+    uvm_bio,
+    uvm_fault,
+    uvm_km,
+    uvm_map,
+    uvm_page,
+    uvm_pdaemon,
+)
 from smp.kern import uvm as U
 from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
 from smp.machine.boot import Declaration
@@ -83,7 +101,6 @@ class Kernel:
 
     def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
                  seed: int = 0):
-        from smp.kern import kern_fail
 
         self.config = config
         self.load = load
@@ -104,7 +121,6 @@ class Kernel:
         arrays = U.declare(machine, self.config, locks, self.nthreads,
                            amap_per_proc=getattr(self.load, "amap_per_proc", 16),
                            nfiles_pages=sum(files))
-        from smp.kern import kern_fail
 
         arrays += [
             ArraySpec("fail_counts", np.dtype("<i8"), (len(kern_fail.all_sites()),)),
@@ -124,7 +140,6 @@ class Kernel:
         return Declaration(arrays=arrays, nthreads=self.nthreads, catalogue=subr_prf.CATALOGUE)
 
     def format(self, seg: Any) -> None:
-        from smp.kern import pmap, uvm_anon, uvm_page
 
         a = seg.arrays
         proc = a["proc"]
@@ -206,7 +221,6 @@ class Kernel:
     # -- CPU side --------------------------------------------------------------
 
     def cpu_attach(self, ci: CPU) -> None:
-        from smp.kern import pmap, trap, uvm_fault, uvm_km, uvm_page, uvm_pdaemon
 
         lock.attach(ci.core)
         ci.core.stats_on = self.stats_on
@@ -231,7 +245,6 @@ class Kernel:
         self.load.attach(ci)
 
     def run(self, ci: CPU, tid: int) -> int:
-        from smp.kern import pmap, trap, uvm_pdaemon
 
         md = ci.md
         A = U.A
@@ -285,13 +298,13 @@ class Kernel:
 
     def exit1(self, ci: CPU, tid: int) -> None:
         """A process exits: its address space goes, then its proc slot."""
-        from smp.kern import uvm_map
 
         p = ci.md.proc[tid]
         if U.A.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
         subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(H_EXIT), int(p["pid"]),
                              int(p["name"]), ci.cpu)
+        U.A.cnt[ci.cnt_base + U.C.exits] += 1      # before the load can look finished
         lock.simple_lock(ci.sched_lock)
         p["stat"] = SZOMB
         g = U.A.np["kglob"]
@@ -300,13 +313,11 @@ class Kernel:
         p["pid"] = 0
         p["stat"] = 0
         lock.simple_unlock(ci.sched_lock)
-        U.A.cnt[ci.cnt_base + U.C.exits] += 1
         if hasattr(self.load, "exited"):
             self.load.exited(ci, tid)
 
     def fork1(self, ci: CPU, parent: int, pc: int) -> int:
         """Create a child of ``parent`` that starts at program counter ``pc``."""
-        from smp.kern import pmap, uvm_map, uvm_pdaemon
 
         proc = ci.md.proc
         lock.simple_lock(ci.sched_lock)
@@ -367,7 +378,6 @@ class Kernel:
         return False
 
     def ipi(self, ci: CPU) -> None:
-        from smp.kern import pmap
 
         pmap.pmap_do_tlb_shootdown()
 
@@ -379,7 +389,6 @@ def _cpu_stride() -> int:
 
 def _boot_pmap_create(seg: Any, tid: int) -> int:
     """pmap_create at boot, in the parent (no CPU runs yet, so no locks)."""
-    from smp.kern import pmap
     from smp.kern.uvm_page import OWN_PDP
 
     a = seg.arrays

@@ -111,6 +111,7 @@ from smp.kern.uvm_page import (
     uvm_pagefree,
     uvm_pagerealloc,
 )
+from smp.machine import _atomic
 
 PVE_PER_PVPAGE = 255
 PVE_LOWAT = PVE_PER_PVPAGE // 2
@@ -1223,11 +1224,21 @@ def pmap_tlb_shootnow(mask: int) -> None:
         m >>= 1
         c += 1
     _cnt(C.tlb_ipis, bin(mask).count("1"))
+    hook = _core.sched_hook                  # lockstep: waiting is a scheduling point
+    area = _ci.area
+    saved = int(area["state"])
+    area["state"] = _atomic.CS_SPINNING       # waiting for others, as a spinning CPU does
+    try:
+        _shootnow_wait(off, mask, hook)
+    finally:
+        area["state"] = saved
+
+
+def _shootnow_wait(off: int, mask: int, hook) -> None:
     import os
     import time
     deadline = None
     spins = 0
-    hook = _core.sched_hook                  # lockstep: waiting is a scheduling point
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
         if _ci.area["ipi_pending"]:
             pmap_do_tlb_shootdown()

@@ -21,6 +21,7 @@ UVMHIST: ``UVMHIST_FUNC(fn)`` gives a function a call counter in the segment
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -40,12 +41,26 @@ _hist_calls_off = 0
 
 def message(fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
     """Declare a console message (or a UVMHIST record, ``kind="hist"``); returns its id."""
+    _check_open(fmt)
     return CATALOGUE.add(fn, fmt, kind, hist)
 
 
 def intern(s: str) -> int:
     """Id of a string in the catalogue's table, for ``%s`` arguments (before boot)."""
+    if s not in CATALOGUE.strings:
+        _check_open(s)
     return CATALOGUE.intern(s)
+
+
+_BOOT_PID = os.getpid()     # the parent: it imports the kernel before the CPUs fork
+
+
+def _check_open(what: str) -> None:
+    """A CPU (a forked worker) has its own copy of the catalogue: an entry added there
+    would get an id the run directory's catalogue does not have."""
+    if os.getpid() != _BOOT_PID:
+        raise RuntimeError(f"catalogue entry {what!r} declared after boot: import its "
+                           "module in the parent (smp.kern.kernel does for the kernel)")
 
 
 def UVMHIST_FUNC(fn: str) -> int:  # noqa: N802 - NetBSD's name

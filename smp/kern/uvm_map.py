@@ -14,7 +14,9 @@ Simplifications, each documented where it is made:
   marking entries needs_copy and copying on the first fault (amap_copy) --
   the faults that follow (case 1B, COW) are the same;
 * amap slots are a fixed window per process (``S.amap_per_proc`` pages of
-  anonymous memory at most), so no amap allocator is modelled;
+  anonymous memory at most), handed out like a stack: munmap of the newest
+  region gives its slots back (the mmap/munmap loops of load scripts), an
+  older one's slots stay used until exit -- no general amap allocator;
 * a page the parent has wired is not shared with the child at fork: NetBSD
   copies wired pages at once (amap_cow_now) so the parent's wired mapping never
   turns copy-on-write; page contents are not modelled, so the child simply gets
@@ -129,6 +131,10 @@ def uvm_unmap(tid: int, va: int) -> int:
                     drop.append(an)
                 lock.simple_unlock(L.anon + an)
         lock.simple_unlock(L.amap + tid)
+    if base >= 0:
+        npg = (end - start) // NBPG
+        if base + npg == tid * S.amap_per_proc + A.vm_aused[tid]:
+            A.vm_aused[tid] -= npg      # the newest window: give its slots back
     n = A.vm_nentries[tid]
     last = _e(tid, n - 1)
     if i != n - 1:

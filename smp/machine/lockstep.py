@@ -31,6 +31,7 @@ from smp.machine import _atomic
 from smp.machine.layout import ArraySpec
 
 VTICK = 1_000                     # ns of virtual time per scheduling point
+PCT_HORIZON = 5_000               # pct change points fall within this many points
 MASK64 = (1 << 64) - 1
 ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT, ST_HASH = \
     range(8)
@@ -72,8 +73,10 @@ def format_lockstep(seg, seed: int, strategy: str, time_limit_ns: int | None,
     st[ST_DEPTHLEFT] = depth if strategy == "pct" else 0
     rng = np.random.default_rng(seed)
     a["ls_prio"][:] = rng.permutation(ncpu) + depth + 1
-    # pct: change points spread over the first part of the run
-    a["ls_change"][:] = np.sort(rng.integers(1, 200_000, size=16))
+    # pct: the depth change points, in ascending order, spread over the first part of a
+    # run (short runs matter: a deadlock is usually a few thousand points away)
+    a["ls_change"][:] = 0
+    a["ls_change"][:depth] = np.sort(rng.integers(1, PCT_HORIZON, size=depth))
     seg.hdr["vclock"] = 0
     Lockstep.livelock_bound = livelock_bound
 
@@ -89,6 +92,7 @@ class Lockstep:
         self.cpu = ci.cpu
         self.ncpu = ci.ncpu
         self.strategy = strategy
+        self.depth = int(ci.seg.arrays["ls_state"][ST_DEPTHLEFT])   # at boot: pct depth
         seg = ci.seg
         lay = seg.layout.arrays
         self.go_off = lay["ls_go"][0]
@@ -110,9 +114,13 @@ class Lockstep:
         """Block until this CPU holds the turn (or the machine halts)."""
         core = self.core
         off = self.go_off + 4 * self.cpu
-        while not self.go[self.cpu]:
+        while True:
+            # halt first: finish() raises every go flag to wake the waiters, who must
+            # stop rather than run on in parallel after the end
             if self.ci.seg.hdr["halt"]:
                 raise _atomic.Halted("machine halted while waiting for the turn")
+            if self.go[self.cpu]:
+                return
             core.futex_wait(off, 0, 5_000_000)
 
     def point(self, cost: int = VTICK) -> None:
@@ -153,16 +161,23 @@ class Lockstep:
     def _choose_pct(self, points: int) -> int:
         st = self.state
         left = int(st[ST_DEPTHLEFT])
-        if left and points >= int(self.change[len(self.change) - left]):
+        if left and points >= int(self.change[int(self.depth) - left]):
             self.prio[self.cpu] = left          # drop the running CPU to a low priority
             st[ST_DEPTHLEFT] = left - 1
         states = self.cpus["state"]
-        best, best_p = self.cpu, -1
+        best, best_p = -1, -1
         for c in range(self.ncpu):
-            able = states[c] not in (_atomic.CS_SPINNING, _atomic.CS_IDLE)
-            p = int(self.prio[c]) + (1 << 20 if able else 0)
+            if states[c] in (_atomic.CS_SPINNING, _atomic.CS_IDLE):
+                continue                     # waiting for someone: not enabled
+            p = int(self.prio[c])
             if p > best_p:
                 best, best_p = c, p
+        if best < 0:
+            # nobody can make progress on its own: let the seeded generator pick, so the
+            # CPU that holds what the others wait for eventually runs
+            x = _xorshift(int(st[ST_RNG]))
+            st[ST_RNG] = x
+            return (((x * 0x2545F4914F6CDD1D) & MASK64) >> 33) % self.ncpu
         return best
 
     def _check_deadlock(self) -> None:
