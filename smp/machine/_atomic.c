@@ -158,6 +158,8 @@ struct seg_hdr {              /* the segment's first 4096 bytes */
     uint32_t halt;            /* non-zero: every CPU stops (panic, end, Ctrl-C) */
     uint32_t panic_cpu;       /* cpu+1 of the CPU that panicked first */
     uint64_t vclock;          /* virtual clock (lockstep mode) */
+    uint32_t stop;            /* non-zero: CPUs leave their dispatch loops (normal end) */
+    uint32_t pad;
 };
 
 /* ------------------------------------------------------------------ */

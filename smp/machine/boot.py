@@ -52,6 +52,7 @@ from smp.machine.segment import Segment
 log = logging.getLogger("smp.machine")
 
 POLL_S = 0.1           # supervision period: a dead worker is seen within this
+STOP_S = 2.0           # how long a normal end waits for the CPUs to reach a clean point
 DEADLOCK_S = 2.0       # a waits-for cycle that stands this long is a deadlock (free mode)
 GRACE_S = 3.0          # how long halted CPUs get to stop before they are killed
 RUSAGE_FIELDS = ("user_s", "system_s", "rss_bytes", "vcsw", "ivcsw")
@@ -183,6 +184,9 @@ class Machine:
             old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
+                if status in ("done", "timeout") and not self.lockstep:
+                    seg.stop()                   # let the CPUs reach a clean point first
+                    self._stop_workers(procs, grace=STOP_S)
                 seg.halt()
                 self._stop_workers(procs)
                 elapsed = time.monotonic() - t0
@@ -306,10 +310,12 @@ class Machine:
             return "timeout", f"virtual time limit of {self.time_limit_s:g} s reached"
         return why.split(":")[0], why
 
-    def _stop_workers(self, procs: list) -> None:
-        deadline = time.monotonic() + GRACE_S
+    def _stop_workers(self, procs: list, grace: float | None = None) -> None:
+        deadline = time.monotonic() + (GRACE_S if grace is None else grace)
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
+        if grace is not None:
+            return                               # a soft stop: the halt follows
         for p in procs:
             if p.exitcode is None:
                 log.warning("%s did not stop within %.1f s; killing it", p.name, GRACE_S)

@@ -196,7 +196,8 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
     core = ci.core
     kick_off = ci._kick_off[ci.cpu]
     ls = ci.lockstep
-    while not ci.halted:
+    hdr = ci.seg.hdr
+    while not ci.halted and not hdr["stop"]:
         area["heartbeat"] += 1
         if ls is not None and kernel.finished(ci.seg):
             ls.finish()                      # the end is a scheduling decision too

@@ -97,6 +97,11 @@ class Segment:
         n = int(self.sites_hdr["count"])
         return [bytes(s).decode("utf-8", "replace") for s in self.sites["name"][:n]]
 
+    def stop(self) -> None:
+        """Ask every CPU to leave its dispatch loop at its next clean point (no locks held):
+        the normal end of a run, so the machine is left in a consistent state."""
+        self.hdr["stop"] = 1
+
     def halt(self) -> None:
         """Ask every CPU to stop (they notice in spin loops and the dispatcher)."""
         self.hdr["halt"] = 1
