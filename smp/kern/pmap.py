@@ -499,12 +499,7 @@ def pmap_remove_pv(pg: int, pm: int, va: int) -> int:
     prev, pve = -1, A.pvh_list[pg]
     while pve >= 0:
         if A.pv_pmap[pve] == pm and A.pv_va[pve] == va:
-            nxt = A.pv_next[pve]
-            if prev < 0:
-                A.pvh_list[pg] = nxt
-            else:
-                A.pv_next[prev] = nxt
-            A.pv_next[pve] = -1
+            _pv_unlink(pg, prev, pve)
             return pve
         prev, pve = pve, A.pv_next[pve]
     subr_prf.panic(P_PVMISS, pmap_addr(pm), va)
@@ -531,6 +526,16 @@ def _list_remove(nxt, prv, head: int, x: int) -> None:
     if n >= 0:
         prv[n] = p
     nxt[x] = prv[x] = -1
+
+
+def _pv_unlink(pg: int, prev: int, pve: int) -> None:
+    """Take ``pve`` (after ``prev``, -1 for the head) off ``pg``'s pv list."""
+    nxt = A.pv_next[pve]
+    if prev < 0:
+        A.pvh_list[pg] = nxt
+    else:
+        A.pv_next[prev] = nxt
+    A.pv_next[pve] = -1
 
 
 def _pvp_list_remove(p: int) -> None:
@@ -639,12 +644,7 @@ def _steal_one_pv(pm: int) -> int:
         got = -1
         while pve >= 0:
             if _try_steal_pv(pg, pve, pm):
-                nxt = A.pv_next[pve]
-                if prev < 0:
-                    A.pvh_list[pg] = nxt
-                else:
-                    A.pv_next[prev] = nxt
-                A.pv_next[pve] = -1
+                _pv_unlink(pg, prev, pve)
                 got = pve
                 break
             prev, pve = pve, A.pv_next[pve]

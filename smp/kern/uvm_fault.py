@@ -216,20 +216,10 @@ def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int
         _cnt(C.pageins)
     if access & VM_PROT_WRITE and A.an_ref[an] > 1:   # case 1B: copy-on-write
         _cnt(C.flt_acow)
-        nan = uvm_analloc()
-        npg = -1
-        if nan >= 0:
-            npg = uvm_pagealloc(OWN_ANON, -1, 0, nan, 0)
-        if nan < 0 or npg < 0:
-            if nan >= 0:
-                from smp.kern.uvm_anon import uvm_anfree
-                uvm_anfree(nan)
-            if nan < 0 or swap_full():
-                _cnt(C.fltnoanon)
-                held.unlockall()
-                return ENOMEM
-            _cnt(C.fltnoram)
-            _wait(held, "flt_noram3")
+        got = _anon_and_page(held, 0, "flt_noram3")
+        if got is None:
+            return ENOMEM
+        nan, npg = got
         A.an_page[nan] = npg
         A.pg_flags[npg] &= ~(PG_BUSY | PG_CLEAN)
         A.an_ref[an] -= 1
@@ -262,20 +252,10 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
     if base < 0:
         held.unlockall()
         return EFAULT
-    an = uvm_analloc()
-    pg = -1
-    if an >= 0:
-        pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0 if uobjpage >= 0 else UVM_PGA_ZERO)
-    if an < 0 or pg < 0:
-        if an >= 0:
-            from smp.kern.uvm_anon import uvm_anfree
-            uvm_anfree(an)
-        if an < 0 or swap_full():
-            _cnt(C.fltnoanon)
-            held.unlockall()
-            return ENOMEM
-        _cnt(C.fltnoram)
-        _wait(held, "flt_noram5")
+    got = _anon_and_page(held, 0 if uobjpage >= 0 else UVM_PGA_ZERO, "flt_noram5")
+    if got is None:
+        return ENOMEM
+    an, pg = got
     _cnt(C.flt_prcopy if uobjpage >= 0 else C.flt_przero)
     A.an_page[an] = pg
     A.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
@@ -283,6 +263,30 @@ def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
     lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
     held.ids.append(L.anon + an)
     return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail2")
+
+
+def _anon_and_page(held: _Held, pgflags: int, wmesg: str) -> tuple[int, int] | None:
+    """uvm_analloc + uvm_pagealloc for a new anon (COW copy or promotion).
+
+    No anon, or swap full: fltnoanon, everything unlocked, None (the caller returns
+    ENOMEM).  No page: fltnoram and uvm_wait(wmesg) -- the fault starts over.
+    """
+    an = uvm_analloc()
+    pg = -1
+    if an >= 0:
+        pg = uvm_pagealloc(OWN_ANON, -1, 0, an, pgflags)
+    if an >= 0 and pg >= 0:
+        return an, pg
+    if an >= 0:
+        from smp.kern.uvm_anon import uvm_anfree
+        uvm_anfree(an)
+    if an < 0 or swap_full():
+        _cnt(C.fltnoanon)
+        held.unlockall()
+        return None
+    _cnt(C.fltnoram)
+    _wait(held, wmesg)
+    return None                                  # (not reached: uvm_wait sleeps)
 
 
 def _enter(held, pm, va, pg, enter_prot, access, wired, wflag, wmesg) -> int:
