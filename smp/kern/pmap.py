@@ -114,6 +114,7 @@ from smp.kern.uvm_page import (
 from smp.machine import _atomic
 
 PVE_PER_PVPAGE = 255
+MASK64 = (1 << 64) - 1
 PVE_LOWAT = PVE_PER_PVPAGE // 2
 PVE_HIWAT = PVE_LOWAT + 2 * PVE_PER_PVPAGE
 PMAP_TLB_MAXJOBS = 16
@@ -1141,7 +1142,7 @@ def pmap_activate(pm: int) -> None:
         return
     bit = 1 << cpu
     if cur != KERNEL_PMAP:
-        _core.and64(_pm_cpus_off + 8 * cur, ~bit)
+        _core.and64(_pm_cpus_off + 8 * cur, ~bit & MASK64)
     if pm != KERNEL_PMAP:
         _core.or64(_pm_cpus_off + 8 * pm, bit)
     A.cpu_pmap[cpu] = pm
@@ -1273,7 +1274,7 @@ def pmap_do_tlb_shootdown() -> None:
     A.tlbq_count[me] = 0
     A.tlbq_flush[me] = 0
     lock.simple_unlock(L.tlbq + me)
-    bit = ~(1 << me)
+    bit = ~(1 << me) & MASK64               # unsigned: CPU 63's bit is the sign bit
     for c in range(_ci.ncpu):
         if c != me and A.tlb_ipi_mask[c] & (1 << me):
             _core.and64(_ipi_mask_off + 8 * c, bit)
