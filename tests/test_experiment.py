@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import smp
 
 from smp.experiment import METRICS, parse_config
 from smp.machine.segment import leaked_segments
@@ -26,10 +24,6 @@ TINY = REPO / "tests" / "fixtures" / "workloads" / "tiny.toml"
 CELLS = {"steal=ptp,pv": "ptp,pv", "steal=none": "none"}     # cell -> kernel.steal of its runs
 
 
-def smp(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

@@ -19,13 +19,12 @@ never a panic).  Runs are lockstep unless the test is about free mode, so counts
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import smp
 
 from smp.machine.segment import leaked_segments
 
@@ -35,10 +34,6 @@ TOUCH = str(FIX / "touch.toml")
 PAGES = 2 * 64                      # pages touch.toml faults in
 
 
-def smp(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def smp_all(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import smp
 
 from smp.machine.segment import leaked_segments
 
@@ -37,10 +36,6 @@ COMPARED = ("console.log", "hist.log", "events.bin", "lockstat.json")
 STALE = "stale TLB entry"
 
 
-def smp(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def smp_all(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:

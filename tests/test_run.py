@@ -12,16 +12,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import smp
 
 from smp.machine.segment import leaked_segments
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smp(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def script(tmp_path: Path, body: str, machine: str = "i386mp-2") -> Path:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import smp
 
 from smp.machine.segment import leaked_segments
 
@@ -26,12 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.stem for p in (REPO / "workloads").glob("*.toml"))
 COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals",
             "pmfail_waits", "oom_kills", "stale_tlb")
-
-
-def smp(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

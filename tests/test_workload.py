@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import smp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,10 +82,6 @@ def rejects(tmp_path: Path, text: str) -> str:
     return msg[len(f"{p}: "):]
 
 
-def smp(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 MMAP_HEAP = '{ op = "mmap", region = "heap", size = "64K" }'     # 16 pages, slot 0
