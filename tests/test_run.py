@@ -89,13 +89,18 @@ def test_lockstat_counts_every_acquisition(tmp_path):
                if r["class"] != "kernel_lock")
 
 
+def start_run(script_path: Path, out: Path, cwd: Path) -> subprocess.Popen:
+    """`smp run` in the background, for tests that interrupt it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "smp", "run", str(script_path), "--out",
+                             str(out), "-q"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
     p = script(tmp_path, "[synthetic]\nprocesses = 8\niterations = 1000000\n", "i386mp-4")
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "smp", "run", str(p), "--out", str(out),
-                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run(p, out, tmp_path)
     try:
         deadline = time.monotonic() + 30
         workers = []
@@ -123,10 +128,7 @@ def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
 def test_ctrl_c_ends_the_run_cleanly(tmp_path):
     p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "smp", "run", str(p), "--out", str(out),
-                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run(p, out, tmp_path)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (out / "console.log").exists():

@@ -970,73 +970,30 @@ static PyObject *Core_cas64(Core *c, PyObject *const *args, Py_ssize_t nargs)
                                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
 }
 
-static PyObject *Core_fadd32(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 4, &p, v))
-        return NULL;
-    return PyLong_FromLong(
-        (int32_t)__atomic_fetch_add((uint32_t *)p, (uint32_t)v[0], __ATOMIC_SEQ_CST));
-}
+static inline PyObject *box_i32(uint32_t x) { return PyLong_FromLong((int32_t)x); }
+static inline PyObject *box_u32(uint32_t x) { return PyLong_FromUnsignedLong(x); }
+static inline PyObject *box_i64(int64_t x) { return PyLong_FromLongLong(x); }
 
-static PyObject *Core_fadd64(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 8, &p, v))
-        return NULL;
-    return PyLong_FromLongLong(__atomic_fetch_add((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
-}
+/* name(off, v) -> old value: one locked read-modify-write of a word of the segment.
+ * xchg32 is how the pmap zaps a PTE and keeps the U/M bits the MMU may be setting at
+ * the same moment; or32 sets them the way the MMU does. */
+#define WORD_RMW(name, type, op, box)                                                  \
+    static PyObject *Core_##name(Core *c, PyObject *const *args, Py_ssize_t nargs)     \
+    {                                                                                  \
+        char *p;                                                                       \
+        long long v[1];                                                                \
+        if (word_args(c, args, nargs, 2, sizeof(type), &p, v))                         \
+            return NULL;                                                               \
+        return box(op((type *)p, (type)v[0], __ATOMIC_SEQ_CST));                       \
+    }
 
-static PyObject *Core_or64(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 8, &p, v))
-        return NULL;
-    return PyLong_FromLongLong(__atomic_fetch_or((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
-}
-
-static PyObject *Core_or32(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 4, &p, v))
-        return NULL;
-    return PyLong_FromUnsignedLong(__atomic_fetch_or((uint32_t *)p, (uint32_t)v[0],
-                                                     __ATOMIC_SEQ_CST));
-}
-
-/* xchg32(off, v) -> old: how the pmap zaps a PTE and keeps the U/M bits the
- * MMU may be setting at the same moment */
-static PyObject *Core_xchg32(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 4, &p, v))
-        return NULL;
-    return PyLong_FromUnsignedLong(__atomic_exchange_n((uint32_t *)p, (uint32_t)v[0],
-                                                       __ATOMIC_SEQ_CST));
-}
-
-static PyObject *Core_and64(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 8, &p, v))
-        return NULL;
-    return PyLong_FromLongLong(__atomic_fetch_and((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
-}
-
-static PyObject *Core_xchg64(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    char *p;
-    long long v[1];
-    if (word_args(c, args, nargs, 2, 8, &p, v))
-        return NULL;
-    return PyLong_FromLongLong(__atomic_exchange_n((int64_t *)p, (int64_t)v[0], __ATOMIC_SEQ_CST));
-}
+WORD_RMW(fadd32, uint32_t, __atomic_fetch_add, box_i32)
+WORD_RMW(fadd64, int64_t, __atomic_fetch_add, box_i64)
+WORD_RMW(or32, uint32_t, __atomic_fetch_or, box_u32)
+WORD_RMW(or64, int64_t, __atomic_fetch_or, box_i64)
+WORD_RMW(and64, int64_t, __atomic_fetch_and, box_i64)
+WORD_RMW(xchg32, uint32_t, __atomic_exchange_n, box_u32)
+WORD_RMW(xchg64, int64_t, __atomic_exchange_n, box_i64)
 
 static PyObject *Core_load64(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
