@@ -28,11 +28,9 @@ import gc
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from smp.config import apply_overrides, load_kernel, load_machine
 from smp.kern import pmap
@@ -40,8 +38,8 @@ from smp.kern.kernel import USER_BASE, Kernel
 from smp.kern.param import NBPG, PMAP_CANFAIL, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_map import EF_COPY, uvm_mmap
 from smp.machine.boot import Machine
-from smp.machine.cpu import CPU
 from smp.machine.segment import leaked_segments
+from smp.machine.trace import NullSink
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
@@ -87,13 +85,9 @@ class InProcess:
                            kinds=[ProcessKind("bench", nprocs, pc)], maxproc=nprocs,
                            amap_per_proc=amap_per_proc)
         self.kernel = Kernel(k, load)
-        self._tmp = tempfile.TemporaryDirectory(prefix="smp-bench-")
-        self.machine = Machine(1, m.trace_ring, self.kernel, m, Path(self._tmp.name))
+        self.machine = Machine(m, self.kernel, NullSink())
         self.seg = self.machine.boot()
-        self.ci = CPU(self.seg, 0, self.machine.sched_lock, self.machine.decl.nthreads)
-        self.kernel.cpu_attach(self.ci)
-        while self.ci.remrunqueue() is not None:
-            pass
+        self.ci = self.machine.attach_local_cpu(self.seg)
 
     def switch_to(self, i: int) -> tuple[int, int]:
         tid = USER_BASE + i
@@ -180,15 +174,14 @@ def big_machine(nprocs: int, ncpu: int) -> tuple[float, float, float]:
 
 def _run(a: Assembler, pc: int, nprocs: int, overrides: list[str], profile: str,
          amap_per_proc: int, seconds: float | None) -> tuple[float, float, float]:
-    m, k = apply_overrides(load_machine(profile), load_kernel("default"), overrides)
+    m, k = apply_overrides(load_machine(profile), load_kernel("default"),
+                           [*overrides, "lockstat=off"])
     load = ProgramLoad(name="bench", table=a.table(), kinds=[ProcessKind("bench", nprocs, pc)],
                        maxproc=nprocs, amap_per_proc=amap_per_proc)
-    with tempfile.TemporaryDirectory(prefix="smp-bench-") as d:
-        mach = Machine(m.ncpu, m.trace_ring, Kernel(k, load), m, Path(d), time_limit_s=900,
-                       stats_on=False)
-        t0 = time.monotonic()
-        o = mach.run()
-        wall = time.monotonic() - t0
+    mach = Machine(m, Kernel(k, load), NullSink(), time_limit_s=900)
+    t0 = time.monotonic()
+    o = mach.run()
+    wall = time.monotonic() - t0
     if o.status != "done":
         raise SystemExit(f"bench_kernel: {profile} run ended {o.status}: {o.message}")
     faults = o.kernel["counters"]["faults"]

@@ -3,11 +3,15 @@
     smp run [SCRIPT] [-m MACHINE] [-k KERNEL] [-o KEY=VALUE ...] [--cpus N] [--seed N]
             [--out DIR] [--time-limit DURATION] [--quiet]
     smp list                      machine profiles, kernel configurations, load scripts
+    smp clean                     remove shared-memory segments of runs that died
+    smp experiment | explore      sweeps of many runs (smp.tools)
+    smp lockstat | trace | compare    tools reading run directories (smp.tools)
 
-Exit status: 0 the run finished, 2 bad input (one line on stderr naming the
-file or key), 3 the simulated kernel panicked, 4 a DIAGNOSTIC invariant was
-violated, 5 lockstep found a deadlock or livelock, 1 an internal error of the
-simulator, 130 interrupted.
+Exit status (smp.errors.Exit): 0 the run finished, 1 an internal error of the
+simulator, 2 bad input (one line on stderr naming the file or key), 3 the simulated
+kernel panicked, 4 a DIAGNOSTIC invariant was violated, 5 a deadlock or livelock,
+6 a CPU worker died, 7 the run directory could not be written (disk full, I/O
+error), 8 smp explore found a failing schedule, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ import importlib.util
 import sys
 import traceback
 
-from smp.errors import BadInput
-
-EXIT_OK, EXIT_INTERNAL, EXIT_BADINPUT, EXIT_PANIC = 0, 1, 2, 3
+from smp.errors import BadInput, Exit, WriteFailed
 
 # Tools that read run directories.  Each module has ``register(subparsers)``, which adds
 # its subcommand and sets ``func`` (taking the parsed arguments, returning an exit status).
@@ -33,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(EXIT_BADINPUT)
+        raise SystemExit(Exit.BADINPUT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="rerun RUN's manifest (script text, configuration, seed, schedule) "
                    "and check that the result is identical")
     sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
+    sub.add_parser("clean", help="remove shared-memory segments left by runs that died",
+                   description="Remove the shared-memory segments (/dev/shm/smp-PID-*) whose "
+                   "owner process no longer exists, and list them.  Every smp command that "
+                   "boots a machine does this first; this does it on its own.")
     e = sub.add_parser("experiment", help="run load scripts x kernel configurations x seeds",
                        description="The January 2001 experiment: run a matrix of load "
                        "scripts, kernel configurations and seeds, and print one table.")
@@ -108,9 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _clean_orphans(quiet: bool = False) -> list[tuple[str, int]]:
+    """Remove segments of dead runs; say so on stderr (unless ``quiet``)."""
+    from smp.machine.segment import remove_orphans
+
+    removed = remove_orphans()
+    if removed and not quiet:
+        total = sum(n for _, n in removed) / 2**20
+        print(f"smp: removed {len(removed)} shared-memory segment(s) left by runs that died "
+              f"({total:.1f} MiB): {', '.join(n for n, _ in removed)}", file=sys.stderr)
+    return removed
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from smp.config import parse_duration
-    from smp.run import run
+    from smp.run import run, summary_head
 
     limit = None
     if a.time_limit is not None:
@@ -122,40 +140,47 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise BadInput(f"--strategy {a.strategy}: only with --lockstep")
     if a.replay and (a.script or a.lockstep or a.seed):
         raise BadInput("--replay RUN takes its script, seed and mode from RUN's manifest")
+    _clean_orphans()
     if a.replay:
         from smp.replay import replay
 
         return replay(a.replay, out=a.out, progress=progress)
-    run_dir, o = run(a.script, machine=a.machine, kernel=a.kernel, overrides=a.overrides,
-                     cpus=a.cpus, seed=a.seed, out=a.out, progress=progress,
-                     time_limit_s=limit, lockstep=a.strategy if a.lockstep else None,
-                     fail=a.fail)
-    print(run_dir)
-    summary = (run_dir / "summary.txt").read_text().splitlines()
-    for line in summary[1:]:
-        if line.startswith("cpu  state"):
-            break
+    res = run(a.script, machine=a.machine, kernel=a.kernel, overrides=a.overrides,
+              cpus=a.cpus, seed=a.seed, out=a.out, progress=progress,
+              time_limit_s=limit, lockstep=a.strategy if a.lockstep else None, fail=a.fail)
+    s = res.summary
+    print(res.run_dir)
+    for line in summary_head(s):
         print("  " + line)
-    if o.status != "done":
-        for c in o.cpus:
-            if c.text or c.held:
-                spin = f" (spinning on {c.spinning_on})" if c.spinning_on else ""
-                print(f"  cpu{c.cpu}: {c.state}{spin}: {c.text}")
-                for h in c.held:
+    if s["status"] not in ("done", "timeout"):
+        for c in s["cpus"]:
+            if c["text"] or c["held"]:
+                spin = f" (spinning on {c['spinning_on']})" if c["spinning_on"] else ""
+                print(f"  cpu{c['cpu']}: {c['state']}{spin}: {c['text']}")
+                for h in c["held"]:
                     print(f"    holds {h['name']} ({h['class']}, {h['mode']}) taken in "
                           f"{h['site']}")
-    if a.lockstat:
+    tl = s.get("time_limit") or {}
+    if tl.get("processes_alive"):
+        print(f"smp: warning: {res.run_dir}: the time limit ended the load with "
+              f"{tl['processes_alive']} processes still running: its figures are those of "
+              "an unfinished run", file=sys.stderr)
+    if s.get("incomplete"):
+        print(f"smp: {res.run_dir}: run directory incomplete: "
+              f"{(s.get('write_error') or {}).get('path', '?')}: "
+              f"{(s.get('write_error') or {}).get('reason', 'write failed')}", file=sys.stderr)
+    if a.lockstat and not s.get("incomplete"):
         from smp.tools.lockstat import print_top
 
-        print_top(run_dir, sys.stdout)
-    return o.exit_code
+        print_top(res.run_dir, sys.stdout)
+    return res.exit_code
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from smp import experiment as X
+    from smp.tools import experiment as X
 
     if a.seeds < 1:
         raise BadInput(f"--seeds {a.seeds}: expected at least 1")
@@ -163,15 +188,22 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     configs = [X.parse_config(c) for c in a.config] or X.DEFAULT_CONFIGS
     out = Path(a.out) if a.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
     jobs = a.jobs or X.default_jobs()
-    cells = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
-                             kernel=a.kernel, extra=a.overrides, time_limit=a.time_limit,
-                             progress=not a.quiet and sys.stdout.isatty())
+    _clean_orphans()
+    cells, stopped = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
+                                      kernel=a.kernel, extra=a.overrides,
+                                      time_limit=a.time_limit,
+                                      progress=not a.quiet and sys.stdout.isatty())
     meta = {"scripts": scripts, "configs": [c for c, _ in configs], "seeds": a.seeds,
-            "kernel": a.kernel, "overrides": a.overrides, "time_limit": a.time_limit}
+            "kernel": a.kernel, "overrides": a.overrides, "time_limit": a.time_limit,
+            "interrupted": stopped or None}
     X.write_outputs(cells, out, meta)
     print(out)
     print(X.render_text(cells))
-    return EXIT_OK
+    if stopped:
+        print(f"smp: experiment stopped by {stopped}: the table holds the runs that "
+              "finished", file=sys.stderr)
+        return Exit.INTERRUPTED
+    return Exit.OK
 
 
 def cmd_explore(a: argparse.Namespace) -> int:
@@ -179,7 +211,7 @@ def cmd_explore(a: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from smp import explore as E
+    from smp.tools import explore as E
 
     if a.seeds < 1:
         raise BadInput(f"--seeds {a.seeds}: expected at least 1")
@@ -187,11 +219,12 @@ def cmd_explore(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path("explore") / \
         f"{stem}-{a.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
-    res = E.explore(a.script, seeds, out, strategy=a.strategy,
-                    jobs=a.jobs or max(1, os.cpu_count() or 1), machine=a.machine,
-                    kernel=a.kernel, overrides=a.overrides, fail=a.fail,
-                    time_limit=a.time_limit, stop_on_failure=not a.all,
-                    progress=not a.quiet and sys.stdout.isatty())
+    _clean_orphans()
+    res, stopped = E.explore(a.script, seeds, out, strategy=a.strategy,
+                             jobs=a.jobs or max(1, os.cpu_count() or 1), machine=a.machine,
+                             kernel=a.kernel, overrides=a.overrides, fail=a.fail,
+                             time_limit=a.time_limit, stop_on_failure=not a.all,
+                             progress=not a.quiet and sys.stdout.isatty())
     print(out)
     print(E.render(res))
     bad = [r for r in res if r.verdict != "ok"]
@@ -199,8 +232,20 @@ def cmd_explore(a: argparse.Namespace) -> int:
         first = min(bad, key=lambda r: r.seed)
         print(f"first failure: seed {first.seed} ({first.verdict}): {first.detail}")
         print(f"reproduce:     smp run --replay {first.run_dir}")
-        return 1
-    return EXIT_OK
+    if stopped:
+        print(f"smp: explore stopped by {stopped} after {len(res)} of {len(seeds)} seeds",
+              file=sys.stderr)
+        return Exit.INTERRUPTED
+    return Exit.FOUND if bad else Exit.OK
+
+
+def cmd_clean(a: argparse.Namespace) -> int:
+    removed = _clean_orphans(quiet=True)
+    for name, size in removed:
+        print(f"removed /dev/shm/{name} ({size / 2**20:.1f} MiB)")
+    if not removed:
+        print("nothing to remove: no segment of a dead run in /dev/shm")
+    return Exit.OK
 
 
 def cmd_list(a: argparse.Namespace) -> int:
@@ -209,29 +254,53 @@ def cmd_list(a: argparse.Namespace) -> int:
     print("machines: " + ", ".join(list_machines()))
     print("kernels:  " + ", ".join(list_kernels()))
     print("loads:    " + ", ".join(sorted(p.stem for p in WORKLOADS.glob("*.toml"))))
-    return EXIT_OK
+    return Exit.OK
+
+
+# options whose value may start with "-" (a negative duration is rejected by its own
+# check, with the duration message, not by argparse as a missing argument)
+_VALUE_OPTIONS = ("--time-limit", "--seed", "--first-seed", "--seeds", "--cpus", "--jobs")
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        x = argv[i]
+        if x in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1] != "--":
+            out.append(f"{x}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(x)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
-    a = p.parse_args(argv)
+    a = p.parse_args(_join_values(list(sys.argv[1:] if argv is None else argv)))
     if a.cmd is None:
         p.print_help()
-        return EXIT_BADINPUT
+        return Exit.BADINPUT
     try:
-        func = {"run": cmd_run, "list": cmd_list,
+        func = {"run": cmd_run, "list": cmd_list, "clean": cmd_clean,
                 "experiment": cmd_experiment, "explore": cmd_explore}.get(a.cmd) or a.func
-        return func(a)
+        return int(func(a))
     except BadInput as e:
         print(f"smp: {e}", file=sys.stderr)
-        return EXIT_BADINPUT
+        return Exit.BADINPUT
+    except WriteFailed as e:
+        print(f"smp: {e}", file=sys.stderr)
+        return Exit.WRITE_FAILED
     except KeyboardInterrupt:
         print("smp: interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
+    except BrokenPipeError:
+        return Exit.OK                  # `smp trace RUN | head`: the reader has enough
     except Exception as e:  # noqa: BLE001 - a simulator bug: say so, with the traceback
         traceback.print_exc()
         print(f"smp: internal error: {e!r}", file=sys.stderr)
-        return EXIT_INTERNAL
+        return Exit.INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

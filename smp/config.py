@@ -46,7 +46,7 @@ __all__ = [
     "ROOT", "SHARED", "WORKLOADS", "PAGE_SIZE", "DEFAULT_MACHINE", "DEFAULT_KERNEL",
     "STEAL_PATHS", "MACHINE_KEYS", "KERNEL_KEYS",
     "parse_size", "parse_duration", "parse_onoff",
-    "MachineProfile", "KernelConfig", "RunConfig",
+    "MachineProfile", "KernelConfig", "RunConfig", "Seeds",
     "list_machines", "list_kernels", "load_machine", "load_kernel",
     "machine_from_table", "kernel_from_table", "apply_overrides", "load_run_config",
 ]
@@ -335,6 +335,54 @@ class RunConfig:
         return {"machine": self.machine.to_dict(), "kernel": self.kernel.to_dict(),
                 "overrides": list(self.overrides)}
 
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], source: str) -> RunConfig:
+        """The machine and kernel exactly as a run's manifest.json recorded them (replay).
+
+        Every value is validated again; a problem is one BadInput line naming ``source``.
+        """
+        recs = {}
+        for section, keys, make in (("machine", MACHINE_KEYS, _make_machine),
+                                    ("kernel", KERNEL_KEYS, _make_kernel)):
+            table = manifest.get(section)
+            if not isinstance(table, dict):
+                raise _bad(f"{source}: {section}: missing or not a table")
+            unknown = set(table) - set(keys) - {"name", "path"}
+            if unknown:
+                raise _bad(f"{source}: {section}.{sorted(unknown)[0]}: unknown key (a manifest "
+                           "of a newer smp?)")
+            vals = {k: v for k, v in table.items() if k in keys}
+            recs[section] = make(vals, str(table.get("name", "manifest")),
+                                 f"{source}: {section}", {})
+        ov = manifest.get("overrides", [])
+        cfg = cls(recs["machine"], recs["kernel"],
+                  tuple(str(o) for o in ov) if isinstance(ov, list) else ())
+        _tune(cfg.kernel, cfg.machine.npages, source)
+        return cfg
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The random streams of one run, every one derived here from the run's ``--seed``.
+
+    ``load``: the load script's choices (random touches, strides); ``failpoints``: the
+    failpoints' draws (each CPU mixes in its number); ``schedule``: the lockstep
+    scheduler's generator.  A run is a function of these three (and, free-running, of
+    the host's timing).
+    """
+
+    run: int
+    load: int
+    failpoints: int
+    schedule: int
+
+    @classmethod
+    def derive(cls, seed: int) -> Seeds:
+        if seed < 0:
+            raise _bad(f"--seed {seed}: expected a non-negative integer")
+        # each consumer already mixes the seed with its own constants, so one value serves
+        return cls(run=seed, load=seed, failpoints=seed, schedule=seed)
+
 
 MACHINE_KEYS: dict[str, _Convert] = {
     "ncpu": _int_in(1, 64),
@@ -485,10 +533,12 @@ def list_kernels() -> list[str]:
 
 
 def _display(path: Path) -> str:
+    """A path as the user can use it from where they are: relative to the current
+    directory when inside it, else absolute."""
     try:
-        return path.relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path.resolve())
 
 
 def _is_path(spec: str) -> bool:

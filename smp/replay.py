@@ -6,89 +6,93 @@ A lockstep run replays exactly: the new run directory's console.log, hist.log,
 events.bin and lockstat.json must be byte-identical to the old ones, and the
 first difference is reported if not.  A free-mode run can be rerun the same way,
 but its interleaving is the host's, so only a lockstep replay is checked.
+
+Without ``--out`` the replay goes to a temporary directory, removed again when
+the replay is identical (kept, and named, when it differs).
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
+from smp.config import RunConfig
 from smp.errors import BadInput
+from smp.rundir import format as fmt
+from smp.rundir.reader import RunDir
 
-COMPARED = ("console.log", "hist.log", "events.bin", "lockstat.json")
-
-
-def _manifest(run: Path) -> dict:
-    p = run / "manifest.json"
-    try:
-        m = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{p}: no such file (is {run} a run directory?)") from None
-    except ValueError as e:
-        raise BadInput(f"{p}: not valid JSON: {e}") from None
-    if m.get("schema") != 1 or "load_script" not in m:
-        raise BadInput(f"{p}: not an smp run manifest of schema 1")
-    return m
-
-
-def replay_overrides(m: dict) -> list[str]:
-    """-o overrides that reproduce the manifest's machine and kernel exactly."""
-    ov = []
-    for section in ("machine", "kernel"):
-        for k, v in m[section].items():
-            if k in ("name", "path"):
-                continue
-            if isinstance(v, bool):
-                v = "on" if v else "off"
-            ov.append(f"{section}.{k}={v}")
-    return ov
+COMPARED = (fmt.CONSOLE_FILE, fmt.HIST_FILE, fmt.EVENTS_FILE, fmt.LOCKSTAT_FILE)
 
 
 def replay(run_dir: str, out: str | None = None, progress: bool = False) -> int:
-    """Rerun ``run_dir``; returns 0 identical, 1 different (free mode: 0 after the run)."""
+    """Rerun ``run_dir``; returns 0 identical, 1 different (free mode: the run's status)."""
     from smp.run import run
 
-    src = Path(run_dir)
-    m = _manifest(src)
-    ls = m["load_script"]
-    dst = Path(out) if out else Path(tempfile.mkdtemp(prefix="smp-replay-"))
+    src = RunDir(run_dir)
+    m = src.require(fmt.MANIFEST_FILE)
+    shown = str(src.file(fmt.MANIFEST_FILE))
+    ls = m.get("load_script")
+    if not isinstance(ls, dict) or not isinstance(ls.get("text"), str) \
+            or not isinstance(ls.get("name"), str):
+        raise BadInput(f"{shown}: load_script: missing or without its text")
+    seed = m.get("seed")
+    if not isinstance(seed, int) or seed < 0:
+        raise BadInput(f"{shown}: seed: expected a non-negative integer, got {seed!r}")
+    cfg = RunConfig.from_manifest(m, shown)
     lockstep = m.get("strategy") if m.get("mode") == "lockstep" else None
-    run_dir2, o = run(ls["name"], machine=m["machine"]["name"], kernel=m["kernel"]["name"],
-                      overrides=replay_overrides(m), seed=m["seed"], out=str(dst),
-                      progress=progress, time_limit_s=m.get("time_limit_s"),
-                      lockstep=lockstep, script_text=ls["text"],
-                      fail=[f for f in m.get("failpoints", []) if f not in _script_fail(ls)])
-    print(run_dir2)
+    if lockstep not in (None, "random", "pct"):
+        raise BadInput(f"{shown}: strategy: {lockstep!r} is not a lockstep strategy")
+    failpoints = m.get("failpoints", [])
+    if not isinstance(failpoints, list) or not all(isinstance(f, str) for f in failpoints):
+        raise BadInput(f"{shown}: failpoints: expected a list of strings")
+    limit = m.get("time_limit_s")
+    if limit is not None and (not isinstance(limit, int | float) or limit <= 0):
+        raise BadInput(f"{shown}: time_limit_s: expected a positive number, got {limit!r}")
+    temp = out is None
+    dst = Path(out) if out else Path(tempfile.mkdtemp(prefix="smp-replay-"))
+    try:
+        res = run(ls["name"], config=cfg, seed=seed, out=str(dst), progress=progress,
+                  time_limit_s=limit, lockstep=lockstep, script_text=ls["text"],
+                  fail=[f for f in failpoints if f not in _script_fail(ls["text"])])
+    except BaseException:
+        if temp:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
+    new = RunDir(res.run_dir)
     if not lockstep:
-        print(f"replayed a free-mode run (status {o.status}); free-mode interleavings are "
-              "the host's, so the outputs are not compared")
-        return o.exit_code
+        print(new.path)
+        print(f"replayed a free-mode run (status {res.outcome.status}); free-mode "
+              "interleavings are the host's, so the outputs are not compared")
+        return res.exit_code
     diffs = []
     for name in COMPARED:
-        a, b = src / name, run_dir2 / name
-        if not a.exists() and not b.exists():
+        a, b = src.raw(name), new.raw(name)
+        if a is None and b is None:
             continue
-        da = a.read_bytes() if a.exists() else None
-        db = b.read_bytes() if b.exists() else None
-        if da != db:
-            diffs.append(f"{name}: {_first_difference(da, db)}")
+        if a != b:
+            diffs.append(f"{name}: {_first_difference(a, b)}")
     if diffs:
-        print(f"replay of {src} differs:")
+        print(new.path)
+        print(f"replay of {src.path} differs:")
         for d in diffs:
             print("  " + d)
         return 1
-    print(f"replay of {src}: identical ({', '.join(n for n in COMPARED if (src / n).exists())})")
+    if temp:
+        shutil.rmtree(dst, ignore_errors=True)
+    else:
+        print(new.path)
+    same = ", ".join(n for n in COMPARED if src.has(n))
+    print(f"replay of {src.path}: identical ({same})")
     return 0
 
 
-def _script_fail(ls: dict) -> list[str]:
+def _script_fail(text: str) -> list[str]:
     """Failpoints the script text itself declares (the replay gets them from the text)."""
-    import tomllib
-
     try:
-        return list(tomllib.loads(ls["text"]).get("run", {}).get("fail", []))
-    except (tomllib.TOMLDecodeError, AttributeError):
+        return list(tomllib.loads(text).get("run", {}).get("fail", []))
+    except (tomllib.TOMLDecodeError, AttributeError, TypeError):
         return []
 
 

@@ -1,40 +1,53 @@
 """``smp run``: boot a machine on a load script and write the run directory.
 
 A run directory is self-describing, so every tool works on it without the
-code that produced it:
+code that produced it (the files and their order are in :mod:`smp.rundir.writer`):
 
     manifest.json   what ran: load script (name, hash, full text), machine profile,
                     kernel configuration, overrides, seed, mode, code version, host
     console.log     the kernel console, one line per printf/panic
     hist.log        UVMHIST records (kernel option hist = on)
-    events.bin      every trace record, binary (smp.runfmt), with catalogue.json
+    events.bin      every trace record, binary, with catalogue.json
     lockstat.json   exact lock statistics (smp.machine.lockstat)
     summary.json    outcome, counters, per-CPU host figures (psutil), trace totals
     summary.txt     the same for people
 
-Every JSON file carries ``"schema"``.
+Every JSON file carries ``"schema"`` (versions in :mod:`smp.rundir.format`).
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smp import __version__
-from smp.config import RunConfig, apply_overrides, load_kernel, load_machine
-from smp.errors import BadInput
+from smp.config import RunConfig, Seeds, apply_overrides, load_kernel, load_machine
+from smp.errors import BadInput, WriteFailed, exit_for
+from smp.kern import kern_fail
 from smp.kern.kernel import Kernel
 from smp.machine.boot import Machine, RunOutcome, host_info
-from smp.runfmt import CATALOGUE_FILE
+from smp.machine.schedule import FREE, Lockstep
+from smp.machine.trace import NullSink
+from smp.rundir import format as fmt
+from smp.rundir.writer import RunWriter
 from smp.workload import interp, synthetic  # noqa: F401 - their messages, before boot
 from smp.workload.script import LoadScript, load_script, load_script_text
 
-MANIFEST_SCHEMA = 1
-SUMMARY_SCHEMA = 1
+
+@dataclass
+class RunResult:
+    """What ``run()`` returns: where the run directory is, how it ended, its summary."""
+
+    run_dir: Path
+    outcome: RunOutcome
+    summary: dict
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.summary["exit_code"])
 
 
 def configure(script: LoadScript, machine: str | None, kernel: str | None,
@@ -73,19 +86,20 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
         kernel: str | None = None, overrides: list[str] = (), cpus: int | None = None,
         seed: int = 0, out: str | None = None, progress: bool = False,
         time_limit_s: float | None = None, lockstep: str | None = None,
-        script_text: str | None = None, fail: list[str] = ()) -> tuple[Path, RunOutcome]:
-    """Run a load script; returns the run directory and the outcome.
+        script_text: str | None = None, fail: list[str] = (),
+        config: RunConfig | None = None) -> RunResult:
+    """Run a load script and write its run directory.
 
     ``lockstep``: None (free mode), "random" or "pct" (one CPU at a time, the schedule
     drawn from ``seed``; the time limit is then virtual time).  ``script_text``: run
-    this text under the script's name (replay of a run directory's manifest).
+    this text under the script's name, and ``config``: exactly this machine and kernel
+    (replay of a run directory's manifest).
     """
     script = load_script(script_spec) if script_text is None else \
         load_script_text(script_spec, script_text)
-    cfg = configure(script, machine, kernel, list(overrides), cpus)
-    if seed < 0:
-        raise BadInput(f"--seed {seed}: expected a non-negative integer")
-    script.load.seed = seed
+    cfg = config or configure(script, machine, kernel, list(overrides), cpus)
+    seeds = Seeds.derive(seed)
+    script.load.seed = seeds.load
     load = script.load
     initial = getattr(load, "initial", getattr(load, "nprocs", 0))
     if initial > cfg.machine.maxproc:
@@ -96,15 +110,12 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     if hasattr(load, "maxproc"):
         load.maxproc = min(load.maxproc, cfg.machine.maxproc)
     limit = time_limit_s if time_limit_s is not None else script.time_limit_s
-    from smp.kern import kern_fail
     failspecs = list(script.fail or []) + list(fail)
     kern_fail.parse(list(fail), "--fail")
-    run_dir = Path(out) if out else default_run_dir(script, cfg, seed)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise BadInput(f"{run_dir}: run directory exists and is not empty")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    schedule = Lockstep(lockstep, seeds.schedule) if lockstep else FREE
+    writer = RunWriter.create(Path(out) if out else default_run_dir(script, cfg, seed))
     manifest = {
-        "schema": MANIFEST_SCHEMA,
+        "schema": fmt.MANIFEST_SCHEMA,
         "tool": "smp", "version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mode": "lockstep" if lockstep else "free", "seed": seed,
@@ -116,79 +127,72 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
         "failpoints": failspecs,
         "host": host_info(), "argv": list(sys.argv),
     }
-    _write_json(run_dir / "manifest.json", manifest)
-    kern = Kernel(cfg.kernel, script.load, failspecs=failspecs, seed=seed)
-    mach = Machine(cfg.machine.ncpu, cfg.machine.trace_ring, kern, cfg.machine, run_dir,
-                   time_limit_s=limit, progress=progress, stats_on=cfg.kernel.lockstat,
-                   lockstep=lockstep, seed=seed)
+    try:
+        writer.write_json(fmt.MANIFEST_FILE, manifest)
+    except WriteFailed as e:
+        writer.mark_incomplete(str(e))
+        raise
+    kern = Kernel(cfg.kernel, script.load, failspecs=failspecs, seed=seeds.failpoints)
+    sink = writer.trace_sink(merged_at_end=schedule.lockstep)
+    mach = Machine(cfg.machine, kern, sink, schedule, time_limit_s=limit, progress=progress)
     try:
         outcome = mach.run()
     except BadInput:
-        # refused at boot (e.g. a delay naming no lock class): leave no half-made run
-        for f in run_dir.iterdir():
-            f.unlink()
-        run_dir.rmdir()
+        writer.discard()     # refused at boot (e.g. a delay naming no lock class)
         raise
-    if lockstep:
-        rerender_logs(run_dir)
-    from smp.kern import subr_prf
-
-    subr_prf.CATALOGUE.save(run_dir / CATALOGUE_FILE)
-    _write_json(run_dir / "lockstat.json", outcome.lockstat)
+    outcome.trace.update(console_lines=sink.console_lines, hist_lines=sink.hist_lines)
     summary = make_summary(outcome, cfg, script, seed)
-    _write_json(run_dir / "summary.json", summary)
-    (run_dir / "summary.txt").write_text(summary_text(summary))
-    return run_dir, outcome
+    _finish(writer, outcome, summary)
+    return RunResult(writer.path, outcome, summary)
+
+
+def _finish(writer: RunWriter, o: RunOutcome, summary: dict) -> None:
+    """lockstat.json, then the summary; a failed write makes the run 'write-error' and
+    the directory incomplete, and whatever fits of the summary still says so."""
+    try:
+        writer.write_json(fmt.LOCKSTAT_FILE, o.lockstat)
+    except WriteFailed:
+        pass                                  # recorded in writer.failed
+    if writer.failed is not None:
+        _mark_write_error(summary, writer.failed)
+    for _attempt in range(2):
+        try:
+            writer.write_json(fmt.SUMMARY_FILE, summary)
+            writer.write_text(fmt.SUMMARY_TEXT_FILE, summary_text(summary))
+            break
+        except WriteFailed as e:
+            _mark_write_error(summary, e)
+    if summary.get("incomplete"):
+        writer.mark_incomplete(summary["message"])
+
+
+def _mark_write_error(summary: dict, err: WriteFailed) -> None:
+    if summary.get("incomplete"):
+        return
+    summary["incomplete"] = True
+    if summary["status"] in ("done", "timeout"):
+        summary["status"] = "write-error"
+        summary["exit_code"] = int(exit_for("write-error"))
+    summary["message"] = f"{summary['message']}; run directory incomplete: {err}"
+    summary["write_error"] = {"path": err.path, "errno": err.errno, "reason": err.strerror}
 
 
 def boot_for_bench(ncpu: int, physmem: int):
     """Boot a machine of ``ncpu`` CPUs and ``physmem`` bytes with the default kernel and
     an empty load, up to every CPU in its dispatch loop (scripts/bench_machine.py)."""
-    import tempfile
-
     from smp.workload.synthetic import SyntheticLoad
 
     m, k = apply_overrides(load_machine("i386mp-4"), load_kernel("default"),
                            [f"ncpu={ncpu}", f"physmem={physmem}"])
     load = SyntheticLoad(name="boot", nprocs=1, iterations=1, handoff_every=0, compute_ns=0)
-    kern = Kernel(k, load)
-    mach = Machine(m.ncpu, m.trace_ring, kern, m, Path(tempfile.gettempdir()))
-    return mach.boot_and_wait()
-
-
-def rerender_logs(run_dir: Path) -> None:
-    """Lockstep: write events.bin, console.log and hist.log again from the records in merged
-    (virtual time, cpu, sequence) order, so they do not depend on when the parent
-    happened to drain the rings."""
-    from smp.runfmt import (
-        KIND_HIST,
-        Catalogue,
-        console_lines,
-        hist_lines,
-        merge_order,
-        read_events,
-        write_events,
-    )
-
-    ev = run_dir / "events.bin"
-    if not ev.exists():
-        return
-    cat = Catalogue.load(run_dir / CATALOGUE_FILE)
-    recs = merge_order(read_events(ev, partial_ok=True))
-    write_events(ev, recs)                       # in merged order, not drain order
-    hist = cat.kind_codes()[recs["msgid"]] == KIND_HIST
-    (run_dir / "console.log").write_text("".join(x + "\n" for x in
-                                                 console_lines(recs[~hist], cat)))
-    if hist.any():
-        (run_dir / "hist.log").write_text("".join(x + "\n" for x in
-                                                  hist_lines(recs[hist], cat)))
+    return Machine(m, Kernel(k, load), NullSink()).boot_and_wait()
 
 
 def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -> dict:
     acq = sum(r["acq"] for r in o.lockstat["records"])
     contended = sum(r["contended"] for r in o.lockstat["records"])
-    return {
-        "schema": SUMMARY_SCHEMA,
+    s = {
+        "schema": fmt.SUMMARY_SCHEMA,
         "status": o.status, "exit_code": o.exit_code, "message": o.message,
         "elapsed_s": round(o.elapsed_s, 6),
         "load_script": script.name, "machine": cfg.machine.name, "kernel": cfg.kernel.name,
@@ -201,6 +205,12 @@ def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -
         "schedule": o.schedule,
         "diagnostic": o.diagnostic,
     }
+    alive = (o.kernel.get("processes") or {}).get("alive", 0) if isinstance(o.kernel, dict) \
+        else 0
+    if o.status == "timeout":
+        # the load did not finish: its figures are those of a cut-off run
+        s["time_limit"] = {"reached": True, "processes_alive": int(alive)}
+    return s
 
 
 def summary_text(s: dict) -> str:
@@ -210,6 +220,10 @@ def summary_text(s: dict) -> str:
         f"status: {s['status']} ({s['message']}) after {s['elapsed_s']:.2f} s, "
         f"exit {s['exit_code']}",
     ]
+    tl = s.get("time_limit")
+    if tl and tl.get("processes_alive"):
+        lines.append(f"warning: the load did not finish: {tl['processes_alive']} processes "
+                     "were still running at the time limit")
     kc = s["kernel_counters"]
     if "counters" in kc:
         nz = [f"{k} {v}" for k, v in kc["counters"].items() if v]
@@ -244,7 +258,12 @@ def summary_text(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
+def summary_head(s: dict) -> list[str]:
+    """The lines ``smp run`` prints after the run directory (summary.txt's head)."""
+    text = summary_text(s).splitlines()
+    out = []
+    for line in text[1:]:
+        if line.startswith("cpu  state"):
+            break
+        out.append(line)
+    return out

@@ -34,8 +34,12 @@ from smp.kern.kernel import USER_BASE, Kernel
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_page import OWN_KMEM, PG_BUSY, uvm_pagealloc, uvm_pagefree
 from smp.machine.boot import Machine
-from smp.machine.cpu import CPU, Panic
-from smp.runfmt import Catalogue
+from smp.machine.cpu import Panic
+from smp.machine.schedule import FREE, Lockstep
+from smp.machine.trace import NullSink
+from smp.rundir.format import Catalogue
+from smp.rundir.reader import RunDir
+from smp.rundir.writer import RunWriter
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
@@ -67,15 +71,11 @@ class Booted:
         self.profile, self.config = m, k
         self.load = idle_load(nprocs, amap_per_proc)
         self.kernel = Kernel(k, self.load)
-        self._tmp = tempfile.TemporaryDirectory(prefix="smp-harness-")
-        self.machine = Machine(m.ncpu, m.trace_ring, self.kernel, m, Path(self._tmp.name))
+        self.machine = Machine(m, self.kernel, NullSink())
         self.seg = None
         try:
             self.seg = self.machine.boot()       # (destroys the segment itself on failure)
-            self.ci = CPU(self.seg, 0, self.machine.sched_lock, self.machine.decl.nthreads)
-            self.kernel.cpu_attach(self.ci)
-            while self.ci.remrunqueue() is not None:    # no dispatcher: empty the run queue
-                pass
+            self.ci = self.machine.attach_local_cpu(self.seg)
         except BaseException:
             self.destroy()
             raise
@@ -91,7 +91,6 @@ class Booted:
         if seg is not None:
             self.seg = None
             seg.destroy()
-        self._tmp.cleanup()
 
     @property
     def ux(self) -> np.ndarray:
@@ -320,16 +319,14 @@ def run_program(program: Callable[[Assembler], int], nprocs: int, overrides: Seq
     load = ProgramLoad(name="kerntest", table=a.table(), kinds=[ProcessKind("hog", nprocs, pc)],
                        maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed)
     kern = Kernel(k, load, list(fail), seed=seed)
-    tmp = None
-    if run_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="smp-kerntest-")
-        run_dir = Path(tmp.name)
-    mach = CheckedMachine(m.ncpu, m.trace_ring, kern, m, run_dir, time_limit_s=time_limit_s,
-                          lockstep=lockstep, seed=seed)
-    try:
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="smp-kerntest-"))) / "run"
+        writer = RunWriter.create(run_dir)
+        schedule = Lockstep(lockstep, seed) if lockstep else FREE
+        mach = CheckedMachine(m, kern, writer.trace_sink(merged_at_end=schedule.lockstep),
+                              schedule, time_limit_s=time_limit_s)
         outcome = mach.run()
-        mach.console = (Path(run_dir) / "console.log").read_text()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        mach.console = RunDir(run_dir).text("console.log")
     return mach, outcome

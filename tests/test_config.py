@@ -480,6 +480,7 @@ def test_odd_values_stay_on_one_line():
 def test_shared_dir_is_looked_up_at_call_time(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "ROOT", tmp_path)
     monkeypatch.setattr(config, "SHARED", tmp_path / "shared")
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "shared" / "machines").mkdir(parents=True)
     assert list_machines() == []
     assert bad(load_machine, "i386mp-4") == (
@@ -487,6 +488,19 @@ def test_shared_dir_is_looked_up_at_call_time(tmp_path, monkeypatch):
     (tmp_path / "shared" / "machines" / "lab.toml").write_text("[machine]\nncpu = 6\n")
     assert list_machines() == ["lab"]
     assert load_machine("lab").path == "shared/machines/lab.toml"
+
+
+def test_from_another_directory_a_missing_profile_is_named_by_a_path_that_works_there(
+        tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    msg = bad(load_machine, "nope")
+    shown = msg.split(": no such machine profile")[0]
+    assert Path(shown).is_absolute()
+    assert Path(shown).parent == (config.SHARED / "machines").resolve()
+    assert load_machine("i386mp-4").path == str((config.SHARED / "machines" /
+                                                 "i386mp-4.toml").resolve())
 
 
 def test_smp_home_moves_the_root(tmp_path):

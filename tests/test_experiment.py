@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
-from smp.experiment import METRICS, parse_config
 from smp.machine.segment import leaked_segments
+from smp.tools.experiment import METRICS, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "workloads" / "tiny.toml"

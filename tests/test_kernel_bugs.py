@@ -22,7 +22,9 @@ from smp.kern.kernel import Kernel
 from smp.kern.param import NBPG, PMAP_CANFAIL
 from smp.machine.boot import Machine
 from smp.machine.cpu import CPU
+from smp.machine.schedule import Lockstep
 from smp.machine.segment import leaked_segments
+from smp.machine.trace import NullSink
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
@@ -199,8 +201,8 @@ def test_an_internal_error_in_lockstep_mode_is_not_reported_as_done(tmp_path):
     load = BoomLoad(name="boom", table=a.table(), kinds=[ProcessKind("p", 2, pc)], maxproc=2)
     statuses = []
     for seed in range(4):
-        mach = Machine(m.ncpu, m.trace_ring, Kernel(k, load, seed=seed), m,
-                       tmp_path / str(seed), time_limit_s=30, lockstep="random", seed=seed)
+        mach = Machine(m, Kernel(k, load, seed=seed), NullSink(), Lockstep("random", seed),
+                       time_limit_s=30)
         statuses.append(mach.run().status)
     assert statuses == ["internal-error"] * 4
 

@@ -7,7 +7,7 @@
   leaves behind (netbsd-2000-steal-localflush), and the reproducer replays to it; with the
   shootdown on, the same seeds are clean;
 * a deliberate lock-order reversal is reported as a deadlock naming the CPUs and locks, by
-  `smp run --lockstep` (exit 5) and by `smp explore` (verdict deadlock, exit 1);
+  `smp run --lockstep` (exit 5) and by `smp explore` (verdict deadlock, exit 8);
 * the bugs these tests found stay pinned by their tests: runs ending by a halt, both pct
   defects, and a load-compiler/uvm_map bug the lockstep benchmark ran into.
 
@@ -171,7 +171,7 @@ def test_free_mode_replay_reruns_but_does_not_compare(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--replay", "nowhere"], "no such file"),
+    (["run", "--replay", "nowhere"], "no such run directory"),
     (["explore", str(FIX / "synthetic.toml"), "--seeds", "0"], "--seeds 0"),
     (["explore", str(FIX / "synthetic.toml"), "--seeds", "1", "--fail", "bogus"],
      "--fail 'bogus'"),
@@ -190,7 +190,7 @@ def test_explore_finds_the_stale_tlb_of_a_steal_without_shootdown_and_replays_it
     r = smp("explore", str(FIX / "steal.toml"), "-k", "netbsd-2000-steal-localflush",
             "--seeds", "8", "--fail", "pmap_alloc_ptp:p=0.5", "--jobs", "2", "--out", "x", "-q",
             cwd=tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 8, r.stdout + r.stderr
     rep = json.loads((tmp_path / "x" / "reproducer.json").read_text())
     assert rep["verdict"] == "stale-tlb" and 0 <= rep["seed"] < 8
     assert rep["strategy"] == "random" and rep["scheduling_points"] > 0
@@ -254,10 +254,10 @@ def test_a_lock_order_bug_is_reported_as_a_deadlock_naming_cpus_and_locks(tmp_pa
     assert r.returncode == 0 and "identical" in r.stdout, r.stdout + r.stderr
 
 
-def test_explore_reports_the_lock_order_bug_as_deadlock_with_exit_1(tmp_path):
+def test_explore_reports_the_lock_order_bug_as_deadlock_with_exit_8(tmp_path):
     r = smp("explore", str(FIX / "deadlock.toml"), "-o", "biglock=off", "--seeds", "2",
             "--jobs", "2", "--out", "x", "-q", cwd=tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 8, r.stdout + r.stderr
     rep = json.loads((tmp_path / "x" / "reproducer.json").read_text())
     assert rep["verdict"] == "deadlock" and rep["seed"] == 0
     assert re.fullmatch(r"deadlock: cpu\d spins on bucket\[\d\], cpu\d spins on bucket\[\d\]",
@@ -295,7 +295,7 @@ def test_after_a_virtual_time_limit_no_cpu_runs_on_and_the_run_is_byte_identical
             # stop there (or be the one that reached the limit), not resume and spin again
             for c in s["cpus"]:
                 if c["spinning_on"]:
-                    assert "wait_turn" in c["text"] or "_halt" in c["text"], \
+                    assert "wait_turn" in c["text"] or "_end" in c["text"], \
                         f"seed {seed}: cpu{c['cpu']} ran on after the halt: {c['text']}"
         assert digest(ds[0]) == digest(ds[1]), f"seed {seed}: two runs, two outcomes"
 
@@ -311,7 +311,7 @@ def test_pct_lets_the_target_of_a_tlb_shootdown_run(tmp_path):
 def test_pct_exploration_finds_the_lock_order_deadlock(tmp_path):
     r = smp("explore", str(FIX / "deadlock.toml"), "-o", "biglock=off", "--strategy", "pct",
             "--seeds", "4", "--jobs", "2", "--out", "x", "-q", cwd=tmp_path)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 8, r.stdout + r.stderr
     rep = json.loads((tmp_path / "x" / "reproducer.json").read_text())
     assert rep["verdict"] == "deadlock" and rep["strategy"] == "pct"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smp import runfmt
 from smp.errors import BadInput
 from smp.machine.trace import Drainer
-from smp.runfmt import (
+from smp.rundir import format as runfmt
+from smp.rundir.format import (
     REC_DTYPE,
     Catalogue,
     Message,
@@ -30,6 +30,7 @@ from smp.runfmt import (
     read_events,
     write_events,
 )
+from smp.rundir.writer import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,8 +235,9 @@ def test_rec_dtype_matches_machine_layout():
     assert runfmt.REC_DTYPE.itemsize == 72
 
 
-def test_runfmt_imports_neither_machine_nor_kernel():
-    code = ("import sys, smp.runfmt; bad = [m for m in sys.modules "
+def test_the_rundir_package_imports_neither_machine_nor_kernel():
+    code = ("import sys, smp.rundir.format, smp.rundir.reader, smp.rundir.writer; "
+            "bad = [m for m in sys.modules "
             "if m.startswith(('smp.machine', 'smp.kern'))]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -336,6 +338,11 @@ def test_events_partial_ok(tmp_path):
 MSG_ENTER, MSG_FAULT = 0, 1
 
 
+def _sink(run_dir: Path):
+    """The run directory writer's trace sink, free mode (rendered as drained)."""
+    return RunWriter.create(run_dir).trace_sink(merged_at_end=False)
+
+
 def _ring_catalogue() -> Catalogue:
     c = Catalogue()
     assert c.add("pmap_enter", "cpu %d n %d va 0x%08x") == MSG_ENTER
@@ -402,7 +409,7 @@ def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
     seg = _machine(ncpu, 4096)
     try:
         procs = _start_cpus(seg, n, backpressure=True)
-        d = Drainer(seg, tmp_path, cat)
+        d = Drainer(seg, sink := _sink(tmp_path), cat)
         d.start_thread(0.001)  # the drainer runs while the CPUs write
         for p in procs:
             p.join(120)
@@ -413,8 +420,8 @@ def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
     assert stats["records"] == ncpu * n and stats["dropped"] == 0
     assert [c["records"] for c in stats["per_cpu"]] == [n] * ncpu
     assert all(c["dropped"] == 0 and c["seq_gaps"] == 0 for c in stats["per_cpu"])
-    assert stats["hist_lines"] == ncpu * (n // 4)
-    assert stats["console_lines"] == ncpu * n - stats["hist_lines"]
+    assert sink.hist_lines == ncpu * (n // 4)
+    assert sink.console_lines == ncpu * n - sink.hist_lines
     assert "error" not in stats
 
     ev = read_events(tmp_path / "events.bin")
@@ -427,7 +434,7 @@ def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
         assert np.all(np.diff(mine["time"].astype(np.int64)) >= 0)
 
     console = (tmp_path / "console.log").read_text().splitlines()
-    assert len(console) == stats["console_lines"]
+    assert len(console) == sink.console_lines
     seen = {c: [] for c in range(ncpu)}
     for line in console:
         m = CONSOLE_RE.match(line)
@@ -438,7 +445,7 @@ def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
     for cpu in range(ncpu):
         assert seen[cpu] == [i for i in range(n) if i % 4 != 3]
     hist = (tmp_path / "hist.log").read_text().splitlines()
-    assert len(hist) == stats["hist_lines"]
+    assert len(hist) == sink.hist_lines
     assert all(HIST_RE.match(h) for h in hist)
     assert sorted(int(HIST_RE.match(h)[3]) for h in hist if HIST_RE.match(h)[2] == "1") == \
         list(range(3, n, 4))
@@ -452,7 +459,7 @@ def test_tiny_ring_counts_drops_and_says_so(tmp_path, no_leaks):
         for p in procs:
             p.join(60)
             assert p.exitcode == 0
-        d = Drainer(seg, tmp_path, _ring_catalogue())  # nothing drained until now
+        d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())  # nothing drained until now
         stats = d.close()
     finally:
         seg.destroy()
@@ -465,14 +472,14 @@ def test_tiny_ring_counts_drops_and_says_so(tmp_path, no_leaks):
     last = (tmp_path / "console.log").read_text().splitlines()[-1]
     assert re.fullmatch(r"\[ +\d+\.\d{6}\] smp: 1872 trace records dropped \(ring full\): "
                         r"cpu0 936, cpu1 936", last), last
-    assert stats["console_lines"] == 1 + sum(1 for i in range(cap) if i % 4 != 3) * ncpu
+    assert sink.console_lines == 1 + sum(1 for i in range(cap) if i % 4 != 3) * ncpu
 
 
 def test_seq_gap_and_wraparound_in_process(tmp_path, no_leaks):
     seg = _machine(1, 64)
     try:
         core = seg.core(0)
-        d = Drainer(seg, tmp_path, _ring_catalogue())
+        d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
         for i in range(50):
             core.trace(MSG_ENTER, i, 0, i, 0)
         assert d.drain() == 50
@@ -508,7 +515,7 @@ def test_drain_after_worker_died(tmp_path, no_leaks):
         for p in procs:
             p.join(60)
             assert p.exitcode == -signal.SIGKILL
-        d = Drainer(seg, tmp_path, _ring_catalogue())
+        d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
         stats = d.close()
     finally:
         seg.destroy()
@@ -517,11 +524,11 @@ def test_drain_after_worker_died(tmp_path, no_leaks):
 
 def test_drainer_on_closed_segment_and_no_records(tmp_path, no_leaks):
     seg = _machine(1, 64)
-    d = Drainer(seg, tmp_path, _ring_catalogue())
+    d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
     seg.destroy()
     assert d.drain() == 0  # the run ended first: the drainer keeps what it has
     stats = d.close()
-    assert stats["records"] == 0 and stats["console_lines"] == 0
+    assert stats["records"] == 0 and sink.console_lines == 0
     assert (tmp_path / "console.log").read_text() == ""
     assert len(read_events(tmp_path / "events.bin")) == 0
 

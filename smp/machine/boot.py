@@ -29,25 +29,31 @@ import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing import connection
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import psutil
 
+from smp.errors import WorkerExit, exit_for
 from smp.machine import _atomic
-from smp.machine.cpu import (
-    EXIT_DONE,
-    EXIT_HALTED,
-    EXIT_INTERNAL,
-    EXIT_PANIC,
-    Kernel,
-    machine_arrays,
-    worker_main,
-)
+from smp.machine.cpu import CPU, RUSAGE_FIELDS, Kernel, machine_arrays, worker_main
 from smp.machine.layout import ArraySpec, Layout
 from smp.machine.lockspace import LockSpace
+from smp.machine.lockstat import collect_lockstat
+from smp.machine.lockstep import (
+    END_DEADLOCK,
+    END_LIVELOCK,
+    END_TIME_LIMIT,
+    ST_POINTS,
+    ST_SWITCHES,
+    end_report,
+    format_lockstep,
+    lockstep_arrays,
+)
+from smp.machine.schedule import FREE, Schedule
 from smp.machine.segment import Segment
+from smp.machine.trace import Drainer, RecordSink
+from smp.machine.waitfor import find_deadlock
 
 log = logging.getLogger("smp.machine")
 
@@ -55,16 +61,25 @@ POLL_S = 0.1           # supervision period: a dead worker is seen within this
 STOP_S = 2.0           # how long a normal end waits for the CPUs to reach a clean point
 DEADLOCK_S = 2.0       # a waits-for cycle that stands this long is a deadlock (free mode)
 GRACE_S = 3.0          # how long halted CPUs get to stop before they are killed
-RUSAGE_FIELDS = ("user_s", "system_s", "rss_bytes", "vcsw", "ivcsw")
 
 
 class KernelImage(Kernel, Protocol):
-    """What ``Machine`` needs from a kernel (the kernel issue's entry points)."""
+    """What ``Machine`` calls on a kernel, in the parent (``Kernel`` has the CPU side).
+
+    ``declare`` (before the segment exists: locks, arrays, the message catalogue),
+    ``format`` (the segment exists, no CPU runs), then while the run goes on
+    ``finished`` (has the load ended?) and ``progress`` (for the progress bar), and on
+    the stopped machine ``audit`` (DIAGNOSTIC checks; {} when off) and ``summary``.
+    ``stats_on`` says whether the CPUs keep lock statistics.
+    """
+
+    stats_on: bool
 
     def declare(self, machine: Any, locks: LockSpace) -> Declaration: ...
     def format(self, seg: Segment) -> None: ...
     def finished(self, seg: Segment) -> bool: ...
     def progress(self, seg: Segment) -> tuple[float, float]: ...
+    def audit(self, seg: Segment) -> dict: ...
     def summary(self, seg: Segment) -> dict: ...
 
 
@@ -91,7 +106,7 @@ class CpuReport:
 
 @dataclass
 class RunOutcome:
-    status: str                  # done | panic | cpu-died | interrupted | internal-error | timeout
+    status: str                  # a key of smp.errors.STATUS_EXIT: done, timeout, panic, ...
     exit_code: int
     elapsed_s: float
     message: str
@@ -112,24 +127,30 @@ CPU_STATES = {
 
 
 class Machine:
-    """One simulated machine: ``ncpu`` workers on one segment, run once."""
+    """One simulated machine: ``profile.ncpu`` workers on one segment, run once.
 
-    def __init__(self, ncpu: int, ring_capacity: int, kernel: KernelImage, profile: Any,
-                 run_dir: Path, *, time_limit_s: float | None = None,
-                 progress: bool = False, stats_on: bool = True,
-                 lockstep: str | None = None, seed: int = 0):
-        self.ncpu = ncpu
-        self.ring_capacity = ring_capacity
+    ``kernel`` is the kernel image (:class:`KernelImage`), ``sink`` where the trace
+    records go (:class:`~smp.machine.trace.RecordSink`), ``schedule`` free or lockstep
+    (:mod:`smp.machine.schedule`).
+    """
+
+    def __init__(self, profile: Any, kernel: KernelImage, sink: RecordSink,
+                 schedule: Schedule = FREE, *, time_limit_s: float | None = None,
+                 progress: bool = False):
+        self.ncpu = profile.ncpu
+        self.ring_capacity = profile.trace_ring
         self.kernel = kernel
         self.profile = profile
-        self.run_dir = Path(run_dir)
+        self.sink = sink
+        self.schedule = schedule
         self.time_limit_s = time_limit_s
         self.progress = progress
-        self.stats_on = stats_on
-        self.lockstep = lockstep          # None (free mode), "random" or "pct"
-        self.seed = seed
         self.locks = LockSpace()
         self.sched_lock = self.locks.declare("sched_lock", "spin")
+
+    @property
+    def lockstep(self) -> bool:
+        return self.schedule.lockstep
 
     # -- boot -----------------------------------------------------------------
 
@@ -139,7 +160,6 @@ class Machine:
         self.decl = decl
         arrays = machine_arrays(self.ncpu, decl.nthreads) + list(decl.arrays)
         if self.lockstep:
-            from smp.machine.lockstep import lockstep_arrays
             arrays += lockstep_arrays(self.ncpu)
         self.layout = Layout.plan(self.ncpu, self.locks.nlocks, self.ring_capacity, arrays)
         seg = Segment(self.layout)
@@ -147,20 +167,25 @@ class Machine:
             self.locks.format_words(seg.locks)
             self.kernel.format(seg)
             if self.lockstep:
-                from smp.machine.lockstep import format_lockstep
                 limit = int(self.time_limit_s * 1e9) if self.time_limit_s else None
-                format_lockstep(seg, self.seed, self.lockstep, limit)
+                format_lockstep(seg, self.schedule, limit)
         except BaseException:
             seg.destroy()
             raise
         return seg
 
+    def attach_local_cpu(self, seg: Segment, cpu: int = 0) -> CPU:
+        """CPU ``cpu`` of a booted (unforked) machine, run by this very process: the
+        kernel attached, the run queue emptied (tests drive the kernel by hand)."""
+        ci = CPU(seg, cpu, self.sched_lock, self.decl.nthreads)
+        self.kernel.cpu_attach(ci)
+        while ci.remrunqueue() is not None:
+            pass
+        return ci
+
     # -- the run --------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        from smp.machine.trace import Drainer
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         seg = self.boot()
         procs: list[Any] = []
         drainer = None
@@ -170,14 +195,14 @@ class Machine:
         old_term = signal.signal(signal.SIGTERM, _terminate)
         mp_logging = _install_worker_logging()
         try:
-            drainer = Drainer(seg, self.run_dir, self.decl.catalogue)
+            drainer = Drainer(seg, self.sink, self.decl.catalogue)
             self._start_cpus(seg, procs)
             drainer.start_thread()
             status, message = self._supervise(seg, procs, drainer, t0, samples)
         except KeyboardInterrupt:
-            status, message = "interrupted", "interrupted (Ctrl-C)"
+            status, message = "interrupted", "Ctrl-C"
         except Terminated:
-            status, message = "interrupted", "terminated (SIGTERM)"
+            status, message = "interrupted", "SIGTERM"
         finally:
             # a second Ctrl-C (or SIGTERM) must not cut the cleanup short: the segment
             # would outlive the run and the run directory would lose its summary
@@ -204,12 +229,10 @@ class Machine:
     def _start_cpus(self, seg: Segment, procs: list) -> None:
         """Fork one worker per CPU (the APs start; the parent is the BSP's firmware)."""
         ctx = _fork_context()
-        if not self.stats_on:
-            self.kernel.stats_on = False
         for cpu in range(self.ncpu):
             p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
                             args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads,
-                                  self.lockstep),
+                                  self.schedule.strategy),
                             daemon=True)
             p.start()
             procs.append(p)
@@ -254,22 +277,24 @@ class Machine:
                         # another's normal halted exit
                         self._stop_workers(procs)
                         codes = [p.exitcode for p in procs]
-                        if EXIT_PANIC in codes or seg.hdr["panic_cpu"]:
+                        if WorkerExit.PANIC in codes or seg.hdr["panic_cpu"]:
                             return "panic", f"cpu{int(seg.hdr['panic_cpu']) - 1} panicked"
-                        if any(c not in (EXIT_DONE, EXIT_HALTED) for c in codes):
-                            bad = next(i for i, c in enumerate(codes)
-                                       if c not in (EXIT_DONE, EXIT_HALTED))
-                            return ("internal-error" if codes[bad] == EXIT_INTERNAL
+                        ok = (WorkerExit.DONE, WorkerExit.HALTED)
+                        if any(c not in ok for c in codes):
+                            bad = next(i for i, c in enumerate(codes) if c not in ok)
+                            return ("internal-error" if codes[bad] == WorkerExit.INTERNAL
                                     else "cpu-died"), f"cpu{bad}: {_why(codes[bad])}"
                         return self._lockstep_status(seg)
                     for p in dead:
                         cpu = procs.index(p)
-                        if p.exitcode == EXIT_PANIC or seg.hdr["panic_cpu"]:
+                        if p.exitcode == WorkerExit.PANIC or seg.hdr["panic_cpu"]:
                             return "panic", f"cpu{int(seg.hdr['panic_cpu']) - 1} panicked"
-                        if p.exitcode == EXIT_INTERNAL:
+                        if p.exitcode == WorkerExit.INTERNAL:
                             return "internal-error", f"cpu{cpu}: internal error of the simulator"
-                        if p.exitcode != EXIT_DONE or not seg.halted:
+                        if p.exitcode != WorkerExit.DONE or not seg.halted:
                             return "cpu-died", f"cpu{cpu} (pid {p.pid}) died: {_why(p.exitcode)}"
+                if drainer.error is not None:
+                    return "write-error", f"trace drainer: {drainer.error}"
                 if self.kernel.finished(seg):
                     return "done", "load finished"
                 cycle = find_deadlock(seg)
@@ -301,14 +326,15 @@ class Machine:
 
     def _lockstep_status(self, seg: Segment) -> tuple[str, str]:
         """Why a lockstep run ended: finished, virtual time limit, deadlock, livelock."""
-        why = bytes(seg.arrays["ls_report"][0]).decode("utf-8", "replace")
-        import re
-        why = re.sub(r"lock (\d+)", lambda m: self.locks.name_of(int(m[1])), why)
-        if not why:
-            return "done", "load finished"
-        if why.startswith("time limit"):
+        kind, bound, cycle = end_report(seg)
+        if kind == END_TIME_LIMIT:
             return "timeout", f"virtual time limit of {self.time_limit_s:g} s reached"
-        return why.split(":")[0], why
+        if kind == END_DEADLOCK:
+            desc = ", ".join(f"cpu{c} spins on {self.locks.name_of(lk)}" for c, lk in cycle)
+            return "deadlock", f"deadlock: {desc}"
+        if kind == END_LIVELOCK:
+            return "livelock", f"livelock: no progress in {bound} scheduling points"
+        return "done", "load finished"
 
     def _stop_workers(self, procs: list, grace: float | None = None) -> None:
         deadline = time.monotonic() + (GRACE_S if grace is None else grace)
@@ -349,17 +375,15 @@ class Machine:
                 state=CPU_STATES.get(int(area["state"]), "?"),
                 text=bytes(text[i]).decode("utf-8", "replace"), held=held,
                 spinning_on=self.locks.name_of(spin - 1) if spin else "", host=host))
-        audit = {}
-        if hasattr(self.kernel, "audit"):
-            try:
-                audit = self.kernel.audit(seg)          # DIAGNOSTIC, on the stopped machine
-            except Exception as e:  # noqa: BLE001 - report it, do not lose the run
-                audit = {"error": repr(e)}
+        try:
+            audit = self.kernel.audit(seg)          # DIAGNOSTIC, on the stopped machine
+        except Exception as e:  # noqa: BLE001 - report it, do not lose the run
+            audit = {"error": repr(e)}
         if audit.get("violations") and status in ("done", "timeout"):
             status, message = "invariant", f"DIAGNOSTIC: {audit['violations'][0]}"
-        exit_code = {"done": 0, "timeout": 0, "panic": 3, "interrupted": 130,
-                     "invariant": 4, "deadlock": 5, "livelock": 5}.get(status, 1)
-        from smp.machine.lockstat import collect_lockstat
+        if trace.get("error") and status in ("done", "timeout"):
+            status, message = "write-error", f"trace: {trace['error']}"
+        exit_code = int(exit_for(status))
         vclock = int(seg.hdr["vclock"])
         lockstat = collect_lockstat(seg, self.locks,
                                     vclock if self.lockstep else int(elapsed * 1e9))
@@ -369,46 +393,15 @@ class Machine:
             kernel = {"error": repr(e)}
         schedule = {}
         if self.lockstep:
-            from smp.machine.lockstep import ST_POINTS, ST_SWITCHES
             st = seg.arrays["ls_state"]
-            schedule = {"strategy": self.lockstep, "seed": self.seed,
+            schedule = {"strategy": self.schedule.strategy, "seed": self.schedule.seed,
+                        "livelock_bound": self.schedule.livelock_bound,
                         "points": int(st[ST_POINTS]), "switches": int(st[ST_SWITCHES]),
                         "virtual_ns": vclock}
         return RunOutcome(status=status, exit_code=exit_code, elapsed_s=elapsed,
                           message=message, cpus=cpus, trace=trace, lockstat=lockstat,
                           kernel=kernel, layout=self.layout.to_dict(), schedule=schedule,
                           diagnostic=audit)
-
-
-def find_deadlock(seg: Segment) -> tuple | None:
-    """A cycle of CPUs each spinning on a lock the next one holds, or None.
-
-    Read racily from the parent while the CPUs run; the supervisor declares a
-    deadlock only when the same cycle has stood for DEADLOCK_S.
-    """
-    from smp.machine.lockstep import _holder
-
-    cpus = seg.cpus
-    state = cpus["state"]
-    spin = cpus["spinning_on"]
-    for start in range(len(cpus)):
-        seen: list[int] = []
-        cpu = start
-        while cpu not in seen:
-            if state[cpu] != _atomic.CS_SPINNING or not spin[cpu]:
-                break
-            seen.append(cpu)
-            lk = int(spin[cpu]) - 1
-            cpu = _holder(int(seg.locks["state"][lk]), int(seg.locks["flags"][lk]))
-            if cpu < 0:
-                break
-        else:
-            i = seen.index(cpu)
-            cyc = seen[i:]
-            k = cyc.index(min(cyc))
-            cyc = cyc[k:] + cyc[:k]
-            return tuple((c, int(spin[c]) - 1) for c in cyc)
-    return None
 
 
 class BootedMachine:
@@ -439,7 +432,8 @@ def _why(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
-    return {EXIT_HALTED: "halted", EXIT_INTERNAL: "internal error"}.get(code, f"exit {code}")
+    return {WorkerExit.HALTED: "halted", WorkerExit.INTERNAL: "internal error",
+            WorkerExit.PANIC: "panicked"}.get(code, f"exit {code}")
 
 
 def _sample_host(procs: list, samples: dict) -> None:
@@ -457,15 +451,6 @@ def _sample_host(procs: list, samples: dict) -> None:
                               "vcsw": float(cs.voluntary), "ivcsw": float(cs.involuntary)}
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
-
-
-def self_rusage() -> np.ndarray:
-    """This worker's own host figures, in RUSAGE_FIELDS order (written at exit)."""
-    ps = psutil.Process()
-    ct = ps.cpu_times()
-    cs = ps.num_ctx_switches()
-    return np.array([ct.user, ct.system, ps.memory_info().rss, cs.voluntary, cs.involuntary],
-                    dtype=np.float64)
 
 
 def _install_worker_logging() -> bool:

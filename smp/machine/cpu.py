@@ -31,7 +31,9 @@ import traceback
 from typing import Protocol
 
 import numpy as np
+import psutil
 
+from smp.errors import WorkerExit
 from smp.machine import _atomic
 from smp.machine.layout import CPU_DTYPE, CPU_STRIDE, ArraySpec
 from smp.machine.segment import Segment
@@ -41,7 +43,7 @@ RUNNABLE, SLEEPING, EXITED = 0, 1, 2
 RUNQ_HDR_DTYPE = np.dtype([("head", "<u8"), ("tail", "<u8"), ("pad", "<u8", (6,))])
 CPU_TEXT = 1024   # bytes of "last words" per CPU: where it was when it stopped
 
-EXIT_DONE, EXIT_INTERNAL, EXIT_PANIC, EXIT_HALTED = 0, 1, 3, 4
+RUSAGE_FIELDS = ("user_s", "system_s", "rss_bytes", "vcsw", "ivcsw")
 IDLE_VTICK = 10_000       # ns of virtual time an idle turn lasts (lockstep)
 
 
@@ -172,6 +174,10 @@ class CPU:
         self.core.or64(self._ipi_off[cpu], bits)
         self.kick(cpu)
 
+    def ipi_pending(self) -> int:
+        """This CPU's pending IPI bits, without taking them (a spinning CPU's check)."""
+        return int(self.area["ipi_pending"])
+
     def take_ipis(self) -> int:
         """Fetch and clear this CPU's pending IPI bits."""
         return self.core.xchg64(self._ipi_off[self.cpu], 0)
@@ -237,13 +243,13 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
                 lockstep: str | None = None) -> None:
     """Body of CPU ``cpu``'s worker process; never returns (os._exit).
 
-    Exit status: 0 the run ended, 3 this CPU panicked, 4 halted by another
-    CPU's panic or by the parent, 1 an internal error of the simulator.
+    Exit status: a :class:`~smp.errors.WorkerExit` (the run ended, this CPU panicked,
+    halted by another CPU's panic or by the parent, an internal error of the simulator).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
-    code = EXIT_INTERNAL
+    code = WorkerExit.INTERNAL
     try:
         ci = CPU(seg, cpu, sched_lock, nthreads)
         ci.area["state"] = _atomic.CS_RUNNING
@@ -255,23 +261,23 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
                 ci.lockstep.install()
                 ci.lockstep.wait_turn()
             dispatch(ci, kernel)
-            code = EXIT_DONE if not seg.hdr["panic_cpu"] else EXIT_HALTED
+            code = WorkerExit.DONE if not seg.hdr["panic_cpu"] else WorkerExit.HALTED
             ci.area["state"] = _atomic.CS_DONE
         except _atomic.Halted as e:
             ci.set_text("halted in " + where(e))
             ci.area["state"] = _atomic.CS_HALTED
-            code = EXIT_HALTED
+            code = WorkerExit.HALTED
         except Exception as e:  # noqa: BLE001 - a panic or a simulator bug: report, don't hang
             if isinstance(e, Panic):
                 ci.set_text("panic in " + where(e))
                 ci.area["state"] = _atomic.CS_PANIC
-                code = EXIT_PANIC
+                code = WorkerExit.PANIC
             else:
                 text = "".join(traceback.format_exception(e))
                 ci.set_text(f"internal error: {e!r} in {where(e)}")
                 _log_internal(cpu, text)
                 seg.halt()
-                code = EXIT_INTERNAL
+                code = WorkerExit.INTERNAL
     except BaseException as e:  # noqa: BLE001
         _log_internal(cpu, "".join(traceback.format_exception(e)))
         try:
@@ -281,7 +287,7 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
     finally:
         _leave_rusage(seg, cpu)
         _flush_logging()
-        os._exit(code)
+        os._exit(int(code))
 
 
 def _flush_logging() -> None:
@@ -312,11 +318,18 @@ def _die_with_parent() -> None:
 def _leave_rusage(seg: Segment, cpu: int) -> None:
     """This worker's own host figures (psutil), for the run summary."""
     try:
-        from smp.machine.boot import self_rusage
-
         seg.arrays["cpu_rusage"][cpu] = self_rusage()
     except Exception:  # noqa: BLE001 - figures are nice to have, exiting is not optional
         pass
+
+
+def self_rusage() -> np.ndarray:
+    """This worker's own host figures, in RUSAGE_FIELDS order (written at exit)."""
+    ps = psutil.Process()
+    ct = ps.cpu_times()
+    cs = ps.num_ctx_switches()
+    return np.array([ct.user, ct.system, ps.memory_info().rss, cs.voluntary, cs.involuntary],
+                    dtype=np.float64)
 
 
 def _log_internal(cpu: int, text: str) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 
 from smp.machine.lockspace import LockSpace
 from smp.machine.segment import Segment
+from smp.rundir.format import LOCKSTAT_SCHEMA
 
-LOCKSTAT_SCHEMA = 1
 OVERFLOW = 0xFFFFFFFF
 CLASS_KEY = 0x80000000     # slot of a whole class (LF_CLASS): "pvh[*]"
 

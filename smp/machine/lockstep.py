@@ -29,21 +29,25 @@ import numpy as np
 
 from smp.machine import _atomic
 from smp.machine.layout import ArraySpec
+from smp.machine.waitfor import cycle_from
 
 VTICK = 1_000                     # ns of virtual time per scheduling point
 PCT_HORIZON = 5_000               # pct change points fall within this many points
 MASK64 = (1 << 64) - 1
-ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT, ST_HASH = \
-    range(8)
+(ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
+ ST_BOUND, ST_END, ST_NCYCLE) = range(10)
+NSTATE = 16
+# why a lockstep run ended (ls_state[ST_END]); the parent words it, naming locks
+END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK = range(4)
 
 
 def lockstep_arrays(ncpu: int) -> list[ArraySpec]:
     return [
         ArraySpec("ls_go", np.dtype("<u4"), (ncpu,)),        # 1: this CPU holds the turn
-        ArraySpec("ls_state", np.dtype("<u8"), (8,)),
+        ArraySpec("ls_state", np.dtype("<u8"), (NSTATE,)),
         ArraySpec("ls_prio", np.dtype("<i8"), (ncpu,)),
         ArraySpec("ls_change", np.dtype("<u8"), (16,)),      # pct change points
-        ArraySpec("ls_report", np.dtype("S512"), (1,)),
+        ArraySpec("ls_cycle", np.dtype("<i4"), (ncpu, 2)),   # deadlock: (cpu, lock) pairs
     ]
 
 
@@ -59,32 +63,40 @@ def seed_state(seed: int) -> int:
     return x or 1
 
 
-def format_lockstep(seg, seed: int, strategy: str, time_limit_ns: int | None,
-                    depth: int = 3, livelock_bound: int = 2_000_000) -> None:
-    """Parent, before the CPUs start: the turn to CPU 0, the generator, priorities."""
+def format_lockstep(seg, schedule, time_limit_ns: int | None, depth: int = 3) -> None:
+    """Parent, before the CPUs start: the turn to CPU 0, the generator, priorities.
+
+    ``schedule`` is a :class:`smp.machine.schedule.Lockstep`.
+    """
     a = seg.arrays
     ncpu = seg.layout.ncpu
     a["ls_go"][:] = 0
     a["ls_go"][0] = 1
     st = a["ls_state"]
     st[:] = 0
-    st[ST_RNG] = seed_state(seed)
+    st[ST_RNG] = seed_state(schedule.seed)
     st[ST_LIMIT] = time_limit_ns or 0
-    st[ST_DEPTHLEFT] = depth if strategy == "pct" else 0
-    rng = np.random.default_rng(seed)
+    st[ST_DEPTHLEFT] = depth if schedule.strategy == "pct" else 0
+    st[ST_BOUND] = schedule.livelock_bound
+    rng = np.random.default_rng(schedule.seed)
     a["ls_prio"][:] = rng.permutation(ncpu) + depth + 1
     # pct: the depth change points, in ascending order, spread over the first part of a
     # run (short runs matter: a deadlock is usually a few thousand points away)
     a["ls_change"][:] = 0
     a["ls_change"][:depth] = np.sort(rng.integers(1, PCT_HORIZON, size=depth))
     seg.hdr["vclock"] = 0
-    Lockstep.livelock_bound = livelock_bound
+
+
+def end_report(seg) -> tuple[int, int, list[tuple[int, int]]]:
+    """Parent, after the run: (END_* kind, livelock bound, deadlock cycle as (cpu, lock))."""
+    st = seg.arrays["ls_state"]
+    n = int(st[ST_NCYCLE])
+    cyc = [(int(c), int(lk)) for c, lk in seg.arrays["ls_cycle"][:n]]
+    return int(st[ST_END]), int(st[ST_BOUND]), cyc
 
 
 class Lockstep:
     """One CPU's side of the lockstep scheduler (installed as its core's sched_hook)."""
-
-    livelock_bound = 2_000_000
 
     def __init__(self, ci, strategy: str = "random"):
         self.ci = ci
@@ -105,6 +117,7 @@ class Lockstep:
         self.vclock_off = HDR_DTYPE.fields["vclock"][1]
         self.halt_off = HDR_DTYPE.fields["halt"][1]
         self.cpus = seg.cpus
+        self.livelock_bound = int(self.state[ST_BOUND])
 
     def install(self) -> None:
         self.core.lockstep = True
@@ -132,9 +145,9 @@ class Lockstep:
         st[ST_POINTS] = points
         limit = int(st[ST_LIMIT])
         if limit and vclock >= limit:
-            self._halt("time limit reached")
+            self._end(END_TIME_LIMIT, "time limit reached")
         if points - int(st[ST_LASTPROG]) > self.livelock_bound:
-            self._report(f"livelock: no progress in {self.livelock_bound} scheduling points")
+            self._end(END_LIVELOCK, "livelock")
         if self.cpus["state"][self.cpu] == _atomic.CS_SPINNING and points % 64 == 0:
             self._check_deadlock()
         nxt = self._choose(points)
@@ -182,25 +195,14 @@ class Lockstep:
 
     def _check_deadlock(self) -> None:
         """Every CPU in a cycle spins on a lock held by the next: a deadlock."""
-        seg = self.ci.seg
-        cpus = seg.cpus
-        locks = seg.locks
-        cpu, seen = self.cpu, []
-        while cpu not in seen:
-            seen.append(cpu)
-            if cpus["state"][cpu] != _atomic.CS_SPINNING:
-                return
-            lk = int(cpus["spinning_on"][cpu]) - 1
-            if lk < 0:
-                return
-            holder = _holder(int(locks["state"][lk]), int(locks["flags"][lk]))
-            if holder < 0 or holder == cpu:
-                return
-            cpu = holder
-        cycle = seen[seen.index(cpu):]
-        desc = ", ".join(f"cpu{c} spins on lock {int(cpus['spinning_on'][c]) - 1}"
-                         for c in cycle)
-        self._report(f"deadlock: {desc}")
+        cyc = cycle_from(self.ci.seg, self.cpu)
+        if cyc is None:
+            return
+        out = self.ci.seg.arrays["ls_cycle"]
+        for i, (c, lk) in enumerate(cyc):
+            out[i] = (c, lk)
+        self.state[ST_NCYCLE] = len(cyc)
+        self._end(END_DEADLOCK, "deadlock")
 
     def finish(self) -> None:
         """The load is done: halt the machine deterministically, from the turn holder."""
@@ -210,23 +212,9 @@ class Lockstep:
             self.core.cas32(self.go_off + 4 * c, 0, 1)
             self.core.futex_wake(self.go_off + 4 * c, 1)
 
-    def _report(self, text: str) -> None:
-        seg = self.ci.seg
-        seg.arrays["ls_report"][0] = text.encode()[:511]
-        self._halt(text)
-
-    def _halt(self, why: str) -> None:
-        seg = self.ci.seg
-        if not seg.arrays["ls_report"][0]:
-            seg.arrays["ls_report"][0] = why.encode()[:511]
+    def _end(self, kind: int, why: str) -> None:
+        """End the run from the turn holder, recording why (the first reason stays)."""
+        if not self.state[ST_END]:
+            self.state[ST_END] = kind
         self.finish()
         raise _atomic.Halted(why)
-
-
-def _holder(state: int, flags: int) -> int:
-    """The CPU holding a lock word exclusively, or -1 (free, or readers)."""
-    if flags & _atomic.LF_RW:
-        if state & _atomic.RW_WRITER:
-            return (state & 0xFFFF) - 1
-        return -1
-    return state - 1 if state else -1

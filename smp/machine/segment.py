@@ -21,6 +21,7 @@ import secrets
 from multiprocessing import shared_memory
 
 import numpy as np
+import psutil
 
 from smp.machine import _atomic
 from smp.machine.layout import (
@@ -154,8 +155,43 @@ def leaked_segments(orphans_only: bool = False) -> list[str]:
     except FileNotFoundError:  # pragma: no cover - not Linux
         return []
     if orphans_only:
-        names = [n for n in names if not _alive(_owner(n))]
+        names = [n for n in names if not _owner_alive(n)]
     return names
+
+
+def _owner_alive(name: str) -> bool:
+    """Is the process that created segment ``name`` still running?  A pid that exists
+    but started after the segment was made belongs to someone else (pid reuse)."""
+    pid = _owner(name)
+    if not _alive(pid):
+        return False
+    try:
+        born = psutil.Process(pid).create_time()
+        made = os.stat(os.path.join("/dev/shm", name)).st_mtime
+    except (psutil.Error, OSError):
+        return True                       # cannot tell: leave it alone
+    return born <= made + 1.0
+
+
+def remove_orphans() -> list[tuple[str, int]]:
+    """Unlink the segments whose owner process is gone (a run killed with SIGKILL, or a
+    whole process group killed at once); returns (name, bytes) of each one removed.
+
+    A segment's name carries its owner's pid (``smp-<pid>-<random>``), so a segment of a
+    run that is still going on is never touched.
+    """
+    removed = []
+    for name in leaked_segments(orphans_only=True):
+        path = os.path.join("/dev/shm", name)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            continue                      # another smp command removed it meanwhile
+        except OSError:
+            continue                      # not ours to remove (permissions): leave it
+        removed.append((name, size))
+    return removed
 
 
 def _owner(name: str) -> int:

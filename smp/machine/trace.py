@@ -4,58 +4,68 @@ Every simulated CPU appends fixed-size binary records (kernel ``printf``/``panic
 UVMHIST entries) to its own ring in the shared segment and never waits for anybody; when
 its ring is full the new record is dropped and counted.  The parent runs a
 :class:`Drainer`, which copies the unread part of every ring out, frees it (advances the
-ring's ``tail``), appends the raw records to ``events.bin`` and renders them to
-``console.log`` (printf and panic) and ``hist.log`` (UVMHIST, created on the first hist
-record).  Lost records are never silent: per-CPU drop counts come back in the stats and
-a final console line reports them.
-
-Ordering: within one drain the lines are written in merged time order (time, cpu, seq);
-across drains they follow the drain batches, so a record a slow CPU published late can
-appear after a later-stamped line of an earlier batch.  ``events.bin`` keeps every
-record; tools wanting one exact timeline sort it with :func:`smp.runfmt.merge_order`.
+ring's ``tail``) and hands the records, merged into (time, cpu, seq) order within the
+batch, to a :class:`RecordSink` -- the run directory's writer, which the machine does not
+know more about.  Lost records are never silent: per-CPU drop counts come back in the
+stats, and the sink is told them at the end.
 
 The drainer only reads the segment (apart from the ``tail`` words it owns), so it keeps
-working when a worker has died, and its files hold everything drained so far whatever
-ends the run.
+working when a worker has died, and the sink holds everything drained so far whatever
+ends the run.  A sink that cannot write (a full disk) stops the drainer; the supervisor
+sees ``error`` and ends the run instead of letting it carry on blind.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from smp import runfmt
-from smp.runfmt import Catalogue
+from smp.rundir.format import merge_order
 
 log = logging.getLogger(__name__)
 
 
+class RecordSink(Protocol):
+    """Where drained trace records go (``smp.rundir.writer.TraceSink``)."""
+
+    def begin(self, catalogue: Any) -> None: ...
+    def write(self, batch: np.ndarray) -> None: ...
+    def end(self, dropped: list[int], last_time_ns: int) -> None: ...
+
+
+class NullSink:
+    """Keeps nothing (boot benchmarks)."""
+
+    def begin(self, catalogue: Any) -> None:
+        pass
+
+    def write(self, batch: np.ndarray) -> None:
+        pass
+
+    def end(self, dropped: list[int], last_time_ns: int) -> None:
+        pass
+
+
 class Drainer:
-    """Drains a machine's per-CPU trace rings into a run directory.
+    """Drains a machine's per-CPU trace rings into a :class:`RecordSink`.
 
     ``drain()`` may be called from any thread (a lock serialises it); ``start_thread()``
     runs it periodically in a daemon thread of the parent while the run goes on.
-    ``catalogue`` must hold every message before the CPUs are forked (messages a worker
-    registered afterwards would exist only in that worker); records with an unknown id
-    still render, as ``<unknown message N> args``.  ``close()`` saves the catalogue as
-    ``catalogue.json`` beside the logs, so the run renders again without this code.
+    The sink's ``begin`` is called with ``catalogue`` here, before any CPU runs.
     """
 
-    def __init__(self, seg, run_dir: Path, catalogue: Catalogue):
+    def __init__(self, seg, sink: RecordSink, catalogue: Any):
         self.seg = seg
-        self.run_dir = Path(run_dir)
-        self.cat = catalogue
+        self.sink = sink
         self.ncpu = int(seg.layout.ncpu)
         self.capacity = int(seg.layout.ring_capacity)
         self.mask = self.capacity - 1
         self.records = [0] * self.ncpu
         self.dropped = [0] * self.ncpu
         self.seq_gaps = [0] * self.ncpu
-        self.console_count = 0
-        self.hist_count = 0
         self.last_time = 0
         self.error: BaseException | None = None
         # the next seq expected per CPU; unknown if someone drained this ring before us
@@ -65,14 +75,8 @@ class Drainer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stats: dict | None = None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._events = open(self.run_dir / runfmt.EVENTS_FILE, "wb")
-        self._events.write(runfmt.events_header())
-        self._console = open(self.run_dir / runfmt.CONSOLE_FILE, "w", encoding="utf-8",
-                             newline="\n")
-        self._hist = None
-        self._events.flush()
-        self._console.flush()
+        self._open = True
+        sink.begin(catalogue)
 
     # ------------------------------------------------------------ draining
     def _take(self, cpu: int) -> np.ndarray | None:
@@ -112,35 +116,16 @@ class Drainer:
     def drain(self) -> int:
         """Drain every CPU's ring once; returns the number of records drained."""
         with self._lock:
-            if self._events is None or getattr(self.seg, "rings", None) is None:
-                return 0  # closed, or the segment is already gone
+            if not self._open or self.error is not None \
+                    or getattr(self.seg, "rings", None) is None:
+                return 0  # closed, failed, or the segment is already gone
             chunks = [c for c in (self._take(cpu) for cpu in range(self.ncpu)) if c is not None]
             if not chunks:
                 return 0
-            batch = runfmt.merge_order(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
+            batch = merge_order(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
             self.last_time = max(self.last_time, int(batch["time"][-1]))
-            self._events.write(batch.tobytes())
-            is_hist = self.cat.kind_codes()[batch["msgid"]] == runfmt.KIND_HIST
-            if is_hist.any():
-                self._write_hist(runfmt.hist_lines(batch[is_hist], self.cat))
-                batch = batch[~is_hist]
-            self._write_console(runfmt.console_lines(batch, self.cat))
-            self._events.flush()
-            return sum(len(c) for c in chunks)
-
-    def _write_console(self, lines: list[str]) -> None:
-        if lines:
-            self._console.write("\n".join(lines) + "\n")
-            self.console_count += len(lines)
-        self._console.flush()
-
-    def _write_hist(self, lines: list[str]) -> None:
-        if self._hist is None:
-            self._hist = open(self.run_dir / runfmt.HIST_FILE, "w", encoding="utf-8",
-                              newline="\n")
-        self._hist.write("\n".join(lines) + "\n")
-        self._hist.flush()
-        self.hist_count += len(lines)
+            self.sink.write(batch)
+            return len(batch)
 
     # ------------------------------------------------------------ background thread
     def start_thread(self, interval_s: float = 0.05) -> None:
@@ -153,9 +138,8 @@ class Drainer:
             while not self._stop.wait(interval_s):
                 try:
                     self.drain()
-                except Exception as e:  # e.g. disk full: say so once, close() retries
+                except Exception as e:  # noqa: BLE001 - e.g. a full disk: the run must end
                     self.error = e
-                    log.exception("trace drainer stopped")
                     return
 
         self._thread = threading.Thread(target=loop, name="smp-trace-drainer", daemon=True)
@@ -176,41 +160,28 @@ class Drainer:
             "dropped": sum(self.dropped),
             "per_cpu": [{"cpu": c, "records": self.records[c], "dropped": self.dropped[c],
                          "seq_gaps": self.seq_gaps[c]} for c in range(self.ncpu)],
-            "console_lines": self.console_count,
-            "hist_lines": self.hist_count,
         }
 
     def close(self) -> dict:
-        """Final drain, the drop report, close the files; returns :meth:`stats` (idempotent)."""
+        """Final drain, then the sink's end; returns :meth:`stats` (idempotent).
+
+        A failing sink does not stop the close: the error is kept in ``error`` (and in
+        the stats), for the caller to report.
+        """
         if self._stats is not None:
             return self._stats
         self.stop_thread()
         try:
             self.drain()
-        finally:
-            with self._lock:
-                if sum(self.dropped):
-                    self._drop_line()
-                for f in (self._events, self._console, self._hist):
-                    if f is not None:
-                        f.close()
-                self._events = self._console = self._hist = None
-        self.cat.save(self.run_dir / runfmt.CATALOGUE_FILE)
+        except Exception as e:  # noqa: BLE001 - reported through error
+            self.error = self.error or e
+        with self._lock:
+            self._open = False
+            try:
+                self.sink.end(list(self.dropped), self.last_time)
+            except Exception as e:  # noqa: BLE001
+                self.error = self.error or e
         self._stats = self.stats()
         if self.error is not None:
-            self._stats["error"] = f"{type(self.error).__name__}: {self.error}"
+            self._stats["error"] = str(self.error)
         return self._stats
-
-    def _drop_line(self) -> None:
-        # stamped with the last record's time, not the host clock, so that lockstep
-        # logs stay a function of the seed
-        us = self.last_time // 1000
-        per = ", ".join(f"cpu{c} {d}" for c, d in enumerate(self.dropped))
-        self._write_console([f"[{us // 1000000:5d}.{us % 1000000:06d}] smp: {sum(self.dropped)} "
-                             f"trace records dropped (ring full): {per}"])
-
-    def __enter__(self) -> Drainer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -98,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON output (schema 1)")
     p.add_argument("--fail-on", action="append", default=[], metavar="COND[,COND]",
                    help="exit 1 when a condition holds: " + ", ".join(FAIL_ON))
+    p.add_argument("--force", action="store_true",
+                   help="skip records of a corrupt events.bin (counted in the notes) "
+                   "instead of refusing it")
     p.add_argument("--partial", action="store_true",
                    help="accept a truncated events.bin (drop the partial record)")
     p.set_defaults(func=main)
@@ -120,8 +123,8 @@ def main(a: argparse.Namespace) -> int:
     # a batch program building millions of strings and no cycles: the collector would only
     # walk the heap again and again
     with trace_input.no_gc():
-        logs_a = [trace_input.load(p, partial_ok=a.partial) for p in side_a]
-        logs_b = [trace_input.load(p, partial_ok=a.partial) for p in side_b]
+        logs_a = [trace_input.load(p, partial_ok=a.partial, force=a.force) for p in side_a]
+        logs_b = [trace_input.load(p, partial_ok=a.partial, force=a.force) for p in side_b]
         result = compare(logs_a, logs_b, test=a.test, alpha=a.alpha, rate=a.rate,
                          templates=a.templates, per_cpu=a.per_cpu,
                          seq=single and not a.no_seq, context=a.context,

@@ -23,16 +23,15 @@ It imports neither the machine nor the kernel: tools read run directories only.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smp.errors import BadInput
+from smp.rundir.format import LOCKSTAT_FILE, LOCKSTAT_SCHEMA  # noqa: F401 - re-exported
+from smp.rundir.reader import RunDir, read_json
 
-LOCKSTAT_SCHEMA = 1            # the lockstat.json schema this reader understands
-LOCKSTAT_FILE = "lockstat.json"
 NHIST = 32                     # log2 buckets in the machine; the last one is open-ended
 
 # lock kinds of lockstat.json, in report order, with the section title and -T names
@@ -250,19 +249,7 @@ def resolve(spec: str | Path) -> tuple[Path, Path]:
 def load(spec: str | Path) -> Lockstat:
     """Read and check a run's lockstat.json; any problem is one BadInput line."""
     run, path = resolve(spec)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise _fail(path, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise _fail(path, "not UTF-8 text (corrupt lockstat.json?)") from None
-    except ValueError as e:
-        raise _fail(path, f"not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise _fail(path, "not a lockstat document (expected a JSON object)")
-    if doc.get("schema") != LOCKSTAT_SCHEMA:
-        raise _fail(path, f"lockstat schema {doc.get('schema')!r}, this smp reads "
-                    f"{LOCKSTAT_SCHEMA}")
+    doc = read_json(path, LOCKSTAT_SCHEMA)
     _need(path, "lockstat", doc, ("elapsed_ns", "ncpu"), ())
     if doc["ncpu"] < 1:
         raise _fail(path, "ncpu = 0: expected at least one CPU")
@@ -333,9 +320,9 @@ def load(spec: str | Path) -> Lockstat:
 def _stats_off(run: Path) -> bool:
     """True when the run's manifest says lock statistics were not collected."""
     try:
-        m = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+        m = RunDir(run).manifest or {}
         return m.get("kernel", {}).get("lockstat") is False
-    except (OSError, ValueError, AttributeError):
+    except (BadInput, AttributeError):
         return False
 
 

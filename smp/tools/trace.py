@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="counts per message template instead of the lines")
     p.add_argument("--per-cpu", action="store_true", help="with --stats: a column per CPU")
     p.add_argument("--json", action="store_true", help="with --stats: JSON (schema 1)")
+    p.add_argument("--force", action="store_true",
+                   help="skip records of a corrupt events.bin (counted in the notes) "
+                   "instead of refusing it")
     p.add_argument("--partial", action="store_true",
                    help="accept a truncated events.bin (drop the partial record)")
     p.set_defaults(func=main)
@@ -91,7 +94,7 @@ def _main(a: argparse.Namespace) -> int:
         raise BadInput("--json and --per-cpu go with --stats")
     if a.invert and not a.grep:
         raise BadInput("-v/--invert inverts -e/--grep: give -e REGEX")
-    log = trace_input.load(a.run, partial_ok=a.partial)
+    log = trace_input.load(a.run, partial_ok=a.partial, force=a.force)
     if (a.hist or a.all or a.history) and not isinstance(log, RunLog):
         raise BadInput(f"{a.run}: --hist, --all and --history re-render binary records; "
                        f"this is a text log")

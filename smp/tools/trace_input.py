@@ -24,7 +24,6 @@ the file.
 from __future__ import annotations
 
 import gc
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,13 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from smp import runfmt
 from smp.errors import BadInput
-from smp.runfmt import Catalogue
+from smp.rundir import format as runfmt
+from smp.rundir.format import Catalogue
+from smp.rundir.reader import MAX_CPUS, BadRecords, RunDir, check_records
 from smp.tools import trace_mask
-
-MANIFEST_FILE = "manifest.json"
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -141,27 +138,33 @@ def no_gc() -> Iterator[None]:
 # ---------------------------------------------------------------- opening inputs
 
 
-def load(path: str | Path, *, partial_ok: bool = False) -> Log:
-    """Open a run directory or a text log (module docstring)."""
+def load(path: str | Path, *, partial_ok: bool = False, force: bool = False) -> Log:
+    """Open a run directory or a text log (module docstring).
+
+    ``force``: skip records of events.bin that make no sense for the run (a corrupt
+    file) instead of refusing it; the log's notes say how many were skipped.
+    """
     p = Path(path)
     if not p.exists():
         raise BadInput(f"{p}: no such file or directory")
     with no_gc():
         if p.is_dir():
-            if (p / runfmt.EVENTS_FILE).is_file():
-                return load_run(p, partial_ok=partial_ok)
-            if (p / runfmt.CONSOLE_FILE).is_file():
-                log = load_text(p / runfmt.CONSOLE_FILE)
+            rd = RunDir(p)
+            if rd.has(runfmt.EVENTS_FILE):
+                return load_run(rd, partial_ok=partial_ok, force=force)
+            if rd.has(runfmt.CONSOLE_FILE):
+                log = load_text(rd.file(runfmt.CONSOLE_FILE))
                 log.source = str(p)
-                log.manifest = _json(p / MANIFEST_FILE, optional=True)
-                log.summary = _json(p / SUMMARY_FILE, optional=True)
+                log.manifest, log.summary = rd.manifest, rd.summary
                 _run_facts(log)
-                log.notes.append("no events.bin: read console.log, templates mined")
+                log.notes.append(f"no {runfmt.EVENTS_FILE}: read {runfmt.CONSOLE_FILE}, "
+                                 "templates mined")
                 return log
             raise BadInput(f"{p}: not a run directory (no {runfmt.EVENTS_FILE} or "
                            f"{runfmt.CONSOLE_FILE})")
         if p.name == runfmt.EVENTS_FILE or _starts_with(p, runfmt.EVENTS_MAGIC):
-            return load_run(p.parent, partial_ok=partial_ok, events=p)
+            return load_run(RunDir(p.parent), partial_ok=partial_ok, force=force,
+                            events=p)
         if p.suffix == ".json":
             raise BadInput(f"{p}: a JSON file, not a log; give the run directory "
                            f"{p.parent} instead")
@@ -174,24 +177,6 @@ def _starts_with(p: Path, magic: bytes) -> bool:
             return f.read(len(magic)) == magic
     except OSError as e:
         raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
-
-
-def _json(p: Path, optional: bool = False) -> dict | None:
-    if not p.is_file():
-        if optional:
-            return None
-        raise BadInput(f"{p}: missing")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
-    except ValueError as e:
-        raise BadInput(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise BadInput(f"{p}: not a JSON object")
-    if d.get("schema") != 1:
-        raise BadInput(f"{p}: schema {d.get('schema')!r}, this smp reads 1")
-    return d
 
 
 def _run_facts(log: Log) -> None:
@@ -214,18 +199,25 @@ def _run_facts(log: Log) -> None:
 # ---------------------------------------------------------------- run directories
 
 
-def load_run(d: Path, *, partial_ok: bool = False, events: Path | None = None) -> RunLog:
-    events = events or d / runfmt.EVENTS_FILE
-    catp = d / runfmt.CATALOGUE_FILE
-    if not catp.is_file():
-        raise BadInput(f"{d}: run directory has {events.name} but no {runfmt.CATALOGUE_FILE}")
-    cat = Catalogue.load(catp)
-    recs = _merged(runfmt.read_events(events, partial_ok=partial_ok))
-    log = RunLog(str(d), cat, recs)
-    log.manifest = _json(d / MANIFEST_FILE, optional=True)
-    log.summary = _json(d / SUMMARY_FILE, optional=True)
+def load_run(rd: RunDir, *, partial_ok: bool = False, force: bool = False,
+             events: Path | None = None) -> RunLog:
+    cat = rd.catalogue()
+    skipped = BadRecords()
+    if events is None:
+        recs = rd.events(partial_ok=partial_ok, force=force, skipped=skipped)
+    else:                          # an events file given by name (maybe not events.bin)
+        recs = check_records(runfmt.read_events(events, partial_ok=partial_ok), events,
+                             rd.ncpu() or MAX_CPUS, cat, force=force, skipped=skipped)
+    recs = _merged(recs)
+    log = RunLog(str(rd.path), cat, recs)
+    log.manifest, log.summary = rd.manifest, rd.summary
     if log.manifest is None:
         log.notes.append("no manifest.json")
+    if skipped:
+        log.notes.append(f"--force: skipped {skipped.count} bad records (first: "
+                         f"{skipped.first})")
+    if rd.incomplete:
+        log.notes.append("the run directory is incomplete (its run could not write it all)")
     _run_facts(log)
     if log.duration is None and log.n:
         log.duration, log.duration_from = float(recs["time"][-1]) / 1e9, "last record"

@@ -15,21 +15,23 @@ and classifies every run:
 On the first failure it writes ``reproducer.json`` (seed, strategy, the
 schedule's size, the run directory, the manifest) and prints the exact
 ``smp run --replay`` command that reproduces it; with ``--all`` it keeps
-going.  Exit status: 0 no failure, 1 a failure was found, 2 bad input.
+going.  Ctrl-C or SIGTERM stop it cleanly: running seeds end (their run
+directories are complete), nothing new starts, and ``explore.json`` holds what
+finished.  Exit status: 0 no failure, 8 a failure was found, 2 bad input,
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from smp.errors import BadInput
-
-EXPLORE_SCHEMA = 1
+from smp.errors import BadInput, Exit
+from smp.rundir import format as fmt
+from smp.rundir.reader import RunDir
+from smp.tools.sweep import Finished, RunPool, Task
 
 
 @dataclass
@@ -41,122 +43,105 @@ class Outcome:
     points: int = 0
 
 
-def classify(run_dir: Path, returncode: int, stderr: str) -> tuple[str, str, int]:
+def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
     try:
-        s = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return "error", (stderr.strip().splitlines() or ["no summary.json"])[-1], 0
+        rd = RunDir(run_dir)
+        s = rd.summary
+    except BadInput:
+        s = None
+    if s is None:
+        return "error", fin.last_error_line() or "no summary.json", 0
     points = s.get("schedule", {}).get("points", 0)
     st = s["status"]
-    c = s.get("kernel_counters", {}).get("counters", {})
+    c = rd.counters()
     diag = s.get("diagnostic", {})
     if st == "panic":
-        return "panic", _panic_line(run_dir) or s.get("message", ""), points
+        return "panic", rd.first_line(": panic: ") or s.get("message", ""), points
     if st in ("deadlock", "livelock"):
         return st, s.get("message", ""), points
     if st not in ("done", "timeout"):
         return "error", s.get("message", st), points
     if c.get("stale_tlb", 0):
-        return "stale-tlb", _first(run_dir, "stale TLB entry") or f"{c['stale_tlb']} uses", \
+        return "stale-tlb", rd.first_line("stale TLB entry") or f"{c['stale_tlb']} uses", \
             points
     if diag.get("violations"):
         return "invariant", diag["violations"][0], points
     return "ok", "", points
 
 
-def _panic_line(run_dir: Path) -> str:
-    return _first(run_dir, ": panic: ")
-
-
-def _first(run_dir: Path, needle: str) -> str:
-    try:
-        for line in (run_dir / "console.log").read_text().splitlines():
-            if needle in line:
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: int,
             machine: str | None = None, kernel: str | None = None,
             overrides: list[str] = (), fail: list[str] = (), time_limit: str | None = None,
-            stop_on_failure: bool = True, progress: bool = False) -> list[Outcome]:
+            stop_on_failure: bool = True, progress: bool = False) -> tuple[list[Outcome], str]:
+    """Explore ``seeds``; returns the outcomes in seed order and "" or the signal that
+    stopped the exploration early."""
     from smp.workload.script import load_script
 
     load_script(script)
     out.mkdir(parents=True, exist_ok=True)
 
-    def one(seed: int) -> Outcome:
+    def task(seed: int) -> Task:
         d = out / f"seed{seed}"
         if d.exists():
-            import shutil
             shutil.rmtree(d)
-        cmd = [sys.executable, "-m", "smp", "run", script, "--lockstep", "--strategy",
-               strategy, "--seed", str(seed), "--out", str(d), "--quiet",
-               "-o", "diagnostic=on"]
+        args = ["run", script, "--lockstep", "--strategy", strategy, "--seed", str(seed),
+                "--out", str(d), "--quiet", "-o", "diagnostic=on"]
         if machine:
-            cmd += ["--machine", machine]
+            args += ["--machine", machine]
         if kernel:
-            cmd += ["--kernel", kernel]
+            args += ["--kernel", kernel]
         for o in overrides:
-            cmd += ["-o", o]
+            args += ["-o", o]
         for f in fail:
-            cmd += ["--fail", f]
+            args += ["--fail", f]
         if time_limit:
-            cmd += ["--time-limit", time_limit]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode == 2:
-            raise BadInput((p.stderr.strip().splitlines() or ["bad input"])[-1]
-                           .removeprefix("smp: "))
-        verdict, detail, points = classify(d, p.returncode, p.stderr)
-        return Outcome(seed, verdict, detail, str(d), points)
+            args += ["--time-limit", time_limit]
+        return Task(seed, args, d)
 
     results: list[Outcome] = []
+    bad: list[str] = []
+    found: list[Outcome] = []
+
+    def done(t: Task, fin: Finished) -> bool:
+        if fin.returncode == Exit.BADINPUT:
+            bad.append(fin.last_error_line() or "bad input")
+            return False
+        verdict, detail, points = classify(t.run_dir, fin)
+        r = Outcome(t.key, verdict, detail, str(t.run_dir), points)
+        results.append(r)
+        if verdict != "ok":
+            found.append(r)
+            if stop_on_failure:
+                return False                    # let running seeds finish, start no more
+        return True
+
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(seeds), desc=f"smp explore ({strategy})", unit="seed", leave=False)
-    found = None
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending = {}
-        it = iter(seeds)
-        for s in it:
-            pending[pool.submit(one, s)] = s
-            if len(pending) >= jobs:
-                break
-        while pending:
-            done = next(as_completed(pending))
-            del pending[done]
-            r = done.result()
-            results.append(r)
-            if bar is not None:
-                bar.update(1)
-            if r.verdict != "ok" and (found is None or r.seed < found.seed):
-                found = r
-            if found is not None and stop_on_failure:
-                continue                          # let running seeds finish, start no more
-            nxt = next(it, None)
-            if nxt is not None:
-                pending[pool.submit(one, nxt)] = nxt
+    pool = RunPool(jobs, bar)
+    pool.run((task(s) for s in seeds), done)
     if bar is not None:
         bar.close()
+    if bad:
+        raise BadInput(bad[0])
     results.sort(key=lambda r: r.seed)
-    if found is not None:
-        write_reproducer(out, found, strategy)
+    first = min(found, key=lambda r: r.seed) if found else None
+    if first is not None:
+        write_reproducer(out, first, strategy)
     (out / "explore.json").write_text(json.dumps({
-        "schema": EXPLORE_SCHEMA, "script": script, "strategy": strategy,
+        "schema": fmt.EXPLORE_SCHEMA, "script": script, "strategy": strategy,
+        "seeds_asked": len(seeds), "interrupted": pool.interrupted or None,
         "outcomes": [vars(r) for r in results]}, indent=1) + "\n")
-    return results
+    return results, pool.interrupted
 
 
 def write_reproducer(out: Path, r: Outcome, strategy: str) -> None:
-    manifest = {}
     try:
-        manifest = json.loads((Path(r.run_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        pass
-    rep = {"schema": EXPLORE_SCHEMA, "seed": r.seed, "strategy": strategy,
+        manifest = RunDir(r.run_dir).manifest or {}
+    except BadInput:
+        manifest = {}
+    rep = {"schema": fmt.EXPLORE_SCHEMA, "seed": r.seed, "strategy": strategy,
            "verdict": r.verdict, "detail": r.detail, "scheduling_points": r.points,
            "run_dir": r.run_dir, "replay": f"smp run --replay {r.run_dir}",
            "manifest": manifest}

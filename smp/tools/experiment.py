@@ -26,18 +26,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import shutil
 import statistics
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smp.errors import BadInput
+from smp.errors import BadInput, Exit
+from smp.rundir.format import EXPERIMENT_SCHEMA
+from smp.rundir.reader import RunDir
+from smp.tools.sweep import Finished, RunPool, Task, default_jobs  # noqa: F401 - cli
 
-EXPERIMENT_SCHEMA = 1
 DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "kmem-storm", "fork-churn"]
 DEFAULT_CONFIGS = [
     ("steal=ptp,pv biglock=on", ["steal=ptp,pv", "biglock=on"]),
@@ -77,56 +75,37 @@ def parse_config(spec: str) -> tuple[str, list[str]]:
     return " ".join(ov), ov
 
 
-def _run_one(script: str, overrides: list[str], seed: int, out: Path, kernel: str | None,
-             extra: list[str], time_limit: str | None) -> dict:
-    cmd = [sys.executable, "-m", "smp", "run", script, "--out", str(out), "--quiet",
-           "--seed", str(seed)]
-    if kernel:
-        cmd += ["--kernel", kernel]
-    for o in overrides + extra:
-        cmd += ["-o", o]
-    if time_limit:
-        cmd += ["--time-limit", time_limit]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.monotonic() - t0
-    if p.returncode == 2:
-        line = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"{script}: bad input"
-        raise BadInput(line.removeprefix("smp: "))
+def _result(d: Path, fin: Finished) -> dict:
+    """One run's row of the experiment, from its run directory."""
     try:
-        s = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {"status": "no-summary", "exit_code": p.returncode, "wall_s": wall,
-                "error": p.stderr.strip()[-400:]}
-    c = s.get("kernel_counters", {}).get("counters", {})
-    elapsed = max(1e-9, s.get("elapsed_s", wall))
+        rd = RunDir(d)
+        s = rd.summary
+    except BadInput:
+        s = None
+    if s is None:
+        return {"status": "no-summary", "exit_code": fin.returncode, "wall_s": fin.wall_s,
+                "run_dir": str(d), "error": fin.stderr.strip()[-400:]}
+    c = rd.counters()
+    elapsed = max(1e-9, s.get("elapsed_s", fin.wall_s))
+    status = s["status"]
     return {
-        "status": s["status"], "exit_code": p.returncode, "run_dir": str(out),
+        "status": status, "exit_code": fin.returncode, "run_dir": str(d),
         "ptp_steals": c.get("ptp_steals", 0), "pv_steals": c.get("pv_steals", 0),
-        "pmfail": c.get("pmfail_waits", 0), "panics": int(s["status"] == "panic"),
-        "deadlocks": int(s["status"] in ("deadlock", "livelock")),
+        "pmfail": c.get("pmfail_waits", 0), "panics": int(status == "panic"),
+        "deadlocks": int(status in ("deadlock", "livelock")),
         "noncanfail_panics": c.get("noncanfail_panics", 0),
         "oom_kills": c.get("oom_kills", 0), "stale_tlb": c.get("stale_tlb", 0),
-        "faults_per_s": c.get("faults", 0) / elapsed, "wall_s": wall,
-        "panic_message": _panic_line(out) if s["status"] == "panic" else "",
+        "faults_per_s": c.get("faults", 0) / elapsed, "wall_s": fin.wall_s,
+        "panic_message": rd.panic_message() if status == "panic" else "",
     }
-
-
-def _panic_line(out: Path) -> str:
-    try:
-        for line in (out / "console.log").read_text().splitlines():
-            if ": panic: " in line:
-                return line.split(": panic: ", 1)[1]
-    except OSError:
-        pass
-    return ""
 
 
 def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], seeds: list[int],
                    out: Path, *, jobs: int, kernel: str | None = None,
                    extra: list[str] = (), time_limit: str | None = None,
-                   progress: bool = False) -> list[Cell]:
-    """Run the matrix; returns the cells with their per-seed results."""
+                   progress: bool = False) -> tuple[list[Cell], str]:
+    """Run the matrix; returns the cells with their per-seed results, and "" or the
+    signal that stopped the experiment early (the cells then hold what finished)."""
     from smp.workload.script import load_script
 
     for s in scripts:
@@ -134,33 +113,44 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
     out.mkdir(parents=True, exist_ok=True)
     cells = [Cell(s, name, ov, list(seeds)) for s in scripts for name, ov in configs]
     tasks = []
-    for ci, cell in enumerate(cells):
+    for cell in cells:
         for seed in seeds:
             d = out / "runs" / f"{Path(cell.script).stem}" / _slug(cell.config) / f"seed{seed}"
             if d.exists():
-                import shutil
                 shutil.rmtree(d)
-            tasks.append((ci, cell, seed, d))
+            args = ["run", cell.script, "--out", str(d), "--quiet", "--seed", str(seed)]
+            if kernel:
+                args += ["--kernel", kernel]
+            for o in cell.overrides + list(extra):
+                args += ["-o", o]
+            if time_limit:
+                args += ["--time-limit", time_limit]
+            tasks.append(Task((cell, seed), args, d))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(tasks), desc="smp experiment", unit="run", leave=False)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futs = {pool.submit(_run_one, cell.script, cell.overrides, seed, d, kernel,
-                            list(extra), time_limit): (cell, seed)
-                for _ci, cell, seed, d in tasks}
-        for f in as_completed(futs):
-            cell, seed = futs[f]
-            r = f.result()
-            r["seed"] = seed
-            cell.results.append(r)
-            if bar is not None:
-                bar.update(1)
+    bad: list[str] = []
+
+    def done(t: Task, fin: Finished) -> bool:
+        if fin.returncode == Exit.BADINPUT:
+            bad.append(fin.last_error_line() or f"{t.args[1]}: bad input")
+            return False
+        cell, seed = t.key
+        r = _result(t.run_dir, fin)
+        r["seed"] = seed
+        cell.results.append(r)
+        return True
+
+    pool = RunPool(jobs, bar)
+    pool.run(tasks, done)
     if bar is not None:
         bar.close()
+    if bad:
+        raise BadInput(bad[0])
     for cell in cells:
         cell.results.sort(key=lambda r: r["seed"])
-    return cells
+    return cells, pool.interrupted
 
 
 def _slug(s: str) -> str:
@@ -236,6 +226,3 @@ def write_outputs(cells: list[Cell], out: Path, meta: dict) -> None:
                        "overrides": c.overrides, "runs": c.results} for c in cells])
     (out / "experiment.json").write_text(json.dumps(doc, indent=1) + "\n")
 
-
-def default_jobs() -> int:
-    return max(1, os.cpu_count() or 1)

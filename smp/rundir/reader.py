@@ -1,0 +1,267 @@
+"""Reading a run directory: the one place that opens run files.
+
+``RunDir(path)`` checks that ``path`` is a run directory and reads each file on first
+use, checking it once: JSON documents must parse, be objects and carry the schema this
+smp reads; ``events.bin`` must have a sound header and records that make sense for the
+run (a CPU the machine has, a message the catalogue knows, per-CPU sequence numbers that
+only grow).  Every problem is a :class:`~smp.errors.BadInput` of one line naming the
+file, so a tool prints it and exits 2 instead of rendering garbage.
+
+    rd = RunDir("runs/default-default-0-20261201-101500")
+    rd.summary["status"], rd.counters()["ptp_steals"], rd.panic_message()
+    recs = rd.events()                  # validated, in file order
+    cat = rd.catalogue()
+
+Tools, replay, experiment and explore read runs only through this class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smp.errors import BadInput
+from smp.rundir import format as fmt
+
+# A run directory has at least one of these (a run killed early may lack the rest).
+_MARKERS = (fmt.MANIFEST_FILE, fmt.EVENTS_FILE, fmt.CONSOLE_FILE, fmt.SUMMARY_FILE,
+            fmt.CATALOGUE_FILE, fmt.LOCKSTAT_FILE)
+_SCHEMAS = {fmt.MANIFEST_FILE: fmt.MANIFEST_SCHEMA, fmt.SUMMARY_FILE: fmt.SUMMARY_SCHEMA,
+            fmt.LOCKSTAT_FILE: fmt.LOCKSTAT_SCHEMA}
+MAX_CPUS = 64          # what a run directory without manifest and summary may claim
+
+
+class BadRecords:
+    """What :meth:`RunDir.events` skipped with ``force``: count and the first offset."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+class RunDir:
+    """A run directory, read lazily and checked once per file (module docstring)."""
+
+    def __init__(self, path: str | Path, *, need_manifest: bool = False):
+        p = Path(path)
+        if not p.exists():
+            raise BadInput(f"{p}: no such run directory")
+        if not p.is_dir():
+            raise BadInput(f"{p}: not a directory (expected a run directory)")
+        if not any((p / m).is_file() for m in _MARKERS):
+            raise BadInput(f"{p}: not a run directory (no {', '.join(_MARKERS)})")
+        self.path = p
+        self._docs: dict[str, dict | None] = {}
+        self._cat: fmt.Catalogue | None = None
+        if need_manifest:
+            self.require(fmt.MANIFEST_FILE)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---------------------------------------------------------------- files
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def text(self, name: str) -> str:
+        """A text file of the run (console.log, hist.log, summary.txt)."""
+        p = self.path / name
+        try:
+            return p.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            raise BadInput(f"{p}: missing") from None
+        except OSError as e:
+            raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+
+    def raw(self, name: str) -> bytes | None:
+        """A file's bytes, or None if the run has no such file (replay's comparison)."""
+        p = self.path / name
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+
+    # ---------------------------------------------------------------- JSON documents
+    def doc(self, name: str) -> dict | None:
+        """A JSON document of the run, checked (object, schema), or None if absent."""
+        if name not in self._docs:
+            self._docs[name] = read_json(self.path / name, _SCHEMAS.get(name), optional=True)
+        return self._docs[name]
+
+    def require(self, name: str) -> dict:
+        d = self.doc(name)
+        if d is None:
+            raise BadInput(f"{self.path / name}: missing (is {self.path} a run directory?)")
+        return d
+
+    @property
+    def manifest(self) -> dict | None:
+        return self.doc(fmt.MANIFEST_FILE)
+
+    @property
+    def summary(self) -> dict | None:
+        return self.doc(fmt.SUMMARY_FILE)
+
+    @property
+    def lockstat(self) -> dict | None:
+        return self.doc(fmt.LOCKSTAT_FILE)
+
+    @property
+    def incomplete(self) -> bool:
+        """The run could not write its directory in full (disk full, I/O error)."""
+        s = self.summary
+        return self.has(fmt.INCOMPLETE_FILE) or (s is not None and s.get("incomplete", False))
+
+    # ---------------------------------------------------------------- summary facts
+    @property
+    def status(self) -> str:
+        """The run's outcome (done, timeout, panic, ...); "no-summary" if it never wrote one."""
+        s = self.summary
+        return str(s.get("status", "?")) if s is not None else "no-summary"
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's event counters (uvmexp statistics and ours) from summary.json."""
+        s = self.summary or {}
+        c = (s.get("kernel_counters") or {}).get("counters") or {}
+        return c if isinstance(c, dict) else {}
+
+    def ncpu(self) -> int | None:
+        m, s = self.manifest or {}, self.summary or {}
+        n = (m.get("machine") or {}).get("ncpu", s.get("ncpu"))
+        return n if isinstance(n, int) and n > 0 else None
+
+    def first_line(self, needle: str, name: str = fmt.CONSOLE_FILE) -> str:
+        """The first line of a log holding ``needle``, or ""."""
+        if not self.has(name):
+            return ""
+        for line in self.text(name).splitlines():
+            if needle in line:
+                return line
+        return ""
+
+    def panic_message(self) -> str:
+        """The panic's message as the console printed it (after ``panic: ``), or ""."""
+        line = self.first_line(": panic: ")
+        return line.split(": panic: ", 1)[1] if line else ""
+
+    # ---------------------------------------------------------------- records
+    def catalogue(self) -> fmt.Catalogue:
+        if self._cat is None:
+            p = self.path / fmt.CATALOGUE_FILE
+            if not p.is_file():
+                raise BadInput(f"{self.path}: run directory has no {fmt.CATALOGUE_FILE}")
+            self._cat = fmt.Catalogue.load(p)
+        return self._cat
+
+    def events(self, *, partial_ok: bool = False, force: bool = False,
+               skipped: BadRecords | None = None) -> np.ndarray:
+        """events.bin, validated record by record (see :func:`check_records`)."""
+        p = self.path / fmt.EVENTS_FILE
+        if not p.is_file():
+            raise BadInput(f"{p}: missing (the run's console is in {fmt.CONSOLE_FILE})")
+        recs = fmt.read_events(p, partial_ok=partial_ok)
+        return check_records(recs, p, self.ncpu() or MAX_CPUS, self.catalogue(), force=force,
+                             skipped=skipped)
+
+
+_KIND = {fmt.MANIFEST_FILE: "manifest", fmt.SUMMARY_FILE: "summary",
+         fmt.LOCKSTAT_FILE: "lockstat"}
+
+
+def read_json(p: Path, schema: int | None, optional: bool = False) -> dict | None:
+    """One JSON document: an object carrying ``schema`` (when given); BadInput otherwise."""
+    kind = _KIND.get(p.name, "")
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        if optional:
+            return None
+        raise BadInput(f"{p}: missing") from None
+    except IsADirectoryError:
+        raise BadInput(f"{p}: is a directory, not a JSON file") from None
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadInput(f"{p}: not UTF-8 text (corrupt file?)") from None
+    except ValueError as e:
+        raise BadInput(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise BadInput(f"{p}: not a {kind + ' ' if kind else ''}document (expected a JSON "
+                       "object)")
+    if schema is not None and d.get("schema") != schema:
+        raise BadInput(f"{p}: {kind + ' ' if kind else ''}schema {d.get('schema')!r}, this "
+                       f"smp reads {schema}")
+    return d
+
+
+def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Catalogue, *,
+                  force: bool = False, skipped: BadRecords | None = None) -> np.ndarray:
+    """The records of an events file if every one makes sense for its run.
+
+    A record must name a CPU the machine has (< ``ncpu``) and a message the catalogue
+    knows, and each CPU's sequence numbers must be unique and follow its time stamps (a
+    gap is a dropped record and fine; a record older than its predecessor is not).  The first bad record raises BadInput
+    with its index and byte offset; with ``force`` bad records are left out and counted
+    in ``skipped``.
+    """
+    n = len(recs)
+    if n == 0:
+        return recs
+    known = np.zeros(fmt.MAX_MSGID + 1, bool)
+    known[[m.id for m in cat.messages]] = True
+    cpu = recs["cpu"].astype(np.int64)
+    bad = (cpu >= ncpu) | ~known[recs["msgid"]]
+    ok_cpu = np.where(bad, 0, cpu)
+    # per CPU, sequence numbers are unique and follow time: ordered by (cpu, seq), a
+    # record may not be older than the one before it (events.bin need not be in order)
+    seq, t = recs["seq"], recs["time"]
+    order = np.lexsort((seq, ok_cpu))
+    cand = order[~bad[order]]
+    if len(cand) > 1:
+        same = ok_cpu[cand[1:]] == ok_cpu[cand[:-1]]
+        back = same & ((seq[cand[1:]] == seq[cand[:-1]]) | (t[cand[1:]] < t[cand[:-1]]))
+        bad[cand[1:][back]] = True
+    if not bad.any():
+        return recs
+    first = int(np.flatnonzero(bad)[0])
+    r = recs[first]
+    off = fmt.EVENTS_HDR_SIZE + first * fmt.REC_DTYPE.itemsize
+    if int(r["cpu"]) >= ncpu:
+        why = f"cpu {int(r['cpu'])}, but the run has {ncpu} CPUs"
+    elif not known[int(r["msgid"])]:
+        why = f"message id {int(r['msgid'])} is not in the catalogue"
+    else:
+        why = (f"cpu{int(r['cpu'])} sequence number {int(r['seq'])} is repeated or out of "
+               "time order")
+    where = f"{source}: bad record {first} at byte offset {off}: {why}"
+    if not force:
+        raise BadInput(where + " (corrupt file; --force skips bad records)")
+    if skipped is not None:
+        skipped.count = int(bad.sum())
+        skipped.first = where
+    return recs[~bad]
+
+
+def load_json_any(p: Path) -> Any:
+    """A JSON file of any shape (experiment and explore documents), BadInput on failure."""
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{p}: missing") from None
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise BadInput(f"{p}: not valid JSON ({e})") from None
