@@ -227,7 +227,7 @@ def cmd_explore(a: argparse.Namespace) -> int:
                              progress=not a.quiet and sys.stdout.isatty())
     print(out)
     print(E.render(res))
-    bad = [r for r in res if r.verdict != "ok"]
+    bad = [r for r in res if r.verdict not in ("ok", "interrupted")]
     if bad:
         first = min(bad, key=lambda r: r.seed)
         print(f"first failure: seed {first.seed} ({first.verdict}): {first.detail}")

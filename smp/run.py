@@ -140,6 +140,9 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     except BadInput:
         writer.discard()     # refused at boot (e.g. a delay naming no lock class)
         raise
+    except KeyboardInterrupt:
+        writer.mark_incomplete("interrupted while booting: no CPU ever ran")
+        raise
     outcome.trace.update(console_lines=sink.console_lines, hist_lines=sink.hist_lines)
     summary = make_summary(outcome, cfg, script, seed)
     _finish(writer, outcome, summary)
@@ -170,11 +173,13 @@ def _mark_write_error(summary: dict, err: WriteFailed) -> None:
     if summary.get("incomplete"):
         return
     summary["incomplete"] = True
+    summary["write_error"] = {"path": err.path, "errno": err.errno, "reason": err.strerror}
+    if summary["status"] == "write-error":
+        return                                # the machine stopped for this very reason
     if summary["status"] in ("done", "timeout"):
         summary["status"] = "write-error"
         summary["exit_code"] = int(exit_for("write-error"))
     summary["message"] = f"{summary['message']}; run directory incomplete: {err}"
-    summary["write_error"] = {"path": err.path, "errno": err.errno, "reason": err.strerror}
 
 
 def boot_for_bench(ncpu: int, physmem: int):

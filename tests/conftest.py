@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from smp.machine.segment import SEGMENT_PREFIX, leaked_segments
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -15,3 +19,16 @@ def smp(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProc
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """No test leaves a shared-memory segment behind: none of a dead run (an orphan whose
+    owner is gone) appears during the test, and none this test process owns survives it.
+    Segments of runs still going on elsewhere (other test sessions) are not ours to judge."""
+    mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
+    before = set(leaked_segments(orphans_only=True))
+    yield
+    orphans = set(leaked_segments(orphans_only=True)) - before
+    own = [s for s in leaked_segments() if s.startswith(mine)]
+    assert not orphans and not own, f"segments left in /dev/shm: {sorted(orphans) + own}"

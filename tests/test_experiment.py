@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
-from smp.machine.segment import leaked_segments
 from smp.tools.experiment import METRICS, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,13 +24,6 @@ CELLS = {"steal=ptp,pv": "ptp,pv", "steal=none": "none"}     # cell -> kernel.st
 
 
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    left = set(leaked_segments(orphans_only=True)) - before
-    assert left == set(), f"a run left segments in /dev/shm: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,6 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
-from smp.machine.segment import leaked_segments
-
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures" / "lockstep"
 TOUCH = str(FIX / "touch.toml")
@@ -64,13 +62,6 @@ def hold_per_acq(run: Path, cls: str, site: str | None = None) -> float:
     assert acq > 0, f"no acquisition of {cls} at {site or 'any site'}"
     return sum(r["hold_total"] for r in recs) / acq
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    left = set(leaked_segments(orphans_only=True)) - before
-    assert left == set(), f"a run left segments in /dev/shm: {left}"
 
 
 # -- bad specs ----------------------------------------------------------------------------------

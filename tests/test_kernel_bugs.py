@@ -23,17 +23,9 @@ from smp.kern.param import NBPG, PMAP_CANFAIL
 from smp.machine.boot import Machine
 from smp.machine.cpu import CPU
 from smp.machine.schedule import Lockstep
-from smp.machine.segment import leaked_segments
 from smp.machine.trace import NullSink
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    assert set(leaked_segments(orphans_only=True)) - before == set()
 
 
 class WouldBlock(Exception):  # noqa: N818 - a control transfer

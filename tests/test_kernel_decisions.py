@@ -29,14 +29,6 @@ from smp.kern.uvm_page import (
     uvm_pagealloc,
     uvm_pagefree,
 )
-from smp.machine.segment import leaked_segments
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    assert set(leaked_segments(orphans_only=True)) - before == set()
 
 
 def stealable_setup(b, thief: int = 1, victims=(0,), wire=()):

@@ -17,14 +17,6 @@ from smp.kern import uvm as U
 from smp.kern.diagnostic import check_after_run, check_invariants, lock_name
 from smp.kern.param import NBPG, PG_V
 from smp.kern.uvm_page import OWN_ANON, OWN_FREE, OWN_PTP
-from smp.machine.segment import leaked_segments
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    assert set(leaked_segments(orphans_only=True)) - before == set()
 
 
 def busy(b) -> dict:

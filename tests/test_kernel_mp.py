@@ -14,17 +14,10 @@ import pytest
 from kernharness import run_program
 
 from smp.kern.uvm_map import EF_COPY
-from smp.machine.segment import leaked_segments
 from smp.workload.program import Assembler, Op
 
 MACHINE = ["ncpu=4", "physmem=8M", "swap=32M"]
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    assert set(leaked_segments(orphans_only=True)) - before == set()
 
 
 def counters(outcome) -> dict[str, int]:

@@ -16,14 +16,6 @@ from smp.kern import uvm as U
 from smp.kern.kern_proc import SRUN, SSLEEP
 from smp.kern.param import ENOMEM, NBPG
 from smp.kern.trap import Killed
-from smp.machine.segment import leaked_segments
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    assert set(leaked_segments(orphans_only=True)) - before == set()
 
 
 def warm_pv(b, i: int = 2) -> None:

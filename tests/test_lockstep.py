@@ -28,8 +28,6 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
-from smp.machine.segment import leaked_segments
-
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures" / "lockstep"
 COMPARED = ("console.log", "hist.log", "events.bin", "lockstat.json")
@@ -62,13 +60,6 @@ def digest(run: Path) -> str:
 def first_line_with(run: Path, needle: str) -> str:
     return next((x for x in (run / "console.log").read_text().splitlines() if needle in x), "")
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    left = set(leaked_segments(orphans_only=True)) - before
-    assert left == set(), f"a run left segments in /dev/shm: {left}"
 
 
 # -- same seed, same bytes ------------------------------------------------------------------

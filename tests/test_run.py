@@ -14,8 +14,6 @@ import psutil
 import pytest
 from conftest import smp
 
-from smp.machine.segment import leaked_segments
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,13 +24,6 @@ def script(tmp_path: Path, body: str, machine: str = "i386mp-2") -> Path:
     p.write_text(f'[run]\nmachine = "{machine}"\n{body}')
     return p
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    left = set(leaked_segments(orphans_only=True)) - before
-    assert left == set(), f"a run left segments in /dev/shm: {left}"
 
 
 def test_default_run_writes_a_complete_run_directory(tmp_path):

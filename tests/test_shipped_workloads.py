@@ -19,20 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
-from smp.machine.segment import leaked_segments
-
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.stem for p in (REPO / "workloads").glob("*.toml"))
 COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals",
             "pmfail_waits", "oom_kills", "stale_tlb")
 
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    left = set(leaked_segments(orphans_only=True)) - before
-    assert left == set(), f"a run left segments in /dev/shm: {left}"
 
 
 def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,

@@ -387,23 +387,13 @@ def _start_cpus(seg, n: int, backpressure: bool, die_at: int = -1) -> list:
     return procs
 
 
-@pytest.fixture
-def no_leaks():
-    """No segment this test process created survives it (other runs may own others)."""
-    from smp.machine.segment import leaked_segments
-
-    mine = f"smp-{os.getpid()}-"
-    assert not [s for s in leaked_segments() if s.startswith(mine)]
-    yield
-    assert not [s for s in leaked_segments() if s.startswith(mine)]
-
 
 CONSOLE_RE = re.compile(r"^\[ {0,5}\d+\.\d{6}\] cpu(\d): pmap_enter: cpu (\d) n (\d+) "
                         r"va 0x([0-9a-f]{8})$")
 HIST_RE = re.compile(r"^\d{6}\.\d{6} uvm_fault#(\d+)@(\d): n=(\d+)$")
 
 
-def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
+def test_concurrent_drain_of_three_cpus(tmp_path):
     ncpu, n = 3, 20_000
     cat = _ring_catalogue()
     seg = _machine(ncpu, 4096)
@@ -451,7 +441,7 @@ def test_concurrent_drain_of_three_cpus(tmp_path, no_leaks):
         list(range(3, n, 4))
 
 
-def test_tiny_ring_counts_drops_and_says_so(tmp_path, no_leaks):
+def test_tiny_ring_counts_drops_and_says_so(tmp_path):
     ncpu, n, cap = 2, 1000, 64
     seg = _machine(ncpu, cap)
     try:
@@ -475,11 +465,11 @@ def test_tiny_ring_counts_drops_and_says_so(tmp_path, no_leaks):
     assert sink.console_lines == 1 + sum(1 for i in range(cap) if i % 4 != 3) * ncpu
 
 
-def test_seq_gap_and_wraparound_in_process(tmp_path, no_leaks):
+def test_seq_gap_and_wraparound_in_process(tmp_path):
     seg = _machine(1, 64)
     try:
         core = seg.core(0)
-        d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
+        d = Drainer(seg, _sink(tmp_path), _ring_catalogue())
         for i in range(50):
             core.trace(MSG_ENTER, i, 0, i, 0)
         assert d.drain() == 50
@@ -508,21 +498,21 @@ def test_seq_gap_and_wraparound_in_process(tmp_path, no_leaks):
     assert console_lines(ev, again) == (tmp_path / "console.log").read_text().splitlines()[:-1]
 
 
-def test_drain_after_worker_died(tmp_path, no_leaks):
+def test_drain_after_worker_died(tmp_path):
     seg = _machine(2, 4096)
     try:
         procs = _start_cpus(seg, 1000, backpressure=False, die_at=500)
         for p in procs:
             p.join(60)
             assert p.exitcode == -signal.SIGKILL
-        d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
+        d = Drainer(seg, _sink(tmp_path), _ring_catalogue())
         stats = d.close()
     finally:
         seg.destroy()
     assert stats["records"] == 1000 and stats["dropped"] == 0
 
 
-def test_drainer_on_closed_segment_and_no_records(tmp_path, no_leaks):
+def test_drainer_on_closed_segment_and_no_records(tmp_path):
     seg = _machine(1, 64)
     d = Drainer(seg, sink := _sink(tmp_path), _ring_catalogue())
     seg.destroy()

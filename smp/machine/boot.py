@@ -186,15 +186,26 @@ class Machine:
     # -- the run --------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        seg = self.boot()
+        """Boot, run and collect (module docstring).  Ctrl-C or SIGTERM before the CPUs
+        exist raise KeyboardInterrupt (there is no run to report); after, they end the
+        run cleanly with status "interrupted"."""
+        old_term = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            seg = self.boot()
+        except Terminated:
+            signal.signal(signal.SIGTERM, old_term)
+            raise KeyboardInterrupt("SIGTERM during boot") from None
+        except BaseException:
+            signal.signal(signal.SIGTERM, old_term)
+            raise
         procs: list[Any] = []
         drainer = None
         t0 = time.monotonic()
         status, message = "internal-error", ""
         samples: dict[int, dict] = {}
-        old_term = signal.signal(signal.SIGTERM, _terminate)
-        mp_logging = _install_worker_logging()
+        mp_logging = False
         try:
+            mp_logging = _install_worker_logging()
             drainer = Drainer(seg, self.sink, self.decl.catalogue)
             self._start_cpus(seg, procs)
             drainer.start_thread()
@@ -229,6 +240,16 @@ class Machine:
     def _start_cpus(self, seg: Segment, procs: list) -> None:
         """Fork one worker per CPU (the APs start; the parent is the BSP's firmware)."""
         ctx = _fork_context()
+        # a Ctrl-C landing inside fork() would be raised in an at-fork hook, which Python
+        # reports and swallows: hold SIGINT/SIGTERM until every CPU exists (the workers
+        # unblock them once their own handlers are set)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._fork_cpus(ctx, seg, procs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _fork_cpus(self, ctx, seg: Segment, procs: list) -> None:
         for cpu in range(self.ncpu):
             p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
                             args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads,

@@ -248,6 +248,7 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent()
     code = WorkerExit.INTERNAL
     try:

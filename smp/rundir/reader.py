@@ -172,7 +172,25 @@ class RunDir:
             raise BadInput(f"{p}: missing (the run's console is in {fmt.CONSOLE_FILE})")
         recs = fmt.read_events(p, partial_ok=partial_ok)
         return check_records(recs, p, self.ncpu() or MAX_CPUS, self.catalogue(), force=force,
-                             skipped=skipped)
+                             skipped=skipped, **self.trace_bounds())
+
+    def trace_bounds(self) -> dict:
+        """What summary.json says the records must fit: per-CPU drop counts (bounding the
+        gaps in sequence numbers) and the run's length (bounding time stamps)."""
+        s = self.summary or {}
+        out: dict = {}
+        per = (s.get("trace") or {}).get("per_cpu")
+        if isinstance(per, list) and all(isinstance(c, dict) for c in per):
+            # a ring the drainer found corrupt lost an unknown number of records
+            out["dropped"] = [int(c.get("dropped", 0) or 0) if not c.get("seq_gaps") else
+                              1 << 62 for c in per]
+        v = (s.get("schedule") or {}).get("virtual_ns")
+        e = s.get("elapsed_s")
+        if isinstance(v, int) and v > 0:
+            out["max_time"] = v + 10**9
+        elif isinstance(e, int | float) and e > 0:
+            out["max_time"] = int(e * 2e9) + 60 * 10**9   # records count from boot
+        return out
 
 
 _KIND = {fmt.MANIFEST_FILE: "manifest", fmt.SUMMARY_FILE: "summary",
@@ -208,14 +226,18 @@ def read_json(p: Path, schema: int | None, optional: bool = False) -> dict | Non
 
 
 def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Catalogue, *,
-                  force: bool = False, skipped: BadRecords | None = None) -> np.ndarray:
+                  force: bool = False, skipped: BadRecords | None = None,
+                  dropped: list[int] | None = None, max_time: int | None = None) -> np.ndarray:
     """The records of an events file if every one makes sense for its run.
 
     A record must name a CPU the machine has (< ``ncpu``) and a message the catalogue
     knows, and each CPU's sequence numbers must be unique and follow its time stamps (a
-    gap is a dropped record and fine; a record older than its predecessor is not).  The first bad record raises BadInput
-    with its index and byte offset; with ``force`` bad records are left out and counted
-    in ``skipped``.
+    gap is a dropped record and fine; a record older than its predecessor is not).  The
+    first bad record raises BadInput with its index and byte offset; with ``force`` bad
+    records are left out and counted in ``skipped``.
+
+    When the run's summary is known: no time stamp lies past ``max_time``, and each
+    CPU's gaps in sequence numbers add up to no more than the records it ``dropped``.
     """
     n = len(recs)
     if n == 0:
@@ -224,6 +246,8 @@ def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Cata
     known[[m.id for m in cat.messages]] = True
     cpu = recs["cpu"].astype(np.int64)
     bad = (cpu >= ncpu) | ~known[recs["msgid"]]
+    if max_time is not None:
+        bad |= recs["time"] > np.uint64(max_time)
     ok_cpu = np.where(bad, 0, cpu)
     # per CPU, sequence numbers are unique and follow time: ordered by (cpu, seq), a
     # record may not be older than the one before it (events.bin need not be in order)
@@ -234,18 +258,23 @@ def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Cata
         same = ok_cpu[cand[1:]] == ok_cpu[cand[:-1]]
         back = same & ((seq[cand[1:]] == seq[cand[:-1]]) | (t[cand[1:]] < t[cand[:-1]]))
         bad[cand[1:][back]] = True
+        if dropped is not None:
+            _check_gaps(seq, ok_cpu, cand, dropped, bad)
     if not bad.any():
         return recs
     first = int(np.flatnonzero(bad)[0])
+    why = ""
     r = recs[first]
     off = fmt.EVENTS_HDR_SIZE + first * fmt.REC_DTYPE.itemsize
     if int(r["cpu"]) >= ncpu:
         why = f"cpu {int(r['cpu'])}, but the run has {ncpu} CPUs"
+    elif max_time is not None and int(r["time"]) > max_time:
+        why = f"time {int(r['time'])} ns is past the end of the run"
     elif not known[int(r["msgid"])]:
         why = f"message id {int(r['msgid'])} is not in the catalogue"
     else:
-        why = (f"cpu{int(r['cpu'])} sequence number {int(r['seq'])} is repeated or out of "
-               "time order")
+        why = (f"cpu{int(r['cpu'])} sequence number {int(r['seq'])} is repeated, out of "
+               "time order, or past what the run dropped")
     where = f"{source}: bad record {first} at byte offset {off}: {why}"
     if not force:
         raise BadInput(where + " (corrupt file; --force skips bad records)")
@@ -253,6 +282,20 @@ def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Cata
         skipped.count = int(bad.sum())
         skipped.first = where
     return recs[~bad]
+
+
+def _check_gaps(seq: np.ndarray, cpu: np.ndarray, order: np.ndarray, dropped: list[int],
+                bad: np.ndarray) -> None:
+    """Mark the record after each CPU's largest sequence gap when the gaps exceed what
+    that CPU dropped (``order``: good records sorted by cpu, then seq)."""
+    c = cpu[order]
+    for k in np.unique(c):
+        idx = order[c == k]
+        q = seq[idx].astype(np.int64)
+        gaps = np.diff(q, prepend=-1) - 1            # records missing before each one
+        allowed = dropped[k] if k < len(dropped) else 0
+        if gaps.sum() > allowed:
+            bad[idx[int(np.argmax(gaps))]] = True
 
 
 def load_json_any(p: Path) -> Any:

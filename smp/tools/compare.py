@@ -125,6 +125,8 @@ def main(a: argparse.Namespace) -> int:
     with trace_input.no_gc():
         logs_a = [trace_input.load(p, partial_ok=a.partial, force=a.force) for p in side_a]
         logs_b = [trace_input.load(p, partial_ok=a.partial, force=a.force) for p in side_b]
+        for log in logs_a + logs_b:
+            trace_input.warn_suspect(log, "smp compare")
         result = compare(logs_a, logs_b, test=a.test, alpha=a.alpha, rate=a.rate,
                          templates=a.templates, per_cpu=a.per_cpu,
                          seq=single and not a.no_seq, context=a.context,

@@ -83,8 +83,10 @@ def _result(d: Path, fin: Finished) -> dict:
     except BadInput:
         s = None
     if s is None:
-        return {"status": "no-summary", "exit_code": fin.returncode, "wall_s": fin.wall_s,
-                "run_dir": str(d), "error": fin.stderr.strip()[-400:]}
+        # stopped before its CPUs ran (no summary to write), or it failed to start
+        return {"status": "interrupted" if fin.stopped else "no-summary",
+                "exit_code": fin.returncode, "wall_s": fin.wall_s, "run_dir": str(d),
+                "error": fin.stderr.strip()[-400:]}
     c = rd.counters()
     elapsed = max(1e-9, s.get("elapsed_s", fin.wall_s))
     status = s["status"]

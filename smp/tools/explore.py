@@ -11,6 +11,7 @@ and classifies every run:
     stale-tlb  a CPU used a translation the page tables no longer had
     invariant  the DIAGNOSTIC invariant check failed after the run
     error      the simulator itself failed
+    interrupted  the seed was stopped by Ctrl-C or SIGTERM (not a finding)
 
 On the first failure it writes ``reproducer.json`` (seed, strategy, the
 schedule's size, the run directory, the manifest) and prints the exact
@@ -59,6 +60,8 @@ def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
         return "panic", rd.first_line(": panic: ") or s.get("message", ""), points
     if st in ("deadlock", "livelock"):
         return st, s.get("message", ""), points
+    if st == "interrupted":
+        return "interrupted", s.get("message", ""), points
     if st not in ("done", "timeout"):
         return "error", s.get("message", st), points
     if c.get("stale_tlb", 0):
@@ -107,9 +110,11 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
             bad.append(fin.last_error_line() or "bad input")
             return False
         verdict, detail, points = classify(t.run_dir, fin)
+        if fin.stopped and verdict == "error":
+            verdict = "interrupted"             # stopped before it could write a summary
         r = Outcome(t.key, verdict, detail, str(t.run_dir), points)
         results.append(r)
-        if verdict != "ok":
+        if verdict not in ("ok", "interrupted"):
             found.append(r)
             if stop_on_failure:
                 return False                    # let running seeds finish, start no more

@@ -50,6 +50,7 @@ class Finished:
     returncode: int
     stderr: str
     wall_s: float
+    stopped: bool = False         # the pool stopped it (Ctrl-C or SIGTERM to the sweep)
 
     def last_error_line(self) -> str:
         lines = [x for x in self.stderr.strip().splitlines() if x.strip()]
@@ -104,7 +105,8 @@ class RunPool:
                 if not self._children:
                     break
                 if self.interrupted:
-                    self._stop_children()
+                    for child, fin in self._stop_children():
+                        on_done(child.task, fin)      # stopped runs say so themselves
                     break
                 done = self._reap()
                 for child, fin in done:
@@ -146,7 +148,7 @@ class RunPool:
         c.err.close()
         return Finished(c.proc.returncode, text, time.monotonic() - c.t0)
 
-    def _stop_children(self) -> None:
+    def _stop_children(self) -> list[tuple[_Child, Finished]]:
         """SIGTERM every running child, wait for it, SIGKILL what is left."""
         for c in self._children:
             if c.proc.poll() is None:
@@ -155,14 +157,18 @@ class RunPool:
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + GRACE_S
+        out = []
         for c in self._children:
             try:
                 c.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 c.proc.kill()
                 c.proc.wait()
-            c.err.close()
+            fin = self._finished(c)
+            fin.stopped = True
+            out.append((c, fin))
         self._children.clear()
+        return out
 
 
 def default_jobs() -> int:

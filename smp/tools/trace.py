@@ -95,6 +95,7 @@ def _main(a: argparse.Namespace) -> int:
     if a.invert and not a.grep:
         raise BadInput("-v/--invert inverts -e/--grep: give -e REGEX")
     log = trace_input.load(a.run, partial_ok=a.partial, force=a.force)
+    trace_input.warn_suspect(log, "smp trace")
     if (a.hist or a.all or a.history) and not isinstance(log, RunLog):
         raise BadInput(f"{a.run}: --hist, --all and --history re-render binary records; "
                        f"this is a text log")

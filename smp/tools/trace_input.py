@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -169,6 +170,14 @@ def load(path: str | Path, *, partial_ok: bool = False, force: bool = False) -> 
             raise BadInput(f"{p}: a JSON file, not a log; give the run directory "
                            f"{p.parent} instead")
         return load_text(p)
+
+
+def warn_suspect(log: Log, tool: str) -> None:
+    """Say on stderr what makes an input suspect: records skipped with --force, an
+    incomplete run directory."""
+    for n in log.notes:
+        if n.startswith("--force") or "incomplete" in n:
+            print(f"{tool}: warning: {log.source}: {n}", file=sys.stderr)
 
 
 def _starts_with(p: Path, magic: bytes) -> bool:
