@@ -339,13 +339,34 @@ def test_mann_whitney_known_answers():
     assert mannwhitney_u([1, 2, 3, 4], [5, 6, 7, 8])[1] == pytest.approx(2 / 70)
     # U = 1 (5 beats 4, one pair out of order): 2 * P(U <= 1) = 2 * (1 + 1)/70
     assert mannwhitney_u([1, 2, 3, 5], [4, 6, 7, 8]) == (1.0, pytest.approx(4 / 70))
-    # ties -> normal approximation with tie and continuity corrections:
-    # x = [1,1,2], y = [2,3,3]; ranks 1.5 1.5 3.5 | 3.5 5.5 5.5; U_x = 6.5 - 6 = 0.5, U = 8.5
-    # var = 3*3/12 * (7 - (6+6+6)/30) = 0.75 * 6.4 = 4.8; z = (8.5 - 4.5 - 0.5)/sqrt(4.8)
-    z = 3.5 / math.sqrt(4.8)
-    assert mannwhitney_u([1, 1, 2], [2, 3, 3]) == (0.5, pytest.approx(math.erfc(z / 2**0.5)))
+    # ties in a small group: U from mid-ranks against the exact distribution (SciPy's
+    # method="exact"): x = [1,1,2], y = [2,3,3]; ranks 1.5 1.5 3.5 | 3.5 5.5 5.5; U_x = 0.5,
+    # U_y = 8.5, taken as 8: 2 * P(U >= 8) = 2 * 2/20
+    assert mannwhitney_u([1, 1, 2], [2, 3, 3]) == (0.5, pytest.approx(0.2))
+    # large groups with ties: the normal approximation with tie and continuity corrections
+    x, y = [0] * 15 + [1] * 15, [1] * 15 + [2] * 15
+    # ranks: 0 -> 8, 1 -> 30.5, 2 -> 53; U_x = 15*8 + 15*30.5 - 465 = 112.5, U = 787.5;
+    # ties sum(t^3 - t) = 3360 + 26970 + 3360; var = 900/12 * (61 - 33690 / (60 * 59));
+    # z = (787.5 - 450 - 0.5) / sqrt(var)
+    z = 337 / math.sqrt(75 * (61 - 33690 / 3540))
+    assert mannwhitney_u(x, y) == (112.5, pytest.approx(math.erfc(z / 2**0.5), rel=1e-9))
     assert mannwhitney_u([16, 16], [16, 16])[1] == 1.0
     assert utest_min_p(3, 3) == pytest.approx(0.1) and utest_min_p(4, 4) < 0.05
+
+
+def test_tied_counts_never_beat_the_smallest_possible_p():
+    # the note "with 3 and 3 runs the smallest possible p is 0.100" must hold for the
+    # p-values shown: counts 0,0,0 against 5,5,5 (ties) used to get p = 0.047 from the
+    # normal approximation
+    assert mannwhitney_u([0, 0, 0], [5, 5, 5])[1] == pytest.approx(utest_min_p(3, 3))
+    rng = np.random.default_rng(7)
+    for n1 in range(2, 7):
+        for n2 in range(2, 7):
+            floor = utest_min_p(n1, n2)
+            assert floor == pytest.approx(2 / math.comb(n1 + n2, n1))
+            for _ in range(20):
+                x, y = rng.integers(0, 3, n1), rng.integers(0, 3, n2)
+                assert mannwhitney_u(x, y)[1] >= floor * (1 - 1e-12)
 
 
 def test_benjamini_hochberg_known_answer():
@@ -369,15 +390,14 @@ def test_groups_of_seeds_get_a_u_test_with_fdr(tmp_path, capsys):
     steal = rows["pmap_steal_ptp: stole PTP pa 0x%08x from pmap %p va 0x%08x"]
     assert steal["a_runs"] == [10, 11, 12, 13] and steal["b"] == 21.5
     assert steal["p"] == pytest.approx(2 / 70)
-    # uvm_fault: 0,0,0,0 against 1,1,1,1 has ties -> normal approximation: U = 16,
-    # var = 16/12 * (9 - 2 * (4**3 - 4) / (8 * 7)) = 9.142857, z = (16 - 8 - 0.5) / sqrt(var)
+    # uvm_fault: 0,0,0,0 against 1,1,1,1 (ties) is as extreme as 4 runs a side can be:
+    # U = 16 against the exact distribution, 2 * 1/70 -- never below the smallest possible p
     fault = rows["uvm_fault: pid %d (%s) va 0x%08x ftype %d"]
-    z = 7.5 / math.sqrt(16 / 12 * (9 - 120 / 56))
-    assert fault["only"] == "b" and fault["p"] == pytest.approx(math.erfc(z / 2**0.5))
+    assert fault["only"] == "b" and fault["p"] == pytest.approx(2 / 70)
     assert d["rows"][0]["only"] == "b"
-    # BH over the three rows, p ascending: fault .0131 (rank 1), steal .0286 (2), enter 1 (3)
-    assert steal["q"] == pytest.approx(min(2 / 70 * 3 / 2, 1.0))
-    assert fault["q"] == pytest.approx(min(fault["p"] * 3, steal["q"]))
+    # BH over the three rows: p = 2/70, 2/70, 1 -> q = 2/70 * 3/2 for both, 1
+    assert steal["q"] == pytest.approx(2 / 70 * 3 / 2)
+    assert fault["q"] == pytest.approx(2 / 70 * 3 / 2)
     assert rows["pmap_enter: pmap %p va 0x%08x pa 0x%08x prot %d flags 0x%x"]["p"] == 1.0
     assert d["sequence"] is None  # groups have no sequence view
     assert d["a"]["runs"][0]["kernel"]["name"] == "steal"
