@@ -47,6 +47,7 @@ from pathlib import Path
 import pytest
 
 from smp.cli import main
+from smp.tools.lockstat_report import site_address
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "lockstat" / "lockstat.json"
@@ -218,40 +219,95 @@ def test_top_n_says_what_it_left_out(capsys):
 
 
 def test_lock_stat_is_linux_columns_with_every_point(capsys):
-    _, out, _ = lockstat(capsys, FIXTURE, "--lock-stat")
+    rc, out, err = lockstat(capsys, FIXTURE, "--lock-stat")
+    assert rc == 0 and err == ""
     lines = out.splitlines()
+    # seq_header(): the version line, dashes, the column heads, dashes, a blank line --
+    # nothing else before the first class
     assert lines[0] == "lock_stat version 0.4"
-    head = next(ln for ln in lines if "class name" in ln).split()
-    assert head[2:] == ["con-bounces", "contentions", "waittime-min", "waittime-max",
-                        "waittime-total", "waittime-avg", "acq-bounces", "acquisitions",
-                        "holdtime-min", "holdtime-max", "holdtime-total", "holdtime-avg"]
+    assert lines[1] == lines[3] == "-" * (40 + 1 + 12 * (14 + 1))
+    assert lines[2] == f"{'class name':>40} " + " ".join(f"{c:>14}" for c in (
+        "con-bounces", "contentions", "waittime-min", "waittime-max", "waittime-total",
+        "waittime-avg", "acq-bounces", "acquisitions", "holdtime-min", "holdtime-max",
+        "holdtime-total", "holdtime-avg"))
+    assert lines[4] == ""
     stats = {ln.split(":")[0].strip(): ln.split(":")[1].split() for ln in lines
-             if ln.rstrip().endswith(tuple("0123456789")) and ":" in ln and "(" not in ln}
+             if ":" in ln and not ln.startswith("lock_stat")}
     # pmaps_lock (R1-R3): con-bounces 3+2+1, contentions 7, wait min 0.6 ms (R2), max 4.4,
-    # total 15 ms, avg 15000/7 = 2142.857 us -> 2142.85 (truncated as lockdep_proc.c does);
-    # acq-bounces 6+4+2, acquisitions 18, holds 18: min 0.1 ms, max 50 ms, total 87 ms,
-    # avg 87000/18 = 4833.33 us
-    assert stats["pmaps_lock"] == ["6", "7", "600.00", "4400.00", "15000.00", "2142.85", "12",
+    # total 15 ms, avg 15000000 // 7 = 2142857 ns -> 2142.86 us (snprint_time() adds 5 ns,
+    # then truncates to 10 ns); acq-bounces 6+4+2, acquisitions 18, holds 18: min 0.1 ms,
+    # max 50 ms, total 87 ms, avg 87000/18 = 4833.33 us
+    assert stats["pmaps_lock"] == ["6", "7", "600.00", "4400.00", "15000.00", "2142.86", "12",
                                    "18", "100.00", "50000.00", "87000.00", "4833.33"]
-    # kernel_lock: acquisitions 16 but holds 14: holdtime-avg = 120 ms / 14 = 8571.42 us
-    assert stats["kernel_lock"][7:] == ["16", "5000.00", "10000.00", "120000.00", "8571.42"]
-    # reader/writer classes are split -R / -W as in Linux
+    # kernel_lock: acquisitions 16 but holds 14: holdtime-avg = 120 ms / 14 = 8571428 ns
+    assert stats["kernel_lock"][7:] == ["16", "5000.00", "10000.00", "120000.00", "8571.43"]
+    # a reader/writer class used both ways: -W and -R rows, writer first
     assert stats["pmap_main_lock-R"][:2] == ["1", "2"]
     assert stats["pmap_main_lock-W"][-1] == "1500000.00"
-    # order: by contentions (7, 4, 3, 2, 1)
-    assert list(stats) == ["pmaps_lock", "kernel_lock", "pmap", "pmap_main_lock-R",
-                           "pmap_main_lock-W"]
-    # points of pmaps_lock: waiting sites (count, wait us), then the holders they waited on:
-    # pmap_steal_ptp held it for 3+1 waits (7.0+4.4 = 11.4 ms), pmap_enter for 1+1+1 (3.6 ms)
+    # order: by contentions (7, 4, then 3 and 3: acquisitions 31 before 28)
+    assert list(stats) == ["pmaps_lock", "kernel_lock", "pmap_main_lock-W",
+                           "pmap_main_lock-R", "pmap"]
+    # points of pmaps_lock: "%40s %14lu %29s %pS": the name, the count, [<address>], the
+    # site; first the waiting sites, then the holders they waited behind: pmap_steal_ptp
+    # held it for 3+1 waits, pmap_enter for 1+1+1
+    enter, steal = (f"[<{site_address(s):08x}>]" for s in ("pmap_enter", "pmap_steal_ptp"))
     i = lines.index(next(ln for ln in lines if ln.strip().startswith("pmaps_lock:")))
-    assert [ln.split() for ln in lines[i + 1:i + 7]] == [
-        ["----------"],
-        ["pmaps_lock", "6", "13000.00", "pmap_enter"],
-        ["pmaps_lock", "1", "2000.00", "pmap_steal_ptp"],
-        ["----------"],
-        ["pmaps_lock", "4", "11400.00", "pmap_steal_ptp"],
-        ["pmaps_lock", "3", "3600.00", "pmap_enter"],
+    assert lines[i + 1:i + 10] == [
+        " " * 30 + "-" * 10,
+        f"{'pmaps_lock':>40} {6:14d} {enter:>29} pmap_enter",
+        f"{'pmaps_lock':>40} {1:14d} {steal:>29} pmap_steal_ptp",
+        " " * 30 + "-" * 10,
+        f"{'pmaps_lock':>40} {4:14d} {steal:>29} pmap_steal_ptp",
+        f"{'pmaps_lock':>40} {3:14d} {enter:>29} pmap_enter",
+        "",
+        "." * (40 + 1 + 12 * (14 + 1)),
+        "",
     ]
+    # one class block for the rw lock: W and R rows together, one points block whose dashes
+    # underline "pmap_main_lock-W" and whose rows carry the bare class name
+    j = lines.index(next(ln for ln in lines if ln.strip().startswith("pmap_main_lock-W:")))
+    assert lines[j + 1].lstrip().startswith("pmap_main_lock-R:")
+    assert lines[j + 2] == " " * 24 + "-" * 16
+    assert [ln.split()[:2] for ln in lines[j + 3:j + 5]] == [["pmap_main_lock", "2"],
+                                                            ["pmap_main_lock", "1"]]
+    assert lines[j + 5] == lines[j + 2]
+    # every class that waited has exactly one points block
+    assert lines.count("." * (40 + 1 + 12 * (14 + 1))) == 4
+
+
+def test_lock_stat_addresses_are_stable_and_the_wait_total_is_behind_a_flag(capsys):
+    # the same call site gets the same address in every run: a CRC of its name inside an
+    # i386 kernel's text
+    assert site_address("pmap_enter") == site_address("pmap_enter")
+    assert 0xc0100000 <= site_address("SyntheticLoad.step") < 0xc0400000
+    assert len({site_address(s) for s in ("trap", "uvm_fault", "pmap_enter",
+                                          "pmap_remove", "pmap_steal_ptp")}) == 5
+    _, out, _ = lockstat(capsys, FIXTURE, "--lock-stat", "-L", "kernel_lock",
+                         "--points-wait")
+    trap = f"[<{site_address('trap'):08x}>]"
+    # trap waited 3 times, 60 ms in all
+    assert f"{'kernel_lock':>40} {3:14d} {'60000.00':>14} {trap:>29} trap" in out.splitlines()
+    rc, _, err = lockstat(capsys, FIXTURE, "--points-wait")
+    assert rc == 2 and "--points-wait does not apply to the lockstat(8) table" in err
+
+
+def test_lock_stat_of_a_reader_only_or_writer_only_class_has_no_suffix(capsys, tmp_path):
+    # lockdep_proc.c: "-W" only when the class also has read holds; a class taken only
+    # for reading is "-R"
+    d = json.loads(FIXTURE.read_text())
+    d["records"] = [r for r in d["records"] if not (r["class"] == "pmap_main_lock"
+                                                     and r["mode"] == "shared")]
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--lock-stat", "-L", "pmap_main_lock")
+    assert f"{'pmap_main_lock':>40}:" in out and "-W:" not in out and "-R:" not in out
+    d = json.loads(FIXTURE.read_text())
+    d["records"] = [r for r in d["records"] if not (r["class"] == "pmap_main_lock"
+                                                     and r["mode"] == "excl")]
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--lock-stat", "-L", "pmap_main_lock")
+    assert f"{'pmap_main_lock':>38}-R:" in out and "-W:" not in out
+    # the dashes cover the "-R" too
+    assert " " * 24 + "-" * 16 in out.splitlines()
 
 
 def test_matrix_shows_who_waited_behind_whom(capsys):
@@ -354,11 +410,11 @@ def test_json_and_csv_carry_the_same_rows(capsys, tmp_path, mode):
     rc, js, _ = lockstat(capsys, FIXTURE, *mode, "--format", "json")
     assert rc == 0
     doc = json.loads(js)
-    assert doc["schema"] == 1 and doc["lockstat_schema"] == 1 and doc["rows"]
+    assert doc["schema"] == 2 and doc["lockstat_schema"] == 1 and doc["rows"]
     assert doc["units"]["time"] == "ns"
     _, cs, _ = lockstat(capsys, FIXTURE, *mode, "--format", "csv")
     first, rows = _csv_rows(cs)
-    assert first.startswith(f"# smp lockstat report schema 1: {doc['report']};")
+    assert first.startswith(f"# smp lockstat report schema 2: {doc['report']};")
     assert list(rows[0]) == doc["fields"]
     assert len(rows) == len(doc["rows"])
     assert all(_same(j, c) for j, c in zip(doc["rows"], rows, strict=True))

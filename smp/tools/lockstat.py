@@ -83,15 +83,18 @@ The lockstat(8) table (default):
   -p and -s divide Count and Time by the number of CPUs and by the elapsed seconds
   (counts truncated to integers, as lockstat(8) does).
 
---lock-stat (Linux, per class; -W/-R writer/reader; times in us, 2 decimals):
+--lock-stat (Linux /proc/lock_stat as lockdep_proc.c prints it; per class, a reader/writer
+  class used both ways as -W and -R rows; times in us, 2 decimals, rounded to 10 ns):
   con-bounces   contended acquisitions whose previous acquirer was another CPU
   contentions   contended acquisitions
   waittime-*    min (shortest non-zero) / max / total / avg (total/contentions) wait
   acq-bounces   acquisitions whose previous acquirer was another CPU
   acquisitions  every acquisition (recursive ones included)
   holdtime-*    min / max / total / avg (total/holds, outermost holds only)
-  then every contention point (call sites that waited: count, waittime-total us) and
-  every contended point (the holders' call sites they waited behind).
+  then every contention point (call sites that waited) and every contended point (the
+  holders' call sites they waited behind), one block per class: count [<address>] site;
+  the address is synthetic (stable per call site); --points-wait adds each point's
+  waittime-total (us) before it.
 
 -H: for each lock and caller, wait and hold time in power-of-two buckets [from, to) ns.
 --matrix: per lock class, contended acquisitions by waiter site (rows) and the site that
@@ -105,7 +108,7 @@ Exit status: 0, or 2 on bad input (one line on stderr)."""
 _USES = {
     "table": set("clfpsLFTEMno"),
     "vs": set("clfpsLFTEMno"),
-    "lock-stat": set("LFTMno"),
+    "lock-stat": set("LFTMno") | {"points-wait"},
     "hist": set("clfLFTEMno"),
     "matrix": set("cLFTMno"),
     "plot": set("cLFTM"),
@@ -151,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("other reports (one at a time)")
     x = m.add_mutually_exclusive_group()
     x.add_argument("--lock-stat", dest="lock_stat", action="store_true",
-                   help="Linux /proc/lock_stat columns per class, every contention point")
+                   help="Linux /proc/lock_stat as lockdep_proc.c prints it, every "
+                   "contention point")
     x.add_argument("-H", dest="hist", action="store_true",
                    help="power-of-two histograms of wait and hold time per lock and caller")
     x.add_argument("--matrix", action="store_true",
@@ -160,6 +164,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--plot", metavar="FILE.png",
                    help="draw wait-time distributions per class and contention per CPU "
                    "(needs matplotlib: pip install 'smp[plot]')")
+    m.add_argument("--points-wait", dest="points_wait", action="store_true",
+                   help="with --lock-stat: each point's waittime-total (us) before its "
+                   "address (Linux prints only the count)")
     p.add_argument("--format", choices=("text", "json", "csv"), default="text",
                    help="text (default), or the report's rows as JSON or CSV")
     p.set_defaults(func=cmd_lockstat)
@@ -182,7 +189,8 @@ def _mode(a: argparse.Namespace) -> str:
 def _given(a: argparse.Namespace) -> set[str]:
     flags = {"c": a.count, "l": a.locks_only, "f": a.callers_only, "p": a.per_cpu,
              "s": a.per_second, "L": a.locks, "F": a.funcs, "T": a.types, "E": a.events,
-             "M": a.merge, "n": a.top is not None, "o": a.output}
+             "M": a.merge, "n": a.top is not None, "o": a.output,
+             "points-wait": a.points_wait}
     return {k for k, v in flags.items() if v}
 
 
@@ -212,7 +220,7 @@ def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     mode = _mode(a)
     extra = sorted(_given(a) - _USES[mode])
     if extra:
-        opts = " ".join("-" + o for o in extra)
+        opts = " ".join(("-" if len(o) == 1 else "--") + o for o in extra)
         raise BadInput(f"lockstat: {opts} does not apply to "
                        f"{'the lockstat(8) table' if mode == 'table' else '--' + mode}")
     if a.top is not None and a.top < 1:
@@ -224,7 +232,7 @@ def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     sel.check(ls)
     common = {"top": a.top}
     if mode == "lock-stat":
-        rep = lock_stat(ls, sel, **common)
+        rep = lock_stat(ls, sel, points_wait=a.points_wait, **common)
     elif mode == "hist":
         rep = histograms(ls, sel, by_count=a.count, locks_only=a.locks_only,
                          callers_only=a.callers_only, merge_class=a.merge, **common)
@@ -259,6 +267,7 @@ def render(rep: Report, ls: Lockstat, fmt: str) -> str:
                "elapsed_ns": ls.elapsed_ns, "ncpu": ls.ncpu,
                "units": {"time": "ns", "pct": "percent"}, **rep.meta,
                "empty": rep.empty, "message": rep.lines[0] if rep.empty else None,
+               "warnings": rep.warnings,
                "fields": rep.fields, "rows": rep.rows}
         return json.dumps(doc, indent=1) + "\n"
     buf = io.StringIO()
@@ -300,6 +309,8 @@ def cmd_lockstat(a: argparse.Namespace) -> int:
             return _plot(a)
         rep, ls = build(a)
         _write(render(rep, ls, a.format), a.output)
+        for w in rep.warnings:
+            print(w, file=sys.stderr)
     except BrokenPipeError:
         # the reader (head, less) went away: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
