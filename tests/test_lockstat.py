@@ -40,6 +40,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ from pathlib import Path
 import pytest
 
 from smp.cli import main
-from smp.tools.lockstat_report import site_address
+from smp.tools.lockstat_report import lock_address, perf_time, site_address
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "lockstat" / "lockstat.json"
@@ -329,6 +330,137 @@ def test_matrix_shows_who_waited_behind_whom(capsys):
     assert "-- Simple lock spin: pmap" in out and "whole classes" in out
 
 
+FOLDED_LINE = re.compile(r"^[^ ;]+(;[^ ;]+)* [1-9][0-9]*$")
+
+
+def test_folded_stacks_are_class_waiter_holder_with_wait_ns(capsys):
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded")
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    # what flamegraph.pl reads: frames joined by ";", a space, a positive integer; sorted
+    assert all(FOLDED_LINE.match(ln) for ln in lines) and lines == sorted(lines)
+    # the pairs of the fixture (module docstring): pmap_enter waited behind pmap_steal_ptp
+    # 3 times (7.0 ms) on cpu0 and once (4.4 ms) on cpu1: one stack, 11.4 ms
+    assert lines == [
+        "kernel_lock;trap;uvm_fault 60000000",
+        "kernel_lock;uvm_fault;trap 40000000",
+        "pmap;pmap_enter;pmap_remove 600000",
+        "pmap;pmap_remove;pmap_enter 400000",
+        "pmap_main_lock-R;uvm_fault;pmap_steal_ptp 800000",
+        "pmap_main_lock-W;pmap_steal_ptp;uvm_fault 90000000",
+        "pmaps_lock;pmap_enter;pmap_enter 1600000",
+        "pmaps_lock;pmap_enter;pmap_steal_ptp 11400000",
+        "pmaps_lock;pmap_steal_ptp;pmap_enter 2000000",
+    ]
+    # a class's stacks add up to its wait time (pmaps_lock: 15 ms, as in the table)
+    assert sum(int(ln.split()[1]) for ln in lines if ln.startswith("pmaps_lock;")) == 15_000_000
+    # -c: counts; -L and -F select (a waiter site)
+    _, out, _ = lockstat(capsys, FIXTURE, "--format", "folded", "-c", "-L", "pmaps_lock",
+                         "-F", "pmap_enter")
+    assert out == "pmaps_lock;pmap_enter;pmap_enter 2\npmaps_lock;pmap_enter;pmap_steal_ptp 4\n"
+    # -E hold: class;site and the hold time (trap: 10 holds of 10 ms)
+    _, out, _ = lockstat(capsys, FIXTURE, "--format", "folded", "-E", "hold", "-T",
+                         "kernel_lock")
+    assert out == "kernel_lock;trap 100000000\nkernel_lock;uvm_fault 20000000\n"
+
+
+def test_folded_stacks_keep_waits_the_pair_table_lost(capsys, tmp_path):
+    # drop the pair of cpu1's pmap_enter <- pmap_steal_ptp wait (1, 4.4 ms): the slot still
+    # counted it, so it is charged to a "<no pair>" holder rather than vanishing
+    d = json.loads(FIXTURE.read_text())
+    lost = [p for p in d["pairs"] if p["class"] == "pmaps_lock" and p["cpu"] == 1
+            and p["holder"] == "pmap_steal_ptp"]
+    assert [(p["count"], p["wait_total"]) for p in lost] == [(1, 4_400_000)]
+    d["pairs"].remove(lost[0])
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--format", "folded", "-L", "pmaps_lock")
+    assert out.splitlines() == ["pmaps_lock;pmap_enter;<no pair> 4400000",
+                                "pmaps_lock;pmap_enter;pmap_enter 1600000",
+                                "pmaps_lock;pmap_enter;pmap_steal_ptp 7000000",
+                                "pmaps_lock;pmap_steal_ptp;pmap_enter 2000000"]
+
+
+def test_perf_lock_is_perf_lock_contention_by_caller(capsys):
+    rc, out, _ = lockstat(capsys, FIXTURE, "--perf-lock")
+    assert rc == 0
+    # perf's header ("%10s " / "%12s " per field, "  %10s   %s" type and caller), a blank
+    # line, rows sorted by total wait; every lock a caller waited for merged, per type:
+    # pmap_enter waited 4 + 2 times on pmaps_lock (8.0 + 5.0 ms) and once on pmap[1]
+    # (0.6 ms): 7, 13.6 ms, max 4.4 ms, avg 13.6 / 7 = 1.94 ms
+    assert out.splitlines() == [
+        " contended   total wait     max wait     avg wait         type   caller",
+        "",
+        "         1     90.00 ms     90.00 ms     90.00 ms     rwlock:W   pmap_steal_ptp",
+        "         3     60.00 ms     30.00 ms     20.00 ms   kernel_lock   trap",
+        "         1     40.00 ms     40.00 ms     40.00 ms   kernel_lock   uvm_fault",
+        "         7     13.60 ms      4.40 ms      1.94 ms     spinlock   pmap_enter",
+        "         1      2.00 ms      2.00 ms      2.00 ms     spinlock   pmap_steal_ptp",
+        "         2    800.00 us    500.00 us    400.00 us     rwlock:R   uvm_fault",
+        "         2    400.00 us    300.00 us    200.00 us     spinlock   pmap_remove",
+    ]
+    # -k contended, top 2 (perf -E): the rest is said on stderr
+    rc, out, err = lockstat(capsys, FIXTURE, "--perf-lock", "-k", "contended", "-n", "2")
+    assert [ln.split()[-1] for ln in out.splitlines()[2:]] == ["pmap_enter", "trap"]
+    assert err == "smp lockstat: -n 2: 5 more caller row(s) not shown\n"
+    # a sort key that is not shown by default is added as the last column, as perf does
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-k", "wait_min", "-T", "spin")
+    assert out.splitlines()[0].split()[-4:] == ["min", "wait", "type", "caller"]
+    # by shortest wait: pmap_steal_ptp's one 2 ms wait, then pmap_enter's 0.6 ms (R2, R5)
+    assert [ln.split()[-4:] for ln in out.splitlines()[2:4]] == [
+        ["2.00", "ms", "spinlock", "pmap_steal_ptp"], ["600.00", "us", "spinlock", "pmap_enter"]]
+
+
+def test_perf_lock_by_lock_has_an_address_and_the_lock_type(capsys):
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-l")
+    lines = out.splitlines()
+    # "  %16s   %s" after the fields
+    assert lines[0] == (" contended   total wait     max wait     avg wait "
+                        f"  {'address':>16}   symbol")
+    pmaps = f"{lock_address('pmaps_lock'):016x}"
+    # pmap_main_lock: writer and reader waits together (90 + 0.8 ms in 3)
+    assert lines[2:] == [
+        f"         4    100.00 ms     40.00 ms     25.00 ms   "
+        f"{lock_address('kernel_lock'):016x}   kernel_lock (kernel_lock)",
+        f"         3     90.80 ms     90.00 ms     30.27 ms   "
+        f"{lock_address('pmap_main_lock'):016x}   pmap_main_lock (rwlock)",
+        f"         7     15.00 ms      4.40 ms      2.14 ms   {pmaps}   pmaps_lock (spinlock)",
+        f"         3      1.00 ms    600.00 us    333.33 us   "
+        f"{lock_address('pmap[1]'):016x}   pmap[1] (spinlock)",
+    ]
+    assert lock_address("pmaps_lock") % 4 == 0
+    # -M merges instances into classes (perf -c)
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-l", "-M", "-T", "spin")
+    assert [ln.split()[-2] for ln in out.splitlines()[2:]] == ["pmaps_lock", "pmap"]
+    # JSON rows carry exact nanoseconds
+    _, js, _ = lockstat(capsys, FIXTURE, "--perf-lock", "--format", "json", "-L", "pmaps_lock")
+    doc = json.loads(js)
+    assert doc["report"] == "perf-lock"
+    assert [(r["caller"], r["type"], r["contended"], r["wait_total_ns"], r["avg_wait_ns"])
+            for r in doc["rows"]] == [("pmap_enter", "spinlock", 6, 13_000_000, 2_166_666),
+                                      ("pmap_steal_ptp", "spinlock", 1, 2_000_000, 2_000_000)]
+
+
+def test_perf_time_units_as_perf_prints_them():
+    assert perf_time(950) == "      950 ns"
+    assert perf_time(152_860) == "   152.86 us"
+    assert perf_time(1_500_000_000) == "     1.50 s "
+    assert perf_time(90 * 60 * 10**9) == "     1.50 h "
+
+
+def test_folded_and_perf_lock_usage_errors(capsys):
+    def bad(*args: str) -> str:
+        rc, out, err = lockstat(capsys, FIXTURE, *args)
+        assert rc == 2 and out == "" and err.count("\n") == 1, err
+        return err
+
+    assert "does not combine with --lock-stat" in bad("--format", "folded", "--lock-stat")
+    assert "takes one event" in bad("--format", "folded", "-E", "spin,hold")
+    assert "takes one event" in bad("--format", "folded", "-E", "acquire")
+    assert "-k bogus: unknown sort key" in bad("--perf-lock", "-k", "bogus")
+    assert "-k does not apply to the lockstat(8) table" in bad("-k", "contended")
+    assert "-M does not apply to --format folded" in bad("--format", "folded", "-M")
+
+
 def test_histograms_have_power_of_two_buckets_with_units(capsys):
     _, out, _ = lockstat(capsys, FIXTURE, "-H", "-L", "kernel_lock", "-F", "trap")
     lines = out.splitlines()
@@ -594,6 +726,15 @@ def test_real_run_matrix_and_lock_stat_agree(hot_run, capsys):
     assert sum(p["count"] for p in pairs) == cls["contentions"]
     assert sum(p["wait_total_ns"] for p in pairs) == cls["waittime_total_ns"]
     assert cls["waittime_min_ns"] <= cls["waittime_avg_ns"] <= cls["waittime_max_ns"]
+    # the flame graph of the hot lock holds the same waits
+    _, out, _ = lockstat(capsys, run, "--format", "folded", "-L", "synth_bucket")
+    stacks = dict(ln.rsplit(" ", 1) for ln in out.splitlines())
+    assert list(stacks) == ["synth_bucket;SyntheticLoad.step;SyntheticLoad.step"]
+    assert sum(map(int, stacks.values())) == cls["waittime_total_ns"]
+    _, out, _ = lockstat(capsys, run, "--perf-lock", "--format", "json", "-L", "synth_bucket")
+    perf = json.loads(out)["rows"]
+    assert [(r["caller"], r["contended"]) for r in perf] == [("SyntheticLoad.step",
+                                                             cls["contentions"])]
     # a run against itself: nothing changes
     _, out, _ = lockstat(capsys, run, "--vs", run, "--format", "json")
     assert all(r["count_delta"] == 0 and r["count_ratio"] == 1.0

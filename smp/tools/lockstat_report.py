@@ -635,3 +635,167 @@ def versus(la: Lockstat, lb: Lockstat, sel: Selection, *, by_count: bool = False
         if top is not None and len(items) > top:
             rep.lines.append(f"({_n(len(items) - top, 'more lock')} not shown)")
     return rep
+
+
+# ---------------------------------------------------------------- folded stacks
+
+FOLDED_FIELDS = ["stack", "value"]
+NO_PAIR = "<no pair>"     # contended acquisitions the pair table could not attribute
+
+
+def _frame(name: str) -> str:
+    """A frame of a folded stack: no ';' (the separator) and no blanks (before the count)."""
+    return "_".join(name.replace(";", ":").split()) or "?"
+
+
+def _class_frame(ls: Lockstat, klass: str, mode: str) -> str:
+    if ls.classes.get(klass) == "rw":
+        return _frame(klass) + ("-W" if mode == "excl" else "-R")
+    return _frame(klass)
+
+
+def folded(ls: Lockstat, sel: Selection, *, by_count: bool = False) -> Report:
+    """Brendan Gregg's folded stacks, for flamegraph.pl, speedscope, inferno.
+
+    ``-E spin`` (default): ``class;waiter_site;holder_site N`` from the waiter x holder
+    pairs -- the flame graph's base is the lock class, above it the call site that waited,
+    on top the call site of the holder it waited behind -- with N the wait time in ns (or
+    the number of contended acquisitions with ``by_count``).  Contended acquisitions the
+    pair table could not record end in a ``<no pair>`` frame.  ``-E hold``:
+    ``class;site N``, N the hold time in ns (or holds).  Reader/writer classes are
+    ``CLASS-W`` and ``CLASS-R``.  Lines are sorted, as stackcollapse scripts write them.
+    """
+    rep = Report("folded", FOLDED_FIELDS, meta={"value": "count" if by_count else "ns"})
+    stacks: dict[str, int] = defaultdict(int)
+    event = sel.events[0]
+    if event == "spin":
+        # per (class, mode, waiter): what the slots counted, less what the pairs explain
+        rest: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for r in ls.recs:
+            if (r.stat.contended and sel.kind_ok(r.kind) and _pair_lock_ok(ls, sel, r.klass)
+                    and sel.func_ok(r.site)):
+                c = rest[(r.klass, r.mode, r.site)]
+                c[0] += r.stat.contended
+                c[1] += r.stat.wait_total
+        for p in ls.pairs:
+            if sel.kind_ok(p.kind) and _pair_lock_ok(ls, sel, p.klass) and sel.func_ok(p.waiter):
+                key = f"{_class_frame(ls, p.klass, p.mode)};{_frame(p.waiter)};{_frame(p.holder)}"
+                stacks[key] += p.count if by_count else p.wait_total
+                c = rest[(p.klass, p.mode, p.waiter)]
+                c[0] -= p.count
+                c[1] -= p.wait_total
+        for (klass, mode, site), (c, w) in rest.items():
+            if c > 0:
+                key = f"{_class_frame(ls, klass, mode)};{_frame(site)};{NO_PAIR}"
+                stacks[key] += c if by_count else max(w, 0)
+    else:
+        for r in ls.recs:
+            if sel.rec_ok(r) and r.stat.holds:
+                key = f"{_class_frame(ls, r.klass, r.mode)};{_frame(r.site)}"
+                stacks[key] += r.stat.holds if by_count else r.stat.hold_total
+    for key in sorted(stacks):
+        if stacks[key] > 0:
+            rep.lines.append(f"{key} {stacks[key]}")
+            rep.rows.append({"stack": key, "value": stacks[key]})
+    if not rep.lines:
+        rep.empty = True
+        rep.warnings = [none_line(ls, sel)]
+    elif _instance_only(ls, sel):
+        rep.warnings = ["note: waiter x holder pairs are recorded per lock class: -L of an "
+                        "instance shows its whole class"]
+    return rep
+
+
+# ---------------------------------------------------------------- perf lock contention
+
+PERF_KEYS = ("contended", "wait_total", "wait_max", "wait_min", "avg_wait")
+PERF_HEADERS = {"contended": ("contended", 10), "wait_total": ("total wait", 12),
+                "wait_max": ("max wait", 12), "wait_min": ("min wait", 12),
+                "avg_wait": ("avg wait", 12)}
+PERF_FIELDS_SHOWN = ("contended", "wait_total", "wait_max", "avg_wait")  # perf's -F default
+PERF_TYPE = {("spin", "excl"): "spinlock", ("rw", "excl"): "rwlock:W",
+             ("rw", "shared"): "rwlock:R", ("spin-recursive", "excl"): "kernel_lock"}
+PERF_TYPE_NAME = {"spin": "spinlock", "rw": "rwlock", "spin-recursive": "kernel_lock"}
+PERF_FIELDS = ["caller", "lock", "address", "type", "contended", "wait_total_ns",
+               "wait_max_ns", "wait_min_ns", "avg_wait_ns"]
+KERNEL_DATA = 0xc0400000       # after the kernel text (site_address)
+KERNEL_DATA_SIZE = 0x400000
+
+
+def lock_address(name: str) -> int:
+    """A stable synthetic kernel-data address for a lock (instance or class), aligned as a
+    lock word is: what perf lock contention -l prints in its address column."""
+    return KERNEL_DATA + (zlib.crc32(name.encode()) % KERNEL_DATA_SIZE) // 4 * 4
+
+
+def perf_time(ns: int, width: int = 12) -> str:
+    """perf's lock_stat_key_print_time(): two decimals and the largest unit that fits
+    (h, m, s, ms, us), else whole nanoseconds."""
+    for base, unit in ((3600e9, "h "), (60e9, "m "), (1e9, "s "), (1e6, "ms"), (1e3, "us")):
+        if ns >= base:
+            return f"{ns / base:{width - 3}.2f} {unit}"
+    return f"{int(ns):{width - 3}d} ns"
+
+
+def _perf_value(s: Stat, key: str) -> int:
+    return {"contended": s.contended, "wait_total": s.wait_total, "wait_max": s.wait_max,
+            "wait_min": s.wait_min, "avg_wait": s.wait_total // s.contended
+            if s.contended else 0}[key]
+
+
+def perf_lock(ls: Lockstat, sel: Selection, *, key: str = "wait_total", by_lock: bool = False,
+              merge_class: bool = False, top: int | None = None) -> Report:
+    """``perf lock contention``'s table (tools/perf/builtin-lock.c).
+
+    By caller (default): one row per call site and lock type, every lock that site waited
+    for merged, as perf aggregates by call stack; ``by_lock`` (perf ``-l``): one row per
+    lock instance (or class with ``merge_class``, perf ``-c``), with a synthetic address.
+    Columns contended, total wait, max wait, avg wait; rows sorted by ``key`` (perf ``-k``:
+    contended, wait_total (default), wait_max, wait_min, avg_wait), the first ``top``
+    (perf ``-E``); a row that never waited is left out, as perf leaves it out.
+    """
+    if key not in PERF_KEYS:
+        raise BadInput(f"-k {key}: unknown sort key (known: {', '.join(PERF_KEYS)})")
+    rep = Report("perf-lock", PERF_FIELDS, meta={"key": key,
+                                                 "by": "lock" if by_lock else "caller"})
+    groups: dict[tuple, Stat] = {}
+    for r in ls.recs:
+        if not (sel.rec_ok(r) and r.stat.contended):
+            continue
+        if by_lock:
+            name = r.klass if merge_class else r.lock
+            k = (name, PERF_TYPE_NAME.get(r.kind, r.kind))
+        else:
+            k = (r.site, PERF_TYPE.get((r.kind, r.mode), f"{r.kind}:{r.mode}"))
+        groups.setdefault(k, Stat()).add(r.stat)
+    items = [(k, s) for k, s in groups.items() if s.wait_total > 0]
+    if not items:
+        rep.empty = True
+        rep.lines = [none_line(ls, sel)]
+        return rep
+    items.sort(key=lambda ks: (-_perf_value(ks[1], key), -ks[1].wait_total, ks[0]))
+    shown = items if top is None else items[:top]
+    cols = [k for k in PERF_FIELDS_SHOWN] + ([key] if key not in PERF_FIELDS_SHOWN else [])
+    head = " ".join(f"{PERF_HEADERS[c][0]:>{PERF_HEADERS[c][1]}}" for c in cols) + " "
+    head += f"  {'address':>16}   symbol" if by_lock else f"  {'type':>10}   caller"
+    rep.lines = [head, ""]
+    for (name, typ), s in shown:
+        cells = []
+        for c in cols:
+            v = _perf_value(s, c)
+            cells.append(f"{v:10d}" if c == "contended" else perf_time(v))
+        if by_lock:
+            addr = lock_address(name)
+            tail = f"  {addr:016x}   {name} ({typ})"
+        else:
+            tail = f"  {typ:>10}   {name}"
+        rep.lines.append(" ".join(cells) + " " + tail)
+        rep.rows.append({"caller": None if by_lock else name, "lock": name if by_lock else None,
+                         "address": f"{lock_address(name):016x}" if by_lock else None,
+                         "type": typ, "contended": s.contended, "wait_total_ns": s.wait_total,
+                         "wait_max_ns": s.wait_max, "wait_min_ns": s.wait_min,
+                         "avg_wait_ns": _perf_value(s, "avg_wait")})
+    if len(shown) < len(items):
+        rep.warnings.append(f"smp lockstat: -n {top}: {len(items) - len(shown)} more "
+                            f"{'lock' if by_lock else 'caller'} row(s) not shown")
+    return rep
