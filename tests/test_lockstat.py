@@ -634,11 +634,39 @@ def test_plot(capsys, tmp_path, monkeypatch):
         rc, out, _ = lockstat(capsys, FIXTURE, "--plot", png)
         assert rc == 0 and out == f"smp lockstat: wrote {png}\n"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing to draw (a lock that never waited): one line naming the file, exit 2, and
+    # no file left behind that would look like a result
+    rc, out, err = lockstat(capsys, FIXTURE, "--plot", tmp_path / "empty.png", "-L", "pmap[0]")
+    assert (rc, out) == (2, "") and not (tmp_path / "empty.png").exists()
+    assert err == (f"smp: {FIXTURE}: --plot: nothing to draw: no contended acquisition in "
+                   f"the selection (event spin; types all; -L pmap[0])\n")
     # without the optional extra: one line, exit 2
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rc, out, err = lockstat(capsys, FIXTURE, "--plot", tmp_path / "x.png")
     assert rc == 2 and err.startswith("smp: --plot: matplotlib is not installed")
     assert err.count("\n") == 1
+
+
+def test_plot_axes_are_logarithmic_so_small_classes_show():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from smp.tools.lockstat_data import Selection, load
+    from smp.tools.lockstat_plot import figure
+
+    fig = figure(load(FIXTURE), Selection())
+    try:
+        dist, per_cpu = fig.axes[:2]
+        # pmap_main_lock-W (90 ms) and pmap (1 ms) differ 90-fold: log axes
+        assert dist.get_yscale() == "symlog" and per_cpu.get_yscale() == "log"
+        labels = [t.get_text() for t in dist.get_legend().get_texts()]
+        assert len(labels) == 5 and labels[0].startswith("kernel_lock (4 contended")
+        # every class's bars are drawn above the axis' floor
+        low = per_cpu.get_ylim()[0]
+        heights = [b.get_height() for b in per_cpu.patches if b.get_height() > 0]
+        assert min(heights) == pytest.approx(0.4) and low < min(heights)
+    finally:
+        plt.close(fig)
 
 
 def test_the_tool_reads_run_directories_only():

@@ -59,7 +59,6 @@ from smp.tools.lockstat_report import (
     histograms,
     lock_stat,
     matrix,
-    none_line,
     perf_lock,
     table,
     versus,
@@ -368,8 +367,11 @@ def _plot(a: argparse.Namespace) -> int:
     _rep, ls = build(a)      # checks options and the run as every report does
     sel = selection(a)
     if not plot(ls, sel, Path(a.plot), by_count=a.count):
-        print(none_line(ls, sel))
-        return 0
+        # an empty figure would look like a result: refuse, as for any bad input
+        why = ("lock statistics were off in this run (kernel option lockstat = off)"
+               if ls.stats_off else
+               f"no contended acquisition in the selection ({sel.describe()})")
+        raise BadInput(f"{ls.path}: --plot: nothing to draw: {why}")
     print(f"smp lockstat: wrote {a.plot}")
     return 0
 
