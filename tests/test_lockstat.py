@@ -362,6 +362,14 @@ def test_folded_stacks_are_class_waiter_holder_with_wait_ns(capsys):
     _, out, _ = lockstat(capsys, FIXTURE, "--format", "folded", "-E", "hold", "-T",
                          "kernel_lock")
     assert out == "kernel_lock;trap 100000000\nkernel_lock;uvm_fault 20000000\n"
+    # nothing selected: an empty profile on stdout, NetBSD's sentence on stderr
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded", "-T", "rw", "-F", "trap")
+    assert (rc, out) == (0, "") and err.startswith(NONE) and err.count("\n") == 1
+    # -L of an instance: pairs are per class, and stderr says so
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded", "-L", "pmap[0]")
+    assert out.splitlines() == ["pmap;pmap_enter;pmap_remove 600000",
+                                "pmap;pmap_remove;pmap_enter 400000"]
+    assert "pairs are recorded per lock class" in err
 
 
 def test_folded_stacks_keep_waits_the_pair_table_lost(capsys, tmp_path):
