@@ -40,6 +40,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ from pathlib import Path
 import pytest
 
 from smp.cli import main
+from smp.tools.lockstat_report import lock_address, perf_time, site_address
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "lockstat" / "lockstat.json"
@@ -218,40 +220,95 @@ def test_top_n_says_what_it_left_out(capsys):
 
 
 def test_lock_stat_is_linux_columns_with_every_point(capsys):
-    _, out, _ = lockstat(capsys, FIXTURE, "--lock-stat")
+    rc, out, err = lockstat(capsys, FIXTURE, "--lock-stat")
+    assert rc == 0 and err == ""
     lines = out.splitlines()
+    # seq_header(): the version line, dashes, the column heads, dashes, a blank line --
+    # nothing else before the first class
     assert lines[0] == "lock_stat version 0.4"
-    head = next(ln for ln in lines if "class name" in ln).split()
-    assert head[2:] == ["con-bounces", "contentions", "waittime-min", "waittime-max",
-                        "waittime-total", "waittime-avg", "acq-bounces", "acquisitions",
-                        "holdtime-min", "holdtime-max", "holdtime-total", "holdtime-avg"]
+    assert lines[1] == lines[3] == "-" * (40 + 1 + 12 * (14 + 1))
+    assert lines[2] == f"{'class name':>40} " + " ".join(f"{c:>14}" for c in (
+        "con-bounces", "contentions", "waittime-min", "waittime-max", "waittime-total",
+        "waittime-avg", "acq-bounces", "acquisitions", "holdtime-min", "holdtime-max",
+        "holdtime-total", "holdtime-avg"))
+    assert lines[4] == ""
     stats = {ln.split(":")[0].strip(): ln.split(":")[1].split() for ln in lines
-             if ln.rstrip().endswith(tuple("0123456789")) and ":" in ln and "(" not in ln}
+             if ":" in ln and not ln.startswith("lock_stat")}
     # pmaps_lock (R1-R3): con-bounces 3+2+1, contentions 7, wait min 0.6 ms (R2), max 4.4,
-    # total 15 ms, avg 15000/7 = 2142.857 us -> 2142.85 (truncated as lockdep_proc.c does);
-    # acq-bounces 6+4+2, acquisitions 18, holds 18: min 0.1 ms, max 50 ms, total 87 ms,
-    # avg 87000/18 = 4833.33 us
-    assert stats["pmaps_lock"] == ["6", "7", "600.00", "4400.00", "15000.00", "2142.85", "12",
+    # total 15 ms, avg 15000000 // 7 = 2142857 ns -> 2142.86 us (snprint_time() adds 5 ns,
+    # then truncates to 10 ns); acq-bounces 6+4+2, acquisitions 18, holds 18: min 0.1 ms,
+    # max 50 ms, total 87 ms, avg 87000/18 = 4833.33 us
+    assert stats["pmaps_lock"] == ["6", "7", "600.00", "4400.00", "15000.00", "2142.86", "12",
                                    "18", "100.00", "50000.00", "87000.00", "4833.33"]
-    # kernel_lock: acquisitions 16 but holds 14: holdtime-avg = 120 ms / 14 = 8571.42 us
-    assert stats["kernel_lock"][7:] == ["16", "5000.00", "10000.00", "120000.00", "8571.42"]
-    # reader/writer classes are split -R / -W as in Linux
+    # kernel_lock: acquisitions 16 but holds 14: holdtime-avg = 120 ms / 14 = 8571428 ns
+    assert stats["kernel_lock"][7:] == ["16", "5000.00", "10000.00", "120000.00", "8571.43"]
+    # a reader/writer class used both ways: -W and -R rows, writer first
     assert stats["pmap_main_lock-R"][:2] == ["1", "2"]
     assert stats["pmap_main_lock-W"][-1] == "1500000.00"
-    # order: by contentions (7, 4, 3, 2, 1)
-    assert list(stats) == ["pmaps_lock", "kernel_lock", "pmap", "pmap_main_lock-R",
-                           "pmap_main_lock-W"]
-    # points of pmaps_lock: waiting sites (count, wait us), then the holders they waited on:
-    # pmap_steal_ptp held it for 3+1 waits (7.0+4.4 = 11.4 ms), pmap_enter for 1+1+1 (3.6 ms)
+    # order: by contentions (7, 4, then 3 and 3: acquisitions 31 before 28)
+    assert list(stats) == ["pmaps_lock", "kernel_lock", "pmap_main_lock-W",
+                           "pmap_main_lock-R", "pmap"]
+    # points of pmaps_lock: "%40s %14lu %29s %pS": the name, the count, [<address>], the
+    # site; first the waiting sites, then the holders they waited behind: pmap_steal_ptp
+    # held it for 3+1 waits, pmap_enter for 1+1+1
+    enter, steal = (f"[<{site_address(s):08x}>]" for s in ("pmap_enter", "pmap_steal_ptp"))
     i = lines.index(next(ln for ln in lines if ln.strip().startswith("pmaps_lock:")))
-    assert [ln.split() for ln in lines[i + 1:i + 7]] == [
-        ["----------"],
-        ["pmaps_lock", "6", "13000.00", "pmap_enter"],
-        ["pmaps_lock", "1", "2000.00", "pmap_steal_ptp"],
-        ["----------"],
-        ["pmaps_lock", "4", "11400.00", "pmap_steal_ptp"],
-        ["pmaps_lock", "3", "3600.00", "pmap_enter"],
+    assert lines[i + 1:i + 10] == [
+        " " * 30 + "-" * 10,
+        f"{'pmaps_lock':>40} {6:14d} {enter:>29} pmap_enter",
+        f"{'pmaps_lock':>40} {1:14d} {steal:>29} pmap_steal_ptp",
+        " " * 30 + "-" * 10,
+        f"{'pmaps_lock':>40} {4:14d} {steal:>29} pmap_steal_ptp",
+        f"{'pmaps_lock':>40} {3:14d} {enter:>29} pmap_enter",
+        "",
+        "." * (40 + 1 + 12 * (14 + 1)),
+        "",
     ]
+    # one class block for the rw lock: W and R rows together, one points block whose dashes
+    # underline "pmap_main_lock-W" and whose rows carry the bare class name
+    j = lines.index(next(ln for ln in lines if ln.strip().startswith("pmap_main_lock-W:")))
+    assert lines[j + 1].lstrip().startswith("pmap_main_lock-R:")
+    assert lines[j + 2] == " " * 24 + "-" * 16
+    assert [ln.split()[:2] for ln in lines[j + 3:j + 5]] == [["pmap_main_lock", "2"],
+                                                            ["pmap_main_lock", "1"]]
+    assert lines[j + 5] == lines[j + 2]
+    # every class that waited has exactly one points block
+    assert lines.count("." * (40 + 1 + 12 * (14 + 1))) == 4
+
+
+def test_lock_stat_addresses_are_stable_and_the_wait_total_is_behind_a_flag(capsys):
+    # the same call site gets the same address in every run: a CRC of its name inside an
+    # i386 kernel's text
+    assert site_address("pmap_enter") == site_address("pmap_enter")
+    assert 0xc0100000 <= site_address("SyntheticLoad.step") < 0xc0400000
+    assert len({site_address(s) for s in ("trap", "uvm_fault", "pmap_enter",
+                                          "pmap_remove", "pmap_steal_ptp")}) == 5
+    _, out, _ = lockstat(capsys, FIXTURE, "--lock-stat", "-L", "kernel_lock",
+                         "--points-wait")
+    trap = f"[<{site_address('trap'):08x}>]"
+    # trap waited 3 times, 60 ms in all
+    assert f"{'kernel_lock':>40} {3:14d} {'60000.00':>14} {trap:>29} trap" in out.splitlines()
+    rc, _, err = lockstat(capsys, FIXTURE, "--points-wait")
+    assert rc == 2 and "--points-wait does not apply to the lockstat(8) table" in err
+
+
+def test_lock_stat_of_a_reader_only_or_writer_only_class_has_no_suffix(capsys, tmp_path):
+    # lockdep_proc.c: "-W" only when the class also has read holds; a class taken only
+    # for reading is "-R"
+    d = json.loads(FIXTURE.read_text())
+    d["records"] = [r for r in d["records"] if not (r["class"] == "pmap_main_lock"
+                                                     and r["mode"] == "shared")]
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--lock-stat", "-L", "pmap_main_lock")
+    assert f"{'pmap_main_lock':>40}:" in out and "-W:" not in out and "-R:" not in out
+    d = json.loads(FIXTURE.read_text())
+    d["records"] = [r for r in d["records"] if not (r["class"] == "pmap_main_lock"
+                                                     and r["mode"] == "excl")]
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--lock-stat", "-L", "pmap_main_lock")
+    assert f"{'pmap_main_lock':>38}-R:" in out and "-W:" not in out
+    # the dashes cover the "-R" too
+    assert " " * 24 + "-" * 16 in out.splitlines()
 
 
 def test_matrix_shows_who_waited_behind_whom(capsys):
@@ -271,6 +328,145 @@ def test_matrix_shows_who_waited_behind_whom(capsys):
     # -L of an instance shows its whole class: pairs are recorded per class
     _, out, _ = lockstat(capsys, FIXTURE, "--matrix", "-L", "pmap[1]")
     assert "-- Simple lock spin: pmap" in out and "whole classes" in out
+
+
+FOLDED_LINE = re.compile(r"^[^ ;]+(;[^ ;]+)* [1-9][0-9]*$")
+
+
+def test_folded_stacks_are_class_waiter_holder_with_wait_ns(capsys):
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded")
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    # what flamegraph.pl reads: frames joined by ";", a space, a positive integer; sorted
+    assert all(FOLDED_LINE.match(ln) for ln in lines) and lines == sorted(lines)
+    # the pairs of the fixture (module docstring): pmap_enter waited behind pmap_steal_ptp
+    # 3 times (7.0 ms) on cpu0 and once (4.4 ms) on cpu1: one stack, 11.4 ms
+    assert lines == [
+        "kernel_lock;trap;uvm_fault 60000000",
+        "kernel_lock;uvm_fault;trap 40000000",
+        "pmap;pmap_enter;pmap_remove 600000",
+        "pmap;pmap_remove;pmap_enter 400000",
+        "pmap_main_lock-R;uvm_fault;pmap_steal_ptp 800000",
+        "pmap_main_lock-W;pmap_steal_ptp;uvm_fault 90000000",
+        "pmaps_lock;pmap_enter;pmap_enter 1600000",
+        "pmaps_lock;pmap_enter;pmap_steal_ptp 11400000",
+        "pmaps_lock;pmap_steal_ptp;pmap_enter 2000000",
+    ]
+    # a class's stacks add up to its wait time (pmaps_lock: 15 ms, as in the table)
+    assert sum(int(ln.split()[1]) for ln in lines if ln.startswith("pmaps_lock;")) == 15_000_000
+    # -c: counts; -L and -F select (a waiter site)
+    _, out, _ = lockstat(capsys, FIXTURE, "--format", "folded", "-c", "-L", "pmaps_lock",
+                         "-F", "pmap_enter")
+    assert out == "pmaps_lock;pmap_enter;pmap_enter 2\npmaps_lock;pmap_enter;pmap_steal_ptp 4\n"
+    # -E hold: class;site and the hold time (trap: 10 holds of 10 ms)
+    _, out, _ = lockstat(capsys, FIXTURE, "--format", "folded", "-E", "hold", "-T",
+                         "kernel_lock")
+    assert out == "kernel_lock;trap 100000000\nkernel_lock;uvm_fault 20000000\n"
+    # nothing selected: an empty profile on stdout, NetBSD's sentence on stderr
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded", "-T", "rw", "-F", "trap")
+    assert (rc, out) == (0, "") and err.startswith(NONE) and err.count("\n") == 1
+    # -L of an instance: pairs are per class, and stderr says so
+    rc, out, err = lockstat(capsys, FIXTURE, "--format", "folded", "-L", "pmap[0]")
+    assert out.splitlines() == ["pmap;pmap_enter;pmap_remove 600000",
+                                "pmap;pmap_remove;pmap_enter 400000"]
+    assert "pairs are recorded per lock class" in err
+
+
+def test_folded_stacks_keep_waits_the_pair_table_lost(capsys, tmp_path):
+    # drop the pair of cpu1's pmap_enter <- pmap_steal_ptp wait (1, 4.4 ms): the slot still
+    # counted it, so it is charged to a "<no pair>" holder rather than vanishing
+    d = json.loads(FIXTURE.read_text())
+    lost = [p for p in d["pairs"] if p["class"] == "pmaps_lock" and p["cpu"] == 1
+            and p["holder"] == "pmap_steal_ptp"]
+    assert [(p["count"], p["wait_total"]) for p in lost] == [(1, 4_400_000)]
+    d["pairs"].remove(lost[0])
+    (tmp_path / "lockstat.json").write_text(json.dumps(d))
+    _, out, _ = lockstat(capsys, tmp_path, "--format", "folded", "-L", "pmaps_lock")
+    assert out.splitlines() == ["pmaps_lock;pmap_enter;<no pair> 4400000",
+                                "pmaps_lock;pmap_enter;pmap_enter 1600000",
+                                "pmaps_lock;pmap_enter;pmap_steal_ptp 7000000",
+                                "pmaps_lock;pmap_steal_ptp;pmap_enter 2000000"]
+
+
+def test_perf_lock_is_perf_lock_contention_by_caller(capsys):
+    rc, out, _ = lockstat(capsys, FIXTURE, "--perf-lock")
+    assert rc == 0
+    # perf's header ("%10s " / "%12s " per field, "  %10s   %s" type and caller), a blank
+    # line, rows sorted by total wait; every lock a caller waited for merged, per type:
+    # pmap_enter waited 4 + 2 times on pmaps_lock (8.0 + 5.0 ms) and once on pmap[1]
+    # (0.6 ms): 7, 13.6 ms, max 4.4 ms, avg 13.6 / 7 = 1.94 ms
+    assert out.splitlines() == [
+        " contended   total wait     max wait     avg wait         type   caller",
+        "",
+        "         1     90.00 ms     90.00 ms     90.00 ms     rwlock:W   pmap_steal_ptp",
+        "         3     60.00 ms     30.00 ms     20.00 ms   kernel_lock   trap",
+        "         1     40.00 ms     40.00 ms     40.00 ms   kernel_lock   uvm_fault",
+        "         7     13.60 ms      4.40 ms      1.94 ms     spinlock   pmap_enter",
+        "         1      2.00 ms      2.00 ms      2.00 ms     spinlock   pmap_steal_ptp",
+        "         2    800.00 us    500.00 us    400.00 us     rwlock:R   uvm_fault",
+        "         2    400.00 us    300.00 us    200.00 us     spinlock   pmap_remove",
+    ]
+    # -k contended, top 2 (perf -E): the rest is said on stderr
+    rc, out, err = lockstat(capsys, FIXTURE, "--perf-lock", "-k", "contended", "-n", "2")
+    assert [ln.split()[-1] for ln in out.splitlines()[2:]] == ["pmap_enter", "trap"]
+    assert err == "smp lockstat: -n 2: 5 more caller row(s) not shown\n"
+    # a sort key that is not shown by default is added as the last column, as perf does
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-k", "wait_min", "-T", "spin")
+    assert out.splitlines()[0].split()[-4:] == ["min", "wait", "type", "caller"]
+    # by shortest wait: pmap_steal_ptp's one 2 ms wait, then pmap_enter's 0.6 ms (R2, R5)
+    assert [ln.split()[-4:] for ln in out.splitlines()[2:4]] == [
+        ["2.00", "ms", "spinlock", "pmap_steal_ptp"], ["600.00", "us", "spinlock", "pmap_enter"]]
+
+
+def test_perf_lock_by_lock_has_an_address_and_the_lock_type(capsys):
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-l")
+    lines = out.splitlines()
+    # "  %16s   %s" after the fields
+    assert lines[0] == (" contended   total wait     max wait     avg wait "
+                        f"  {'address':>16}   symbol")
+    pmaps = f"{lock_address('pmaps_lock'):016x}"
+    # pmap_main_lock: writer and reader waits together (90 + 0.8 ms in 3)
+    assert lines[2:] == [
+        f"         4    100.00 ms     40.00 ms     25.00 ms   "
+        f"{lock_address('kernel_lock'):016x}   kernel_lock (kernel_lock)",
+        f"         3     90.80 ms     90.00 ms     30.27 ms   "
+        f"{lock_address('pmap_main_lock'):016x}   pmap_main_lock (rwlock)",
+        f"         7     15.00 ms      4.40 ms      2.14 ms   {pmaps}   pmaps_lock (spinlock)",
+        f"         3      1.00 ms    600.00 us    333.33 us   "
+        f"{lock_address('pmap[1]'):016x}   pmap[1] (spinlock)",
+    ]
+    assert lock_address("pmaps_lock") % 4 == 0
+    # -M merges instances into classes (perf -c)
+    _, out, _ = lockstat(capsys, FIXTURE, "--perf-lock", "-l", "-M", "-T", "spin")
+    assert [ln.split()[-2] for ln in out.splitlines()[2:]] == ["pmaps_lock", "pmap"]
+    # JSON rows carry exact nanoseconds
+    _, js, _ = lockstat(capsys, FIXTURE, "--perf-lock", "--format", "json", "-L", "pmaps_lock")
+    doc = json.loads(js)
+    assert doc["report"] == "perf-lock"
+    assert [(r["caller"], r["type"], r["contended"], r["wait_total_ns"], r["avg_wait_ns"])
+            for r in doc["rows"]] == [("pmap_enter", "spinlock", 6, 13_000_000, 2_166_666),
+                                      ("pmap_steal_ptp", "spinlock", 1, 2_000_000, 2_000_000)]
+
+
+def test_perf_time_units_as_perf_prints_them():
+    assert perf_time(950) == "      950 ns"
+    assert perf_time(152_860) == "   152.86 us"
+    assert perf_time(1_500_000_000) == "     1.50 s "
+    assert perf_time(90 * 60 * 10**9) == "     1.50 h "
+
+
+def test_folded_and_perf_lock_usage_errors(capsys):
+    def bad(*args: str) -> str:
+        rc, out, err = lockstat(capsys, FIXTURE, *args)
+        assert rc == 2 and out == "" and err.count("\n") == 1, err
+        return err
+
+    assert "does not combine with --lock-stat" in bad("--format", "folded", "--lock-stat")
+    assert "takes one event" in bad("--format", "folded", "-E", "spin,hold")
+    assert "takes one event" in bad("--format", "folded", "-E", "acquire")
+    assert "-k bogus: unknown sort key" in bad("--perf-lock", "-k", "bogus")
+    assert "-k does not apply to the lockstat(8) table" in bad("-k", "contended")
+    assert "-M does not apply to --format folded" in bad("--format", "folded", "-M")
 
 
 def test_histograms_have_power_of_two_buckets_with_units(capsys):
@@ -354,11 +550,11 @@ def test_json_and_csv_carry_the_same_rows(capsys, tmp_path, mode):
     rc, js, _ = lockstat(capsys, FIXTURE, *mode, "--format", "json")
     assert rc == 0
     doc = json.loads(js)
-    assert doc["schema"] == 1 and doc["lockstat_schema"] == 1 and doc["rows"]
+    assert doc["schema"] == 2 and doc["lockstat_schema"] == 1 and doc["rows"]
     assert doc["units"]["time"] == "ns"
     _, cs, _ = lockstat(capsys, FIXTURE, *mode, "--format", "csv")
     first, rows = _csv_rows(cs)
-    assert first.startswith(f"# smp lockstat report schema 1: {doc['report']};")
+    assert first.startswith(f"# smp lockstat report schema 2: {doc['report']};")
     assert list(rows[0]) == doc["fields"]
     assert len(rows) == len(doc["rows"])
     assert all(_same(j, c) for j, c in zip(doc["rows"], rows, strict=True))
@@ -446,11 +642,39 @@ def test_plot(capsys, tmp_path, monkeypatch):
         rc, out, _ = lockstat(capsys, FIXTURE, "--plot", png)
         assert rc == 0 and out == f"smp lockstat: wrote {png}\n"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing to draw (a lock that never waited): one line naming the file, exit 2, and
+    # no file left behind that would look like a result
+    rc, out, err = lockstat(capsys, FIXTURE, "--plot", tmp_path / "empty.png", "-L", "pmap[0]")
+    assert (rc, out) == (2, "") and not (tmp_path / "empty.png").exists()
+    assert err == (f"smp: {FIXTURE}: --plot: nothing to draw: no contended acquisition in "
+                   f"the selection (event spin; types all; -L pmap[0])\n")
     # without the optional extra: one line, exit 2
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rc, out, err = lockstat(capsys, FIXTURE, "--plot", tmp_path / "x.png")
     assert rc == 2 and err.startswith("smp: --plot: matplotlib is not installed")
     assert err.count("\n") == 1
+
+
+def test_plot_axes_are_logarithmic_so_small_classes_show():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from smp.tools.lockstat_data import Selection, load
+    from smp.tools.lockstat_plot import figure
+
+    fig = figure(load(FIXTURE), Selection())
+    try:
+        dist, per_cpu = fig.axes[:2]
+        # pmap_main_lock-W (90 ms) and pmap (1 ms) differ 90-fold: log axes
+        assert dist.get_yscale() == "symlog" and per_cpu.get_yscale() == "log"
+        labels = [t.get_text() for t in dist.get_legend().get_texts()]
+        assert len(labels) == 5 and labels[0].startswith("kernel_lock (4 contended")
+        # every class's bars are drawn above the axis' floor
+        low = per_cpu.get_ylim()[0]
+        heights = [b.get_height() for b in per_cpu.patches if b.get_height() > 0]
+        assert min(heights) == pytest.approx(0.4) and low < min(heights)
+    finally:
+        plt.close(fig)
 
 
 def test_the_tool_reads_run_directories_only():
@@ -538,6 +762,15 @@ def test_real_run_matrix_and_lock_stat_agree(hot_run, capsys):
     assert sum(p["count"] for p in pairs) == cls["contentions"]
     assert sum(p["wait_total_ns"] for p in pairs) == cls["waittime_total_ns"]
     assert cls["waittime_min_ns"] <= cls["waittime_avg_ns"] <= cls["waittime_max_ns"]
+    # the flame graph of the hot lock holds the same waits
+    _, out, _ = lockstat(capsys, run, "--format", "folded", "-L", "synth_bucket")
+    stacks = dict(ln.rsplit(" ", 1) for ln in out.splitlines())
+    assert list(stacks) == ["synth_bucket;SyntheticLoad.step;SyntheticLoad.step"]
+    assert sum(map(int, stacks.values())) == cls["waittime_total_ns"]
+    _, out, _ = lockstat(capsys, run, "--perf-lock", "--format", "json", "-L", "synth_bucket")
+    perf = json.loads(out)["rows"]
+    assert [(r["caller"], r["contended"]) for r in perf] == [("SyntheticLoad.step",
+                                                             cls["contentions"])]
     # a run against itself: nothing changes
     _, out, _ = lockstat(capsys, run, "--vs", run, "--format", "json")
     assert all(r["count_delta"] == 0 and r["count_ratio"] == 1.0

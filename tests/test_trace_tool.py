@@ -187,6 +187,52 @@ def test_old_run_renders_from_events_and_catalogue_alone(run, capsys):
     assert trace(capsys, run / "events.bin")[1].splitlines() == CONSOLE
 
 
+# ---------------------------------------------------------------- selections and suspect input
+
+
+def test_a_cpu_or_function_that_cannot_match_is_said_on_stderr(run, capsys):
+    rc, out, err = trace(capsys, run, "--cpu", "2-3")
+    assert (rc, out) == (0, "")
+    assert err == (f"smp trace: --cpu 2-3: {run} has lines from CPUs 0-1 only: nothing can "
+                   f"match\n")
+    # one CPU of the list exists: its lines are shown, the other is named
+    rc, out, err = trace(capsys, run, "--cpu", "1,7")
+    assert out.splitlines() == [CONSOLE[2]]
+    assert err.endswith("has lines from CPUs 0-1 only: no line from CPU 7\n")
+    rc, out, err = trace(capsys, run, "-F", "pmap_stael_ptp,pmap_enter")
+    assert out.splitlines() == [CONSOLE[0]]
+    assert err == (f"smp trace: -F pmap_stael_ptp: no message of {run} comes from a function "
+                   f"of that name (functions: pmap_enter, pmap_steal_ptp, uvm_fault, "
+                   f"uvm_pagefree, uvm_pageout)\n")
+    rc, out, err = trace(capsys, run, "--hist", "-H", "pdhsit")
+    assert "-H pdhsit: no UVMHIST history of that name" in err and "maphist, pdhist" in err
+    # a text log without CPU prefixes cannot match any --cpu
+    rc, out, err = trace(capsys, LOGS / "dmesg-netbsd9.log", "--cpu", "0")
+    assert (rc, out) == (0, "") and "has no CPU column" in err
+    # filters that match say nothing
+    rc, out, err = trace(capsys, run, "--cpu", "0", "-F", "pmap_*")
+    assert err == "" and len(out.splitlines()) == 1
+    # each filter can match, but not together: the empty result is said, with the filters
+    rc, out, err = trace(capsys, run, "--cpu", "0", "-F", "pmap_steal_ptp")
+    assert (rc, out) == (0, "")
+    assert err == (f"smp trace: {run}: no line matches the selection (--cpu 0 "
+                   f"-F pmap_steal_ptp)\n")
+
+
+def test_a_run_without_events_says_so_and_points_at_console_log(run, capsys):
+    (run / "console.log").write_text("\n".join(CONSOLE) + "\n")
+    (run / "events.bin").unlink()
+    rc, out, err = trace(capsys, run)
+    assert rc == 0 and out.splitlines() == CONSOLE
+    assert err == (f"smp trace: {run / 'events.bin'}: missing (the run did not finish writing "
+                   f"its records?): showing {run / 'console.log'} as a text log, templates "
+                   f"mined\n")
+    rc, out, err = trace(capsys, run, "--hist")
+    assert (rc, out) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith(f"smp: {run / 'events.bin'}: missing: --hist") and \
+        f"smp trace {run / 'console.log'}" in err
+
+
 # ---------------------------------------------------------------- text logs
 
 

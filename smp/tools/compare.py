@@ -12,7 +12,8 @@ Inputs are run directories (read from ``events.bin`` + ``catalogue.json``: every
 carries its template exactly, and templates are matched by their text, never by
 catalogue id, since ids change between code versions) or plain text logs, including logs
 this project did not write, such as a real NetBSD console; their templates are mined by
-masking numbers, addresses, pids and times (:mod:`smp.tools.trace_mask`).  When any input
+masking numbers, addresses, pids, times, dates, hosts, paths and keys
+(:mod:`smp.tools.trace_mask`).  When any input
 is a text log, every input is mined the same way, so the two sides stay comparable.
 
 Output, in order:

@@ -18,6 +18,9 @@ that file, so every report can be made again later, from any run directory:
 * ``-H`` adds what illumos lockstat -h draws: power-of-two time distributions, here for
   wait and hold side by side; ``--matrix`` is the full waiter-site x holder-site table
   that lock_stat truncates and lockstat(8) lacks;
+* ``--perf-lock`` is Linux ``perf lock contention``'s table (by caller, or by lock with
+  ``-l``; ``-k`` sort keys); ``--format folded`` gives flame-graph stacks
+  ``class;waiter;holder N``;
 * ``--vs RUN_B`` compares two runs per class and call site; ``--format json|csv`` gives
   any report to a program; ``--plot`` draws distributions (matplotlib, optional).
 
@@ -49,12 +52,14 @@ from smp.tools.lockstat_data import (
     load,
 )
 from smp.tools.lockstat_report import (
+    PERF_KEYS,
     REPORT_SCHEMA,
     Report,
+    folded,
     histograms,
     lock_stat,
     matrix,
-    none_line,
+    perf_lock,
     table,
     versus,
 )
@@ -83,15 +88,24 @@ The lockstat(8) table (default):
   -p and -s divide Count and Time by the number of CPUs and by the elapsed seconds
   (counts truncated to integers, as lockstat(8) does).
 
---lock-stat (Linux, per class; -W/-R writer/reader; times in us, 2 decimals):
+--lock-stat (Linux /proc/lock_stat as lockdep_proc.c prints it; per class, a reader/writer
+  class used both ways as -W and -R rows; times in us, 2 decimals, rounded to 10 ns):
   con-bounces   contended acquisitions whose previous acquirer was another CPU
   contentions   contended acquisitions
   waittime-*    min (shortest non-zero) / max / total / avg (total/contentions) wait
   acq-bounces   acquisitions whose previous acquirer was another CPU
   acquisitions  every acquisition (recursive ones included)
   holdtime-*    min / max / total / avg (total/holds, outermost holds only)
-  then every contention point (call sites that waited: count, waittime-total us) and
-  every contended point (the holders' call sites they waited behind).
+  then every contention point (call sites that waited) and every contended point (the
+  holders' call sites they waited behind), one block per class: count [<address>] site;
+  the address is synthetic (stable per call site); --points-wait adds each point's
+  waittime-total (us) before it.
+
+--perf-lock (perf lock contention): contended, total wait, max wait, avg wait, type and
+  caller per call site (-l: address and symbol per lock, -M: per class); -k contended,
+  wait_total (default), wait_max, wait_min, avg_wait; -n N rows.
+--format folded: flame-graph stacks "class;waiter_site;holder_site N", N = wait ns (-c:
+  contended acquisitions); -E hold: "class;site N", N = hold ns (-c: holds).
 
 -H: for each lock and caller, wait and hold time in power-of-two buckets [from, to) ns.
 --matrix: per lock class, contended acquisitions by waiter site (rows) and the site that
@@ -105,10 +119,12 @@ Exit status: 0, or 2 on bad input (one line on stderr)."""
 _USES = {
     "table": set("clfpsLFTEMno"),
     "vs": set("clfpsLFTEMno"),
-    "lock-stat": set("LFTMno"),
+    "lock-stat": set("LFTMno") | {"points-wait"},
     "hist": set("clfLFTEMno"),
     "matrix": set("cLFTMno"),
     "plot": set("cLFTM"),
+    "perf-lock": set("lLFTMno") | {"k"},
+    "folded": set("cLFTEo"),
 }
 
 
@@ -151,21 +167,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("other reports (one at a time)")
     x = m.add_mutually_exclusive_group()
     x.add_argument("--lock-stat", dest="lock_stat", action="store_true",
-                   help="Linux /proc/lock_stat columns per class, every contention point")
+                   help="Linux /proc/lock_stat as lockdep_proc.c prints it, every "
+                   "contention point")
     x.add_argument("-H", dest="hist", action="store_true",
                    help="power-of-two histograms of wait and hold time per lock and caller")
     x.add_argument("--matrix", action="store_true",
                    help="waiter call site x holder call site, per lock class")
+    x.add_argument("--perf-lock", dest="perf_lock", action="store_true",
+                   help="perf lock contention's table: contended, total/max/avg wait, type, "
+                   "caller (-l: by lock; -k KEY sorts, -n N the top N)")
     x.add_argument("--vs", metavar="RUN_B", help="compare with another run (B/A)")
     x.add_argument("--plot", metavar="FILE.png",
                    help="draw wait-time distributions per class and contention per CPU "
                    "(needs matplotlib: pip install 'smp[plot]')")
-    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                   help="text (default), or the report's rows as JSON or CSV")
+    m.add_argument("-k", dest="key", metavar="KEY",
+                   help="with --perf-lock: sort key, as perf lock contention -k: "
+                   + ", ".join(PERF_KEYS) + " (default wait_total)")
+    m.add_argument("--points-wait", dest="points_wait", action="store_true",
+                   help="with --lock-stat: each point's waittime-total (us) before its "
+                   "address (Linux prints only the count)")
+    p.add_argument("--format", choices=("text", "json", "csv", "folded"), default="text",
+                   help="text (default), or the report's rows as JSON or CSV; folded: "
+                   "flame-graph stacks class;waiter;holder N (N = wait ns, -c: count; "
+                   "-E hold: class;site hold ns)")
     p.set_defaults(func=cmd_lockstat)
 
 
 def _mode(a: argparse.Namespace) -> str:
+    if a.format == "folded":
+        other = [o for o, v in (("--lock-stat", a.lock_stat), ("-H", a.hist),
+                                ("--matrix", a.matrix), ("--vs", a.vs), ("--plot", a.plot),
+                                ("--perf-lock", a.perf_lock)) if v]
+        if other:
+            raise BadInput(f"lockstat: --format folded is a report of its own; it does not "
+                           f"combine with {other[0]}")
+        return "folded"
+    if a.perf_lock:
+        return "perf-lock"
     if a.lock_stat:
         return "lock-stat"
     if a.hist:
@@ -182,7 +220,8 @@ def _mode(a: argparse.Namespace) -> str:
 def _given(a: argparse.Namespace) -> set[str]:
     flags = {"c": a.count, "l": a.locks_only, "f": a.callers_only, "p": a.per_cpu,
              "s": a.per_second, "L": a.locks, "F": a.funcs, "T": a.types, "E": a.events,
-             "M": a.merge, "n": a.top is not None, "o": a.output}
+             "M": a.merge, "n": a.top is not None, "o": a.output,
+             "points-wait": a.points_wait, "k": a.key}
     return {k for k, v in flags.items() if v}
 
 
@@ -212,9 +251,10 @@ def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     mode = _mode(a)
     extra = sorted(_given(a) - _USES[mode])
     if extra:
-        opts = " ".join("-" + o for o in extra)
-        raise BadInput(f"lockstat: {opts} does not apply to "
-                       f"{'the lockstat(8) table' if mode == 'table' else '--' + mode}")
+        opts = " ".join(("-" if len(o) == 1 else "--") + o for o in extra)
+        what = {"table": "the lockstat(8) table", "folded": "--format folded"}.get(
+            mode, "--" + mode)
+        raise BadInput(f"lockstat: {opts} does not apply to {what}")
     if a.top is not None and a.top < 1:
         raise BadInput(f"-n {a.top}: expected a positive number")
     if a.locks_only and a.funcs:
@@ -223,8 +263,16 @@ def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     sel = selection(a)
     sel.check(ls)
     common = {"top": a.top}
-    if mode == "lock-stat":
-        rep = lock_stat(ls, sel, **common)
+    if mode == "folded":
+        if len(sel.events) != 1 or sel.events[0] not in ("spin", "hold"):
+            raise BadInput("lockstat: --format folded takes one event: -E spin (wait "
+                           "time, the default) or -E hold")
+        rep = folded(ls, sel, by_count=a.count)
+    elif mode == "perf-lock":
+        rep = perf_lock(ls, sel, key=a.key or "wait_total", by_lock=a.locks_only,
+                        merge_class=a.merge, **common)
+    elif mode == "lock-stat":
+        rep = lock_stat(ls, sel, points_wait=a.points_wait, **common)
     elif mode == "hist":
         rep = histograms(ls, sel, by_count=a.count, locks_only=a.locks_only,
                          callers_only=a.callers_only, merge_class=a.merge, **common)
@@ -244,13 +292,15 @@ def build(a: argparse.Namespace) -> tuple[Report, Lockstat]:
     rep.meta["selection"] = {"locks": sel.locks, "funcs": sel.funcs,
                              "types": sel.kinds or "all", "events": sel.events,
                              "merge_class": bool(a.merge or mode in ("vs", "lock-stat",
-                                                                      "matrix")),
+                                                                      "matrix", "folded")),
                              "sort": "count" if a.count else "time"}
     return rep, ls
 
 
 def render(rep: Report, ls: Lockstat, fmt: str) -> str:
     """The report as text, JSON or CSV."""
+    if fmt == "folded":
+        return "".join(line + "\n" for line in rep.lines)
     if fmt == "text":
         return "\n".join(rep.lines) + "\n"
     if fmt == "json":
@@ -259,6 +309,7 @@ def render(rep: Report, ls: Lockstat, fmt: str) -> str:
                "elapsed_ns": ls.elapsed_ns, "ncpu": ls.ncpu,
                "units": {"time": "ns", "pct": "percent"}, **rep.meta,
                "empty": rep.empty, "message": rep.lines[0] if rep.empty else None,
+               "warnings": rep.warnings,
                "fields": rep.fields, "rows": rep.rows}
         return json.dumps(doc, indent=1) + "\n"
     buf = io.StringIO()
@@ -300,6 +351,8 @@ def cmd_lockstat(a: argparse.Namespace) -> int:
             return _plot(a)
         rep, ls = build(a)
         _write(render(rep, ls, a.format), a.output)
+        for w in rep.warnings:
+            print(w, file=sys.stderr)
     except BrokenPipeError:
         # the reader (head, less) went away: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -314,8 +367,11 @@ def _plot(a: argparse.Namespace) -> int:
     _rep, ls = build(a)      # checks options and the run as every report does
     sel = selection(a)
     if not plot(ls, sel, Path(a.plot), by_count=a.count):
-        print(none_line(ls, sel))
-        return 0
+        # an empty figure would look like a result: refuse, as for any bad input
+        why = ("lock statistics were off in this run (kernel option lockstat = off)"
+               if ls.stats_off else
+               f"no contended acquisition in the selection ({sel.describe()})")
+        raise BadInput(f"{ls.path}: --plot: nothing to draw: {why}")
     print(f"smp lockstat: wrote {a.plot}")
     return 0
 

@@ -4,9 +4,10 @@
   one section per (lock type, mode, event), a ``<all>`` row per lock when ``-l`` is given or
   the lock has more than one caller, locks and then callers sorted by time (``-c``: count),
   ``Total%`` relative to the whole section, counts and times scaled by ``-p``/``-s``;
-* :func:`lock_stat` -- Linux ``/proc/lock_stat`` (lockdep_proc.c): per class (``-W``/``-R``
-  for reader/writer locks) the twelve columns, then every contention point (waiting call
-  site) and every contended point (the holder's call site), with no cap of 4;
+* :func:`lock_stat` -- Linux ``/proc/lock_stat`` as lockdep_proc.c prints it: per class the
+  twelve columns (a reader/writer class used both ways: a ``-W`` and a ``-R`` row), then
+  one block of contention points (waiting call sites) and contended points (the holders'
+  call sites), ``count [<address>] site``, with no cap of 4;
 * :func:`histograms` -- power-of-two wait and hold distributions as ASCII, side by side;
 * :func:`matrix` -- waiter site x holder site per lock class;
 * :func:`versus` -- two runs, per class and call site: A, B, delta and ratio B/A.
@@ -18,6 +19,7 @@ a person reads; the caller chooses which to print.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -36,7 +38,8 @@ from smp.tools.lockstat_data import (
 
 NONE_RECORDED = "None of the selected events were recorded."
 ALL = "<all>"
-REPORT_SCHEMA = 1   # of the JSON and CSV that --format writes
+REPORT_SCHEMA = 2   # of the JSON and CSV that --format writes (2: lock-stat points
+                    # per class, with an address)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Report:
     lines: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     empty: bool = False
+    warnings: list[str] = field(default_factory=list)   # for stderr, not the report
 
 
 def fmt_ns(ns: float) -> str:
@@ -249,84 +253,128 @@ LS_WIDTH = 40 + 1 + 12 * (14 + 1)
 LS_COLS = ("con-bounces", "contentions", "waittime-min", "waittime-max", "waittime-total",
            "waittime-avg", "acq-bounces", "acquisitions", "holdtime-min", "holdtime-max",
            "holdtime-total", "holdtime-avg")
-LOCK_STAT_FIELDS = ["type", "name", "class", "mode", "site", "con_bounces", "contentions",
-                    "waittime_min_ns", "waittime_max_ns", "waittime_total_ns",
+LOCK_STAT_FIELDS = ["type", "name", "class", "mode", "site", "address", "con_bounces",
+                    "contentions", "waittime_min_ns", "waittime_max_ns", "waittime_total_ns",
                     "waittime_avg_ns", "acq_bounces", "acquisitions", "holds",
                     "holdtime_min_ns", "holdtime_max_ns", "holdtime_total_ns",
                     "holdtime_avg_ns", "count", "wait_total_ns"]
+LS_NAME = 37          # lockdep_proc.c copies a class name into char[38] with snprintf
+KERNEL_TEXT = 0xc0100000     # where an i386 NetBSD kernel's text starts
+KERNEL_TEXT_SIZE = 0x300000  # about the size of a 1.5 GENERIC kernel's text
 
 
 def _us(ns: float) -> str:
-    # lockdep_proc.c snprint_time(): integer microseconds, two decimals, truncated
-    ns = int(ns)
+    """lockdep_proc.c snprint_time(): microseconds with two decimals, rounded to 10 ns
+    (it adds 5 ns, then truncates)."""
+    ns = int(ns) + 5
     return f"{ns // 1000}.{(ns % 1000) // 10:02d}"
 
 
-def lock_stat(ls: Lockstat, sel: Selection, *, top: int | None = None) -> Report:
-    """Linux /proc/lock_stat, per class, with every contention and contended point."""
+def site_address(site: str) -> int:
+    """A stable synthetic kernel-text address for a call site: what lock_stat prints as
+    ``[<%p>]``.  The same name gives the same address in every run (a CRC, not Python's
+    salted hash); the simulated kernel has no instruction addresses of its own."""
+    return KERNEL_TEXT + zlib.crc32(site.encode()) % KERNEL_TEXT_SIZE
+
+
+def lock_stat(ls: Lockstat, sel: Selection, *, top: int | None = None,
+              points_wait: bool = False) -> Report:
+    """Linux /proc/lock_stat as lockdep_proc.c prints it (``seq_header``, ``seq_stats``).
+
+    One block per lock class, sorted by contentions: a reader/writer class used both ways
+    has a ``-W`` and a ``-R`` row and one points block for both; then the contention
+    points (the call sites that waited) and the contended points (the call sites of the
+    holders they waited behind), each ``count [<address>] site``.  Linux keeps four of
+    each; every one is listed here, the most frequent first.  ``points_wait`` adds each
+    point's waittime-total (us) before its address, which Linux does not keep.
+    """
     rep = Report("lock-stat", LOCK_STAT_FIELDS)
-    groups: dict[tuple[str, str], list] = defaultdict(list)
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in ls.recs:
         if sel.rec_ok(r):
-            groups[(r.klass, r.mode)].append(r)
+            groups[r.klass][r.mode].append(r)
     if not groups:
         rep.empty = True
         rep.lines = [none_line(ls, sel)]
         return rep
-    stats = {k: merge((None, r.stat) for r in v)[None] for k, v in groups.items()}
-    order = sorted(stats, key=lambda k: (-stats[k].contended, -stats[k].acq, k))
+    stats = {k: {m: merge((None, r.stat) for r in rs)[None] for m, rs in modes.items()}
+             for k, modes in groups.items()}
+
+    def contentions(k: str) -> int:
+        return sum(s.contended for s in stats[k].values())
+
+    # lock_stat_cmp(): by contentions (read + write), most first
+    order = sorted(stats, key=lambda k: (-contentions(k),
+                                         -sum(s.acq for s in stats[k].values()), k))
     shown = order if top is None else order[:top]
-    inst_sel = _instance_only(ls, sel)
+    rep.warnings = _warnings(ls)
+    if _instance_only(ls, sel):
+        rep.warnings.append("note: contended points are recorded per lock class: -L of an "
+                            "instance shows the holders of the whole class")
     rep.lines = [
         "lock_stat version 0.4",
-        f"(smp lockstat: exact counts over {ls.elapsed_s:.2f} s on {ls.ncpu} CPUs; times in "
-        f"us; points: count, waittime-total in us, call site; first the waiting sites, "
-        f"then the holders' sites they waited behind{' (whole class)' if inst_sel else ''})",
-        *_warnings(ls),
         "-" * LS_WIDTH,
         f"{'class name':>40} " + " ".join(f"{c:>14}" for c in LS_COLS),
         "-" * LS_WIDTH,
         "",
     ]
-    for klass, mode in shown:
-        s = stats[(klass, mode)]
-        kind = ls.classes.get(klass, "spin")
-        name = klass + (("-W" if mode == "excl" else "-R") if kind == "rw" else "")
-        nums = [s.con_bounces, s.contended, s.wait_min, s.wait_max, s.wait_total, s.wait_avg,
-                s.bounces, s.acq, s.hold_min, s.hold_max, s.hold_total, s.hold_avg]
-        cells = [f"{v:14d}" if i in (0, 1, 6, 7) else f"{_us(v):>14}"
-                 for i, v in enumerate(nums)]
-        # lockdep_proc.c seq_stats(): "%40s:" then "%14lu " and " %14s" fields
-        rep.lines.append(f"{name:>40}:" + " ".join(cells))
-        rep.rows.append({"type": "class", "name": name, "class": klass, "mode": mode,
-                         "con_bounces": s.con_bounces, "contentions": s.contended,
-                         "waittime_min_ns": s.wait_min, "waittime_max_ns": s.wait_max,
-                         "waittime_total_ns": s.wait_total, "waittime_avg_ns": s.wait_avg,
-                         "acq_bounces": s.bounces, "acquisitions": s.acq, "holds": s.holds,
-                         "holdtime_min_ns": s.hold_min, "holdtime_max_ns": s.hold_max,
-                         "holdtime_total_ns": s.hold_total, "holdtime_avg_ns": s.hold_avg})
-        waiters = merge((r.site, r.stat) for r in groups[(klass, mode)] if r.stat.contended)
+    for klass in shown:
+        modes = stats[klass]
+        name = klass[:LS_NAME]
+        both = "excl" in modes and "shared" in modes
+        for mode in ("excl", "shared"):
+            s = modes.get(mode)
+            if s is None or not s.acq:
+                continue
+            label = (f"{name:>38}-R" if mode == "shared" else
+                     f"{name:>38}-W" if both else f"{name:>40}")
+            nums = [s.con_bounces, s.contended, s.wait_min, s.wait_max, s.wait_total,
+                    s.wait_avg, s.bounces, s.acq, s.hold_min, s.hold_max, s.hold_total,
+                    s.hold_avg]
+            cells = [f"{v:14d}" if i in (0, 1, 6, 7) else f"{_us(v):>14}"
+                     for i, v in enumerate(nums)]
+            # seq_stats(): "%40s:" (or "%38s-W:"), then "%14lu " and " %14s" fields
+            rep.lines.append(f"{label}:" + " ".join(cells))
+            rep.rows.append({"type": "class", "name": label.strip(), "class": klass,
+                             "mode": mode, "con_bounces": s.con_bounces,
+                             "contentions": s.contended, "waittime_min_ns": s.wait_min,
+                             "waittime_max_ns": s.wait_max, "waittime_total_ns": s.wait_total,
+                             "waittime_avg_ns": s.wait_avg, "acq_bounces": s.bounces,
+                             "acquisitions": s.acq, "holds": s.holds,
+                             "holdtime_min_ns": s.hold_min, "holdtime_max_ns": s.hold_max,
+                             "holdtime_total_ns": s.hold_total, "holdtime_avg_ns": s.hold_avg})
+        if not contentions(klass):
+            continue
+        recs = [r for rs in groups[klass].values() for r in rs]
+        waiters = merge((r.site, r.stat) for r in recs if r.stat.contended)
         wpts = sorted(((site, st.contended, st.wait_total) for site, st in waiters.items()),
                       key=lambda x: (-x[1], -x[2], x[0]))
         hold: dict[str, list[int]] = {}
         for p in ls.pairs:
-            if (p.klass, p.mode) == (klass, mode) and sel.func_ok(p.waiter):
+            if p.klass == klass and sel.func_ok(p.waiter):
                 h = hold.setdefault(p.holder, [0, 0])
                 h[0] += p.count
                 h[1] += p.wait_total
         hpts = sorted(((site, c, w) for site, (c, w) in hold.items()),
                       key=lambda x: (-x[1], -x[2], x[0]))
-        if not wpts and not hpts:
-            continue
+        # the dashes underline the name as printed, "-R"/"-W" included
+        width = len(name) + (2 if "shared" in modes else 0)
         for kind_, pts in (("contention_point", wpts), ("contended_point", hpts)):
-            rep.lines.append(" " * (40 - len(name)) + "-" * len(name))
+            if pts:
+                rep.lines.append(" " * (40 - width) + "-" * width)
             for site, c, w in pts:
-                rep.lines.append(f"{name:>40} {c:14d} {_us(w):>14} {site}")
-                rep.rows.append({"type": kind_, "name": name, "class": klass, "mode": mode,
-                                 "site": site, "count": c, "wait_total_ns": w})
-        rep.lines += ["", "." * LS_WIDTH, ""]
+                addr = site_address(site)
+                ip = f"[<{addr:08x}>]"
+                wt = f" {_us(w):>14}" if points_wait else ""
+                rep.lines.append(f"{name:>40} {c:14d}{wt} {ip:>29} {site}")
+                rep.rows.append({"type": kind_, "name": name, "class": klass, "mode": None,
+                                 "site": site, "address": f"{addr:08x}", "count": c,
+                                 "wait_total_ns": w})
+        if hpts:
+            rep.lines += ["", "." * LS_WIDTH, ""]
     if len(shown) < len(order):
-        rep.lines.append(f"({_n(len(order) - len(shown), 'more class')} not shown)")
+        rep.warnings.append(f"smp lockstat: -n {top}: "
+                            f"{_n(len(order) - len(shown), 'more class')} not shown")
     return rep
 
 
@@ -586,4 +634,168 @@ def versus(la: Lockstat, lb: Lockstat, sel: Selection, *, by_count: bool = False
                                  "time_ratio": _ratio(va[1], vb[1])})
         if top is not None and len(items) > top:
             rep.lines.append(f"({_n(len(items) - top, 'more lock')} not shown)")
+    return rep
+
+
+# ---------------------------------------------------------------- folded stacks
+
+FOLDED_FIELDS = ["stack", "value"]
+NO_PAIR = "<no pair>"     # contended acquisitions the pair table could not attribute
+
+
+def _frame(name: str) -> str:
+    """A frame of a folded stack: no ';' (the separator) and no blanks (before the count)."""
+    return "_".join(name.replace(";", ":").split()) or "?"
+
+
+def _class_frame(ls: Lockstat, klass: str, mode: str) -> str:
+    if ls.classes.get(klass) == "rw":
+        return _frame(klass) + ("-W" if mode == "excl" else "-R")
+    return _frame(klass)
+
+
+def folded(ls: Lockstat, sel: Selection, *, by_count: bool = False) -> Report:
+    """Brendan Gregg's folded stacks, for flamegraph.pl, speedscope, inferno.
+
+    ``-E spin`` (default): ``class;waiter_site;holder_site N`` from the waiter x holder
+    pairs -- the flame graph's base is the lock class, above it the call site that waited,
+    on top the call site of the holder it waited behind -- with N the wait time in ns (or
+    the number of contended acquisitions with ``by_count``).  Contended acquisitions the
+    pair table could not record end in a ``<no pair>`` frame.  ``-E hold``:
+    ``class;site N``, N the hold time in ns (or holds).  Reader/writer classes are
+    ``CLASS-W`` and ``CLASS-R``.  Lines are sorted, as stackcollapse scripts write them.
+    """
+    rep = Report("folded", FOLDED_FIELDS, meta={"value": "count" if by_count else "ns"})
+    stacks: dict[str, int] = defaultdict(int)
+    event = sel.events[0]
+    if event == "spin":
+        # per (class, mode, waiter): what the slots counted, less what the pairs explain
+        rest: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for r in ls.recs:
+            if (r.stat.contended and sel.kind_ok(r.kind) and _pair_lock_ok(ls, sel, r.klass)
+                    and sel.func_ok(r.site)):
+                c = rest[(r.klass, r.mode, r.site)]
+                c[0] += r.stat.contended
+                c[1] += r.stat.wait_total
+        for p in ls.pairs:
+            if sel.kind_ok(p.kind) and _pair_lock_ok(ls, sel, p.klass) and sel.func_ok(p.waiter):
+                key = f"{_class_frame(ls, p.klass, p.mode)};{_frame(p.waiter)};{_frame(p.holder)}"
+                stacks[key] += p.count if by_count else p.wait_total
+                c = rest[(p.klass, p.mode, p.waiter)]
+                c[0] -= p.count
+                c[1] -= p.wait_total
+        for (klass, mode, site), (c, w) in rest.items():
+            if c > 0:
+                key = f"{_class_frame(ls, klass, mode)};{_frame(site)};{NO_PAIR}"
+                stacks[key] += c if by_count else max(w, 0)
+    else:
+        for r in ls.recs:
+            if sel.rec_ok(r) and r.stat.holds:
+                key = f"{_class_frame(ls, r.klass, r.mode)};{_frame(r.site)}"
+                stacks[key] += r.stat.holds if by_count else r.stat.hold_total
+    for key in sorted(stacks):
+        if stacks[key] > 0:
+            rep.lines.append(f"{key} {stacks[key]}")
+            rep.rows.append({"stack": key, "value": stacks[key]})
+    if not rep.lines:
+        rep.empty = True
+        rep.warnings = [none_line(ls, sel)]
+    elif _instance_only(ls, sel):
+        rep.warnings = ["note: waiter x holder pairs are recorded per lock class: -L of an "
+                        "instance shows its whole class"]
+    return rep
+
+
+# ---------------------------------------------------------------- perf lock contention
+
+PERF_KEYS = ("contended", "wait_total", "wait_max", "wait_min", "avg_wait")
+PERF_HEADERS = {"contended": ("contended", 10), "wait_total": ("total wait", 12),
+                "wait_max": ("max wait", 12), "wait_min": ("min wait", 12),
+                "avg_wait": ("avg wait", 12)}
+PERF_FIELDS_SHOWN = ("contended", "wait_total", "wait_max", "avg_wait")  # perf's -F default
+PERF_TYPE = {("spin", "excl"): "spinlock", ("rw", "excl"): "rwlock:W",
+             ("rw", "shared"): "rwlock:R", ("spin-recursive", "excl"): "kernel_lock"}
+PERF_TYPE_NAME = {"spin": "spinlock", "rw": "rwlock", "spin-recursive": "kernel_lock"}
+PERF_FIELDS = ["caller", "lock", "address", "type", "contended", "wait_total_ns",
+               "wait_max_ns", "wait_min_ns", "avg_wait_ns"]
+KERNEL_DATA = 0xc0400000       # after the kernel text (site_address)
+KERNEL_DATA_SIZE = 0x400000
+
+
+def lock_address(name: str) -> int:
+    """A stable synthetic kernel-data address for a lock (instance or class), aligned as a
+    lock word is: what perf lock contention -l prints in its address column."""
+    return KERNEL_DATA + (zlib.crc32(name.encode()) % KERNEL_DATA_SIZE) // 4 * 4
+
+
+def perf_time(ns: int, width: int = 12) -> str:
+    """perf's lock_stat_key_print_time(): two decimals and the largest unit that fits
+    (h, m, s, ms, us), else whole nanoseconds."""
+    for base, unit in ((3600e9, "h "), (60e9, "m "), (1e9, "s "), (1e6, "ms"), (1e3, "us")):
+        if ns >= base:
+            return f"{ns / base:{width - 3}.2f} {unit}"
+    return f"{int(ns):{width - 3}d} ns"
+
+
+def _perf_value(s: Stat, key: str) -> int:
+    return {"contended": s.contended, "wait_total": s.wait_total, "wait_max": s.wait_max,
+            "wait_min": s.wait_min, "avg_wait": s.wait_total // s.contended
+            if s.contended else 0}[key]
+
+
+def perf_lock(ls: Lockstat, sel: Selection, *, key: str = "wait_total", by_lock: bool = False,
+              merge_class: bool = False, top: int | None = None) -> Report:
+    """``perf lock contention``'s table (tools/perf/builtin-lock.c).
+
+    By caller (default): one row per call site and lock type, every lock that site waited
+    for merged, as perf aggregates by call stack; ``by_lock`` (perf ``-l``): one row per
+    lock instance (or class with ``merge_class``, perf ``-c``), with a synthetic address.
+    Columns contended, total wait, max wait, avg wait; rows sorted by ``key`` (perf ``-k``:
+    contended, wait_total (default), wait_max, wait_min, avg_wait), the first ``top``
+    (perf ``-E``); a row that never waited is left out, as perf leaves it out.
+    """
+    if key not in PERF_KEYS:
+        raise BadInput(f"-k {key}: unknown sort key (known: {', '.join(PERF_KEYS)})")
+    rep = Report("perf-lock", PERF_FIELDS, meta={"key": key,
+                                                 "by": "lock" if by_lock else "caller"})
+    groups: dict[tuple, Stat] = {}
+    for r in ls.recs:
+        if not (sel.rec_ok(r) and r.stat.contended):
+            continue
+        if by_lock:
+            name = r.klass if merge_class else r.lock
+            k = (name, PERF_TYPE_NAME.get(r.kind, r.kind))
+        else:
+            k = (r.site, PERF_TYPE.get((r.kind, r.mode), f"{r.kind}:{r.mode}"))
+        groups.setdefault(k, Stat()).add(r.stat)
+    items = [(k, s) for k, s in groups.items() if s.wait_total > 0]
+    if not items:
+        rep.empty = True
+        rep.lines = [none_line(ls, sel)]
+        return rep
+    items.sort(key=lambda ks: (-_perf_value(ks[1], key), -ks[1].wait_total, ks[0]))
+    shown = items if top is None else items[:top]
+    cols = [k for k in PERF_FIELDS_SHOWN] + ([key] if key not in PERF_FIELDS_SHOWN else [])
+    head = " ".join(f"{PERF_HEADERS[c][0]:>{PERF_HEADERS[c][1]}}" for c in cols) + " "
+    head += f"  {'address':>16}   symbol" if by_lock else f"  {'type':>10}   caller"
+    rep.lines = [head, ""]
+    for (name, typ), s in shown:
+        cells = []
+        for c in cols:
+            v = _perf_value(s, c)
+            cells.append(f"{v:10d}" if c == "contended" else perf_time(v))
+        if by_lock:
+            addr = lock_address(name)
+            tail = f"  {addr:016x}   {name} ({typ})"
+        else:
+            tail = f"  {typ:>10}   {name}"
+        rep.lines.append(" ".join(cells) + " " + tail)
+        rep.rows.append({"caller": None if by_lock else name, "lock": name if by_lock else None,
+                         "address": f"{lock_address(name):016x}" if by_lock else None,
+                         "type": typ, "contended": s.contended, "wait_total_ns": s.wait_total,
+                         "wait_max_ns": s.wait_max, "wait_min_ns": s.wait_min,
+                         "avg_wait_ns": _perf_value(s, "avg_wait")})
+    if len(shown) < len(items):
+        rep.warnings.append(f"smp lockstat: -n {top}: {len(items) - len(shown)} more "
+                            f"{'lock' if by_lock else 'caller'} row(s) not shown")
     return rep

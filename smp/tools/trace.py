@@ -33,9 +33,11 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from smp import runfmt
 from smp.config import parse_duration
 from smp.errors import BadInput
 from smp.tools import trace_input
@@ -96,9 +98,23 @@ def _main(a: argparse.Namespace) -> int:
         raise BadInput("-v/--invert inverts -e/--grep: give -e REGEX")
     log = trace_input.load(a.run, partial_ok=a.partial, force=a.force)
     trace_input.warn_suspect(log, "smp trace")
+    run_dir = Path(a.run)
+    no_events = run_dir.is_dir() and not isinstance(log, RunLog)
     if (a.hist or a.all or a.history) and not isinstance(log, RunLog):
+        if no_events:
+            raise BadInput(f"{run_dir / runfmt.EVENTS_FILE}: missing: --hist, --all and "
+                           f"--history re-render the binary records; only "
+                           f"{run_dir / runfmt.CONSOLE_FILE} is there (smp trace "
+                           f"{run_dir / runfmt.CONSOLE_FILE})")
         raise BadInput(f"{a.run}: --hist, --all and --history re-render binary records; "
                        f"this is a text log")
+    if no_events:
+        print(f"smp trace: {run_dir / runfmt.EVENTS_FILE}: missing (the run did not finish "
+              f"writing its records?): showing {run_dir / runfmt.CONSOLE_FILE} as a text "
+              f"log, templates mined", file=sys.stderr)
+    warned = selection_warnings(log, a)
+    for w in warned:
+        print(f"smp trace: {w}", file=sys.stderr)
     idx = select(log, a)
     # --all alone: console.log and hist.log in one timeline, each line in its own style
     style = "hist" if a.hist else "native" if a.all else "console"
@@ -122,7 +138,7 @@ def _main(a: argparse.Namespace) -> int:
             lines = log.lines(idx, style)
         if lines:
             emit("\n".join(lines) + "\n")
-    _warn(log, a, len(idx))
+    _warn(log, a, len(idx), said=bool(warned))
     return 0
 
 
@@ -135,19 +151,30 @@ def emit(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _warn(log: Log, a: argparse.Namespace, shown: int) -> None:
+FILTERS = (("cpu", "--cpu"), ("fn", "-F"), ("msg", "-M"), ("history", "-H"),
+           ("t_from", "--from"), ("t_to", "--to"), ("grep", "-e"))
+
+
+def _warn(log: Log, a: argparse.Namespace, shown: int, said: bool = False) -> None:
     if log.dropped:
         print(f"smp trace: {log.source}: {log.dropped} trace records dropped (ring full)",
               file=sys.stderr)
-    if shown or not isinstance(log, RunLog) or a.all:
+    if shown:
         return
-    nh = int(np.count_nonzero(_kinds(log) == "hist"))
-    if a.hist and nh == 0:
+    nh = int(np.count_nonzero(_kinds(log) == "hist")) if isinstance(log, RunLog) else 0
+    if isinstance(log, RunLog) and not a.all and a.hist and nh == 0:
         print(f"smp trace: {log.source}: no UVMHIST records (kernel option hist = off? "
               f"run with -o hist=on)", file=sys.stderr)
-    elif not a.hist and nh and nh == log.n:
+    elif isinstance(log, RunLog) and not a.all and not a.hist and nh and nh == log.n:
         print(f"smp trace: {log.source}: no console records; {nh} UVMHIST records "
               f"(--hist)", file=sys.stderr)
+    elif not said and log.n:
+        given = [f"{opt} {getattr(a, k)}" for k, opt in FILTERS if getattr(a, k)]
+        if a.invert:
+            given.append("-v")
+        if given:
+            print(f"smp trace: {log.source}: no line matches the selection "
+                  f"({' '.join(given)})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- selection
@@ -163,6 +190,51 @@ def parse_cpus(text: str) -> list[int]:
             raise BadInput(f"--cpu {text}: expected CPU numbers and ranges such as 0,2-3")
         lo = int(m[1])
         out.extend(range(lo, int(m[2] or lo) + 1))
+    return out
+
+
+def cpu_ranges(cpus: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (the --cpu syntax)."""
+    out: list[str] = []
+    for c in sorted(set(cpus)):
+        if out and c == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+def selection_warnings(log: Log, a: argparse.Namespace) -> list[str]:
+    """Filters that can match nothing in this log: a typo more often than a finding, so
+    say so (on stderr) instead of printing an empty result without a word."""
+    out = []
+    if a.cpu:
+        want = parse_cpus(a.cpu)
+        have = sorted({int(c) for c in np.unique(log.cpu)} - {-1}) if log.n else []
+        if not have:
+            out.append(f"--cpu {a.cpu}: {log.source} has no CPU column (no line says "
+                       f"which CPU printed it): nothing can match")
+        else:
+            missing = sorted(set(want) - set(have))
+            if missing:
+                gone = "nothing can match" if len(missing) == len(set(want)) else \
+                    f"no line from CPU {cpu_ranges(missing)}"
+                out.append(f"--cpu {a.cpu}: {log.source} has lines from CPUs "
+                           f"{cpu_ranges(have)} only: {gone}")
+    if a.fn:
+        fns = sorted({t.fn for t in log.templates if t.fn})
+        for pat in (f.strip() for f in a.fn.split(",") if f.strip()):
+            if not any(fnmatch.fnmatchcase(f, pat) for f in fns):
+                known = ", ".join(fns[:8]) + (f" and {len(fns) - 8} more" if len(fns) > 8
+                                              else "") if fns else "none"
+                out.append(f"-F {pat}: no message of {log.source} comes from a function of "
+                           f"that name (functions: {known})")
+    if a.history and isinstance(log, RunLog):
+        hists = sorted({t.key[2] for t in log.templates if t.kind == "hist"})
+        for h in (h.strip() for h in a.history.split(",") if h.strip()):
+            if h not in hists:
+                out.append(f"-H {h}: no UVMHIST history of that name in {log.source} "
+                           f"(histories: {', '.join(hists) or 'none'})")
     return out
 
 

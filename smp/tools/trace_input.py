@@ -9,8 +9,9 @@ directory without ``events.bin`` falls back to its ``console.log``.
 
 A *text log* is anything else: our own ``console.log``/``hist.log``, a ``dmesg`` with
 ``[    12.345678]`` stamps, or a 2001 NetBSD console with no stamps at all.  Each line is
-split into an optional timestamp, an optional ``cpuN:`` (our console) or
-``fn#call@cpu:`` (UVMHIST) prefix, and the message; templates are mined from the message
+split into an optional timestamp, an optional ``cpuN:`` (our console, or an unstamped MP
+console whose lines mostly start with it) or ``fn#call@cpu:`` (UVMHIST) prefix, and the
+message; templates are mined from the message
 (:mod:`smp.tools.trace_mask`).
 
 Both give a :class:`Log`: per line a time (ns, -1 when unknown), a CPU (-1 when unknown)
@@ -561,6 +562,9 @@ def parse_text(source: str, text: str, mixed: bool = False) -> TextLog:
         if nstamped and nsmp >= 0.9 * nstamped:  # our console: every line says its CPU
             return TextLog(source, lines, _parse_console(_CONSOLE, text, len(lines)),
                            "smp console")
+        if not nstamped and trace_mask.mp_console(sample):  # "cpuN: " is the CPU column
+            return TextLog(source, lines, _parse_console(trace_mask.MP_CONSOLE, text,
+                                                         len(lines)), "mp console")
         return TextLog(source, lines, _parse_console(_DMESG, text, len(lines)),
                        "dmesg" if nstamped else "plain")
 
