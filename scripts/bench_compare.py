@@ -43,8 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smp import cli, runfmt  # noqa: E402
-from smp.runfmt import REC_DTYPE, Catalogue  # noqa: E402
+from smp import cli
+from smp.rundir import format as runfmt  # noqa: E402
+from smp.rundir.format import REC_DTYPE, Catalogue  # noqa: E402
 
 # (fn, fmt, kind, hist, weight, args); arg kinds: pmap, va, pa, pg, pid, num, flag, cpu,
 # str (a command name from the string table)

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smp import cli, runfmt
-from smp.runfmt import REC_DTYPE, Catalogue
+from smp import cli
+from smp.rundir import format as runfmt
+from smp.rundir.format import REC_DTYPE, Catalogue
 from smp.tools import compare, compare_seq, trace_input, trace_mask
 from smp.tools.compare_stats import bh_fdr, binom_test, mannwhitney_u, utest_min_p
 

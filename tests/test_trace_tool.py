@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smp import cli, runfmt
-from smp.runfmt import REC_DTYPE, Catalogue
+from smp import cli
+from smp.rundir import format as runfmt
+from smp.rundir.format import REC_DTYPE, Catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = ROOT / "tests" / "fixtures" / "logs"

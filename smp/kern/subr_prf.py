@@ -28,7 +28,7 @@ import numpy as np
 
 from smp.machine.cpu import CPU, Panic
 from smp.machine.layout import ArraySpec
-from smp.runfmt import Catalogue
+from smp.rundir.format import Catalogue
 
 CATALOGUE = Catalogue()
 HIST_ON = False

@@ -89,7 +89,7 @@ class Declaration:
 
     arrays: list[ArraySpec]
     nthreads: int
-    catalogue: Any                      # smp.runfmt.Catalogue
+    catalogue: Any                      # smp.rundir.format.Catalogue
 
 
 @dataclass

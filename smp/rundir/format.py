@@ -267,7 +267,7 @@ class _Compiled:
         else:
             src = f"def _gen(a):\n    return _F % {tup}\n"
         # the generated source is built from fixed fragments only; format text stays data
-        exec(compile(src, "<smp.runfmt format>", "exec"), ns)  # noqa: S102
+        exec(compile(src, "<smp.rundir.format format>", "exec"), ns)  # noqa: S102
         return ns["_gen"]
 
     def batch(self, prefix: str, ncols: int) -> Callable[..., list[str]]:

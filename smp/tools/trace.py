@@ -8,7 +8,7 @@ and ``trace-cmd report`` (merge per-CPU buffers into one timeline; ``--cpu``, ``
 It reads the binary records (``events.bin`` + ``catalogue.json``), not the rendered logs,
 so the same run re-renders with other options without rerunning: console style
 (``console.log``, the default) or UVMHIST style (``--hist``), merged across CPUs in time
-order with CPU and then sequence number breaking ties (:func:`smp.runfmt.merge_order`).
+order with CPU and then sequence number breaking ties (:func:`smp.rundir.format.merge_order`).
 
     smp trace RUN                       console records, as console.log has them
     smp trace RUN --hist                UVMHIST records (hist.log)
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smp import runfmt
 from smp.config import parse_duration
 from smp.errors import BadInput
+from smp.rundir import format as runfmt
 from smp.tools import trace_input
 from smp.tools.trace_input import Log, RunLog
 

@@ -1,7 +1,7 @@
 """What `smp trace` and `smp compare` read: run directories and text logs, as one kind of log.
 
 A *run directory* is read from its binary records (``events.bin``, sorted into one
-timeline with :func:`smp.runfmt.merge_order`) and ``catalogue.json``, so every record
+timeline with :func:`smp.rundir.format.merge_order`) and ``catalogue.json``, so every record
 knows its exact template -- the (kind, function, format) of the kernel call site -- and
 can be re-rendered in any style.  ``manifest.json`` and ``summary.json`` supply the
 header (load script, machine, kernel, seed, mode, duration, dropped records).  A run
