@@ -132,14 +132,14 @@ class RunDir:
 
     def counters(self) -> dict[str, int]:
         """The kernel's event counters (uvmexp statistics and ours) from summary.json."""
-        s = self.summary or {}
-        c = (s.get("kernel_counters") or {}).get("counters") or {}
-        return c if isinstance(c, dict) else {}
+        c = dig(self.summary, "kernel_counters", "counters", want=dict) or {}
+        return {k: v for k, v in c.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     def ncpu(self) -> int | None:
-        m, s = self.manifest or {}, self.summary or {}
-        n = (m.get("machine") or {}).get("ncpu", s.get("ncpu"))
-        return n if isinstance(n, int) and n > 0 else None
+        n = dig(self.manifest, "machine", "ncpu", want=int)
+        if n is None:
+            n = dig(self.summary, "ncpu", want=int)
+        return n if n is not None and 0 < n <= 4096 else None
 
     def first_line(self, needle: str, name: str = fmt.CONSOLE_FILE) -> str:
         """The first line of a log holding ``needle``, or ""."""
@@ -177,24 +177,42 @@ class RunDir:
     def trace_bounds(self) -> dict:
         """What summary.json says the records must fit: per-CPU drop counts (bounding the
         gaps in sequence numbers) and the run's length (bounding time stamps)."""
-        s = self.summary or {}
+        s = self.summary
         out: dict = {}
-        per = (s.get("trace") or {}).get("per_cpu")
-        if isinstance(per, list) and all(isinstance(c, dict) for c in per):
+        per = dig(s, "trace", "per_cpu", want=list)
+        if per is not None and all(isinstance(c, dict) for c in per):
             # a ring the drainer found corrupt lost an unknown number of records
-            out["dropped"] = [int(c.get("dropped", 0) or 0) if not c.get("seq_gaps") else
+            out["dropped"] = [dig(c, "dropped", want=int) or 0 if not c.get("seq_gaps") else
                               1 << 62 for c in per]
-        v = (s.get("schedule") or {}).get("virtual_ns")
-        e = s.get("elapsed_s")
-        if isinstance(v, int) and v > 0:
+        v = dig(s, "schedule", "virtual_ns", want=int)
+        e = dig(s, "elapsed_s", want=(int, float))
+        if v is not None and v > 0:
             out["max_time"] = v + 10**9
-        elif isinstance(e, int | float) and e > 0:
+        elif e is not None and e > 0:
             out["max_time"] = int(e * 2e9) + 60 * 10**9   # records count from boot
         return out
 
 
 _KIND = {fmt.MANIFEST_FILE: "manifest", fmt.SUMMARY_FILE: "summary",
          fmt.LOCKSTAT_FILE: "lockstat"}
+# what each document must hold to be read at all (its parts are checked where used)
+_REQUIRED: dict[str, dict[str, type | tuple]] = {
+    fmt.MANIFEST_FILE: {"load_script": dict, "machine": dict, "kernel": dict, "seed": int},
+    fmt.SUMMARY_FILE: {"status": str, "kernel_counters": dict, "trace": dict, "cpus": list,
+                       "schedule": dict, "diagnostic": dict},
+}
+
+
+def dig(d: object, *keys: str, want: type | tuple = object) -> Any:
+    """``d[k1][k2]...`` if every level is a dict holding the key and the value is a
+    ``want``, else None: reading a damaged document never raises."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    if want is int and isinstance(d, bool):
+        return None
+    return d if isinstance(d, want) else None
 
 
 def read_json(p: Path, schema: int | None, optional: bool = False) -> dict | None:
@@ -222,7 +240,18 @@ def read_json(p: Path, schema: int | None, optional: bool = False) -> dict | Non
     if schema is not None and d.get("schema") != schema:
         raise BadInput(f"{p}: {kind + ' ' if kind else ''}schema {d.get('schema')!r}, this "
                        f"smp reads {schema}")
+    for key, typ in _REQUIRED.get(p.name, {}).items():
+        if key not in d:
+            raise BadInput(f"{p}: not a {kind} document: no {key!r}")
+        if not isinstance(d[key], typ) or isinstance(d[key], bool) and typ is not bool:
+            raise BadInput(f"{p}: {key} = {_short(d[key])}: expected "
+                           f"{getattr(typ, '__name__', 'a table')}")
     return d
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def check_records(recs: np.ndarray, source: Path | str, ncpu: int, cat: fmt.Catalogue, *,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from smp.errors import BadInput, Exit
 from smp.rundir.format import EXPERIMENT_SCHEMA
-from smp.rundir.reader import RunDir
+from smp.rundir.reader import RunDir, dig
 from smp.tools.sweep import Finished, RunPool, Task, default_jobs  # noqa: F401 - cli
 
 DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "kmem-storm", "fork-churn"]
@@ -88,7 +88,7 @@ def _result(d: Path, fin: Finished) -> dict:
                 "exit_code": fin.returncode, "wall_s": fin.wall_s, "run_dir": str(d),
                 "error": fin.stderr.strip()[-400:]}
     c = rd.counters()
-    elapsed = max(1e-9, s.get("elapsed_s", fin.wall_s))
+    elapsed = max(1e-9, dig(s, "elapsed_s", want=(int, float)) or fin.wall_s)
     status = s["status"]
     return {
         "status": status, "exit_code": fin.returncode, "run_dir": str(d),

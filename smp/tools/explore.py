@@ -31,7 +31,7 @@ from pathlib import Path
 
 from smp.errors import BadInput, Exit
 from smp.rundir import format as fmt
-from smp.rundir.reader import RunDir
+from smp.rundir.reader import RunDir, dig
 from smp.tools.sweep import Finished, RunPool, Task
 
 
@@ -52,10 +52,10 @@ def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
         s = None
     if s is None:
         return "error", fin.last_error_line() or "no summary.json", 0
-    points = s.get("schedule", {}).get("points", 0)
+    points = dig(s, "schedule", "points", want=int) or 0
     st = s["status"]
     c = rd.counters()
-    diag = s.get("diagnostic", {})
+    violations = dig(s, "diagnostic", "violations", want=list)
     if st == "panic":
         return "panic", rd.first_line(": panic: ") or s.get("message", ""), points
     if st in ("deadlock", "livelock"):
@@ -67,8 +67,8 @@ def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
     if c.get("stale_tlb", 0):
         return "stale-tlb", rd.first_line("stale TLB entry") or f"{c['stale_tlb']} uses", \
             points
-    if diag.get("violations"):
-        return "invariant", diag["violations"][0], points
+    if violations:
+        return "invariant", str(violations[0]), points
     return "ok", "", points
 
 
