@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smp.errors import BadInput
+from smp.rundir.reader import dig
 from smp.tools import compare_seq, compare_stats, trace_input, trace_mask
 from smp.tools.trace import emit
 from smp.tools.trace_input import Log
@@ -302,8 +303,8 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
         seq_result = compare_seq.sequence(A.seq(local[0]), B.seq(local[1]),
                                           divergences=divergences, context=context,
                                           window=window)
-        modes = {(lg.manifest or {}).get("mode") for lg in (A, B)}
-        seeds = {(lg.manifest or {}).get("seed") for lg in (A, B)}
+        modes = {dig(lg.manifest, "mode", want=str) for lg in (A, B)}
+        seeds = {dig(lg.manifest, "seed", want=int) for lg in (A, B)}
         if "free" in modes:
             notes.append("free mode is not replayable: the two runs are expected to diverge "
                          "early; the sequence view is exact for lockstep runs of one seed")
@@ -404,7 +405,7 @@ def evaluate_fail_on(res: Result, conds: Sequence[str]) -> list[tuple[str, str]]
         if c == "panic":
             n = sum(lg.panics() for lg in res.logs_b)
             status = [lg.source for lg in res.logs_b
-                      if (lg.summary or {}).get("status") == "panic"]
+                      if dig(lg.summary, "status", want=str) == "panic"]
             if n or status:
                 out.append((c, f"B panicked ({n} panic record(s)"
                                f"{', status panic: ' + status[0] if status else ''})"))
@@ -521,7 +522,7 @@ def _side_json(logs: list[Log]) -> dict:
             "load_script_sha256": (m.get("load_script") or {}).get("sha256"),
             "machine": m.get("machine"), "kernel": m.get("kernel"),
             "seed": m.get("seed"), "mode": m.get("mode"), "version": m.get("version"),
-            "status": (lg.summary or {}).get("status"), "panics": lg.panics(),
+            "status": dig(lg.summary, "status", want=str), "panics": lg.panics(),
         })
     durs = [lg.duration for lg in logs]
     return {"runs": runs, "records": sum(lg.n for lg in logs),

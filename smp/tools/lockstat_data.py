@@ -29,8 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smp.errors import BadInput
-from smp.rundir.format import LOCKSTAT_FILE, LOCKSTAT_SCHEMA  # noqa: F401 - re-exported
-from smp.rundir.reader import RunDir, read_json
+from smp.rundir.format import (  # noqa: F401 - LOCKSTAT_FILE re-exported
+    LOCKSTAT_FILE,
+    LOCKSTAT_SCHEMA,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA,
+)
+from smp.rundir.reader import dig, read_json
 
 NHIST = 32                     # log2 buckets in the machine; the last one is open-ended
 
@@ -320,10 +325,10 @@ def load(spec: str | Path) -> Lockstat:
 def _stats_off(run: Path) -> bool:
     """True when the run's manifest says lock statistics were not collected."""
     try:
-        m = RunDir(run).manifest or {}
-        return m.get("kernel", {}).get("lockstat") is False
-    except (BadInput, AttributeError):
+        m = read_json(run / MANIFEST_FILE, MANIFEST_SCHEMA, optional=True, whole=False)
+    except BadInput:
         return False
+    return dig(m, "kernel", "lockstat", want=bool) is False
 
 
 # ---------------------------------------------------------------- selection

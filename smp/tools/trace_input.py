@@ -37,7 +37,7 @@ import numpy as np
 from smp.errors import BadInput
 from smp.rundir import format as runfmt
 from smp.rundir.format import Catalogue
-from smp.rundir.reader import MAX_CPUS, BadRecords, RunDir, check_records
+from smp.rundir.reader import MAX_CPUS, BadRecords, RunDir, check_records, dig
 from smp.tools import trace_mask
 
 
@@ -192,9 +192,9 @@ def _starts_with(p: Path, magic: bytes) -> bool:
 def _run_facts(log: Log) -> None:
     """Duration and dropped records from summary.json (when the run got that far)."""
     s = log.summary or {}
-    trace = s.get("trace") or {}
-    if isinstance(trace.get("dropped"), int):
-        log.dropped = trace["dropped"]
+    dropped = dig(s, "trace", "dropped", want=int)
+    if dropped is not None:
+        log.dropped = dropped
     # a simulated clock, if the run has one, else the run's own elapsed time (free mode
     # stamps records with host time since boot, so the two agree)
     for key in ("sim_time_s", "virtual_time_s", "duration_s", "elapsed_s"):
