@@ -4,6 +4,7 @@
             [--out DIR] [--time-limit DURATION] [--quiet]
     smp list                      machine profiles, kernel configurations, load scripts
     smp clean                     remove shared-memory segments of runs that died
+    smp init [DIR]                copy the shipped load scripts and profiles to edit them
     smp experiment | explore      sweeps of many runs (smp.tools)
     smp lockstat | trace | compare    tools reading run directories (smp.tools)
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="rerun RUN's manifest (script text, configuration, seed, schedule) "
                    "and check that the result is identical")
     sub.add_parser("list", help="list machine profiles, kernel configurations, load scripts")
+    i = sub.add_parser("init", help="copy the shipped load scripts and profiles to edit them",
+                       description="Copy the shipped load scripts (workloads/) and machine "
+                       "and kernel profiles (shared/machines, shared/kernels) into DIR, where "
+                       "smp finds them first when run from DIR.  Existing files are kept.")
+    i.add_argument("dir", nargs="?", default=".", help="target directory (default: here)")
     sub.add_parser("clean", help="remove shared-memory segments left by runs that died",
                    description="Remove the shared-memory segments (/dev/shm/smp-PID-*) whose "
                    "owner process no longer exists, and list them.  Every smp command that "
@@ -239,6 +245,37 @@ def cmd_explore(a: argparse.Namespace) -> int:
     return Exit.FOUND if bad else Exit.OK
 
 
+def cmd_init(a: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from smp.config import SHARED, WORKLOADS
+
+    dst = Path(a.dir)
+    if dst.exists() and not dst.is_dir():
+        raise BadInput(f"{dst}: exists and is not a directory")
+    copied = kept = 0
+    for src, rel in ((WORKLOADS, Path("workloads")), (SHARED / "machines",
+                     Path("shared/machines")), (SHARED / "kernels", Path("shared/kernels"))):
+        files = sorted(src.glob("*.toml")) + sorted(src.glob("README.md"))
+        if not files:
+            raise BadInput(f"{src}: no shipped files there (a broken installation?)")
+        try:
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                target = dst / rel / f.name
+                if target.exists():
+                    kept += 1
+                    continue
+                shutil.copy2(f, target)
+                copied += 1
+        except OSError as e:
+            raise BadInput(f"{dst / rel}: cannot write: {e.strerror or e}") from None
+    print(f"{dst}: {copied} files copied, {kept} already there and kept "
+          "(workloads/, shared/machines/, shared/kernels/); smp run from there uses them")
+    return Exit.OK
+
+
 def cmd_clean(a: argparse.Namespace) -> int:
     removed = _clean_orphans(quiet=True)
     for name, size in removed:
@@ -249,11 +286,11 @@ def cmd_clean(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from smp.config import WORKLOADS, list_kernels, list_machines
+    from smp.config import list_kernels, list_machines, list_named
 
     print("machines: " + ", ".join(list_machines()))
     print("kernels:  " + ", ".join(list_kernels()))
-    print("loads:    " + ", ".join(sorted(p.stem for p in WORKLOADS.glob("*.toml"))))
+    print("loads:    " + ", ".join(list_named("workloads")))
     return Exit.OK
 
 
@@ -283,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return Exit.BADINPUT
     try:
-        func = {"run": cmd_run, "list": cmd_list, "clean": cmd_clean,
+        func = {"run": cmd_run, "list": cmd_list, "clean": cmd_clean, "init": cmd_init,
                 "experiment": cmd_experiment, "explore": cmd_explore}.get(a.cmd) or a.func
         return int(func(a))
     except BadInput as e:

@@ -47,21 +47,59 @@ __all__ = [
     "STEAL_PATHS", "MACHINE_KEYS", "KERNEL_KEYS",
     "parse_size", "parse_duration", "parse_onoff",
     "MachineProfile", "KernelConfig", "RunConfig", "Seeds",
-    "list_machines", "list_kernels", "load_machine", "load_kernel",
+    "list_machines", "list_kernels", "load_machine", "load_kernel", "search_dirs",
+    "find_named", "list_named",
     "machine_from_table", "kernel_from_table", "apply_overrides", "load_run_config",
 ]
 
 
 def _root() -> Path:
+    """Where the shipped load scripts and profiles live: ``$SMP_HOME``, else the source
+    checkout this package runs from, else the copies installed with the package (a
+    wheel has them in ``smp/data``)."""
     home = os.environ.get("SMP_HOME")
     if home:
         return Path(home).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent
+    if (here.parent / "workloads").is_dir() and (here.parent / "shared").is_dir():
+        return here.parent
+    return here / "data"
 
 
 ROOT: Path = _root()
 SHARED: Path = ROOT / "shared"
 WORKLOADS: Path = ROOT / "workloads"
+
+
+def search_dirs(kind: str) -> list[Path]:
+    """Folders searched, in order, for ``kind`` ("workloads", "machines" or "kernels"):
+    the current directory's ``./workloads`` or ``./shared/KIND`` first (a user's own
+    copies, see ``smp init``), then the shipped ones."""
+    rel = Path("workloads") if kind == "workloads" else Path("shared") / kind
+    shipped = WORKLOADS if kind == "workloads" else SHARED / kind
+    out: list[Path] = []
+    for d in (Path.cwd() / rel, shipped):
+        try:
+            if d.is_dir() and all(d.resolve() != o.resolve() for o in out):
+                out.append(d)
+        except OSError:
+            continue
+    return out
+
+
+def find_named(kind: str, name: str) -> Path | None:
+    """The first ``NAME.toml`` of ``kind`` along :func:`search_dirs`, or None."""
+    for d in search_dirs(kind):
+        p = d / f"{name}.toml"
+        if p.is_file():
+            return p
+    return None
+
+
+def list_named(kind: str) -> list[str]:
+    """Names of every ``*.toml`` of ``kind`` along :func:`search_dirs` (no duplicates)."""
+    names = {p.stem for d in search_dirs(kind) for p in d.glob("*.toml")}
+    return sorted(names, key=_natural)
 
 PAGE_SIZE = 4096  # NBPG on i386
 _K, _M, _G = 1 << 10, 1 << 20, 1 << 30
@@ -518,8 +556,7 @@ def _natural(name: str) -> list[object]:
 
 
 def _listing(kind: str) -> list[str]:
-    folder = SHARED / f"{kind}s"
-    return sorted((p.stem for p in folder.glob("*.toml")), key=_natural)
+    return list_named(f"{kind}s")
 
 
 def list_machines() -> list[str]:
@@ -555,9 +592,10 @@ def _read_section(spec: str, section: str, label: str) -> tuple[str, str, dict[s
                 hint = f" (did you mean the {label} '{Path(spec).stem}'?)"
             raise _bad(f"{shown}: no such file{hint}")
     else:
-        path = SHARED / f"{section}s" / f"{spec}.toml"
+        found = find_named(f"{section}s", spec) if spec else None
+        path = found or SHARED / f"{section}s" / f"{spec}.toml"
         shown = _display(path)
-        if not spec or not path.is_file():
+        if found is None:
             known = ", ".join(_listing(section)) or "none"
             raise _bad(f"{shown}: no such {label} (known: {known})")
     try:

@@ -17,6 +17,7 @@ Every JSON file carries ``"schema"`` (versions in :mod:`smp.rundir.format`).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -63,13 +64,27 @@ def configure(script: LoadScript, machine: str | None, kernel: str | None,
 
 
 def default_run_dir(script: LoadScript, cfg: RunConfig, seed: int) -> Path:
+    """``runs/LOAD-KERNEL[+OVERRIDES]-SEED-TIME``: two runs of one script under different
+    ``-o`` overrides are told apart by name (a long list becomes a short hash; the
+    manifest has them all)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{script.name}-{cfg.kernel.name}-{seed}-{stamp}"
+    base = Path("runs") / f"{script.name}-{cfg.kernel.name}{overrides_tag(cfg.overrides)}" \
+        f"-{seed}-{stamp}"
     p, n = base, 1
     while p.exists():
         n += 1
         p = base.with_name(f"{base.name}.{n}")
     return p
+
+
+def overrides_tag(overrides: tuple[str, ...] | list[str]) -> str:
+    """``+steal=none,biglock=off`` for a run directory's name ("" without overrides)."""
+    if not overrides:
+        return ""
+    tag = ",".join(o.replace("/", "_").replace(" ", "") for o in overrides)
+    if len(tag) > 48:
+        tag = "h" + hashlib.sha1(tag.encode()).hexdigest()[:10]
+    return "+" + tag
 
 
 def code_version() -> str:

@@ -83,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "instead of refusing it")
     p.add_argument("--partial", action="store_true",
                    help="accept a truncated events.bin (drop the partial record)")
+    p.add_argument("--format", choices=("text", "perfetto"), default="text",
+                   help="perfetto: Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing)"
+                   ": a track per CPU, every record an instant event, UVMHIST calls as spans")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=main)
 
 
@@ -112,6 +116,14 @@ def _main(a: argparse.Namespace) -> int:
         print(f"smp trace: {run_dir / runfmt.EVENTS_FILE}: missing (the run did not finish "
               f"writing its records?): showing {run_dir / runfmt.CONSOLE_FILE} as a text "
               f"log, templates mined", file=sys.stderr)
+    if a.format == "perfetto":
+        if not isinstance(log, RunLog):
+            raise BadInput(f"{a.run}: --format perfetto needs a run's binary records "
+                           f"({runfmt.EVENTS_FILE}); this is a text log")
+        if a.stats or a.grep or a.relative or a.delta:
+            raise BadInput("--format perfetto exports records: not with --stats, -e, -r or "
+                           "--delta")
+        a.all = a.all or not a.hist        # every record, console and UVMHIST
     warned = selection_warnings(log, a)
     for w in warned:
         print(f"smp trace: {w}", file=sys.stderr)
@@ -128,7 +140,9 @@ def _main(a: argparse.Namespace) -> int:
         keep = np.array([bool(rx.search(s)) != a.invert for s in lines], bool)
         idx = idx[keep] if len(idx) else idx
         lines = [s for s, k in zip(lines, keep.tolist(), strict=True) if k]
-    if a.stats:
+    if a.format == "perfetto":
+        _export(log, idx, a.output)
+    elif a.stats:
         st = stats(log, idx, per_cpu=a.per_cpu)
         emit(json.dumps(st, indent=1) + "\n" if a.json else stats_text(st, per_cpu=a.per_cpu))
     else:
@@ -140,6 +154,19 @@ def _main(a: argparse.Namespace) -> int:
             emit("\n".join(lines) + "\n")
     _warn(log, a, len(idx), said=bool(warned))
     return 0
+
+
+def _export(log: RunLog, idx: np.ndarray, output: str | None) -> None:
+    from smp.tools.trace_export import write_chrome_trace
+
+    if output is None:
+        write_chrome_trace(log, idx, sys.stdout)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            write_chrome_trace(log, idx, f)
+    except OSError as e:
+        raise BadInput(f"{output}: cannot write: {e.strerror or e}") from None
 
 
 def emit(text: str) -> None:

@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smp.config import WORKLOADS, parse_duration, parse_size
+from smp.config import (
+    WORKLOADS,
+    find_named,
+    list_named,
+    parse_duration,
+    parse_size,
+    search_dirs,
+)
 from smp.errors import BadInput
 from smp.workload.program import NSLOTS, NSTACK, Assembler, Op
 
@@ -80,10 +87,11 @@ def resolve(spec: str | None) -> Path:
         if not p.is_file():
             raise BadInput(f"{spec}: no such load script")
         return p
-    p = WORKLOADS / f"{spec}.toml"
-    if not p.is_file():
-        known = ", ".join(sorted(x.stem for x in WORKLOADS.glob("*.toml")))
-        raise BadInput(f"{spec}: no such load script in {WORKLOADS} (known: {known})")
+    p = find_named("workloads", spec)
+    if p is None:
+        where = " or ".join(str(d) for d in search_dirs("workloads")) or str(WORKLOADS)
+        known = ", ".join(list_named("workloads")) or "none"
+        raise BadInput(f"{spec}: no such load script in {where} (known: {known})")
     return p
 
 
