@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--jobs", type=int, default=None, help="runs at a time (default: cores)")
     e.add_argument("--out", help="experiment directory (default experiments/TIME)")
     e.add_argument("--time-limit", help="time limit of each run, e.g. 30s")
+    e.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                   help="run the matrix once per value of a machine or kernel key, e.g. "
+                   "physmem=16M,32M,64M; writes sweep.csv and, with matplotlib, pictures")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     x = sub.add_parser("explore", help="explore lockstep schedules over many seeds",
                        description="Run a load script in lockstep mode once per seed, check "
@@ -194,17 +197,23 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     configs = [X.parse_config(c) for c in a.config] or X.DEFAULT_CONFIGS
     out = Path(a.out) if a.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
     jobs = a.jobs or X.default_jobs()
+    sweep = X.parse_sweep(a.sweep) if a.sweep else None
     _clean_orphans()
     cells, stopped = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
                                       kernel=a.kernel, extra=a.overrides,
                                       time_limit=a.time_limit,
-                                      progress=not a.quiet and sys.stdout.isatty())
+                                      progress=not a.quiet and sys.stdout.isatty(),
+                                      sweep=sweep)
     meta = {"scripts": scripts, "configs": [c for c, _ in configs], "seeds": a.seeds,
             "kernel": a.kernel, "overrides": a.overrides, "time_limit": a.time_limit,
+            "sweep": {"key": sweep[0], "values": sweep[1]} if sweep else None,
             "interrupted": stopped or None}
-    X.write_outputs(cells, out, meta)
+    key = sweep[0] if sweep else None
+    pictures = X.write_outputs(cells, out, meta, key)
     print(out)
-    print(X.render_text(cells))
+    print(X.render_text(cells, key))
+    for p in pictures:
+        print(p)
     if stopped:
         print(f"smp: experiment stopped by {stopped}: the table holds the runs that "
               "finished", file=sys.stderr)

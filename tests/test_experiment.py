@@ -23,9 +23,6 @@ TINY = REPO / "tests" / "fixtures" / "workloads" / "tiny.toml"
 CELLS = {"steal=ptp,pv": "ptp,pv", "steal=none": "none"}     # cell -> kernel.steal of its runs
 
 
-
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """Run the tiny matrix once; the tests below look at what it left."""
@@ -47,13 +44,13 @@ def test_tiny_matrix_exits_0_and_prints_the_experiment_directory(experiment):
 def test_printed_table_has_a_header_with_units_and_a_row_per_cell(experiment):
     r, out = experiment
     table = r.stdout.splitlines()[1:]
-    assert table[0].split()[:4] == ["load", "kernel", "config", "PTP"]
+    assert table[0].split()[:5] == ["load", "kernel", "config", "runs", "PTP"]
     assert "faults/s" in table[0] and "wall s" in table[0]
     assert set(table[1]) <= {"-", " "}
     rows = table[2:]
     assert len(rows) == len(CELLS)
     for row, cell in zip(rows, CELLS, strict=True):
-        assert row.split()[:2] == ["tiny", cell]
+        assert row.split()[:3] == ["tiny", cell, "1"]       # one run, and it finished
         assert "0/1" in row.split()                      # panics: none of one run
     assert (out / "results.txt").read_text().splitlines() == table
 
@@ -66,17 +63,20 @@ def test_results_csv_has_one_row_per_cell_with_median_min_max(experiment):
         ("tiny", cell, "1") for cell in CELLS]
     for row in rows:
         for m in METRICS:
+            if m == "steal_share" and row[f"{m}_median"] == "":
+                continue                                 # not counted by this kernel
             med, lo, hi = (float(row[f"{m}_{s}"]) for s in ("median", "min", "max"))
             assert lo <= med <= hi
             assert lo == hi                              # one seed
-        assert float(row["panics_median"]) == 0 and float(row["stale_tlb_median"]) == 0
+        assert int(row["panics"]) == 0 and float(row["stale_tlb_median"]) == 0
+        assert int(row["runs_done"]) == 1 and int(row["runs_timeout"]) == 0
         assert float(row["faults_per_s_median"]) > 0 and float(row["wall_s_median"]) > 0
 
 
 def test_results_md_is_a_markdown_table_with_a_row_per_cell(experiment):
     _r, out = experiment
     lines = (out / "results.md").read_text().splitlines()
-    assert lines[0].startswith("| load | kernel config | PTP steals |")
+    assert lines[0].startswith("| load | kernel config | runs | PTP steals |")
     assert lines[1].startswith("|---|")
     assert [line.split(" | ")[:2] for line in lines[2:]] == [["| tiny", c] for c in CELLS]
 
@@ -168,3 +168,72 @@ def test_an_invalid_script_exits_2_with_one_clean_line_before_anything_runs(tmp_
                      "kmalloc, mlock, mmap, munlock, munmap, read, repeat, sleep, touch, "
                      "write)"]
     assert not out.exists()
+
+
+def test_a_run_cut_off_by_its_time_limit_is_marked_and_kept_out_of_the_medians(tmp_path):
+    """Runs that did not finish are results of a different kind: every output says how
+    many there were, and no median rests on them."""
+    slow = tmp_path / "slow.toml"
+    slow.write_text('[run]\nmachine = "i386mp-2"\n\n[[process]]\nname = "t"\ncount = 2\n'
+                    'program = [ { op = "mmap", region = "r", size = "64K" },\n'
+                    '  { op = "repeat", count = 1000000, body = [\n'
+                    '    { op = "touch", region = "r", write = true } ] } ]\n')
+    out = tmp_path / "exp"
+    r = smp("experiment", str(slow), str(TINY), "-c", "steal=none", "--seeds", "1",
+            "--time-limit", "2s", "--jobs", "2", "--out", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = r.stdout.splitlines()
+    [slow_row] = [x for x in table if x.startswith("slow ")]
+    assert "0 of 1 done: 1 timeout" in slow_row
+    assert slow_row.split("1 timeout")[1].split()[:3] == ["-", "-", "-"]  # no medians
+    assert "medians are over the runs that finished" in table[-1]
+    with (out / "results.csv").open(newline="") as f:
+        rows = {row["load"]: row for row in csv.DictReader(f)}
+    assert rows["slow"]["runs_timeout"] == "1" and rows["slow"]["runs_done"] == "0"
+    assert rows["slow"]["ptp_steals_median"] == "" and rows["slow"]["faults_per_s_median"] == ""
+    assert rows["tiny"]["runs_done"] == "1" and rows["tiny"]["faults_per_s_median"] != ""
+    md = (out / "results.md").read_text()
+    assert "| slow | steal=none | 0 of 1 done: 1 timeout |" in md
+    doc = json.loads((out / "experiment.json").read_text())
+    cell = next(c for c in doc["cells"] if c["load"] == "slow")
+    assert cell["runs_by_status"] == {"timeout": 1}
+    assert cell["runs"][0]["processes_alive"] == 2 and cell["runs"][0]["faults_per_s"] > 0
+
+
+def test_a_sweep_writes_a_csv_whose_numbers_are_the_runs_own_and_a_picture(tmp_path):
+    out = tmp_path / "exp"
+    r = smp("experiment", str(TINY), "-c", "steal=ptp,pv", "-c", "steal=none", "--seeds", "1",
+            "--time-limit", "8s", "-o", "ncpu=2", "--sweep", "physmem=8M,16M", "--jobs", "2",
+            "--out", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with (out / "sweep.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(x["physmem"], x["config"]) for x in rows] == [
+        (v, c) for v in ("8M", "16M") for c in CELLS]
+    for row in rows:
+        [d] = (out / "runs" / f"physmem-{row['physmem']}" / "tiny").glob(
+            f"{row['config'].replace('=', '-').replace(',', '+')}/seed0")
+        s = json.loads((d / "summary.json").read_text())
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["machine"]["physmem"] == {"8M": 8 << 20, "16M": 16 << 20}[row["physmem"]]
+        c = s["kernel_counters"]["counters"]
+        assert row["runs_done"] == ("1" if s["status"] == "done" else "0")
+        if s["status"] == "done":
+            assert float(row["ptp_steals_median"]) == c["ptp_steals"]
+            assert float(row["pmfail_median"]) == c["pmfail_waits"]
+            assert float(row["oom_kills_median"]) == c["oom_kills"]
+        assert int(row["panics"]) == int(s["status"] == "panic")
+    pictures = sorted(p.name for p in out.glob("sweep-*"))
+    pytest.importorskip("matplotlib")
+    assert pictures == ["sweep-tiny.png", "sweep-tiny.svg"]
+    assert (out / "sweep-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("physmem", "expected KEY=V1,V2"), ("nokey=1,2", "unknown key 'nokey'"),
+    ("steal=none,ptp", "steal is what the kernel configurations compare"),
+    ("physmem=8M,8M", "a value is given twice")])
+def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, spec, message):
+    r = smp("experiment", str(TINY), "--sweep", spec, "--out", str(tmp_path / "x"), "-q",
+            cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr

@@ -32,8 +32,6 @@ TOUCH = str(FIX / "touch.toml")
 PAGES = 2 * 64                      # pages touch.toml faults in
 
 
-
-
 def smp_all(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
     """Several independent `smp` commands, two at a time; results in order."""
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -61,7 +59,6 @@ def hold_per_acq(run: Path, cls: str, site: str | None = None) -> float:
     acq = sum(r["acq"] for r in recs)
     assert acq > 0, f"no acquisition of {cls} at {site or 'any site'}"
     return sum(r["hold_total"] for r in recs) / acq
-
 
 
 # -- bad specs ----------------------------------------------------------------------------------

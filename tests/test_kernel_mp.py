@@ -19,7 +19,6 @@ from smp.workload.program import Assembler, Op
 MACHINE = ["ncpu=4", "physmem=8M", "swap=32M"]
 
 
-
 def counters(outcome) -> dict[str, int]:
     return outcome.kernel.get("counters", {})
 

@@ -34,8 +34,6 @@ COMPARED = ("console.log", "hist.log", "events.bin", "lockstat.json")
 STALE = "stale TLB entry"
 
 
-
-
 def smp_all(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
     """Several independent `smp` commands, two at a time; results in order."""
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -59,7 +57,6 @@ def digest(run: Path) -> str:
 
 def first_line_with(run: Path, needle: str) -> str:
     return next((x for x in (run / "console.log").read_text().splitlines() if needle in x), "")
-
 
 
 # -- same seed, same bytes ------------------------------------------------------------------

@@ -17,13 +17,10 @@ from conftest import smp
 REPO = Path(__file__).resolve().parent.parent
 
 
-
-
 def script(tmp_path: Path, body: str, machine: str = "i386mp-2") -> Path:
     p = tmp_path / "load.toml"
     p.write_text(f'[run]\nmachine = "{machine}"\n{body}')
     return p
-
 
 
 def test_default_run_writes_a_complete_run_directory(tmp_path):

@@ -25,7 +25,6 @@ COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals
             "pmfail_waits", "oom_kills", "stale_tlb")
 
 
-
 def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
               limit_s: float | None) -> dict:
     """The checks every shipped run must pass; returns its summary."""

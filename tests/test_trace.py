@@ -387,7 +387,6 @@ def _start_cpus(seg, n: int, backpressure: bool, die_at: int = -1) -> list:
     return procs
 
 
-
 CONSOLE_RE = re.compile(r"^\[ {0,5}\d+\.\d{6}\] cpu(\d): pmap_enter: cpu (\d) n (\d+) "
                         r"va 0x([0-9a-f]{8})$")
 HIST_RE = re.compile(r"^\d{6}\.\d{6} uvm_fault#(\d+)@(\d): n=(\d+)$")

@@ -82,8 +82,6 @@ def rejects(tmp_path: Path, text: str) -> str:
     return msg[len(f"{p}: "):]
 
 
-
-
 MMAP_HEAP = '{ op = "mmap", region = "heap", size = "64K" }'     # 16 pages, slot 0
 
 
