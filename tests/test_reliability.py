@@ -167,6 +167,23 @@ def _gone(p: psutil.Process) -> bool:
         return True
 
 
+def _cpu_workers(pid: int) -> list[psutil.Process]:
+    """The CPU workers of run ``pid`` (its children but multiprocessing's resource
+    tracker), read without tripping over one that just exited."""
+    out = []
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    for c in kids:
+        try:
+            if "resource_tracker" not in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.Error:
+            continue
+    return out
+
+
 def _segments_of(pid: int) -> list[str]:
     return [s for s in leaked_segments() if s.startswith(f"{SEGMENT_PREFIX}{pid}-")]
 
@@ -244,11 +261,18 @@ def _start_sweep(tmp_path: Path, kind: str) -> tuple[subprocess.Popen, Path]:
 
 
 def _children_running(p: subprocess.Popen) -> list[psutil.Process]:
+    out = []
     try:
-        return [c for c in psutil.Process(p.pid).children()
-                if "run" in c.cmdline() and "smp" in " ".join(c.cmdline())]
-    except psutil.NoSuchProcess:
+        kids = psutil.Process(p.pid).children()
+    except psutil.Error:
         return []
+    for c in kids:
+        try:
+            if "run" in c.cmdline() and "smp" in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.Error:
+            continue
+    return out
 
 
 @pytest.mark.parametrize("kind, sig", [("explore", signal.SIGTERM),
@@ -294,9 +318,11 @@ def test_runs_die_with_a_sweep_killed_by_sigkill(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-        for k in psutil.Process().children(recursive=True):
-            if "smp" in " ".join(k.cmdline()):
+        for k in locals().get("kids", []):
+            try:
                 k.kill()
+            except psutil.Error:
+                pass
     for k in kids:
         assert not _segments_of(k.pid), "a run killed by its parent's death leaked its segment"
 
@@ -357,13 +383,9 @@ def test_a_dead_cpu_has_its_own_exit_status_and_the_message_says_it_once(tmp_pat
                           str(tmp_path / "r"), "-q"], cwd=tmp_path, env=ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len([c for c in psutil.Process(p.pid).children()
-                               if "resource_tracker" not in " ".join(c.cmdline())]) == 2,
-                  what="the CPUs")
+        _wait_for(lambda: len(_cpu_workers(p.pid)) == 2, what="the CPUs")
         time.sleep(0.3)
-        cpu = sorted((c for c in psutil.Process(p.pid).children()
-                      if "resource_tracker" not in " ".join(c.cmdline())),
-                     key=lambda c: c.pid)[0]
+        cpu = sorted(_cpu_workers(p.pid), key=lambda c: c.pid)[0]
         cpu.kill()
         stdout, stderr = p.communicate(timeout=30)
     finally:
