@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from smp.config import apply_overrides, load_kernel, load_machine
-from smp.kern import kern_synch, lock, pmap, subr_prf, uvm_map
+from smp.kern import kern_synch, lock, pmap, subr_prf, uvm_km, uvm_map
 from smp.kern import uvm as U
 from smp.kern.diagnostic import check_after_run, check_invariants
-from smp.kern.kernel import USER_BASE, Kernel
+from smp.kern.kernel import FIRST_USER_TID, Kernel
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_page import OWN_KMEM, PG_BUSY, uvm_pagealloc, uvm_pagefree
 from smp.machine.boot import Machine
@@ -104,7 +104,7 @@ class Booted:
 
     def tid(self, i: int) -> int:
         """Thread id of the load's i-th process (0-based)."""
-        return USER_BASE + i
+        return FIRST_USER_TID + i
 
     def pm(self, i: int) -> int:
         return int(self.a["vm_pmap"][self.tid(i)])
@@ -166,9 +166,9 @@ class Booted:
     # -- free memory -------------------------------------------------------------------------
 
     def take_page(self) -> int:
-        lock.simple_lock(U.L.kernel_object)
+        lock.simple_lock(uvm_km.kernel_object_lock)
         pg = uvm_pagealloc(OWN_KMEM, 0, 0, -1, 0)
-        lock.simple_unlock(U.L.kernel_object)
+        lock.simple_unlock(uvm_km.kernel_object_lock)
         if pg >= 0:
             self.a["pg_flags"][pg] &= ~PG_BUSY
             self.taken.append(pg)
@@ -187,9 +187,9 @@ class Booted:
         n = len(self.taken) if n is None else n
         for _ in range(n):
             pg = self.taken.pop()
-            lock.simple_lock(U.L.kernel_object)
+            lock.simple_lock(uvm_km.kernel_object_lock)
             uvm_pagefree(pg)
-            lock.simple_unlock(U.L.kernel_object)
+            lock.simple_unlock(uvm_km.kernel_object_lock)
 
     # -- pv entries ----------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class Booted:
 
     def cnt(self, name: str) -> int:
         """A per-CPU event counter, summed over CPUs (``A.cnt`` rows)."""
-        return int(self.a["cnt"][:, getattr(U.C, name)].sum())
+        return int(self.a["cnt"][:, getattr(U.counter, name)].sum())
 
     def counters(self) -> dict[str, int]:
         c = self.a["cnt"].sum(axis=0)
@@ -244,10 +244,10 @@ class Booted:
 
     def check(self) -> list[str]:
         """The DIAGNOSTIC invariants, with the harness's own pages accounted as kmem."""
-        return check_invariants(self.seg)
+        return check_invariants(self.seg, self.machine.locks)
 
     def check_after(self):
-        return check_after_run(self.seg)
+        return check_after_run(self.seg, self.machine.locks)
 
     def sleep_queue(self, tid: int, s: kern_synch.Sleep) -> None:
         """Put ``tid`` on its sleep queue as the dispatcher would (``sleeps`` has already
@@ -266,7 +266,7 @@ def sleeps(fn: Callable[..., Any], *args: Any, **kw: Any) -> kern_synch.Sleep:
     s = ei.value
     if s.interlock >= 0:
         lock.simple_unlock(s.interlock)
-    assert lock.lock_held(U.L.pagedaemon) is False
+    assert lock.lock_held(U.pagedaemon_lock) is False
     return s
 
 
@@ -296,7 +296,7 @@ class CheckedMachine(Machine):
     """A Machine that runs the DIAGNOSTIC checks on its segment after the CPUs stopped."""
 
     def _collect(self, seg, *args, **kw):
-        self.violations = check_after_run(seg)
+        self.violations = check_after_run(seg, self.locks)
         a = seg.arrays
         from smp.kern.diagnostic import summary_counts
 

@@ -16,7 +16,7 @@ from kernharness import RW, booted, configs, run_program, sleeps
 from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 from test_kernel_mp import ptp_hog
 
-from smp.kern import kern_synch, lock, pmap, uvm_km, uvm_map, uvm_page, uvm_pdaemon
+from smp.kern import kern_synch, lock, pmap, uvm_anon, uvm_km, uvm_map, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
 from smp.kern.kernel import Kernel
 from smp.kern.param import NBPG, PMAP_CANFAIL
@@ -48,9 +48,9 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
             assert b.fault(0, va + k * NBPG) == 0
         victim = b.extract(0, va)                        # the pagedaemon's choice
         b.unmap_keep_pages(0, va + NBPG)                 # its neighbour will refault
-        lock.simple_lock(U.L.pageq)
+        lock.simple_lock(uvm_page.pageq_lock)
         uvm_page.uvm_pagedeactivate(victim)
-        lock.simple_unlock(U.L.pageq)
+        lock.simple_unlock(uvm_page.pageq_lock)
         real_put, real_lock = uvm_pdaemon.uvm_pager_put, lock.simple_lock
         blocked = []
 
@@ -66,7 +66,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 b.fault(0, va + NBPG, write=False)
             except WouldBlock as e:
                 blocked.append(e.args[0])
-                for lk in (U.L.amap + b.tid(0), U.L.vm_map + b.tid(0)):
+                for lk in (uvm_map.amap_lock + b.tid(0), uvm_map.vm_map_lock + b.tid(0)):
                     lock.simple_unlock(lk)               # (cpu1 would just keep spinning)
             finally:
                 monkeypatch.setattr(lock, "simple_lock", real_lock)
@@ -78,10 +78,10 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         an = int(b.a["pg_anon"][victim])
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
-            lock.simple_lock(U.L.pageq)
+            lock.simple_lock(uvm_page.pageq_lock)
             assert uvm_pdaemon._pageout_anon(victim, True) == "freed"
-            lock.simple_unlock(U.L.pageq)
-        assert blocked == [U.L.anon + an]                # the lookahead waits for the anon
+            lock.simple_unlock(uvm_page.pageq_lock)
+        assert blocked == [uvm_anon.an_lock + an]                # the lookahead waits for the anon
         assert b.fault(0, va + NBPG, write=False) == 0   # cpu1 goes on: nothing to map
         assert b.extract(0, va) == -1 and b.check() == []
 

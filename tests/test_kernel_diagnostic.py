@@ -145,7 +145,7 @@ def damage(name):
         b.ux[U.ACTIVE] += 1
 
     def lock_held(b, st):
-        lock.simple_lock(U.L.pvalloc)
+        lock.simple_lock(pmap.pvalloc_lock)
 
     def kernel_pte(b, st):
         b.a["kva_used"][(st["kva"] - pmap.KVA_BASE) // NBPG] = 0
@@ -189,15 +189,15 @@ def test_after_a_stop_inside_the_kernel_only_unlocked_structures_are_checked():
         st = busy(b)
         b.a["pg_wire"][first_ptp(b, 0)] += 1             # damage under pmap[pm0]'s lock ...
         b.a["pm_resident"][b.pm(2)] += 1                 # ... and under nobody's
-        lock.simple_lock(U.L.pmap + b.pm(0))             # cpu0 "stopped" holding pmap[pm0]
-        r = check_after_run(b.seg)
+        lock.simple_lock(pmap.pm_lock + b.pm(0))             # cpu0 "stopped" holding pmap[pm0]
+        r = check_after_run(b.seg, b.machine.locks)
         assert "stopped inside the kernel: cpu0" in r.reason
         assert any("pmap[" in s for s in r.skipped) and len(r.skipped) > 3
         assert [v.split(":")[0] for v in r] == ["pmap stats"]
         assert f"pmap {b.pm(2)}:" in r[0]
-        full = check_invariants(b.seg)                  # the full check sees both, and the lock
+        full = check_invariants(b.seg, b.machine.locks)  # the full check sees both, and the lock
         assert {v.split(":")[0] for v in full} >= {"ptp wire_count", "pmap stats", "locks"}
-        lock.simple_unlock(U.L.pmap + b.pm(0))
+        lock.simple_unlock(pmap.pm_lock + b.pm(0))
         assert st
 
 
@@ -215,7 +215,9 @@ def test_many_violations_are_summarised():
 
 def test_lock_names():
     with booted() as b:
-        assert lock_name(U.L.pvalloc) == "pvalloc"
-        assert lock_name(U.L.pmap + 3) == "pmap[3]"
-        assert lock_name(U.L.pvh + 17) == "pvh[17]"
+        locks = b.machine.locks
+        assert lock_name(pmap.pvalloc_lock, locks) == "pvalloc_lock"
+        assert lock_name(pmap.pm_lock + 3, locks) == "pmap[3]"
+        assert lock_name(pmap.pvh_lock + 17, locks) == "pvh[17]"
+        assert lock_name(pmap.pvh_lock + 17) == f"lock#{pmap.pvh_lock + 17}"
         assert b.check() == []

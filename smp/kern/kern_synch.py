@@ -42,11 +42,12 @@ class Sleep(Exception):  # noqa: N818 - it is a control transfer, not an error
         self.interlock = interlock
 
 
-def arrays() -> list[ArraySpec]:
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The sleep queues' heads (the threads' links are in proc[])."""
     return [ArraySpec("slpque", np.dtype("<i4"), (SLPQUE_TABLESIZE,))]
 
 
-def format_sleepq(seg) -> None:
+def format(seg, kernel) -> None:
     seg.arrays["slpque"][:] = -1
 
 
@@ -153,6 +154,6 @@ def endtsleep(ci: CPU) -> int:
 _ci: CPU | None = None
 
 
-def attach(ci: CPU) -> None:
+def attach(ci: CPU, kernel) -> None:
     global _ci
     _ci = ci

@@ -15,8 +15,8 @@ them: the names are rebound in each worker.
     kernel_lock() / kernel_unlock()                      (KERNEL_LOCK / KERNEL_UNLOCK; recursive)
     lock_held(id) -> bool                                (LOCKDEBUG: "=> caller holds")
 
-Lock ids come from ``declare`` calls made before boot; the class names are
-NetBSD's (``pmap_main_lock``, ``pmaps_lock``, ``pvalloc_lock``, ...).
+Lock ids come from ``declare`` calls each subsystem makes before boot; the
+class names are NetBSD's (``pmap_main_lock``, ``pmaps_lock``, ``pvalloc_lock``, ...).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from __future__ import annotations
 import functools
 
 from smp.machine import _atomic
+from smp.machine.layout import ArraySpec
 from smp.machine.lockspace import LockSpace
 
 Halted = _atomic.Halted
 LockError = _atomic.LockError
-
 
 def _unattached(*_args):  # pragma: no cover - a kernel bug, before cpu_attach
     raise RuntimeError("lock operation before cpu_attach()")
@@ -43,6 +43,13 @@ KERNEL_LOCK_ID = -1
 
 kernel_lock = kernel_unlock = _unattached   # KERNEL_LOCK / KERNEL_UNLOCK (recursive)
 
+
+def declare(kernel, locks: LockSpace) -> list[ArraySpec]:
+    """The big kernel lock's word (recursive spin lock, class kernel_lock)."""
+    declare_kernel_lock(locks)
+    return []
+
+
 def declare_kernel_lock(space: LockSpace) -> int:
     """Reserve the big kernel lock's word (recursive spin lock, class kernel_lock)."""
     global KERNEL_LOCK_ID
@@ -50,12 +57,13 @@ def declare_kernel_lock(space: LockSpace) -> int:
     return KERNEL_LOCK_ID
 
 
-def attach(core: _atomic.Core) -> None:
+def attach(ci, kernel) -> None:
     """Bind this worker's lock functions to its CPU's atomic core."""
     global simple_lock, simple_lock_try, simple_unlock, lock_held
     global spinlockmgr_shared, spinlockmgr_exclusive, spinlockmgr_try_exclusive
     global spinlockmgr_release_shared, spinlockmgr_release_exclusive
     global kernel_lock, kernel_unlock
+    core = ci.core
     simple_lock = core.lock
     simple_lock_try = core.trylock
     simple_unlock = core.unlock
