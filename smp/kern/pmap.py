@@ -860,6 +860,7 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
     lock.spinlockmgr_shared(pmap_main_lock)
     other = pmap_map_ptes(pm)
     error = 0
+    leave_locked = False          # the 1.91-lineage CANFAIL exit (``pmap_canfail_leak``)
     try:
         pdir = shared.pm_pdir[pm] << 10
         idx = pdei(va)
@@ -874,8 +875,7 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
             if ptp < 0:
                 if flags & PMAP_CANFAIL:
                     _cnt(counter.canfail_enomem)
-                    if _leak:
-                        other = -2          # the 1.91-lineage early return: locks stay held
+                    leave_locked = _leak        # 1.91: returns with every lock still held
                     return ENOMEM
                 _cnt(counter.noncanfail_panics)
                 subr_prf.panic(P_GETPTP)
@@ -945,7 +945,7 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
             pmap_tlb_shootnow(mask)
         return error
     finally:
-        if other != -2:
+        if not leave_locked:
             pmap_unmap_ptes(pm, other)
             lock.spinlockmgr_release_shared(pmap_main_lock)
 

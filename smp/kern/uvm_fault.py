@@ -28,6 +28,12 @@ user fault normally blocks in flt_noram at free <= 5 long before its PTP
 allocation (free <= 1) can fail.  NetBSD kept no counter for the pmfail
 waits; ours are ``flt_pmfail1``/``flt_pmfail2``/``pmfail_waits``.
 ENOMEM makes trap() kill the process ("out of swap").
+
+Locking: MAPS => AMAP => UOBJ => ANON => PAGE QUEUES.  A fault's state
+travels in one ``FaultInfo`` (NetBSD's struct uvm_faultinfo plus what the
+fault decided: access, wiring, the protection to enter), which also lists
+the locks the fault holds so that ``unlockall`` (uvmfault_unlockall) drops
+them all before a wait or a return.
 """
 
 from __future__ import annotations
@@ -95,25 +101,32 @@ def _cnt(idx: int) -> None:
     shared.cnt[_ci.cnt_base + idx] += 1
 
 
-class _Held:
-    """The locks a fault holds, so uvmfault_unlockall can drop them all.
+class FaultInfo:
+    """One fault's state: struct uvm_faultinfo (the map, the address, the map entry's
+    fields) and what the fault decided (access, wiring, the protection to enter), plus
+    the locks it holds.
 
     The fault code takes each lock itself (so lockstat names the function that took
-    it) and records it here.
+    it) and records it in ``held``; ``unlockall`` is uvmfault_unlockall.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ("tid", "va", "access", "pm", "start", "end", "prot", "flags", "amap",
+                 "uobj", "uoff", "advice", "wired", "wflag", "enter_prot", "held")
 
-    def __init__(self):
-        self.ids: list[int] = []
+    def __init__(self, tid: int, va: int, access: int):
+        self.tid = tid                   # the faulting thread: its map (ufi.orig_map)
+        self.va = va                     # ufi.orig_rvaddr
+        self.access = access
+        self.held: list[int] = []
 
     def unlock(self, lk: int) -> None:
-        self.ids.remove(lk)
+        self.held.remove(lk)
         lock.simple_unlock(lk)
 
     def unlockall(self) -> None:
-        while self.ids:
-            lock.simple_unlock(self.ids.pop())
+        held = self.held
+        while held:
+            lock.simple_unlock(held.pop())
 
 
 def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
@@ -123,55 +136,61 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     if call:
         subr_prf.UVMHIST_LOG(H_CALL, call, shared.vm_pmap[tid], va, 0, access)
     va = trunc_page(va)
-    held = _Held()
-    lock.simple_lock(uvm_map.vm_map_lock + tid)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(uvm_map.vm_map_lock + tid)
+    ufi = FaultInfo(tid, va, access)
+    lock.simple_lock(uvm_map.vm_map_lock + tid)     # (held: unlocked by ufi.unlockall)
+    ufi.held.append(uvm_map.vm_map_lock + tid)
     i = uvm_map_lookup(tid, va)
     if i < 0:
-        held.unlockall()
+        ufi.unlockall()
         return EFAULT
     b = entry_index(tid, i)
     ent = shared.vm_entry
-    start, end, prot, flags = ent[b + E_START], ent[b + E_END], ent[b + E_PROT], ent[b + E_FLAGS]
-    base, uobj, uoff, adv = ent[b + E_AMAP], ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
+    ufi.start, ufi.end, ufi.prot = ent[b + E_START], ent[b + E_END], ent[b + E_PROT]
+    ufi.flags, ufi.amap = ent[b + E_FLAGS], ent[b + E_AMAP]
+    ufi.uobj, ufi.uoff, ufi.advice = ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
+    prot = ufi.prot
     if access & ~prot:
-        held.unlockall()
+        ufi.unlockall()
         return EACCES
-    wired = bool(flags & EF_WIRED) or wire
+    wired = bool(ufi.flags & EF_WIRED) or wire
     if wire:
-        access = prot
+        ufi.access = prot
         if shared.uvmexp[U.WIRED] >= shared.uvmexp[U.WIREDMAX]:
-            held.unlockall()                       # uvm_fault_wire: over wiredmax
+            ufi.unlockall()                       # uvm_fault_wire: over wiredmax
             return EAGAIN
-    pm = shared.vm_pmap[tid]
-    wflag = PMAP_WIRED if wired else 0
-    enter_prot = prot
-    pidx = (va - start) // NBPG
+    ufi.pm = shared.vm_pmap[tid]
+    ufi.wired = wired
+    ufi.wflag = PMAP_WIRED if wired else 0
+    ufi.enter_prot = prot
+    pidx = (va - ufi.start) // NBPG
+    base = ufi.amap
     if base >= 0:
-        lock.simple_lock(uvm_map.amap_lock + tid)        # (held: unlocked by uvmfault_unlockall)
-        held.ids.append(uvm_map.amap_lock + tid)
+        lock.simple_lock(uvm_map.amap_lock + tid)   # (held: unlocked by ufi.unlockall)
+        ufi.held.append(uvm_map.amap_lock + tid)
         if not wire and _ci.md.refault_narrow.get(tid) != va:
-            _neighbours(pm, tid, va, start, end, base, adv, prot, wflag)
+            _neighbours(ufi)
         _ci.md.refault_narrow[tid] = va          # any ReFault of this fault is narrow
         an = shared.amap_slot[base + pidx]
     else:
         an = -1
     if an >= 0:
-        r = _case1(held, tid, pm, va, base + pidx, an, access, enter_prot, wired, wflag)
+        r = _case1(ufi, base + pidx, an)
     else:
-        r = _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
-                   wired, wflag)
+        r = _case2(ufi, pidx)
     _ci.md.refault_narrow.pop(tid, None)
     if call and r == 0:
         subr_prf.UVMHIST_LOG(H_DONE, call)
     return r
 
 
-def _neighbours(pm, tid, va, start, end, base, adv, prot, wflag) -> None:
+def _neighbours(ufi: FaultInfo) -> None:
     """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter."""
-    nback, nforw = UVMADVICE[adv]
+    nback, nforw = UVMADVICE[ufi.advice]
+    va, start, base, pm = ufi.va, ufi.start, ufi.amap, ufi.pm
+    prot, wflag = ufi.prot, ufi.wflag
     lo = max(start, va - nback * NBPG)
-    hi = min(end, va + (nforw + 1) * NBPG)
+    hi = min(ufi.end, va + (nforw + 1) * NBPG)
+    an_lock = uvm_anon.an_lock
     for nva in range(lo, hi, NBPG):
         if nva == va:
             continue
@@ -179,41 +198,43 @@ def _neighbours(pm, tid, va, start, end, base, adv, prot, wflag) -> None:
         if an < 0:
             continue
         # the anon's lock keeps its page from being paged out and freed under us
-        lock.simple_lock(uvm_anon.an_lock + an)
+        lock.simple_lock(an_lock + an)
         pg = shared.an_page[an]
         if pg < 0 or shared.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
-            lock.simple_unlock(uvm_anon.an_lock + an)
+            lock.simple_unlock(an_lock + an)
             continue
         _cnt(counter.fltnamap)
         p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
         pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | wflag)
-        lock.simple_unlock(uvm_anon.an_lock + an)
+        lock.simple_unlock(an_lock + an)
 
 
-def _wait(held: _Held, wmesg: str, hist=H_NORAM) -> None:
-    held.unlockall()
+def _wait(ufi: FaultInfo, wmesg: str) -> None:
+    """Unlock everything and wait for the pagedaemon in ``wmesg`` (restart: ReFault)."""
+    ufi.unlockall()
     _cnt(counter.uvm_wait)
     uvm_pdaemon.uvm_wait(WMESG[wmesg])
 
 
-def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int:
-    """The page has an anon (NetBSD case 1)."""
-    lock.simple_lock(uvm_anon.an_lock + an)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(uvm_anon.an_lock + an)
+def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
+    """The page has an anon (NetBSD case 1); ``slot`` is its amap slot."""
+    an_lock = uvm_anon.an_lock
+    lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+    ufi.held.append(an_lock + an)
     pg = shared.an_page[an]
     if pg < 0:                                   # paged out: swap it in
         pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0)
         if pg < 0:
             _cnt(counter.fltnoram)
-            _wait(held, "flt_noram1")
+            _wait(ufi, "flt_noram1")
         shared.an_page[an] = pg
         shared.pg_flags[pg] &= ~PG_BUSY
         swpgonly_add(-1)
         _cnt(counter.pgswapin)
         _cnt(counter.pageins)
-    if access & VM_PROT_WRITE and shared.an_ref[an] > 1:   # case 1B: copy-on-write
+    if ufi.access & VM_PROT_WRITE and shared.an_ref[an] > 1:   # case 1B: copy-on-write
         _cnt(counter.flt_acow)
-        got = _anon_and_page(held, 0, "flt_noram3")
+        got = _anon_and_page(ufi, 0, "flt_noram3")
         if got is None:
             return ENOMEM
         nan, npg = got
@@ -221,48 +242,50 @@ def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int
         shared.pg_flags[npg] &= ~(PG_BUSY | PG_CLEAN)
         shared.an_ref[an] -= 1
         shared.amap_slot[slot] = nan
-        held.unlock(uvm_anon.an_lock + an)
+        ufi.unlock(an_lock + an)
         an, pg = nan, npg
-        lock.simple_lock(uvm_anon.an_lock + an)        # (held: unlocked by uvmfault_unlockall)
-        held.ids.append(uvm_anon.an_lock + an)
+        lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+        ufi.held.append(an_lock + an)
     else:
         _cnt(counter.flt_anon)
         if shared.an_ref[an] > 1:
-            enter_prot &= ~VM_PROT_WRITE
-    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail1")
+            ufi.enter_prot &= ~VM_PROT_WRITE
+    return _enter(ufi, pg, "flt_pmfail1")
 
 
-def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot, wired,
-           wflag) -> int:
-    """No anon: an object page, or zero-fill (NetBSD case 2)."""
-    write = bool(access & VM_PROT_WRITE)
+def _case2(ufi: FaultInfo, pidx: int) -> int:
+    """No anon: an object page, or zero-fill (NetBSD case 2); ``pidx`` is the page's index
+    in the map entry."""
+    write = bool(ufi.access & VM_PROT_WRITE)
+    flags = ufi.flags
     uobjpage = -1
     if flags & EF_FILE:
-        uobjpage = _uobj_get(held, uobj, uoff + pidx)
+        uobjpage = _uobj_get(ufi, ufi.uobj, ufi.uoff + pidx)
         promote = write and bool(flags & EF_COPY)
         if not promote:
             _cnt(counter.flt_obj)
             if flags & EF_COPY:
-                enter_prot &= ~VM_PROT_WRITE
-            return _enter(held, pm, va, uobjpage, enter_prot, access, wired, wflag,
-                          "flt_pmfail2")
+                ufi.enter_prot &= ~VM_PROT_WRITE
+            return _enter(ufi, uobjpage, "flt_pmfail2")
+    base = ufi.amap
     if base < 0:
-        held.unlockall()
+        ufi.unlockall()
         return EFAULT
-    got = _anon_and_page(held, 0 if uobjpage >= 0 else UVM_PGA_ZERO, "flt_noram5")
+    got = _anon_and_page(ufi, 0 if uobjpage >= 0 else UVM_PGA_ZERO, "flt_noram5")
     if got is None:
         return ENOMEM
     an, pg = got
     _cnt(counter.flt_prcopy if uobjpage >= 0 else counter.flt_przero)
     shared.an_page[an] = pg
     shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
-    shared.amap_slot[base + pidx] = an               # amap_add: stays even if pmap_enter fails
-    lock.simple_lock(uvm_anon.an_lock + an)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(uvm_anon.an_lock + an)
-    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail2")
+    shared.amap_slot[base + pidx] = an          # amap_add: stays even if pmap_enter fails
+    an_lock = uvm_anon.an_lock
+    lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+    ufi.held.append(an_lock + an)
+    return _enter(ufi, pg, "flt_pmfail2")
 
 
-def _anon_and_page(held: _Held, pgflags: int, wmesg: str) -> tuple[int, int] | None:
+def _anon_and_page(ufi: FaultInfo, pgflags: int, wmesg: str) -> tuple[int, int] | None:
     """uvm_analloc + uvm_pagealloc for a new anon (COW copy or promotion).
 
     No anon, or swap full: fltnoanon, everything unlocked, None (the caller returns
@@ -278,37 +301,38 @@ def _anon_and_page(held: _Held, pgflags: int, wmesg: str) -> tuple[int, int] | N
         uvm_anfree(an)
     if an < 0 or swap_full():
         _cnt(counter.fltnoanon)
-        held.unlockall()
+        ufi.unlockall()
         return None
     _cnt(counter.fltnoram)
-    _wait(held, wmesg)
+    _wait(ufi, wmesg)
     return None                                  # (not reached: uvm_wait sleeps)
 
 
-def _enter(held, pm, va, pg, enter_prot, access, wired, wflag, wmesg) -> int:
+def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
     """The fault's pmap_enter, with PMAP_CANFAIL, and its recovery.
 
     Failure: unlock everything; swap full -> ENOMEM (the process will be killed);
     otherwise wait for the pagedaemon in ``wmesg`` and ReFault (restart).
     """
+    pm, va, wired = ufi.pm, ufi.va, ufi.wired
     was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
-    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
+    if pmap.pmap_enter(pm, va, pg, ufi.enter_prot, ufi.access | PMAP_CANFAIL | ufi.wflag):
         if swap_full():
-            held.unlockall()
+            ufi.unlockall()
             return ENOMEM
         _cnt(counter.pmfail_waits)
         _cnt(counter.flt_pmfail1 if wmesg == "flt_pmfail1" else counter.flt_pmfail2)
-        _wait(held, wmesg)
+        _wait(ufi, wmesg)
     _finish(pg, wired, was)
-    held.unlockall()
+    ufi.unlockall()
     return 0
 
 
-def _uobj_get(held, uobj: int, off: int) -> int:
+def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
     """The object's page at ``off``, read in if not resident (pgo_get, synchronous)."""
     lk = uvm_vnode.vnode_lock + uobj % uvm_vnode.NVNODE
-    lock.simple_lock(lk)                  # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(lk)
+    lock.simple_lock(lk)                  # (held: unlocked by ufi.unlockall)
+    ufi.held.append(lk)
     slot = shared.file_base[uobj] + off
     pg = shared.file_page[slot]
     if pg < 0:
@@ -316,7 +340,7 @@ def _uobj_get(held, uobj: int, off: int) -> int:
         pg = uvm_pagealloc(OWN_UOBJ, uobj, off, -1, 0)
         if pg < 0:
             _cnt(counter.fltnoram)
-            _wait(held, "uvn_get")
+            _wait(ufi, "uvn_get")
         shared.file_page[slot] = pg
         shared.pg_flags[pg] &= ~PG_BUSY
         _cnt(counter.pageins)
@@ -336,4 +360,4 @@ def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
     lock.simple_unlock(uvm_page.pageq_lock)
 
 
-__all__ = ["uvm_fault", "ENOMEM", "EFAULT", "EACCES"]
+__all__ = ["uvm_fault", "FaultInfo", "ENOMEM", "EFAULT", "EACCES"]
