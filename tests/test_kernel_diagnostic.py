@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 from kernharness import booted, sleeps
-from test_kernel_decisions import stealable_setup
+from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 
-from smp.kern import lock, pmap, uvm_km, uvm_pdaemon
+from smp.kern import lock, pmap, uvm_anon, uvm_km, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
 from smp.kern.diagnostic import check_after_run, check_invariants, lock_name
 from smp.kern.param import NBPG, PG_V
@@ -221,3 +221,49 @@ def test_lock_names():
         assert lock_name(pmap.pvh_lock + 17, locks) == "pvh[17]"
         assert lock_name(pmap.pvh_lock + 17) == f"lock#{pmap.pvh_lock + 17}"
         assert b.check() == []
+
+
+def test_a_precondition_not_met_is_a_lock_protocol_violation():
+    """KASSERT_LOCKED: "=> pvh lock held", checked in DIAGNOSTIC mode only."""
+    with booted() as b:
+        tva, pg = two_pages_one_ptp(b)
+        pve = pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_TRY)
+        with pytest.raises(lock.LockError, match=f"lock {pmap.pvh_lock + pg} not held"):
+            pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)
+        lock.simple_lock(pmap.pvh_lock + pg)
+        pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # held: fine
+        assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
+        lock.simple_unlock(pmap.pvh_lock + pg)
+        pmap.pmap_free_pvs([pve])
+        assert b.held() == 0 and b.check() == []
+    with booted(["diagnostic=off"]) as b:
+        tva, pg = two_pages_one_ptp(b)
+        pve = pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_TRY)
+        pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # not checked
+        assert lock.DIAGNOSTIC is False
+        assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
+        pmap.pmap_free_pvs([pve])
+
+
+def _pageq_then_anon(an: int) -> None:
+    lock.simple_lock(uvm_page.pageq_lock)
+    lock.simple_lock(uvm_anon.an_lock + an)
+    lock.simple_unlock(uvm_anon.an_lock + an)
+    lock.simple_unlock(uvm_page.pageq_lock)
+
+
+def test_a_lock_taken_out_of_order_is_a_finding_not_a_failure():
+    """LOCKDEBUG on cpu0: pageq (PAGE QUEUES) held while the kernel takes an anon's lock
+    (ANON) is out of the table's order; the core records it, with both call sites, and
+    the acquisition goes on as if nothing were checked."""
+    with booted() as b:
+        _pageq_then_anon(7)
+        _pageq_then_anon(9)
+        assert b.held() == 0
+        found = b.lock_order()
+        assert [(f["held"], f["wanted"], f["held_at"], f["wanted_at"], f["count"],
+                 f["first"]["wanted"]) for f in found] == [
+            ("pageq", "anon", "_pageq_then_anon", "_pageq_then_anon", 2, "anon[7]")]
+        audit = b.kernel.audit(b.seg)
+        assert audit["lock_order"] == found and audit["violations"] == []
+        b.forget_lock_order()                                # (booted() checks the order)

@@ -77,6 +77,8 @@ def sleepq_enter(ci: CPU, tid: int, s: Sleep) -> None:
 
 def _unsleep(ci: CPU, tid: int) -> None:
     """Remove ``tid`` from its sleep queue (=> sched_lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(ci.sched_lock)
     proc = ci.md.proc
     slpque = ci.md.slpque
     b = int(proc[tid]["wchan"]) % SLPQUE_TABLESIZE

@@ -100,7 +100,7 @@ class Subsystem:
 
 S = Subsystem
 SUBSYSTEMS = (
-    S(lock, lock.declare, attach=lock.attach),                   # kernel_lock
+    S(lock, lock.declare, attach=lock.attach),                   # kernel_lock, LOCKDEBUG
     S(subr_prf, subr_prf.declare, attach=subr_prf.attach),       # console, UVMHIST
     S(kern_fail, kern_fail.declare, attach=kern_fail.attach),    # failpoints
     S(kern_synch, kern_synch.declare, kern_synch.format, kern_synch.attach),  # sleep queues
@@ -183,6 +183,7 @@ class Kernel:
         ]
         self.load.base = FIRST_USER_TID
         arrays += self.load.declare(locks, machine)
+        lock.set_order(locks)
         kern_fail.check_delays(self.delays, locks)
         return Declaration(arrays=arrays, nthreads=self.nthreads, catalogue=subr_prf.CATALOGUE)
 
@@ -234,12 +235,15 @@ class Kernel:
         return self.load.progress(seg)
 
     def audit(self, seg: Any) -> dict:
-        """DIAGNOSTIC: the VM invariants on the stopped machine (when configured)."""
+        """DIAGNOSTIC: the VM invariants on the stopped machine, and the lock-order
+        findings of the run (LOCKDEBUG; findings are not violations: they change
+        neither the run nor its exit status)."""
         if not self.config.diagnostic:
             return {}
         r = diagnostic.check_after_run(seg, self.lockspace)
+        found, dropped = lock.findings(seg, self.lockspace)
         return {"checked": True, "violations": list(r), "skipped": r.skipped,
-                "reason": r.reason}
+                "reason": r.reason, "lock_order": found, "lock_order_dropped": dropped}
 
     def summary(self, seg: Any) -> dict:
         c = seg.arrays["cnt"]

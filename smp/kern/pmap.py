@@ -515,6 +515,8 @@ def pmap_get_ptp(pm: int, idx: int) -> int:
 
     => pmap locked; caller holds no pvh lock (stealing takes them).
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
     pde = shared.physmem[(shared.pm_pdir[pm] << 10) + idx]
     if pde & PG_V:
         ptp = pde >> 12
@@ -529,6 +531,8 @@ def pmap_get_ptp(pm: int, idx: int) -> int:
 
 def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
     """Allocate a PTP for slot ``idx`` of ``pm`` (=> pmap locked)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
     if kern_fail.ON and kern_fail.fail("pmap_alloc_ptp"):
         ptp = -1
     else:
@@ -556,6 +560,8 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
 
     => ``caller`` locked (it is a candidate too); returns the page, or -1.
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + caller)
     lock.simple_lock(pmaps_lock)
     g = shared.pmap_glob
     pm = g[G_HAND] if g[G_HAND] >= 0 else g[G_PMAPS]
@@ -617,6 +623,8 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
 
 def pmap_enter_pv(pg: int, pve: int, pm: int, va: int, ptp: int) -> None:
     """Link a pv entry at the head of ``pg``'s list (=> pvh lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
     shared.pv_pmap[pve] = pm
     shared.pv_va[pve] = va
     shared.pv_ptp[pve] = ptp
@@ -626,6 +634,8 @@ def pmap_enter_pv(pg: int, pve: int, pm: int, va: int, ptp: int) -> None:
 
 def pmap_remove_pv(pg: int, pm: int, va: int) -> int:
     """Unlink (pm, va) from ``pg``'s pv list; returns the entry (=> pvh lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
     prev, pve = -1, shared.pvh_list[pg]
     while pve >= 0:
         if shared.pv_pmap[pve] == pm and shared.pv_va[pve] == va:
@@ -682,6 +692,8 @@ def _pvp_list_insert(p: int, which: int) -> None:
 
 def _pv_take(p: int) -> int:
     """Take one free entry of pv page ``p`` (=> pvalloc_lock)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
     pve = shared.pvp_free[p]
     shared.pvp_free[p] = shared.pv_next[pve]
     shared.pv_next[pve] = -1
@@ -714,6 +726,8 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     1. an entirely unused pv page;  2. kmem_map VA (never waiting) + a page from the
     kernel reserve with kmem_object only try-locked;  3. pv stealing (NEED, steal pv).
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
     if mode != ALLOCPV_NONEED and shared.pmap_glob[G_PVUNUSED] >= 0:
         p = shared.pmap_glob[G_PVUNUSED]
         _pvp_list_remove(p)
@@ -768,6 +782,8 @@ def _steal_one_pv(pm: int) -> int:
 
     => pvalloc_lock held; pvh locks and victim pmap locks are only try-locked.
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
     npages = len(shared.pvh_list)
     start = _pc.pv_steal_hand
     for k in range(npages):
@@ -797,6 +813,8 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
     The stolen PTE's U/M bits are not merged into attrs (as in the 1.91 code, unless
     ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
     vpm = shared.pv_pmap[pve]
     if vpm == KERNEL_PMAP or kern_fail.trylock_fails("pmap_try_steal_pv") or \
             not lock.simple_lock_try(pm_lock + vpm):
@@ -825,6 +843,8 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
 
 def pmap_free_pv(pve: int) -> None:
     """Return one entry to its pv page (=> pvalloc_lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
     p = pve // PVE_PER_PVPAGE
     shared.pv_pmap[pve] = -1
     shared.pv_next[pve] = shared.pvp_free[p]
@@ -958,6 +978,8 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
     => pmap locked (PTEs mapped).  Stops early once the PTP is empty.  ``stealing``:
     called by pmap_steal_ptp, which shoots down only if ``shootdown_on_steal``.
     """
+    if lock.DIAGNOSTIC and pm != KERNEL_PMAP:     # (the kernel pmap is never locked)
+        lock.KASSERT_LOCKED(pm_lock + pm)
     ptpage = ptp if ptp >= 0 else shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(sva)] >> 12
     base = ptpage << 10
     lo, hi = ptei(sva), ptei(eva - 1) + 1
@@ -1025,6 +1047,8 @@ def pmap_remove(pm: int, sva: int, eva: int) -> None:
 
 def _unhook_ptp(pm: int, ptp: int, idx: int) -> int:
     """Detach an empty PTP from its pmap (=> pmap locked); the caller frees it later."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
     shared.physmem[(shared.pm_pdir[pm] << 10) + idx] = 0
     _stat_add(pm, shared.pm_resident, -1)
     memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)

@@ -29,11 +29,11 @@ allocation (free <= 1) can fail.  NetBSD kept no counter for the pmfail
 waits; ours are ``flt_pmfail1``/``flt_pmfail2``/``pmfail_waits``.
 ENOMEM makes trap() kill the process ("out of swap").
 
-Locking: MAPS => AMAP => UOBJ => ANON => PAGE QUEUES.  A fault's state
-travels in one ``FaultInfo`` (NetBSD's struct uvm_faultinfo plus what the
-fault decided: access, wiring, the protection to enter), which also lists
-the locks the fault holds so that ``unlockall`` (uvmfault_unlockall) drops
-them all before a wait or a return.
+Locking: MAPS => AMAP => UOBJ => ANON => PAGE QUEUES (the lock order of
+``smp.kern.lock``).  A fault's state travels in one ``FaultInfo`` (NetBSD's
+struct uvm_faultinfo plus what the fault decided: access, wiring, the
+protection to enter), which also lists the locks the fault holds so that
+``unlockall`` (uvmfault_unlockall) drops them all before a wait or a return.
 """
 
 from __future__ import annotations

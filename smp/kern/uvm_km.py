@@ -79,6 +79,8 @@ def _vindex(va: int) -> int:
 
 
 def _valloc_locked(npages: int) -> int:
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(kmem_map_lock)
     used = shared.kva_used
     n = len(used)
     start = shared.kva_glob[0] % n

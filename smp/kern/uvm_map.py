@@ -91,6 +91,8 @@ def vmspace_init(tid: int, pm: int) -> None:
 
 def uvm_map_lookup(tid: int, va: int) -> int:
     """Index of the entry holding ``va``, or -1 (=> map locked)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(vm_map_lock + tid)
     ent = shared.vm_entry
     for i in range(shared.vm_nentries[tid]):
         b = entry_index(tid, i)

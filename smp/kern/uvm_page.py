@@ -246,6 +246,8 @@ def _dequeue_paging(pg: int) -> None:
 
 def uvm_pageactivate(pg: int) -> None:
     """Put a (pageable, unwired) page at the tail of the active queue (=> pageq held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
     if shared.pg_wire[pg]:
         return
     if shared.pg_pq[pg] == PQ_ACTIVE:
@@ -260,6 +262,8 @@ def uvm_pageactivate(pg: int) -> None:
 
 def uvm_pagedeactivate(pg: int) -> None:
     """Move a page to the inactive queue (=> pageq held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
     if shared.pg_wire[pg] or shared.pg_pq[pg] == PQ_INACTIVE:
         return
     _dequeue_paging(pg)
@@ -270,6 +274,8 @@ def uvm_pagedeactivate(pg: int) -> None:
 
 def uvm_pagewire(pg: int) -> None:
     """Wire a data page: off the paging queues (=> pageq held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
     if shared.pg_wire[pg] == 0:
         _dequeue_paging(pg)
         shared.uvmexp[U.WIRED] += 1
@@ -278,6 +284,8 @@ def uvm_pagewire(pg: int) -> None:
 
 def uvm_pageunwire(pg: int) -> None:
     """Unwire a data page; at zero it goes back on the active queue (=> pageq held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
     shared.pg_wire[pg] -= 1
     if shared.pg_wire[pg] == 0:
         shared.uvmexp[U.WIRED] -= 1

@@ -139,6 +139,8 @@ def uvmpd_scan() -> None:
 
     => page queues locked (dropped around each pageout, as the I/O would).
     """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     _cnt(counter.pdrevs)
     ux = shared.uvmexp
     dirtyreacts = 0
@@ -188,6 +190,8 @@ def _reactivate(pg: int) -> str:
 
 def _pageout_anon(pg: int, may_react: bool) -> str:
     """Try to free one inactive anon page (=> page queues locked)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     an = shared.pg_anon[pg]
     if an < 0 or kern_fail.trylock_fails("uvmpd_scan") or \
             not lock.simple_lock_try(uvm_anon.an_lock + an):
@@ -228,6 +232,8 @@ def _pageout_anon(pg: int, may_react: bool) -> str:
 
 def _pageout_file(pg: int) -> str:
     """Free one inactive file page, writing it back if dirty (=> page queues locked)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     obj = shared.pg_obj[pg]
     lk = uvm_vnode.vnode_lock + obj % uvm_vnode.NVNODE
     if not lock.simple_lock_try(lk):
