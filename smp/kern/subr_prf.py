@@ -115,8 +115,8 @@ def _check_open(what: str) -> None:
     """A CPU (a forked worker) has its own copy of the catalogue: an entry added there
     would get an id the run directory's catalogue does not have."""
     if os.getpid() != _BOOT_PID:
-        raise RuntimeError(f"catalogue entry {what!r} declared after boot: import its "
-                           "module in the parent (smp.kern.kernel does for the kernel)")
+        raise RuntimeError(f"catalogue entry {what!r} declared after boot: declare it at "
+                           "import, in the parent (a kernel subsystem: in kernel.SUBSYSTEMS)")
 
 
 def UVMHIST_FUNC(fn: str) -> int:  # noqa: N802 - NetBSD's name

@@ -14,6 +14,11 @@ reactivates dirty anonymous pages instead of paging them out.
 
 I/O is synchronous and costs no simulated time: a pageout's pages are
 clean again as soon as the pager returns.
+
+Two subsystems of the kernel's tuple come from this file: the anons
+(``declare``: the per-anon locks) and swap (``declare_swap``: the swap map,
+swap_data_lock and the anon free list's uvm_anon_lock), declared after the
+maps so that lock ids stay those of earlier versions.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ So user data pages fail at free <= 5 while PTPs and pv pages (USERESERVE)
 fail only at free <= 1 -- the arithmetic behind Sommerfeld never seeing his
 steal printf (NETBSD-FACTS §5.3).  A refused caller decides whether to sleep
 (``uvm_wait``) or fail.  ``uvm_pagefree`` appends to the tail of the free
-list.  Only page-table pages have simulated contents; zeroing any other page
+list.  Only page-table pages have simulated contents, and the pmap zeroes
+the ones it allocates itself (``pmap_zero_page``); zeroing any other page
 (UVM_PGA_ZERO) is counted but not performed.
 
 Paging queues (active, inactive) are guarded by the page-queue lock
