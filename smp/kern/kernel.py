@@ -98,27 +98,25 @@ class Subsystem:
     attach: Callable[[CPU, Any], None] | None = None
 
 
-S = Subsystem
 SUBSYSTEMS = (
-    S(lock, lock.declare, attach=lock.attach),                   # kernel_lock, LOCKDEBUG
-    S(subr_prf, subr_prf.declare, attach=subr_prf.attach),       # console, UVMHIST
-    S(kern_fail, kern_fail.declare, attach=kern_fail.attach),    # failpoints
-    S(kern_synch, kern_synch.declare, kern_synch.format, kern_synch.attach),  # sleep queues
-    S(uvm_page, uvm_page.declare, uvm_page.format, uvm_page.attach),      # vm_page[], queues
-    S(uvm, uvm.declare, attach=uvm.attach),         # uvmexp, counters, pagedaemon_lock, shared
-    S(pmap, pmap.declare, pmap.format, pmap.attach),             # pmaps, PTPs, pv entries
-    S(trap, attach=trap.attach),                                 # the MMU and trap()
-    S(uvm_km, uvm_km.declare, attach=uvm_km.attach),             # kernel VA and memory
-    S(uvm_pdaemon, attach=uvm_pdaemon.attach),                   # uvm_wait, the pagedaemon
-    S(uvm_anon, uvm_anon.declare, uvm_anon.format),              # anons
-    S(uvm_map, uvm_map.declare, uvm_map.format),                 # vmspaces and amaps
-    S(uvm_anon, uvm_anon.declare_swap),                          # swap, the anon free list
-    S(pmap, pmap.declare_tlb),                                   # TLB-shootdown queues
-    S(uvm_vnode, uvm_vnode.declare, uvm_vnode.format),           # files
-    S(uvm_bio, attach=uvm_bio.attach),                           # read/write through UBC
-    S(uvm_fault, attach=uvm_fault.attach),                       # the fault handler
+    Subsystem(lock, lock.declare, None, lock.attach),                    # kernel_lock, LOCKDEBUG
+    Subsystem(subr_prf, subr_prf.declare, None, subr_prf.attach),        # console, UVMHIST
+    Subsystem(kern_fail, kern_fail.declare, None, kern_fail.attach),     # failpoints
+    Subsystem(kern_synch, kern_synch.declare, kern_synch.format, kern_synch.attach),  # sleepq
+    Subsystem(uvm_page, uvm_page.declare, uvm_page.format, uvm_page.attach),   # vm_page[]
+    Subsystem(uvm, uvm.declare, None, uvm.attach),     # uvmexp, cnt, pagedaemon_lock, shared
+    Subsystem(pmap, pmap.declare, pmap.format, pmap.attach),        # pmaps, PTPs, pv entries
+    Subsystem(trap, None, None, trap.attach),                       # the MMU and trap()
+    Subsystem(uvm_km, uvm_km.declare, None, uvm_km.attach),         # kernel VA and memory
+    Subsystem(uvm_pdaemon, None, None, uvm_pdaemon.attach),         # uvm_wait, the pagedaemon
+    Subsystem(uvm_anon, uvm_anon.declare, uvm_anon.format, None),   # anons
+    Subsystem(uvm_map, uvm_map.declare, uvm_map.format, None),      # vmspaces and amaps
+    Subsystem(uvm_anon, uvm_anon.declare_swap, None, None),         # swap, the anon free list
+    Subsystem(pmap, pmap.declare_tlb, None, None),                  # TLB-shootdown queues
+    Subsystem(uvm_vnode, uvm_vnode.declare, uvm_vnode.format, None),  # files
+    Subsystem(uvm_bio, None, None, uvm_bio.attach),                 # read/write through UBC
+    Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
 )
-del S
 
 
 class Load(Protocol):
