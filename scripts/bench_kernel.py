@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from smp.config import apply_overrides, load_kernel, load_machine
 from smp.kern import pmap
-from smp.kern.kernel import USER_BASE, Kernel
+from smp.kern.kernel import FIRST_USER_TID, Kernel
 from smp.kern.param import NBPG, PMAP_CANFAIL, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_map import EF_COPY, uvm_mmap
 from smp.machine.boot import Machine
@@ -90,7 +90,7 @@ class InProcess:
         self.ci = self.machine.attach_local_cpu(self.seg)
 
     def switch_to(self, i: int) -> tuple[int, int]:
-        tid = USER_BASE + i
+        tid = FIRST_USER_TID + i
         pm = int(self.seg.arrays["vm_pmap"][tid])
         self.ci.area["curproc"] = tid
         pmap.pmap_activate(pm)

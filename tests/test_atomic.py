@@ -692,3 +692,79 @@ def test_call_sites_of_dynamically_made_functions_stay_distinct(
     sites = {seg.site_names()[int(s["site"])]
              for s in seg.slots[0][: int(seg.cpus[0]["nslots"])]}
     assert {f"taker_{i}" for i in range(200)} <= sites
+
+
+# ---------------------------------------------------------------- lock order (LOCKDEBUG)
+
+
+def test_lock_order_findings(machine: Callable[..., Segment]) -> None:
+    """A blocking acquisition out of rank order is recorded once per (held class, wanted
+    class, sites) with a count; try-locks, instances in ascending order, recursion and a
+    class taken under its serializer's exclusive hold are not findings; nothing is
+    refused and the statistics of the acquisitions are those of an unchecked run."""
+    from smp.machine.lockspace import ORDER_FINDING_DTYPE, LockSpace
+
+    space = LockSpace()
+    outer = space.declare("outer", "rw")
+    inner = space.declare("inner")
+    pm = space.declare("pm", count=4)
+    big = space.declare("big", "spin-recursive")
+    free = space.declare("unranked")
+    space.set_order([("big",), ("outer",), ("pm",), ("inner",)], {"pm": "outer"})
+    ncap = 4
+    lay = Layout.plan(1, space.nlocks, 64, [ArraySpec("f", ORDER_FINDING_DTYPE, (ncap,)),
+                                            ArraySpec("n", np.dtype("<u8"), (2,))])
+    seg = Segment(lay)
+    try:
+        space.format_words(seg.locks)
+        core = seg.core(0)
+        ranks, sers = space.order_tables()
+        core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ncap)
+
+        def inverted() -> None:          # inner, then a pm lock: out of order
+            core.lock(inner)
+            core.lock(pm + 1)
+            core.unlock(pm + 1)
+            core.unlock(inner)
+
+        for _ in range(3):
+            inverted()
+        core.lock(inner)
+        assert core.trylock(pm) is True              # try-locks are never findings
+        core.unlock(pm)
+        core.lock(free)                              # unranked classes are not checked
+        core.unlock(free)
+        core.unlock(inner)
+        core.lock(pm + 2)
+        core.lock(pm + 3)                            # ascending instances: in order
+        core.unlock(pm + 3)
+        core.lock(pm)                                # descending: a finding
+        core.unlock(pm)
+        core.unlock(pm + 2)
+        core.wlock(outer)
+        core.lock(inner)
+        core.lock(pm)                    # under its serializer's exclusive hold: allowed
+        core.unlock(pm)
+        core.unlock(inner)
+        core.wunlock(outer)
+        core.lock(big)
+        core.lock(big)                               # recursion is not an order
+        core.rlock(outer)
+        core.unlock(big)
+        core.unlock(big)
+        core.runlock(outer)
+        n = seg.arrays["n"]
+        f = seg.arrays["f"][: int(n[0])]
+        got = [(space.classes[int(r["held_class"])].name,
+                space.classes[int(r["wanted_class"])].name, int(r["count"]),
+                int(r["held_lock"]), int(r["wanted_lock"])) for r in f]
+        assert got == [("inner", "pm", 3, inner, pm + 1), ("pm", "pm", 1, pm + 2, pm)]
+        assert int(n[1]) == 0 and core.nheld() == 0
+        sites = seg.site_names()
+        assert {sites[int(r["site"])] for r in f} == {"test_lock_order_findings.<locals>."
+                                                      "inverted", "test_lock_order_findings"}
+        core.set_lock_order(None)                    # off: nothing more is recorded
+        inverted()
+        assert int(n[0]) == 2 and int(seg.arrays["f"][0]["count"]) == 3
+    finally:
+        seg.destroy()

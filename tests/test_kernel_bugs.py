@@ -9,14 +9,12 @@ kernel function), which is what a real second CPU may do at that moment.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from kernharness import RW, booted, configs, run_program, sleeps
 from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 from test_kernel_mp import ptp_hog
 
-from smp.kern import kern_synch, lock, pmap, uvm_km, uvm_map, uvm_page, uvm_pdaemon
+from smp.kern import kern_synch, lock, pmap, uvm_anon, uvm_km, uvm_map, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
 from smp.kern.kernel import Kernel
 from smp.kern.param import NBPG, PMAP_CANFAIL
@@ -42,9 +40,9 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
             assert b.fault(0, va + k * NBPG) == 0
         victim = b.extract(0, va)                        # the pagedaemon's choice
         b.unmap_keep_pages(0, va + NBPG)                 # its neighbour will refault
-        lock.simple_lock(U.L.pageq)
+        lock.simple_lock(uvm_page.pageq_lock)
         uvm_page.uvm_pagedeactivate(victim)
-        lock.simple_unlock(U.L.pageq)
+        lock.simple_unlock(uvm_page.pageq_lock)
         real_put, real_lock = uvm_pdaemon.uvm_pager_put, lock.simple_lock
         blocked = []
 
@@ -60,7 +58,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 b.fault(0, va + NBPG, write=False)
             except WouldBlock as e:
                 blocked.append(e.args[0])
-                for lk in (U.L.amap + b.tid(0), U.L.vm_map + b.tid(0)):
+                for lk in (uvm_map.amap_lock + b.tid(0), uvm_map.vm_map_lock + b.tid(0)):
                     lock.simple_unlock(lk)               # (cpu1 would just keep spinning)
             finally:
                 monkeypatch.setattr(lock, "simple_lock", real_lock)
@@ -72,43 +70,22 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         an = int(b.a["pg_anon"][victim])
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
-            lock.simple_lock(U.L.pageq)
+            lock.simple_lock(uvm_page.pageq_lock)
             assert uvm_pdaemon._pageout_anon(victim, True) == "freed"
-            lock.simple_unlock(U.L.pageq)
-        assert blocked == [U.L.anon + an]                # the lookahead waits for the anon
+            lock.simple_unlock(uvm_page.pageq_lock)
+        assert blocked == [uvm_anon.an_lock + an]                # the lookahead waits for the anon
+        b.forget_lock_order()          # cpu1's fault ran on cpu0's held stack (see above)
         assert b.fault(0, va + NBPG, write=False) == 0   # cpu1 goes on: nothing to map
         assert b.extract(0, va) == -1 and b.check() == []
-
-
-def lock_order_edges(b, body) -> dict[tuple[str, str], str]:
-    """LOCKDEBUG's witness: for every blocking acquisition, an edge from each lock class
-    already held to the class acquired (try-locks cannot wait, so they add no edge but do
-    count as held).  Returns {(held, acquired): function}."""
-    space = b.machine.locks
-    edges: dict[tuple[str, str], str] = {}
-    real = lock.simple_lock
-
-    def witness(lk: int) -> None:
-        cpu = b.seg.cpus[0]
-        for h in cpu["held"]["lock"][: int(cpu["nheld"])]:
-            a, c = space.class_of(int(h)).name, space.class_of(lk).name
-            if a != c:
-                edges.setdefault((a, c), sys._getframe(1).f_code.co_name)
-        real(lk)
-
-    lock.simple_lock = witness
-    try:
-        body()
-    finally:
-        lock.simple_lock = real
-    return edges
 
 
 def test_ptp_stealing_and_pv_stealing_take_two_locks_in_opposite_orders_as_in_1_91():
     """A hazard of the 1.91 code the model keeps on purpose (pmap.py docstring): PTP
     stealing holds pmap_tmpptp_lock while pmap_remove_ptes frees pv entries under
     pvalloc_lock; pv stealing holds pvalloc_lock while pmap_tmpmap_pvepte takes
-    pmap_tmpptp_lock.  Harmless on a uniprocessor or under the big lock."""
+    pmap_tmpptp_lock.  Harmless on a uniprocessor or under the big lock; LOCKDEBUG
+    reports it on one CPU, before any second CPU could deadlock on it: one finding, the
+    pv steal's, since the PTP steal takes the two locks in the table's order."""
     with booted(["steal=ptp,pv"]) as b:
         def both_steals():
             _, tva = stealable_setup(b, thief=1, victims=(0,))
@@ -124,10 +101,13 @@ def test_ptp_stealing_and_pv_stealing_take_two_locks_in_opposite_orders_as_in_1_
             assert pmap.pmap_enter(b.pm(2), tva2, pg, RW, RW | PMAP_CANFAIL) == 0   # pv steal
             b.release_pv_entries(held)
 
-        edges = lock_order_edges(b, both_steals)
+        both_steals()
         assert b.cnt("ptp_steals") == 1 and b.cnt("pv_steals") == 1 and b.check() == []
-        pairs = {tuple(sorted((x, y))) for (x, y) in edges if (y, x) in edges}
-        assert ("pmap_tmpptp_lock", "pvalloc_lock") in pairs
+        found = b.lock_order()
+        assert [(f["held"], f["held_at"], f["wanted"], f["wanted_at"], f["count"])
+                for f in found] == [("pvalloc_lock", "pmap_alloc_pv", "pmap_tmpptp_lock",
+                                     "_try_steal_pv", 1)]
+        assert b.kernel.audit(b.seg)["lock_order"] == found
 
 
 STEAL_BOTH = ["pmap_alloc_ptp:p=0.3", "pmap_alloc_pvpage:p=0.995"]   # both steals, often
@@ -144,6 +124,10 @@ def test_two_cpus_stealing_ptps_and_pv_entries_deadlock_without_the_big_lock():
                                "biglock=off"], amap_per_proc=8 * 1024, fail=STEAL_BOTH,
                               seed=seed, lockstep="random", time_limit_s=60)
         outcomes.append((seed, o.status, o.message))
+        found = {(f["held"], f["wanted"]) for f in mach.lock_order}
+        assert found <= {("pvalloc_lock", "pmap_tmpptp_lock")}, found
+        if o.status == "deadlock":          # LOCKDEBUG saw the inversion first
+            assert found == {("pvalloc_lock", "pmap_tmpptp_lock")}
     deadlocks = [m for _, st, m in outcomes if st == "deadlock"]
     assert deadlocks, outcomes
     assert "pmap_tmpptp_lock" in deadlocks[0] and "pvalloc_lock" in deadlocks[0]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 from kernharness import booted, sleeps
-from test_kernel_decisions import stealable_setup
+from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 
-from smp.kern import lock, pmap, uvm_km, uvm_pdaemon
+from smp.kern import lock, pmap, uvm_anon, uvm_km, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
 from smp.kern.diagnostic import check_after_run, check_invariants, lock_name
 from smp.kern.param import NBPG, PG_V
@@ -137,7 +137,7 @@ def damage(name):
         b.ux[U.ACTIVE] += 1
 
     def lock_held(b, st):
-        lock.simple_lock(U.L.pvalloc)
+        lock.simple_lock(pmap.pvalloc_lock)
 
     def kernel_pte(b, st):
         b.a["kva_used"][(st["kva"] - pmap.KVA_BASE) // NBPG] = 0
@@ -181,15 +181,15 @@ def test_after_a_stop_inside_the_kernel_only_unlocked_structures_are_checked():
         st = busy(b)
         b.a["pg_wire"][first_ptp(b, 0)] += 1             # damage under pmap[pm0]'s lock ...
         b.a["pm_resident"][b.pm(2)] += 1                 # ... and under nobody's
-        lock.simple_lock(U.L.pmap + b.pm(0))             # cpu0 "stopped" holding pmap[pm0]
-        r = check_after_run(b.seg)
+        lock.simple_lock(pmap.pm_lock + b.pm(0))             # cpu0 "stopped" holding pmap[pm0]
+        r = check_after_run(b.seg, b.machine.locks)
         assert "stopped inside the kernel: cpu0" in r.reason
         assert any("pmap[" in s for s in r.skipped) and len(r.skipped) > 3
         assert [v.split(":")[0] for v in r] == ["pmap stats"]
         assert f"pmap {b.pm(2)}:" in r[0]
-        full = check_invariants(b.seg)                  # the full check sees both, and the lock
+        full = check_invariants(b.seg, b.machine.locks)  # the full check sees both, and the lock
         assert {v.split(":")[0] for v in full} >= {"ptp wire_count", "pmap stats", "locks"}
-        lock.simple_unlock(U.L.pmap + b.pm(0))
+        lock.simple_unlock(pmap.pm_lock + b.pm(0))
         assert st
 
 
@@ -207,7 +207,55 @@ def test_many_violations_are_summarised():
 
 def test_lock_names():
     with booted() as b:
-        assert lock_name(U.L.pvalloc) == "pvalloc"
-        assert lock_name(U.L.pmap + 3) == "pmap[3]"
-        assert lock_name(U.L.pvh + 17) == "pvh[17]"
+        locks = b.machine.locks
+        assert lock_name(pmap.pvalloc_lock, locks) == "pvalloc_lock"
+        assert lock_name(pmap.pm_lock + 3, locks) == "pmap[3]"
+        assert lock_name(pmap.pvh_lock + 17, locks) == "pvh[17]"
+        assert lock_name(pmap.pvh_lock + 17) == f"lock#{pmap.pvh_lock + 17}"
         assert b.check() == []
+
+
+def test_a_precondition_not_met_is_a_lock_protocol_violation():
+    """KASSERT_LOCKED: "=> pvh lock held", checked in DIAGNOSTIC mode only."""
+    with booted() as b:
+        tva, pg = two_pages_one_ptp(b)
+        pve = pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_TRY)
+        with pytest.raises(lock.LockError, match=f"lock {pmap.pvh_lock + pg} not held"):
+            pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)
+        lock.simple_lock(pmap.pvh_lock + pg)
+        pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # held: fine
+        assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
+        lock.simple_unlock(pmap.pvh_lock + pg)
+        pmap.pmap_free_pvs([pve])
+        assert b.held() == 0 and b.check() == []
+    with booted(["diagnostic=off"]) as b:
+        tva, pg = two_pages_one_ptp(b)
+        pve = pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_TRY)
+        pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # not checked
+        assert lock.DIAGNOSTIC is False
+        assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
+        pmap.pmap_free_pvs([pve])
+
+
+def _pageq_then_anon(an: int) -> None:
+    lock.simple_lock(uvm_page.pageq_lock)
+    lock.simple_lock(uvm_anon.an_lock + an)
+    lock.simple_unlock(uvm_anon.an_lock + an)
+    lock.simple_unlock(uvm_page.pageq_lock)
+
+
+def test_a_lock_taken_out_of_order_is_a_finding_not_a_failure():
+    """LOCKDEBUG on cpu0: pageq (PAGE QUEUES) held while the kernel takes an anon's lock
+    (ANON) is out of the table's order; the core records it, with both call sites, and
+    the acquisition goes on as if nothing were checked."""
+    with booted() as b:
+        _pageq_then_anon(7)
+        _pageq_then_anon(9)
+        assert b.held() == 0
+        found = b.lock_order()
+        assert [(f["held"], f["wanted"], f["held_at"], f["wanted_at"], f["count"],
+                 f["first"]["wanted"]) for f in found] == [
+            ("pageq", "anon", "_pageq_then_anon", "_pageq_then_anon", 2, "anon[7]")]
+        audit = b.kernel.audit(b.seg)
+        assert audit["lock_order"] == found and audit["violations"] == []
+        b.forget_lock_order()                                # (booted() checks the order)

@@ -96,9 +96,21 @@ from typing import Any
 
 import numpy as np
 
+from smp.kern import pmap, uvm_anon, uvm_page
 from smp.kern import uvm as U
 from smp.kern.param import (
+    KERNEL_PMAP,
+    KVA_BASE,
     NBPG,
+    OWN_ANON,
+    OWN_FREE,
+    OWN_KMEM,
+    OWN_KPTP,
+    OWN_PDP,
+    OWN_PTP,
+    OWN_PVPAGE,
+    OWN_UOBJ,
+    OWNER_NAMES,
     PDSLOT_KERN,
     PDSLOT_PTE,
     PG_FRAME,
@@ -114,23 +126,12 @@ from smp.kern.pmap import (
     G_PMAPS,
     G_PVFREE,
     G_PVUNUSED,
-    KERNEL_PMAP,
-    KVA_BASE,
     PVE_PER_PVPAGE,
     PVL_FREE,
     PVL_NONE,
     PVL_UNUSED,
 )
 from smp.kern.uvm_page import (
-    OWN_ANON,
-    OWN_FREE,
-    OWN_KMEM,
-    OWN_KPTP,
-    OWN_PDP,
-    OWN_PTP,
-    OWN_PVPAGE,
-    OWN_UOBJ,
-    OWNER_NAMES,
     PQ_ACTIVE,
     PQ_FREE,
     PQ_INACTIVE,
@@ -138,6 +139,8 @@ from smp.kern.uvm_page import (
     Q_FREE,
     Q_INACTIVE,
 )
+from smp.machine import _atomic
+from smp.machine.lockspace import LockSpace
 
 MAX_PER_CHECK = 20          # lines per check before "... and N more"
 
@@ -165,7 +168,7 @@ class Report(list):
 class _Ctx:
     """One check pass: the segment's arrays, what is excluded, and the findings."""
 
-    def __init__(self, seg: Any, full: bool, held: set[int]):
+    def __init__(self, seg: Any, full: bool, held: set[int], locks: LockSpace | None = None):
         a = seg.arrays
         self.a = a
         self.seg = seg
@@ -177,6 +180,7 @@ class _Ctx:
         self.phys = a["physmem"].reshape(self.npages, 1024)
         self.ux = a["uvmexp"]
         self.busy_pmaps: set[int] = set()
+        self.locks = locks
 
     def bad(self, check: str, msg: str) -> None:
         self._per[check] += 1
@@ -193,16 +197,16 @@ class _Ctx:
         return lock_id in self.held
 
 
-def check_invariants(seg: Any) -> list[str]:
+def check_invariants(seg: Any, locks: LockSpace | None = None) -> list[str]:
     """Every invariant of the module docstring, on a quiescent segment; [] if consistent.
 
     => every CPU has stopped at a clean point (after a normal end of run); the
        segment is read, never written.
     """
-    return Report(_run(_Ctx(seg, True, set())))
+    return Report(_run(_Ctx(seg, True, set(), locks)))
 
 
-def check_after_run(seg: Any) -> Report:
+def check_after_run(seg: Any, locks: LockSpace | None = None) -> Report:
     """``check_invariants`` made safe for any end of run, panics included.
 
     If every CPU stopped cleanly in its dispatch loop holding no lock, this is
@@ -211,9 +215,8 @@ def check_after_run(seg: Any) -> Report:
     left out: every check whose lock a stopped CPU holds, and the checks listed
     in ``SKIPPED_AFTER_PANIC``, which no lock protects from a mid-operation stop.
     The returned list's ``skipped`` names what was not checked, ``reason`` why.
+    ``locks`` (the machine's lock space) names the locks in the report.
     """
-    from smp.machine import _atomic
-
     cpus = seg.cpus
     a = seg.arrays
     held: set[int] = set()
@@ -236,14 +239,14 @@ def check_after_run(seg: Any) -> Report:
     busy.discard(-1)
     panic_cpu = int(seg.hdr["panic_cpu"])
     if not dirty and not panic_cpu:
-        return Report(_run(_Ctx(seg, True, set())))
-    ctx = _Ctx(seg, False, held)
+        return Report(_run(_Ctx(seg, True, set(), locks)))
+    ctx = _Ctx(seg, False, held, locks)
     ctx.busy_pmaps = busy
     violations = _run(ctx)
     skipped = list(SKIPPED_AFTER_PANIC)
     if held:
         skipped.append("structures under the locks still held: "
-                       + ", ".join(lock_name(x) for x in sorted(held)))
+                       + ", ".join(lock_name(x, locks) for x in sorted(held)))
     if busy - {KERNEL_PMAP}:
         skipped.append("the pmaps the stopped CPUs were running: "
                        + ", ".join(f"pmap {pm}" for pm in sorted(busy - {KERNEL_PMAP})))
@@ -253,27 +256,16 @@ def check_after_run(seg: Any) -> Report:
 
 
 def _state_name(state: int) -> str:
-    from smp.machine import _atomic
-
     names = {_atomic.CS_OFFLINE: "offline", _atomic.CS_IDLE: "idle",
              _atomic.CS_RUNNING: "running", _atomic.CS_SPINNING: "spinning",
              _atomic.CS_HALTED: "halted", _atomic.CS_PANIC: "panic", _atomic.CS_DONE: "done"}
     return names.get(state, str(state))
 
 
-def lock_name(lock_id: int) -> str:
-    """Best-effort instance name of a lock id (``pmap[3]``) from the kernel's ``L`` ids."""
-    best, first = None, -1
-    for name, v in vars(U.L).items():
-        if isinstance(v, int) and first < v <= lock_id:
-            best, first = name, v
-    if best is None:
-        return f"lock#{lock_id}"
-    idx = lock_id - first
-    return best if idx == 0 and best not in _ARRAY_LOCKS else f"{best}[{idx}]"
-
-
-_ARRAY_LOCKS = {"pmap", "pvh", "anon", "amap", "vm_map", "tlbq", "vnode"}
+def lock_name(lock_id: int, locks: LockSpace | None = None) -> str:
+    """Instance name of a lock id (``pmap[3]``, ``pvalloc_lock``), as the lock space the
+    machine declared names it (``lock#N`` without one)."""
+    return locks.name_of(lock_id) if locks is not None else f"lock#{lock_id}"
 
 
 def _run(ctx: _Ctx) -> list[str]:
@@ -316,7 +308,7 @@ def _check_queues(ctx: _Ctx) -> None:
     a, ux = ctx.a, ctx.ux
     q = a["uvmq"]
     owner, pq, wire = a["pg_owner"], a["pg_pq"], a["pg_wire"]
-    if not ctx.locked(U.L.fpageq):
+    if not ctx.locked(uvm_page.fpageq_lock):
         free = _walk(ctx, "free list", int(q[Q_FREE]), a["pg_next"], a["pg_prev"], ctx.npages)
         if free and int(q[Q_FREE + 1]) != free[-1]:
             ctx.bad("free list", f"tail {int(q[Q_FREE + 1])}, last page {free[-1]}")
@@ -341,7 +333,7 @@ def _check_queues(ctx: _Ctx) -> None:
             for pg in np.nonzero(~onlist & (owner == OWN_FREE))[0]:
                 ctx.bad("free list", f"page {_pa(pg)} owned by nobody but not on the free "
                         "list (lost page)")
-    if not ctx.locked(U.L.pageq):
+    if not ctx.locked(uvm_page.pageq_lock):
         for name, qi, mark, field_ in (("active queue", Q_ACTIVE, PQ_ACTIVE, U.ACTIVE),
                                        ("inactive queue", Q_INACTIVE, PQ_INACTIVE,
                                         U.INACTIVE)):
@@ -406,7 +398,7 @@ def _check_pmaps(ctx: _Ctx) -> _Maps:
     a, phys = ctx.a, ctx.phys
     owner, obj, off, wire = a["pg_owner"], a["pg_obj"], a["pg_off"], a["pg_wire"]
     inuse = np.nonzero(a["pm_inuse"])[0]
-    listed = _pmaps_on_list(ctx) if not ctx.locked(U.L.pmaps) else None
+    listed = _pmaps_on_list(ctx) if not ctx.locked(pmap.pmaps_lock) else None
     kpdir = int(a["pm_pdir"][KERNEL_PMAP])
     nk = int(a["pmap_glob"][G_NKPDE])
     maps_pm, maps_va, maps_pte, maps_ptp = [], [], [], []
@@ -419,7 +411,7 @@ def _check_pmaps(ctx: _Ctx) -> _Maps:
             ok = True
         else:       # after a panic: user pmaps fully made, on the list, not locked
             ok = (user and listed is not None and pm in listed
-                  and not ctx.locked(U.L.pmap + pm) and pm not in ctx.busy_pmaps)
+                  and not ctx.locked(pmap.pm_lock + pm) and pm not in ctx.busy_pmaps)
         if not ok:
             continue
         if user and listed is not None and pm not in listed:
@@ -534,7 +526,7 @@ def _pv_lists(ctx: _Ctx) -> list[tuple[int, int, int, int, int]]:
     where: dict[int, int] = {}
     for pg in np.nonzero(heads >= 0)[0]:
         pg = int(pg)
-        if ctx.locked(U.L.pvh + pg):
+        if ctx.locked(pmap.pvh_lock + pg):
             continue
         for pve in _walk(ctx, f"pv list of {_pa(pg)}", int(heads[pg]), pv_next, None, npve):
             if pve in where:
@@ -627,7 +619,7 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
         if n > 1:
             ctx.bad("pv", f"pmap {key[0]} va 0x{key[1]:08x} has {n} pv entries")
     for (pm, va), f in mkey.items():
-        if (pm, va) not in seen and not ctx.locked(U.L.pvh + f):
+        if (pm, va) not in seen and not ctx.locked(pmap.pvh_lock + f):
             ctx.bad("pv", f"pmap {pm} va 0x{va:08x} -> {_pa(f)} is PG_PVLIST but has no pv "
                     "entry")
     ctx.pv_in_use = pvs                # for the allocator's leak check
@@ -635,7 +627,7 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
 
 def _check_pv_allocator(ctx: _Ctx, maps: _Maps) -> None:
     a = ctx.a
-    if ctx.locked(U.L.pvalloc):
+    if ctx.locked(pmap.pvalloc_lock):
         return
     g = a["pmap_glob"]
     pvp_pg, nfree, pfree = a["pvp_pg"], a["pvp_nfree"], a["pvp_free"]
@@ -716,7 +708,7 @@ def _check_anons(ctx: _Ctx) -> None:
     a, ux = ctx.a, ctx.ux
     an_ref, an_page, an_sw, an_next = a["an_ref"], a["an_page"], a["an_swslot"], a["an_next"]
     nanon = len(an_ref)
-    if not ctx.locked(U.L.anon_free):
+    if not ctx.locked(uvm_anon.uvm_anon_lock):
         free = _walk(ctx, "anon free list", int(a["amap_glob"][0]), an_next, None, nanon)
         if len(free) != int(ux[U.NFREEANON]):
             ctx.bad("anons", f"{len(free)} anons on the free list, nfreeanon "
@@ -730,7 +722,7 @@ def _check_anons(ctx: _Ctx) -> None:
             onfree[fa] = True
             for an in np.nonzero(~onfree & (an_ref <= 0))[0]:
                 ctx.bad("anons", f"anon {int(an)} has no reference and is not free (leaked)")
-    if not ctx.locked(U.L.swap):
+    if not ctx.locked(uvm_anon.swap_data_lock):
         used = int(np.count_nonzero(a["swap_used"][:max(1, int(ux[U.SWPAGES]))]))
         if int(ux[U.SWPAGES]) == 0:
             used = 0
@@ -829,7 +821,7 @@ def _check_quiescent(ctx: _Ctx) -> None:
     seg = ctx.seg
     state = seg.locks["state"]
     for lk in np.nonzero(state)[0]:
-        ctx.bad("locks", f"{lock_name(int(lk))} (lock {int(lk)}) still held "
+        ctx.bad("locks", f"{lock_name(int(lk), ctx.locks)} (lock {int(lk)}) still held "
                 f"(state 0x{int(state[lk]):x})")
     mask = ctx.a["tlb_ipi_mask"]
     for c in np.nonzero(mask)[0]:

@@ -29,7 +29,11 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
+from smp.config import parse_duration
 from smp.errors import BadInput
+from smp.machine.layout import ArraySpec
 
 SITES = ("uvm_pagealloc", "pmap_alloc_ptp", "pmap_alloc_pv", "pmap_alloc_pvpage")
 TRYLOCK_SITES = ("pmap_steal_ptp", "pmap_try_steal_pv", "pmap_alloc_pvpage",
@@ -64,8 +68,6 @@ _DELAY = re.compile(r"^delay:(?P<cls>[a-z_]+)(@(?P<site>[A-Za-z_.]+))?=(?P<val>\
 
 def parse(specs: list[str], where: str = "--fail") -> tuple[list[FailPoint], list[Delay]]:
     """Parse failpoint and delay specs; BadInput naming the bad one."""
-    from smp.config import parse_duration
-
     fps, delays = [], []
     seen: dict[str, str] = {}
     for spec in specs:
@@ -113,9 +115,30 @@ def all_sites() -> list[str]:
     return list(SITES) + [f"trylock:{s}" for s in TRYLOCK_SITES]
 
 
-def attach(ci, fps: list[FailPoint], delays: list[Delay], seed: int, counts_off: int,
-           lockspace) -> None:
-    """Arm this CPU's failpoints; program the atomic core's lock delays."""
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The machine-wide call counters of the sites (``nth``, ``every``); every delay must
+    name a declared lock class (checked once all are declared: see ``check_delays``)."""
+    return [ArraySpec("fail_counts", np.dtype("<i8"), (len(all_sites()),))]
+
+
+def check_delays(delays: list[Delay], locks) -> None:
+    """BadInput for a delay naming no declared lock class."""
+    known = {c.name for c in locks.classes}
+    for d in delays:
+        if d.lock_class not in known:
+            raise BadInput(f"delay:{d.lock_class}: no lock class of that name (known: "
+                           f"{', '.join(sorted(known))})")
+
+
+def attach(ci, kernel) -> None:
+    """Arm this CPU's failpoints (the kernel's ``failpoints``, drawing from its ``seed``);
+    program the atomic core's lock ``delays``."""
+    _attach(ci, kernel.failpoints, kernel.delays, kernel.seed,
+            ci.seg.layout.arrays["fail_counts"][0], kernel.lockspace)
+
+
+def _attach(ci, fps: list[FailPoint], delays: list[Delay], seed: int, counts_off: int,
+            lockspace) -> None:
     global ON, _rng, _core, _counts_off
     _armed.clear()
     _index.clear()

@@ -42,11 +42,12 @@ class Sleep(Exception):  # noqa: N818 - it is a control transfer, not an error
         self.interlock = interlock
 
 
-def arrays() -> list[ArraySpec]:
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The sleep queues' heads (the threads' links are in proc[])."""
     return [ArraySpec("slpque", np.dtype("<i4"), (SLPQUE_TABLESIZE,))]
 
 
-def format_sleepq(seg) -> None:
+def format(seg, kernel) -> None:
     seg.arrays["slpque"][:] = -1
 
 
@@ -76,6 +77,8 @@ def sleepq_enter(ci: CPU, tid: int, s: Sleep) -> None:
 
 def _unsleep(ci: CPU, tid: int) -> None:
     """Remove ``tid`` from its sleep queue (=> sched_lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(ci.sched_lock)
     proc = ci.md.proc
     slpque = ci.md.slpque
     b = int(proc[tid]["wchan"]) % SLPQUE_TABLESIZE
@@ -153,6 +156,6 @@ def endtsleep(ci: CPU) -> int:
 _ci: CPU | None = None
 
 
-def attach(ci: CPU) -> None:
+def attach(ci: CPU, kernel) -> None:
     global _ci
     _ci = ci

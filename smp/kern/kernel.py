@@ -1,10 +1,18 @@
 """The kernel image the machine boots (init_main.c, kern_fork.c, kern_exit.c, cpu_switch).
 
-``Kernel`` is what ``smp.machine.boot.Machine`` is handed: it declares the
-kernel's locks and arrays, formats them in the parent (``main()`` before the
-APs start: vm_page[], the kernel pmap, anons, the pagedaemon and the load's
-first processes), attaches every subsystem in each CPU's worker, and runs
-threads a slice at a time for the machine's dispatch loop:
+``Kernel`` is what ``smp.machine.boot.Machine`` is handed.  The kernel is
+the tuple ``SUBSYSTEMS``: each subsystem declares its own locks and arrays
+(before the segment exists), formats them in the parent (``main()`` before
+the APs start: vm_page[], the kernel pmap, anons, ...) and attaches to each
+CPU in its worker, and ``Kernel`` calls them in the tuple's order, then does
+its own part (the process table, the pagedaemon and the load's first
+processes).  The same order numbers the catalogue: the subsystems' console
+messages and wait channels get their ids when this module is imported, one
+subsystem after another, before any load declares its own and long before a
+CPU forks.  The order is also what numbers the lock ids, and it is kept so
+that both stay those of earlier versions: a run directory made by an earlier
+version replays byte-identically.  Then the kernel runs threads a slice at a
+time for the machine's dispatch loop:
 
     run(ci, tid):
         the pagedaemon: one pass of uvm_pageout
@@ -18,27 +26,31 @@ threads a slice at a time for the machine's dispatch loop:
 User code runs without the big kernel lock; with ``biglock = on`` the load
 takes it around every kernel entry (``KERNEL_PROC_LOCK`` in trap() and
 syscall() on the i386mp branch), so two CPUs are never in uvm_fault at once.
-Thread 0 is the pagedaemon; user processes are threads 1..maxproc.
+Thread 0 is the pagedaemon (``PAGEDAEMON``); user processes are threads
+``FIRST_USER_TID``.. (1..maxproc).
 """
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
 
 from smp.config import KernelConfig, MachineProfile
-
-# Every kernel module is imported here, in the parent, before any CPU forks: their
-# console messages and wait channels must be in the catalogue the run directory keeps
-# (subr_prf refuses entries declared after boot).
-from smp.kern import (  # noqa: F401 - uvm_bio, uvm_anon: for their catalogue entries
+from smp.kern import (
+    diagnostic,
     kern_fail,
     kern_synch,
     lock,
     pmap,
     subr_prf,
     trap,
+    uvm,
     uvm_anon,
     uvm_bio,
     uvm_fault,
@@ -46,26 +58,65 @@ from smp.kern import (  # noqa: F401 - uvm_bio, uvm_anon: for their catalogue en
     uvm_map,
     uvm_page,
     uvm_pdaemon,
+    uvm_vnode,
 )
-from smp.kern import uvm as U
 from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
+from smp.kern.param import KERNEL_PMAP
+from smp.kern.uvm import counter, shared
 from smp.machine.boot import Declaration
 from smp.machine.cpu import CPU, EXITED, RUNNABLE, SLEEPING, boot_enqueue
-from smp.machine.layout import ArraySpec
+from smp.machine.layout import CPU_STRIDE, ArraySpec
 from smp.machine.lockspace import LockSpace
 
-PAGEDAEMON = 0
-USER_BASE = 1
+PAGEDAEMON = 0          # thread id of the pagedaemon
+FIRST_USER_TID = 1      # thread id of the load's first process
 
 # kglob slots
 KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
 
-MSG_EXIT = subr_prf.message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
-MSG_FORKFAIL = subr_prf.message("", "proc: table is full")
-W_FORK = subr_prf.intern("km_alloc1w")
-P_LOCKDEBUG = subr_prf.message("", "simple_lock: locking against myself (lock %d)", "panic")
-P_LOCKPROTO = subr_prf.message("", "lockmgr: lock protocol violation (lock %d)", "panic")
-H_EXIT = subr_prf.UVMHIST_FUNC("exit1")
+MSG_EXIT = subr_prf.Message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
+MSG_FORKFAIL = subr_prf.Message("", "proc: table is full")
+W_FORK = subr_prf.String("km_alloc1w")
+P_LOCKDEBUG = subr_prf.Message("", "simple_lock: locking against myself (lock %d)", "panic")
+P_LOCKPROTO = subr_prf.Message("", "lockmgr: lock protocol violation (lock %d)", "panic")
+HIST_EXIT = subr_prf.UVMHIST_FUNC("exit1")
+
+
+@dataclass(frozen=True)
+class Subsystem:
+    """One subsystem of the kernel, as the kernel boots it.
+
+    ``declare(kernel, locks) -> [ArraySpec]`` declares its locks and arrays (parent,
+    before the segment exists); ``format(seg, kernel)`` initialises them (parent, before
+    the CPUs start); ``attach(ci, kernel)`` binds it to a CPU (each worker).  ``module``
+    is the source file whose console messages and wait channels the subsystem numbers.
+    """
+
+    module: ModuleType
+    declare: Callable[[Any, LockSpace], list[ArraySpec]] | None = None
+    format: Callable[[Any, Any], None] | None = None
+    attach: Callable[[CPU, Any], None] | None = None
+
+
+SUBSYSTEMS = (
+    Subsystem(lock, lock.declare, None, lock.attach),                    # kernel_lock, LOCKDEBUG
+    Subsystem(subr_prf, subr_prf.declare, None, subr_prf.attach),        # console, UVMHIST
+    Subsystem(kern_fail, kern_fail.declare, None, kern_fail.attach),     # failpoints
+    Subsystem(kern_synch, kern_synch.declare, kern_synch.format, kern_synch.attach),  # sleepq
+    Subsystem(uvm_page, uvm_page.declare, uvm_page.format, uvm_page.attach),   # vm_page[]
+    Subsystem(uvm, uvm.declare, None, uvm.attach),     # uvmexp, cnt, pagedaemon_lock, shared
+    Subsystem(pmap, pmap.declare, pmap.format, pmap.attach),        # pmaps, PTPs, pv entries
+    Subsystem(trap, None, None, trap.attach),                       # the MMU and trap()
+    Subsystem(uvm_km, uvm_km.declare, None, uvm_km.attach),         # kernel VA and memory
+    Subsystem(uvm_pdaemon, None, None, uvm_pdaemon.attach),         # uvm_wait, the pagedaemon
+    Subsystem(uvm_anon, uvm_anon.declare, uvm_anon.format, None),   # anons
+    Subsystem(uvm_map, uvm_map.declare, uvm_map.format, None),      # vmspaces and amaps
+    Subsystem(uvm_anon, uvm_anon.declare_swap, None, None),         # swap, the anon free list
+    Subsystem(pmap, pmap.declare_tlb, None, None),                  # TLB-shootdown queues
+    Subsystem(uvm_vnode, uvm_vnode.declare, uvm_vnode.format, None),  # files
+    Subsystem(uvm_bio, None, None, uvm_bio.attach),                 # read/write through UBC
+    Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
+)
 
 
 class Load(Protocol):
@@ -99,6 +150,8 @@ class PerCPU:
 class Kernel:
     """The simulated NetBSD kernel: configuration + load, bootable by the machine."""
 
+    PAGEDAEMON = PAGEDAEMON
+
     def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
                  seed: int = 0):
 
@@ -108,54 +161,39 @@ class Kernel:
         self.failspecs = list(failspecs)
         self.failpoints, self.delays = kern_fail.parse(self.failspecs)
         self.seed = seed
+        self.files: list[int] = list(getattr(load, "files", []))   # sizes in pages
+        self.amap_per_proc = getattr(load, "amap_per_proc", 16)
 
     # -- parent side -----------------------------------------------------------
 
     def declare(self, machine: MachineProfile, locks: LockSpace) -> Declaration:
         self.machine = machine
-        self.nthreads = USER_BASE + self.load.nprocs
+        self.nthreads = FIRST_USER_TID + self.load.nprocs
         self.sched_lock = 0                   # the machine declared it first
         self.lockspace = locks
-        lock.declare_kernel_lock(locks)
-        files = getattr(self.load, "files", [])
-        arrays = U.declare(machine, self.config, locks, self.nthreads,
-                           amap_per_proc=getattr(self.load, "amap_per_proc", 16),
-                           nfiles_pages=sum(files))
-
+        arrays = []
+        for s in SUBSYSTEMS:
+            if s.declare is not None:
+                arrays += s.declare(self, locks)
         arrays += [
-            ArraySpec("fail_counts", np.dtype("<i8"), (len(kern_fail.all_sites()),)),
             ArraySpec("proc", PROC_DTYPE, (self.nthreads,)),
             ArraySpec("kglob", np.dtype("<i8"), (8,)),
         ]
-        arrays += kern_synch.arrays()
-        self.load.base = USER_BASE
+        self.load.base = FIRST_USER_TID
         arrays += self.load.declare(locks, machine)
-        arrays += subr_prf.arrays()
-        known = {c.name for c in locks.classes}
-        for d in self.delays:
-            if d.lock_class not in known:
-                from smp.errors import BadInput
-                raise BadInput(f"delay:{d.lock_class}: no lock class of that name (known: "
-                               f"{', '.join(sorted(known))})")
+        lock.set_order(locks)
+        kern_fail.check_delays(self.delays, locks)
         return Declaration(arrays=arrays, nthreads=self.nthreads, catalogue=subr_prf.CATALOGUE)
 
     def format(self, seg: Any) -> None:
 
+        for s in SUBSYSTEMS:
+            if s.format is not None:
+                s.format(seg, self)
         a = seg.arrays
         proc = a["proc"]
         proc["slpnext"] = -1
         proc["cpu"] = -1
-        a["vm_pmap"][:] = -1
-        kern_synch.format_sleepq(seg)
-        uvm_page.format_pages(seg, U.S.npages, self.config, self.machine)
-        pmap.pmap_bootstrap(seg, U.S.nkva + 1)     # + the pager's emergency window
-        uvm_anon.format_anons(seg, U.S.nanon)
-        base = 0
-        for i, size in enumerate(getattr(self.load, "files", [])):
-            a["file_base"][i] = base
-            a["file_size"][i] = size
-            base += size
-        a["file_page"][:] = -1
         a["kglob"][KG_NEXTPID] = 100
         p = proc[PAGEDAEMON]                 # the pagedaemon, a kernel thread on cpu0
         p["pid"] = 2
@@ -169,7 +207,7 @@ class Kernel:
     def newproc(self, seg: Any, local: int, pid: int, name: int, kind: int, cpu: int,
                 pc: int = 0, uid: int = 0) -> None:
         """Create user process ``local`` of the load, runnable on ``cpu`` (boot, parent)."""
-        tid = USER_BASE + local
+        tid = FIRST_USER_TID + local
         p = seg.arrays["proc"][tid]
         p["pid"] = pid
         p["stat"] = SRUN
@@ -183,8 +221,8 @@ class Kernel:
         g[KG_STARTED] += 1
         g[KG_NEXTPID] = max(g[KG_NEXTPID], pid + 1)
         if getattr(self.load, "needs_vm", True):
-            pm = _boot_pmap_create(seg, tid)
-            uvm_map_boot(seg, tid, pm)
+            pm = pmap.pmap_create_boot(seg, tid)
+            uvm_map.vmspace_init_boot(seg, tid, pm)
         boot_enqueue(seg, cpu, tid)
 
     def finished(self, seg: Any) -> bool:
@@ -195,24 +233,25 @@ class Kernel:
         return self.load.progress(seg)
 
     def audit(self, seg: Any) -> dict:
-        """DIAGNOSTIC: the VM invariants on the stopped machine (when configured)."""
+        """DIAGNOSTIC: the VM invariants on the stopped machine, and the lock-order
+        findings of the run (LOCKDEBUG; findings are not violations: they change
+        neither the run nor its exit status)."""
         if not self.config.diagnostic:
             return {}
-        from smp.kern.diagnostic import check_after_run
-
-        r = check_after_run(seg)
+        r = diagnostic.check_after_run(seg, self.lockspace)
+        found, dropped = lock.findings(seg, self.lockspace)
         return {"checked": True, "violations": list(r), "skipped": r.skipped,
-                "reason": r.reason}
+                "reason": r.reason, "lock_order": found, "lock_order_dropped": dropped}
 
     def summary(self, seg: Any) -> dict:
         c = seg.arrays["cnt"]
         ux = seg.arrays["uvmexp"]
         g = seg.arrays["kglob"]
         return {
-            "counters": {n: int(c[:, i].sum()) for i, n in enumerate(U.COUNTERS)},
-            "per_cpu_counters": [{n: int(c[cpu, i]) for i, n in enumerate(U.COUNTERS)
+            "counters": {n: int(c[:, i].sum()) for i, n in enumerate(uvm.COUNTERS)},
+            "per_cpu_counters": [{n: int(c[cpu, i]) for i, n in enumerate(uvm.COUNTERS)
                                   if c[cpu, i]} for cpu in range(c.shape[0])],
-            "uvmexp": {n: int(ux[i]) for i, n in enumerate(U.UVMEXP_FIELDS)},
+            "uvmexp": {n: int(ux[i]) for i, n in enumerate(uvm.UVMEXP_FIELDS)},
             "processes": {"started": int(g[KG_STARTED]), "exited": int(g[KG_EXITED]),
                           "killed": int(g[KG_KILLED]), "alive": int(g[KG_LIVE])},
             "load": self.load.summary(seg),
@@ -222,45 +261,32 @@ class Kernel:
 
     def cpu_attach(self, ci: CPU) -> None:
 
-        lock.attach(ci.core)
         ci.core.stats_on = self.stats_on
-        ci.cnt_base = ci.cpu * len(U.COUNTERS)
-        off = ci.seg.layout.cpu_off + ci.cpu * _cpu_stride()
+        off = ci.seg.layout.cpu_off + ci.cpu * CPU_STRIDE
         ci.area_ipi = ci.seg.shm.buf[off:off + 8].cast("Q")
         ci.md = PerCPU(ci, self)
         ci.tick_ns = 1_000_000_000 // self.machine.hz
-        U.attach(ci.seg)
-        subr_prf.attach(ci, self.config.hist)
-        kern_synch.attach(ci)
-        uvm_page.attach(ci, PAGEDAEMON)
-        pmap.attach(ci, self.config)
-        uvm_km.attach(ci)
-        uvm_fault.attach(ci)
-        uvm_pdaemon.attach(ci)
-        trap.attach(ci, self.config.diagnostic)
-        from smp.kern import kern_fail
-        kern_fail.attach(ci, self.failpoints, self.delays, self.seed,
-                         ci.seg.layout.arrays["fail_counts"][0], self.lockspace)
-        ci.core.ipi_handler = pmap.pmap_do_tlb_shootdown
+        for s in SUBSYSTEMS:
+            if s.attach is not None:
+                s.attach(ci, self)
         self.load.attach(ci)
 
     def run(self, ci: CPU, tid: int) -> int:
 
         md = ci.md
-        A = U.A
         p = md.proc[tid]
         p["cpu"] = ci.cpu
         t0 = ci.core.now()
         try:
             if tid == PAGEDAEMON:
-                pmap.pmap_activate(pmap.KERNEL_PMAP)
+                pmap.pmap_activate(KERNEL_PMAP)
                 if md.biglock:
                     lock.kernel_lock()           # kernel threads ran under the big lock
                 status = uvm_pdaemon.uvm_pageout_step(tid)
                 self._release_biglock()
             else:
-                pm = A.vm_pmap[tid]
-                pmap.pmap_activate(pm if pm >= 0 else pmap.KERNEL_PMAP)
+                pm = shared.vm_pmap[tid]
+                pmap.pmap_activate(pm if pm >= 0 else KERNEL_PMAP)
                 status = self.load.step(ci, tid)
         except kern_synch.Sleep as s:
             self._release_biglock()
@@ -268,7 +294,6 @@ class Kernel:
             status = SLEEPING
         except lock.LockError as e:
             # LOCKDEBUG: a lock protocol violation is a kernel panic, as in NetBSD
-            import re
             m = re.search(r"lock (\d+)", str(e))
             subr_prf.panic(P_LOCKDEBUG if "myself" in str(e) else P_LOCKPROTO,
                            int(m[1]) if m else -1)
@@ -276,7 +301,7 @@ class Kernel:
         except trap.Killed:
             self._release_biglock()
             lock.simple_lock(ci.sched_lock)
-            A.np["kglob"][KG_KILLED] += 1
+            shared.np["kglob"][KG_KILLED] += 1
             if hasattr(self.load, "killed"):
                 self.load.killed(ci, tid)        # => sched_lock held
             lock.simple_unlock(ci.sched_lock)
@@ -300,14 +325,14 @@ class Kernel:
         """A process exits: its address space goes, then its proc slot."""
 
         p = ci.md.proc[tid]
-        if U.A.vm_pmap[tid] >= 0:
+        if shared.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
-        subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(H_EXIT), int(p["pid"]),
+        subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(HIST_EXIT), int(p["pid"]),
                              int(p["name"]), ci.cpu)
-        U.A.cnt[ci.cnt_base + U.C.exits] += 1      # before the load can look finished
+        shared.cnt[ci.cnt_base + counter.exits] += 1    # before the load can look finished
         lock.simple_lock(ci.sched_lock)
         p["stat"] = SZOMB
-        g = U.A.np["kglob"]
+        g = shared.np["kglob"]
         g[KG_LIVE] -= 1
         g[KG_EXITED] += 1
         p["pid"] = 0
@@ -323,9 +348,9 @@ class Kernel:
         lock.simple_lock(ci.sched_lock)
         child = -1
         stat = proc["stat"]
-        free = np.nonzero(stat[USER_BASE:] == 0)[0]
+        free = np.nonzero(stat[FIRST_USER_TID:] == 0)[0]
         if len(free):
-            child = USER_BASE + int(free[0])
+            child = FIRST_USER_TID + int(free[0])
             proc[child]["stat"] = SIDL
         lock.simple_unlock(ci.sched_lock)
         if child < 0:
@@ -341,7 +366,7 @@ class Kernel:
             self.load.forked(parent, child)
         pp, cp = proc[parent], proc[child]
         lock.simple_lock(ci.sched_lock)
-        g = U.A.np["kglob"]
+        g = shared.np["kglob"]
         cp["pid"] = g[KG_NEXTPID]
         g[KG_NEXTPID] += 1
         g[KG_LIVE] += 1
@@ -356,7 +381,7 @@ class Kernel:
         cp["cpu"] = cpu
         ci.setrunqueue(child, cpu, locked=True)
         lock.simple_unlock(ci.sched_lock)
-        U.A.cnt[ci.cnt_base + U.C.forks] += 1
+        shared.cnt[ci.cnt_base + counter.forks] += 1
         return child
 
     def _release_biglock(self) -> None:
@@ -382,50 +407,15 @@ class Kernel:
         pmap.pmap_do_tlb_shootdown()
 
 
-def _cpu_stride() -> int:
-    from smp.machine.layout import CPU_STRIDE
-    return CPU_STRIDE
-
-
-def _boot_pmap_create(seg: Any, tid: int) -> int:
-    """pmap_create at boot, in the parent (no CPU runs yet, so no locks)."""
-    from smp.kern.uvm_page import OWN_PDP
-
-    a = seg.arrays
-    inuse = a["pm_inuse"]
-    pm = int(np.nonzero(inuse[1:] == 0)[0][0]) + 1
-    pdp = pmap._boot_page(seg, OWN_PDP, pm, 0)
-    inuse[pm] = 1
-    a["pm_refs"][pm] = 1
-    a["pm_pdir"][pm] = pdp
-    a["pm_ptphint"][pm] = -1
-    a["pm_resident"][pm] = 1
-    a["pm_memq_head"][pm] = a["pm_memq_tail"][pm] = -1
-    a["pm_owner"][pm] = tid
-    phys = a["physmem"]
-    from smp.kern.param import PDSLOT_KERN, PDSLOT_PTE, PG_RW, PG_V
-    base = pdp * 1024
-    phys[base + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
-    kb = int(a["pm_pdir"][0]) * 1024
-    nk = int(a["pmap_glob"][pmap.G_NKPDE])
-    phys[base + PDSLOT_KERN: base + PDSLOT_KERN + nk] = \
-        phys[kb + PDSLOT_KERN: kb + PDSLOT_KERN + nk]
-    g = a["pmap_glob"]
-    head = int(g[pmap.G_PMAPS])
-    a["pm_next"][pm] = head
-    a["pm_prev"][pm] = -1
-    if head >= 0:
-        a["pm_prev"][head] = pm
-    g[pmap.G_PMAPS] = pm
-    g[pmap.G_NPMAPS] += 1
-    return pm
-
-
-def uvm_map_boot(seg: Any, tid: int, pm: int) -> None:
-    a = seg.arrays
-    a["vm_pmap"][tid] = pm
-    a["vm_nentries"][tid] = 0
-    a["vm_aused"][tid] = 0
-
-
 __all__ = ["Kernel", "Load", "RUNNABLE", "SLEEPING", "EXITED"]
+
+
+def _number_catalogue() -> None:
+    """Give the subsystems' console messages and wait channels their ids, in the order of
+    SUBSYSTEMS, then the kernel's own (see the module docstring)."""
+    for module in dict.fromkeys(s.module for s in SUBSYSTEMS):
+        subr_prf.number(module)
+    subr_prf.number(sys.modules[__name__])
+
+
+_number_catalogue()

@@ -1,4 +1,4 @@
-"""Kernel locks: simple_lock, spinlockmgr and the big kernel lock (kern_lock.c).
+"""Kernel locks: simple_lock, spinlockmgr, the big kernel lock, LOCKDEBUG (kern_lock.c).
 
 The functions a kernel module calls are the atomic core's own methods, bound
 to this CPU when it attaches (``attach``), so the uncontended path adds no
@@ -15,19 +15,100 @@ them: the names are rebound in each worker.
     kernel_lock() / kernel_unlock()                      (KERNEL_LOCK / KERNEL_UNLOCK; recursive)
     lock_held(id) -> bool                                (LOCKDEBUG: "=> caller holds")
 
-Lock ids come from ``declare`` calls made before boot; the class names are
-NetBSD's (``pmap_main_lock``, ``pmaps_lock``, ``pvalloc_lock``, ...).
+Lock ids come from ``declare`` calls each subsystem makes before boot; the
+class names are NetBSD's (``pmap_main_lock``, ``pmaps_lock``, ``pvalloc_lock``, ...).
+
+The lock order
+--------------
+Written once, here, outermost first, as uvm_fault.c's header states the fault's
+"MAPS => AMAP => UOBJ => ANON => PAGE QUEUES" and NETBSD-FACTS §3.4 the pmap's:
+
+    kernel_lock                     KERNEL_PROC_LOCK around a user fault (i386mp)
+    vm_map                          MAPS: the faulting process's map
+    amap                            AMAP
+    vnode, kernel_object,           UOBJ: one object at a time
+      kmem_object
+    anon                            ANON
+    pageq                           PAGE QUEUES (NetBSD's pagedaemon calls the pmap
+                                    with them held; ours drops them first)
+    pmap_main_lock                  the pmap: shared map-to-head, exclusive head-to-map
+    pmap                            the pmap, and the current one, lower id first
+    pmaps_lock                      pmap_steal_ptp's search (its victims: try-locks)
+    pmap_tmpptp_lock                the ptpp window onto a victim's PTP
+    pvh                             a page's pv list
+    pvalloc_lock                    the pv allocator
+    pmap_zero_page_lock,            the zerop and csrcp/cdstp windows
+      pmap_copy_page_lock
+    pager_map, kmem_map             kernel VA: leaves, taken (or try-locked) under the
+                                    pv allocator and the pager
+    swap_data_lock, uvm_anon_lock   swap slots, the anon free list
+    fpageq                          the free page queues (uvm_pagealloc)
+    pagedaemon_lock                 uvm_wait's interlock
+    sched_lock                      wakeup() under any of the above
+    pmap_tlb_shootdown_q,           the TLB IPI handler runs wherever a CPU spins
+      pmap_tlb_shootdown_job_lock
+
+Classes on one line share a rank: siblings, never held together.  Two locks
+of one class are in order when the second has the higher id (pmap_map_ptes'
+"lower address first").  pmap locks may come after a pv-head lock while
+pmap_main_lock is held exclusively: the head-to-map direction, which is safe
+because "the exclusive holder is alone" (pmap.c's locking comment).
+
+In DIAGNOSTIC mode (kernel config ``diagnostic = on``) every CPU's atomic core
+checks each blocking acquisition against this order -- LOCKDEBUG, as
+FreeBSD's witness does it -- and records what is out of order as a *finding*
+(the two classes, both call sites, how often) in ``lock_findings``;
+``findings()`` reads them for the kernel's ``audit()``, which puts them in
+summary.json's ``diagnostic`` section.  A finding neither refuses the lock nor
+adds a scheduling point, so it never changes a run.  Try-locks cannot
+deadlock and are not checked.  The 1.91 code's pv stealing takes
+pmap_tmpptp_lock under pvalloc_lock, the reverse of PTP stealing (see
+pmap.py): with stealing compiled in and both paths reached, that is the one
+finding a run reports.
+
+``KASSERT_LOCKED(id)`` turns a "=> caller holds ..." precondition into a check:
+call it as ``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(id)``, one test when
+DIAGNOSTIC is off.  A failed assertion is a lock protocol violation
+(``LockError``), which the kernel turns into a LOCKDEBUG panic.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from smp.machine import _atomic
-from smp.machine.lockspace import LockSpace
+from smp.machine.layout import ArraySpec
+from smp.machine.lockspace import ORDER_FINDING_DTYPE, LockSpace
 
 Halted = _atomic.Halted
 LockError = _atomic.LockError
+
+LOCK_ORDER: list[tuple[str, ...]] = [
+    ("kernel_lock",),
+    ("vm_map",),
+    ("amap",),
+    ("vnode", "kernel_object", "kmem_object"),
+    ("anon",),
+    ("pageq",),
+    ("pmap_main_lock",),
+    ("pmap",),
+    ("pmaps_lock",),
+    ("pmap_tmpptp_lock",),
+    ("pvh",),
+    ("pvalloc_lock",),
+    ("pmap_zero_page_lock", "pmap_copy_page_lock"),
+    ("pager_map",),
+    ("kmem_map",),
+    ("swap_data_lock", "uvm_anon_lock"),
+    ("fpageq",),
+    ("pagedaemon_lock",),
+    ("sched_lock",),
+    ("pmap_tlb_shootdown_q", "pmap_tlb_shootdown_job_lock"),
+]
+SERIALIZED_BY = {"pmap": "pmap_main_lock"}     # head-to-map under the exclusive main lock
+FINDINGS_PER_CPU = 32
 
 
 def _unattached(*_args):  # pragma: no cover - a kernel bug, before cpu_attach
@@ -39,9 +120,22 @@ spinlockmgr_shared = spinlockmgr_exclusive = spinlockmgr_try_exclusive = _unatta
 spinlockmgr_release_shared = spinlockmgr_release_exclusive = _unattached
 lock_held = _unattached
 KERNEL_LOCK_ID = -1
+DIAGNOSTIC = False              # the kernel's diagnostic option, on this CPU (attach)
 
 
 kernel_lock = kernel_unlock = _unattached   # KERNEL_LOCK / KERNEL_UNLOCK (recursive)
+
+
+def declare(kernel, locks: LockSpace) -> list[ArraySpec]:
+    """The big kernel lock's word (recursive spin lock, class kernel_lock) and, in
+    DIAGNOSTIC mode, every CPU's lock-order findings."""
+    declare_kernel_lock(locks)
+    if not kernel.config.diagnostic:
+        return []
+    ncpu = kernel.machine.ncpu
+    return [ArraySpec("lock_findings", ORDER_FINDING_DTYPE, (ncpu, FINDINGS_PER_CPU)),
+            ArraySpec("lock_findings_n", np.dtype("<u8"), (ncpu, 2))]   # used, dropped
+
 
 def declare_kernel_lock(space: LockSpace) -> int:
     """Reserve the big kernel lock's word (recursive spin lock, class kernel_lock)."""
@@ -50,12 +144,19 @@ def declare_kernel_lock(space: LockSpace) -> int:
     return KERNEL_LOCK_ID
 
 
-def attach(core: _atomic.Core) -> None:
-    """Bind this worker's lock functions to its CPU's atomic core."""
-    global simple_lock, simple_lock_try, simple_unlock, lock_held
+def set_order(locks: LockSpace) -> None:
+    """Hand the lock order to the machine (after every subsystem declared its locks)."""
+    locks.set_order(LOCK_ORDER, SERIALIZED_BY)
+
+
+def attach(ci, kernel) -> None:
+    """Bind this worker's lock functions to its CPU's atomic core; in DIAGNOSTIC mode,
+    turn on the core's lock-order checking."""
+    global simple_lock, simple_lock_try, simple_unlock, lock_held, DIAGNOSTIC
     global spinlockmgr_shared, spinlockmgr_exclusive, spinlockmgr_try_exclusive
     global spinlockmgr_release_shared, spinlockmgr_release_exclusive
     global kernel_lock, kernel_unlock
+    core = ci.core
     simple_lock = core.lock
     simple_lock_try = core.trylock
     simple_unlock = core.unlock
@@ -69,3 +170,52 @@ def attach(core: _atomic.Core) -> None:
         # partial objects are C callables: the caller of kernel_lock() stays the site
         kernel_lock = functools.partial(core.lock, KERNEL_LOCK_ID)
         kernel_unlock = functools.partial(core.unlock, KERNEL_LOCK_ID)
+    DIAGNOSTIC = bool(kernel.config.diagnostic)
+    if DIAGNOSTIC:
+        lay = ci.seg.layout.arrays
+        ranks, serializers = kernel.lockspace.order_tables()
+        core.set_lock_order(ranks, serializers,
+                            lay["lock_findings"][0] + ci.cpu * FINDINGS_PER_CPU
+                            * ORDER_FINDING_DTYPE.itemsize,
+                            lay["lock_findings_n"][0] + ci.cpu * 16, FINDINGS_PER_CPU)
+    else:
+        core.set_lock_order(None)
+
+
+def KASSERT_LOCKED(lk: int) -> None:  # noqa: N802 - NetBSD's name
+    """DIAGNOSTIC: this CPU holds lock ``lk`` (``=> caller holds ...``), or LockError.
+
+    => only called when DIAGNOSTIC is on (``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(x)``).
+    """
+    if not lock_held(lk):
+        raise LockError(f"KASSERT_LOCKED: lock {lk} not held")
+
+
+def findings(seg, locks: LockSpace) -> tuple[list[dict], int]:
+    """The lock-order findings of every CPU, merged (stopped machine, parent): one entry
+    per (held class, wanted class, call sites), with its count and the CPUs that saw it;
+    and how many findings did not fit the per-CPU arrays."""
+    if "lock_findings" not in seg.arrays:
+        return [], 0
+    sites = seg.site_names()
+    rec, counts = seg.arrays["lock_findings"], seg.arrays["lock_findings_n"]
+
+    def site(i: int) -> str:
+        return sites[i] if i < len(sites) else "?"
+
+    merged: dict[tuple, dict] = {}
+    for cpu in range(rec.shape[0]):
+        for r in rec[cpu][: int(counts[cpu][0])]:
+            held = locks.classes[int(r["held_class"])].name
+            wanted = locks.classes[int(r["wanted_class"])].name
+            key = (held, wanted, site(int(r["held_site"])), site(int(r["site"])))
+            f = merged.get(key)
+            if f is None:
+                f = merged[key] = {
+                    "held": held, "held_at": key[2], "wanted": wanted, "wanted_at": key[3],
+                    "count": 0, "cpus": [], "first": {
+                        "held": locks.name_of(int(r["held_lock"])),
+                        "wanted": locks.name_of(int(r["wanted_lock"]))}}
+            f["count"] += int(r["count"])
+            f["cpus"].append(cpu)
+    return [merged[k] for k in sorted(merged)], int(counts[:, 1].sum())

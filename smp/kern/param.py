@@ -9,6 +9,11 @@ the same in every pmap; slot 1023 (PDSLOT_APTE) is the alternate recursive slot.
 Physical address ``pa`` of page index ``i`` is ``i * NBPG``; PTE and PDE
 values are the i386 bit layout (frame | flags), stored in the simulated
 physical memory of the page-table pages themselves.
+
+Also here: the constants several subsystems share (uvm_extern.h, uvm_page.h,
+pmap.h) -- the kernel pmap's index, where kernel memory starts, who owns a
+page, the page flags and uvm_pagealloc's flags -- so that no subsystem has to
+import another one for a number.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ VM_MIN_KERNEL_ADDRESS = KERNBASE
 VM_MAX_KERNEL_ADDRESS = APTE_BASE
 NKPTP = 4                                    # kernel PTPs at boot (16 MB)
 NKPTP_MAX = 1024 - PDSLOT_KERN - 1
+KVA_BASE = KERNBASE + 16 * 1024 * 1024       # kmem_map starts above the kernel image
+NKVA = 8192                                  # kmem_map's pages (32 MiB); then "emergva"
+KERNEL_PMAP = 0                              # pmap_kernel(): pmap 0 (never on the pmaps list)
 
 # PTE bits (i386 pte.h)
 PG_V = 0x001
@@ -48,6 +56,16 @@ VM_PROT_ALL = 7
 VM_PROT_MASK = 7
 PMAP_WIRED = 0x10
 PMAP_CANFAIL = 0x20
+
+# vm_page: who owns a page (pg_owner), as the subsystems name their objects
+OWN_FREE, OWN_ANON, OWN_UOBJ, OWN_PTP, OWN_PVPAGE, OWN_KMEM, OWN_PDP, OWN_KPTP = range(8)
+OWNER_NAMES = ["free", "anon", "uobj", "ptp", "pvpage", "kmem", "pdp", "kptp"]
+# vm_page flags (pg_flags, uvm_page.h)
+PG_BUSY, PG_WANTED, PG_TABLED, PG_CLEAN, PG_PAGEOUT, PG_RELEASED, PG_FAKE = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
+# uvm_pagealloc flags (uvm_extern.h)
+UVM_PGA_USERESERVE = 0x1
+UVM_PGA_ZERO = 0x2
 
 # errno values the 2001 kernel returned (KERN_RESOURCE_SHORTAGE became ENOMEM)
 ENOMEM = 12

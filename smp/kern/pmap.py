@@ -66,6 +66,9 @@ i386mp branch of January 2001) or on one CPU the two never run at once; with
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 
 from smp.kern import kern_fail, lock, subr_prf
@@ -74,10 +77,18 @@ from smp.kern.param import (
     APTE_BASE,
     ENOMEM,
     KERNBASE,
+    KERNEL_PMAP,
+    KVA_BASE,
     NBPD,
     NBPG,
+    NKVA,
+    OWN_KPTP,
+    OWN_PDP,
+    OWN_PTP,
+    OWN_PVPAGE,
     PDSLOT_KERN,
     PDSLOT_PTE,
+    PG_BUSY,
     PG_G,
     PG_M,
     PG_PVLIST,
@@ -88,6 +99,8 @@ from smp.kern.param import (
     PMAP_CANFAIL,
     PMAP_WIRED,
     PTE_BASE,
+    UVM_PGA_USERESERVE,
+    UVM_PGA_ZERO,
     VM_MAX_KERNEL_ADDRESS,
     VM_MAXUSER_ADDRESS,
     VM_PROT_WRITE,
@@ -95,23 +108,16 @@ from smp.kern.param import (
     pdei,
     ptei,
 )
-from smp.kern.uvm import A, C, L
+from smp.kern.uvm import counter, shared
 from smp.kern.uvm_page import (
-    OWN_KPTP,
-    OWN_PDP,
-    OWN_PTP,
-    OWN_PVPAGE,
-    PG_BUSY,
-    UVM_PGA_USERESERVE,
-    UVM_PGA_ZERO,
     memq_insert_tail,
     memq_remove,
-    pmap_zero_page,
     uvm_pagealloc,
     uvm_pagefree,
     uvm_pagerealloc,
 )
 from smp.machine import _atomic
+from smp.machine.layout import ArraySpec
 
 PVE_PER_PVPAGE = 255
 MASK64 = (1 << 64) - 1
@@ -120,35 +126,104 @@ PVE_HIWAT = PVE_LOWAT + 2 * PVE_PER_PVPAGE
 PMAP_TLB_MAXJOBS = 16
 I386_IPI_TLB = 0x8
 ALLOCPV_NEED, ALLOCPV_TRY, ALLOCPV_NONEED = 0, 1, 2
-KERNEL_PMAP = 0
 PMAP_KVA = 0xC0C0_0000          # where struct pmaps "live", for addresses in messages
-KVA_BASE = KERNBASE + 16 * 1024 * 1024   # kmem_map starts above the kernel image
 
 # pmap_glob slots
 G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS = range(7)
 # pvp_list values
 PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
+PM_FIELDS = ("pm_inuse", "pm_refs", "pm_pdir", "pm_ptphint", "pm_resident", "pm_wired",
+             "pm_memq_head", "pm_memq_tail", "pm_npages", "pm_next", "pm_prev", "pm_owner")
 
-m = subr_prf.message
-MSG_STEAL = m("", "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p "
-                  "for pmap %p va 0x%08x on cpu%d")
-MSG_STEAL_PV = m("", "pmap_try_steal_pv: stole pv entry: pmap %p va 0x%08x (pa 0x%08x) for pmap %p")
-P_GETPTP = m("pmap_enter", "pmap_enter: get ptp failed", "panic")
-P_NOPV = m("pmap_enter", "pmap_enter: no pv entries available", "panic")
-P_TOOBIG = m("pmap_enter", "pmap_enter: too big", "panic")
-P_PDP = m("pmap_enter", "pmap_enter: trying to map over PDP/APDP!", "panic")
-P_NOKPTP = m("pmap_enter", "pmap_enter: missing kernel PTP!", "panic")
-P_MISMATCH = m("pmap_steal_ptp", "pmap_steal_ptp: PTP mismatch!", "panic")
-P_UNMANAGED = m("pmap_get_ptp", "pmap_get_ptp: unmanaged user PTP", "panic")
-P_GROW = m("pmap_growkernel", "pmap_growkernel: alloc ptp failed", "panic")
-P_BUSYPTP = m("pmap_release", "pmap_release: busy page table page", "panic")
-P_NOPVLIST = m("pmap_remove_ptes",
-               "pmap_remove_ptes: managed page without PG_PVLIST for 0x%lx", "panic")
-P_PVMISS = m("pmap_remove_pv", "pmap_remove_pv: no pv entry for pmap %p va 0x%lx", "panic")
-P_RENDEZVOUS = m("pmap_tlb_shootnow", "TLB IPI rendezvous failed (mask %x)", "panic")
-P_UNWIRE = m("pmap_unwire", "pmap_unwire: invalid (unmapped) va 0x%lx", "panic")
-MSG_UNWIRE = m("", "pmap_unwire: wiring for pmap %p va 0x%lx didn't change!")
-del m
+Message = subr_prf.Message
+MSG_STEAL = Message("", "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p "
+                        "for pmap %p va 0x%08x on cpu%d")
+MSG_STEAL_PV = Message("", "pmap_try_steal_pv: stole pv entry: pmap %p va 0x%08x (pa 0x%08x) "
+                           "for pmap %p")
+P_GETPTP = Message("pmap_enter", "pmap_enter: get ptp failed", "panic")
+P_NOPV = Message("pmap_enter", "pmap_enter: no pv entries available", "panic")
+P_TOOBIG = Message("pmap_enter", "pmap_enter: too big", "panic")
+P_PDP = Message("pmap_enter", "pmap_enter: trying to map over PDP/APDP!", "panic")
+P_NOKPTP = Message("pmap_enter", "pmap_enter: missing kernel PTP!", "panic")
+P_MISMATCH = Message("pmap_steal_ptp", "pmap_steal_ptp: PTP mismatch!", "panic")
+P_UNMANAGED = Message("pmap_get_ptp", "pmap_get_ptp: unmanaged user PTP", "panic")
+P_GROW = Message("pmap_growkernel", "pmap_growkernel: alloc ptp failed", "panic")
+P_BUSYPTP = Message("pmap_release", "pmap_release: busy page table page", "panic")
+P_NOPVLIST = Message("pmap_remove_ptes",
+                     "pmap_remove_ptes: managed page without PG_PVLIST for 0x%lx", "panic")
+P_PVMISS = Message("pmap_remove_pv", "pmap_remove_pv: no pv entry for pmap %p va 0x%lx",
+                   "panic")
+P_RENDEZVOUS = Message("pmap_tlb_shootnow", "TLB IPI rendezvous failed (mask %x)", "panic")
+P_UNWIRE = Message("pmap_unwire", "pmap_unwire: invalid (unmapped) va 0x%lx", "panic")
+MSG_UNWIRE = Message("", "pmap_unwire: wiring for pmap %p va 0x%lx didn't change!")
+del Message
+
+# lock ids (declare): the global locks by their NetBSD names; pm_lock + pm is pmap pm's
+# lock (pm_obj.vmobjlock), pvh_lock + pg page pg's pv-head lock, tlbq_lock + cpu a CPU's
+# TLB-shootdown queue
+pmap_main_lock = pmaps_lock = pvalloc_lock = pmap_tmpptp_lock = -1
+pmap_zero_page_lock = pmap_copy_page_lock = pm_lock = pvh_lock = -1
+tlbq_lock = tlb_job_lock = -1
+npvpages = 0                    # kmem_map VA for pv pages (declare)
+
+
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The pmaps, the page-table pages' memory, pv heads and pv pages, and their locks."""
+    global pmap_main_lock, pmaps_lock, pvalloc_lock, pmap_tmpptp_lock, pmap_zero_page_lock
+    global pmap_copy_page_lock, pm_lock, pvh_lock, npvpages
+    npages = kernel.machine.npages
+    maxpmap = kernel.nthreads + 1            # pmap 0 is the kernel's
+    npvpages = npages // 2 + 64
+    npve = npvpages * PVE_PER_PVPAGE
+    pmap_main_lock = locks.declare("pmap_main_lock", "rw")      # spinlockmgr
+    pmaps_lock = locks.declare("pmaps_lock")
+    pvalloc_lock = locks.declare("pvalloc_lock")
+    pmap_tmpptp_lock = locks.declare("pmap_tmpptp_lock")
+    pmap_zero_page_lock = locks.declare("pmap_zero_page_lock")
+    pmap_copy_page_lock = locks.declare("pmap_copy_page_lock")
+    pm_lock = locks.declare("pmap", count=maxpmap, label="pmap[{i}]")
+    pvh_lock = locks.declare("pvh", count=npages, label="pvh[{i}]")
+    i4, i8, u4, u8 = np.dtype("<i4"), np.dtype("<i8"), np.dtype("<u4"), np.dtype("<u8")
+    return [
+        ArraySpec("physmem", u4, (npages * 1024,)),    # page-table pages' contents
+        ArraySpec("pvh_list", i4, (npages,)),
+        ArraySpec("pvh_attrs", i4, (npages,)),
+        *(ArraySpec(f, i4, (maxpmap,)) for f in PM_FIELDS),       # struct pmap
+        ArraySpec("pm_cpus", u8, (maxpmap,)),          # CPU bitmask: 64 CPUs need bit 63
+        ArraySpec("pmap_glob", i4, (16,)),
+        *(ArraySpec(f, i4, (npve,)) for f in ("pv_next", "pv_pmap", "pv_ptp")),
+        ArraySpec("pv_va", i8, (npve,)),
+        *(ArraySpec(f, i4, (npvpages,)) for f in ("pvp_pg", "pvp_nfree", "pvp_free",
+                                                  "pvp_next", "pvp_prev", "pvp_list")),
+        ArraySpec("pvp_va", i8, (npvpages,)),
+        ArraySpec("cpu_pmap", i4, (kernel.machine.ncpu,)),   # pmap in each CPU's %cr3
+    ]
+
+
+def declare_tlb(kernel, locks) -> list[ArraySpec]:
+    """The TLB-shootdown queues (pmap_tlb_shootdown_q), one per CPU, and their locks.
+
+    Declared after the VM objects' locks rather than with the rest of the pmap's, so the
+    lock ids stay those of earlier versions (old run directories replay identically).
+    """
+    global tlbq_lock, tlb_job_lock
+    ncpu = kernel.machine.ncpu
+    tlbq_lock = locks.declare("pmap_tlb_shootdown_q", count=ncpu, label="tlb_q[{i}]")
+    tlb_job_lock = locks.declare("pmap_tlb_shootdown_job_lock")
+    i4, i8 = np.dtype("<i4"), np.dtype("<i8")
+    return [
+        ArraySpec("tlbq_count", i4, (ncpu,)),
+        ArraySpec("tlbq_flush", i4, (ncpu,)),
+        ArraySpec("tlbq_va", i8, (ncpu * PMAP_TLB_MAXJOBS,)),
+        ArraySpec("tlbq_pmap", i4, (ncpu * PMAP_TLB_MAXJOBS,)),
+        ArraySpec("tlb_ipi_mask", np.dtype("<u8"), (ncpu,)),   # rendezvous masks
+    ]
+
+
+def format(seg, kernel) -> None:
+    """Boot (pmap_bootstrap, pmap_init): no pv entries anywhere, the kernel pmap."""
+    seg.arrays["pvh_list"][:] = -1
+    pmap_bootstrap(seg, NKVA + 1)          # + the pager's emergency window
 
 
 class PerCPU:
@@ -157,6 +232,7 @@ class PerCPU:
     def __init__(self, ci):
         self.tlb: dict[int, tuple] = {}     # vpn -> (pg, pg_version, ptp, ptp_version, rw)
         self.cpu = ci.cpu
+        self.pv_steal_hand = 0              # where this CPU's next pv-steal scan starts
 
 
 _ci = None
@@ -170,9 +246,10 @@ _pc: PerCPU | None = None
 _physmem_np = None
 
 
-def attach(ci, kernel_config) -> None:
+def attach(ci, kernel) -> None:
     global _ci, _cfg, _steal_ptp, _steal_pv, _shootdown_on_steal, _leak, _core, _pc
     global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np
+    kernel_config = kernel.config
     _ci = ci
     _cfg = kernel_config
     _steal_ptp = "ptp" in kernel_config.steal
@@ -187,6 +264,7 @@ def attach(ci, kernel_config) -> None:
     _physmem_np = ci.seg.arrays["physmem"]
     _pc = PerCPU(ci)
     ci.pmap = _pc
+    ci.core.ipi_handler = pmap_do_tlb_shootdown        # the TLB IPI, while spinning
 
 
 def pmap_addr(pm: int) -> int:
@@ -194,12 +272,12 @@ def pmap_addr(pm: int) -> int:
 
 
 def _cnt(idx: int, n: int = 1) -> None:
-    A.cnt[_ci.cnt_base + idx] += n
+    shared.cnt[_ci.cnt_base + idx] += n
 
 
 def _stat_add(pm: int, arr, d: int) -> None:
     if pm == KERNEL_PMAP:     # unlocked in the real code: keep it exact with atomics
-        off = _ci.seg.layout.arrays["pm_resident" if arr is A.pm_resident else "pm_wired"][0]
+        off = _ci.seg.layout.arrays["pm_resident" if arr is shared.pm_resident else "pm_wired"][0]
         _core.fadd32(off + 4 * pm, d)
     else:
         arr[pm] += d
@@ -265,87 +343,138 @@ def _boot_page(seg, owner: int, obj: int, off: int) -> int:
 
 # --- pmap_create / pmap_destroy ----------------------------------------------
 
+def pmap_create_boot(seg, owner_tid: int) -> int:
+    """pmap_create at boot, in the parent (no CPU runs yet, so no locks)."""
+    a = seg.arrays
+    inuse = a["pm_inuse"]
+    pm = int(np.nonzero(inuse[1:] == 0)[0][0]) + 1
+    pdp = _boot_page(seg, OWN_PDP, pm, 0)
+    inuse[pm] = 1
+    a["pm_refs"][pm] = 1
+    a["pm_pdir"][pm] = pdp
+    a["pm_ptphint"][pm] = -1
+    a["pm_resident"][pm] = 1
+    a["pm_memq_head"][pm] = a["pm_memq_tail"][pm] = -1
+    a["pm_owner"][pm] = owner_tid
+    phys = a["physmem"]
+    base = pdp * 1024
+    phys[base + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
+    kb = int(a["pm_pdir"][KERNEL_PMAP]) * 1024
+    nk = int(a["pmap_glob"][G_NKPDE])
+    phys[base + PDSLOT_KERN: base + PDSLOT_KERN + nk] = \
+        phys[kb + PDSLOT_KERN: kb + PDSLOT_KERN + nk]
+    g = a["pmap_glob"]
+    head = int(g[G_PMAPS])
+    a["pm_next"][pm] = head
+    a["pm_prev"][pm] = -1
+    if head >= 0:
+        a["pm_prev"][head] = pm
+    g[G_PMAPS] = pm
+    g[G_NPMAPS] += 1
+    return pm
+
+
 def pmap_create(owner_tid: int) -> int:
     """A new user pmap: PDP from the kernel's reserve, kernel PDEs copied; -1 if no page.
 
     The PDP comes from uvm_km_alloc(kernel_map) in the 1.91 code, which may sleep; the
     caller decides (fork sleeps in "km_alloc1w" and retries).
     """
-    lock.simple_lock(L.pmaps)
+    lock.simple_lock(pmaps_lock)
     pm = -1
-    for i in range(1, len(A.pm_inuse)):
-        if not A.pm_inuse[i]:
+    for i in range(1, len(shared.pm_inuse)):
+        if not shared.pm_inuse[i]:
             pm = i
             break
     if pm < 0:
-        lock.simple_unlock(L.pmaps)
+        lock.simple_unlock(pmaps_lock)
         return -1
-    A.pm_inuse[pm] = 1
-    lock.simple_unlock(L.pmaps)
-    pdp = uvm_pagealloc(OWN_PDP, pm, 0, -1, UVM_PGA_ZERO)
+    shared.pm_inuse[pm] = 1
+    lock.simple_unlock(pmaps_lock)
+    pdp = _pagealloc_zeroed(OWN_PDP, pm, 0, 0)
     if pdp < 0:
-        A.pm_inuse[pm] = 0
+        shared.pm_inuse[pm] = 0
         return -1
-    A.pg_flags[pdp] &= ~PG_BUSY
-    A.pm_refs[pm] = 1
-    A.pm_pdir[pm] = pdp
-    A.pm_ptphint[pm] = -1
-    A.pm_resident[pm] = 1
-    A.pm_wired[pm] = 0
-    A.pm_memq_head[pm] = A.pm_memq_tail[pm] = -1
-    A.pm_npages[pm] = 0
-    A.pm_owner[pm] = owner_tid
-    A.pm_cpus[pm] = 0
-    phys = A.physmem
+    shared.pg_flags[pdp] &= ~PG_BUSY
+    shared.pm_refs[pm] = 1
+    shared.pm_pdir[pm] = pdp
+    shared.pm_ptphint[pm] = -1
+    shared.pm_resident[pm] = 1
+    shared.pm_wired[pm] = 0
+    shared.pm_memq_head[pm] = shared.pm_memq_tail[pm] = -1
+    shared.pm_npages[pm] = 0
+    shared.pm_owner[pm] = owner_tid
+    shared.pm_cpus[pm] = 0
+    phys = shared.physmem
     base = pdp << 10
     phys[base + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
-    lock.simple_lock(L.pmaps)          # freezes nkpde while the kernel PDEs are copied
-    kbase = A.pm_pdir[KERNEL_PMAP] << 10
-    nk = A.pmap_glob[G_NKPDE]
+    lock.simple_lock(pmaps_lock)          # freezes nkpde while the kernel PDEs are copied
+    kbase = shared.pm_pdir[KERNEL_PMAP] << 10
+    nk = shared.pmap_glob[G_NKPDE]
     phys[base + PDSLOT_KERN: base + PDSLOT_KERN + nk] = \
         phys[kbase + PDSLOT_KERN: kbase + PDSLOT_KERN + nk]
-    _list_insert_head(A.pm_next, A.pm_prev, G_PMAPS, pm)      # LIST_INSERT_HEAD(&pmaps)
-    A.pmap_glob[G_NPMAPS] += 1
-    lock.simple_unlock(L.pmaps)
+    _list_insert_head(shared.pm_next, shared.pm_prev, G_PMAPS, pm)      # LIST_INSERT_HEAD(&pmaps)
+    shared.pmap_glob[G_NPMAPS] += 1
+    lock.simple_unlock(pmaps_lock)
     return pm
 
 
 def pmap_destroy(pm: int) -> None:
     """Drop a reference; the last one releases the pmap (pmap_release)."""
-    lock.simple_lock(L.pmap + pm)
-    A.pm_refs[pm] -= 1
-    refs = A.pm_refs[pm]
-    lock.simple_unlock(L.pmap + pm)
+    lock.simple_lock(pm_lock + pm)
+    shared.pm_refs[pm] -= 1
+    refs = shared.pm_refs[pm]
+    lock.simple_unlock(pm_lock + pm)
     if refs > 0:
         return
-    lock.simple_lock(L.pmaps)
-    if A.pmap_glob[G_HAND] == pm:
-        A.pmap_glob[G_HAND] = A.pm_next[pm]
-    _list_remove(A.pm_next, A.pm_prev, G_PMAPS, pm)
-    A.pmap_glob[G_NPMAPS] -= 1
-    lock.simple_unlock(L.pmaps)
-    lock.simple_lock(L.pmap + pm)
-    ptp = A.pm_memq_head[pm]
+    lock.simple_lock(pmaps_lock)
+    if shared.pmap_glob[G_HAND] == pm:
+        shared.pmap_glob[G_HAND] = shared.pm_next[pm]
+    _list_remove(shared.pm_next, shared.pm_prev, G_PMAPS, pm)
+    shared.pmap_glob[G_NPMAPS] -= 1
+    lock.simple_unlock(pmaps_lock)
+    lock.simple_lock(pm_lock + pm)
+    ptp = shared.pm_memq_head[pm]
     while ptp >= 0:
-        nxt = A.pg_lnext[ptp]
-        if A.pg_wire[ptp] > 1:
+        nxt = shared.pg_lnext[ptp]
+        if shared.pg_wire[ptp] > 1:
             subr_prf.panic(P_BUSYPTP)
-        A.physmem[(A.pm_pdir[pm] << 10) + A.pg_off[ptp]] = 0
-        memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
+        shared.physmem[(shared.pm_pdir[pm] << 10) + shared.pg_off[ptp]] = 0
+        memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
         _free_ptp_page(ptp)
         ptp = nxt
-    pdp = A.pm_pdir[pm]
-    A.pm_pdir[pm] = -1
-    A.pm_inuse[pm] = 0
-    A.pm_owner[pm] = -1
-    lock.simple_unlock(L.pmap + pm)
+    pdp = shared.pm_pdir[pm]
+    shared.pm_pdir[pm] = -1
+    shared.pm_inuse[pm] = 0
+    shared.pm_owner[pm] = -1
+    lock.simple_unlock(pm_lock + pm)
     uvm_pagefree(pdp)
 
 
 def _free_ptp_page(ptp: int) -> None:
-    A.pg_wire[ptp] = 0
-    _cnt(C.ptp_free)
+    shared.pg_wire[ptp] = 0
+    _cnt(counter.ptp_free)
     uvm_pagefree(ptp)
+
+
+def pmap_zero_page(pg: int) -> None:
+    """Zero a page-table page through the single zerop window (pmap_zero_page_lock)."""
+    lock.simple_lock(pmap_zero_page_lock)
+    base = pg << 10
+    shared.physmem[base:base + 1024] = _ZEROS
+    lock.simple_unlock(pmap_zero_page_lock)
+
+
+_ZEROS = memoryview(bytes(4096)).cast("I")
+
+
+def _pagealloc_zeroed(owner: int, obj: int, off: int, flags: int) -> int:
+    """uvm_pagealloc(UVM_PGA_ZERO) of a page-table page: the page is zeroed here, through
+    pmap_zero_page, since page-table pages are the only ones with contents; -1 if none."""
+    pg = uvm_pagealloc(owner, obj, off, -1, flags | UVM_PGA_ZERO)
+    if pg >= 0:
+        pmap_zero_page(pg)
+    return pg
 
 
 # --- pmap_map_ptes / pmap_unmap_ptes -------------------------------------------
@@ -358,16 +487,16 @@ def pmap_map_ptes(pm: int) -> int:
     """
     if pm == KERNEL_PMAP:
         return -1
-    cur = A.cpu_pmap[_ci.cpu]
+    cur = shared.cpu_pmap[_ci.cpu]
     if cur == pm:
-        lock.simple_lock(L.pmap + pm)
+        lock.simple_lock(pm_lock + pm)
         return -1
     if pm < cur:
-        lock.simple_lock(L.pmap + pm)
-        lock.simple_lock(L.pmap + cur)
+        lock.simple_lock(pm_lock + pm)
+        lock.simple_lock(pm_lock + cur)
     else:
-        lock.simple_lock(L.pmap + cur)
-        lock.simple_lock(L.pmap + pm)
+        lock.simple_lock(pm_lock + cur)
+        lock.simple_lock(pm_lock + pm)
     return cur
 
 
@@ -375,8 +504,8 @@ def pmap_unmap_ptes(pm: int, other: int) -> None:
     if pm == KERNEL_PMAP:
         return
     if other >= 0:
-        lock.simple_unlock(L.pmap + other)
-    lock.simple_unlock(L.pmap + pm)
+        lock.simple_unlock(pm_lock + other)
+    lock.simple_unlock(pm_lock + pm)
 
 
 # --- PTPs -------------------------------------------------------------------------
@@ -386,24 +515,28 @@ def pmap_get_ptp(pm: int, idx: int) -> int:
 
     => pmap locked; caller holds no pvh lock (stealing takes them).
     """
-    pde = A.physmem[(A.pm_pdir[pm] << 10) + idx]
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
+    pde = shared.physmem[(shared.pm_pdir[pm] << 10) + idx]
     if pde & PG_V:
         ptp = pde >> 12
-        if A.pm_ptphint[pm] == ptp:
+        if shared.pm_ptphint[pm] == ptp:
             return ptp
-        if A.pg_owner[ptp] != OWN_PTP or A.pg_obj[ptp] != pm:
+        if shared.pg_owner[ptp] != OWN_PTP or shared.pg_obj[ptp] != pm:
             subr_prf.panic(P_UNMANAGED)
-        A.pm_ptphint[pm] = ptp
+        shared.pm_ptphint[pm] = ptp
         return ptp
     return pmap_alloc_ptp(pm, idx)
 
 
 def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
     """Allocate a PTP for slot ``idx`` of ``pm`` (=> pmap locked)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
     if kern_fail.ON and kern_fail.fail("pmap_alloc_ptp"):
         ptp = -1
     else:
-        ptp = uvm_pagealloc(OWN_PTP, pm, idx, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
+        ptp = _pagealloc_zeroed(OWN_PTP, pm, idx, UVM_PGA_USERESERVE)
     if ptp < 0:
         if just_try or not _steal_ptp:
             return -1
@@ -411,14 +544,14 @@ def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
         if ptp < 0:
             return -1
         pmap_zero_page(ptp)           # stolen pages arrive dirty
-    A.pg_flags[ptp] &= ~PG_BUSY       # PTPs are never busy
-    A.pg_wire[ptp] = 1
-    memq_insert_tail(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
-    A.pm_npages[pm] += 1
-    A.physmem[(A.pm_pdir[pm] << 10) + idx] = (ptp << 12) | PG_u | PG_RW | PG_V
-    _stat_add(pm, A.pm_resident, 1)
-    A.pm_ptphint[pm] = ptp
-    _cnt(C.ptp_alloc)
+    shared.pg_flags[ptp] &= ~PG_BUSY       # PTPs are never busy
+    shared.pg_wire[ptp] = 1
+    memq_insert_tail(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
+    shared.pm_npages[pm] += 1
+    shared.physmem[(shared.pm_pdir[pm] << 10) + idx] = (ptp << 12) | PG_u | PG_RW | PG_V
+    _stat_add(pm, shared.pm_resident, 1)
+    shared.pm_ptphint[pm] = ptp
+    _cnt(counter.ptp_alloc)
     return ptp
 
 
@@ -427,39 +560,41 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
 
     => ``caller`` locked (it is a candidate too); returns the page, or -1.
     """
-    lock.simple_lock(L.pmaps)
-    g = A.pmap_glob
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + caller)
+    lock.simple_lock(pmaps_lock)
+    g = shared.pmap_glob
     pm = g[G_HAND] if g[G_HAND] >= 0 else g[G_PMAPS]
     first = pm
     found = -1
     victim_va = 0
     victim = -1
-    phys = A.physmem
+    phys = shared.physmem
     while pm >= 0:
         caller_locked = pm == caller
         if caller_locked or (not kern_fail.trylock_fails("pmap_steal_ptp")
-                             and lock.simple_lock_try(L.pmap + pm)):
-            ptp = A.pm_memq_head[pm]
+                             and lock.simple_lock_try(pm_lock + pm)):
+            ptp = shared.pm_memq_head[pm]
             while ptp >= 0:
-                pidx = A.pg_off[ptp]
-                pdir = A.pm_pdir[pm] << 10
+                pidx = shared.pg_off[ptp]
+                pdir = shared.pm_pdir[pm] << 10
                 if phys[pdir + pidx] >> 12 != ptp:
                     subr_prf.panic(P_MISMATCH)
-                lock.simple_lock(L.tmpptp)        # pmap_tmpmap_pa
+                lock.simple_lock(pmap_tmpptp_lock)        # pmap_tmpmap_pa
                 ptes = _physmem_np[ptp << 10:(ptp + 1) << 10]
                 wired = bool(np.any((ptes & (PG_V | PG_W)) == (PG_V | PG_W)))
                 if not wired:
                     mask = pmap_remove_ptes(pm, ptp, pidx << 22, (pidx + 1) << 22,
                                             stealing=True)
-                lock.simple_unlock(L.tmpptp)
+                lock.simple_unlock(pmap_tmpptp_lock)
                 if not wired:
                     phys[pdir + pidx] = 0
-                    _stat_add(pm, A.pm_resident, -1)
-                    if A.pm_ptphint[pm] == ptp:
-                        A.pm_ptphint[pm] = A.pm_memq_head[pm]
-                    memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
-                    A.pm_npages[pm] -= 1
-                    if pm == A.cpu_pmap[_ci.cpu]:
+                    _stat_add(pm, shared.pm_resident, -1)
+                    if shared.pm_ptphint[pm] == ptp:
+                        shared.pm_ptphint[pm] = shared.pm_memq_head[pm]
+                    memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
+                    shared.pm_npages[pm] -= 1
+                    if pm == shared.cpu_pmap[_ci.cpu]:
                         tlbflush()                 # the 2000 code: local flush only
                     if _shootdown_on_steal:
                         mask |= _shootdown_range(pm, pidx << 22, (pidx + 1) << 22)
@@ -467,20 +602,20 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
                     uvm_pagerealloc(ptp, OWN_PTP, caller, idx)
                     found, victim, victim_va = ptp, pm, pidx << 22
                     break
-                ptp = A.pg_lnext[ptp]
+                ptp = shared.pg_lnext[ptp]
             if not caller_locked:
-                lock.simple_unlock(L.pmap + pm)
-        pm = A.pm_next[pm] if A.pm_next[pm] >= 0 else g[G_PMAPS]
+                lock.simple_unlock(pm_lock + pm)
+        pm = shared.pm_next[pm] if shared.pm_next[pm] >= 0 else g[G_PMAPS]
         g[G_HAND] = pm
         if found >= 0 or pm == first:
             break
-    lock.simple_unlock(L.pmaps)
+    lock.simple_unlock(pmaps_lock)
     if found >= 0:
-        _cnt(C.ptp_steals)
+        _cnt(counter.ptp_steals)
         subr_prf.printf(MSG_STEAL, found << 12, victim_va, pmap_addr(victim),
                         pmap_addr(caller), idx << 22, _ci.cpu)
     else:
-        _cnt(C.ptp_steal_fail)
+        _cnt(counter.ptp_steal_fail)
     return found
 
 
@@ -488,40 +623,44 @@ def pmap_steal_ptp(caller: int, idx: int) -> int:
 
 def pmap_enter_pv(pg: int, pve: int, pm: int, va: int, ptp: int) -> None:
     """Link a pv entry at the head of ``pg``'s list (=> pvh lock held)."""
-    A.pv_pmap[pve] = pm
-    A.pv_va[pve] = va
-    A.pv_ptp[pve] = ptp
-    A.pv_next[pve] = A.pvh_list[pg]
-    A.pvh_list[pg] = pve
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
+    shared.pv_pmap[pve] = pm
+    shared.pv_va[pve] = va
+    shared.pv_ptp[pve] = ptp
+    shared.pv_next[pve] = shared.pvh_list[pg]
+    shared.pvh_list[pg] = pve
 
 
 def pmap_remove_pv(pg: int, pm: int, va: int) -> int:
     """Unlink (pm, va) from ``pg``'s pv list; returns the entry (=> pvh lock held)."""
-    prev, pve = -1, A.pvh_list[pg]
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
+    prev, pve = -1, shared.pvh_list[pg]
     while pve >= 0:
-        if A.pv_pmap[pve] == pm and A.pv_va[pve] == va:
+        if shared.pv_pmap[pve] == pm and shared.pv_va[pve] == va:
             _pv_unlink(pg, prev, pve)
             return pve
-        prev, pve = pve, A.pv_next[pve]
+        prev, pve = pve, shared.pv_next[pve]
     subr_prf.panic(P_PVMISS, pmap_addr(pm), va)
     return -1
 
 
 def _list_insert_head(nxt, prv, head: int, x: int) -> None:
     """LIST_INSERT_HEAD on index links, the head in pmap_glob[head]."""
-    h = A.pmap_glob[head]
+    h = shared.pmap_glob[head]
     nxt[x] = h
     prv[x] = -1
     if h >= 0:
         prv[h] = x
-    A.pmap_glob[head] = x
+    shared.pmap_glob[head] = x
 
 
 def _list_remove(nxt, prv, head: int, x: int) -> None:
     """LIST_REMOVE on index links, the head in pmap_glob[head]."""
     n, p = nxt[x], prv[x]
     if p < 0:
-        A.pmap_glob[head] = n
+        shared.pmap_glob[head] = n
     else:
         nxt[p] = n
     if n >= 0:
@@ -531,33 +670,36 @@ def _list_remove(nxt, prv, head: int, x: int) -> None:
 
 def _pv_unlink(pg: int, prev: int, pve: int) -> None:
     """Take ``pve`` (after ``prev``, -1 for the head) off ``pg``'s pv list."""
-    nxt = A.pv_next[pve]
+    nxt = shared.pv_next[pve]
     if prev < 0:
-        A.pvh_list[pg] = nxt
+        shared.pvh_list[pg] = nxt
     else:
-        A.pv_next[prev] = nxt
-    A.pv_next[pve] = -1
+        shared.pv_next[prev] = nxt
+    shared.pv_next[pve] = -1
 
 
 def _pvp_list_remove(p: int) -> None:
-    _list_remove(A.pvp_next, A.pvp_prev,
-                 G_PVFREE if A.pvp_list[p] == PVL_FREE else G_PVUNUSED, p)
-    A.pvp_list[p] = PVL_NONE
+    _list_remove(shared.pvp_next, shared.pvp_prev,
+                 G_PVFREE if shared.pvp_list[p] == PVL_FREE else G_PVUNUSED, p)
+    shared.pvp_list[p] = PVL_NONE
 
 
 def _pvp_list_insert(p: int, which: int) -> None:
-    _list_insert_head(A.pvp_next, A.pvp_prev, G_PVFREE if which == PVL_FREE else G_PVUNUSED, p)
-    A.pvp_list[p] = which
+    _list_insert_head(shared.pvp_next, shared.pvp_prev,
+                      G_PVFREE if which == PVL_FREE else G_PVUNUSED, p)
+    shared.pvp_list[p] = which
 
 
 def _pv_take(p: int) -> int:
     """Take one free entry of pv page ``p`` (=> pvalloc_lock)."""
-    pve = A.pvp_free[p]
-    A.pvp_free[p] = A.pv_next[pve]
-    A.pv_next[pve] = -1
-    A.pvp_nfree[p] -= 1
-    A.pmap_glob[G_NFPVENTS] -= 1
-    if A.pvp_nfree[p] == 0:
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
+    pve = shared.pvp_free[p]
+    shared.pvp_free[p] = shared.pv_next[pve]
+    shared.pv_next[pve] = -1
+    shared.pvp_nfree[p] -= 1
+    shared.pmap_glob[G_NFPVENTS] -= 1
+    if shared.pvp_nfree[p] == 0:
         _pvp_list_remove(p)
     return pve
 
@@ -566,15 +708,15 @@ def pmap_alloc_pv(pm: int, mode: int) -> int:
     """A free pv entry, or -1 (pmap_alloc_pv: free list, else pmap_alloc_pvpage)."""
     if kern_fail.ON and kern_fail.fail("pmap_alloc_pv"):
         return -1
-    lock.simple_lock(L.pvalloc)
-    p = A.pmap_glob[G_PVFREE]
+    lock.simple_lock(pvalloc_lock)
+    p = shared.pmap_glob[G_PVFREE]
     if p >= 0:
         pve = _pv_take(p)
-        if A.pmap_glob[G_NFPVENTS] < PVE_LOWAT:
+        if shared.pmap_glob[G_NFPVENTS] < PVE_LOWAT:
             pmap_alloc_pvpage(pm, ALLOCPV_NONEED)     # refill the cache in advance
     else:
         pve = pmap_alloc_pvpage(pm, mode)
-    lock.simple_unlock(L.pvalloc)
+    lock.simple_unlock(pvalloc_lock)
     return pve
 
 
@@ -584,47 +726,52 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     1. an entirely unused pv page;  2. kmem_map VA (never waiting) + a page from the
     kernel reserve with kmem_object only try-locked;  3. pv stealing (NEED, steal pv).
     """
-    if mode != ALLOCPV_NONEED and A.pmap_glob[G_PVUNUSED] >= 0:
-        p = A.pmap_glob[G_PVUNUSED]
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
+    if mode != ALLOCPV_NONEED and shared.pmap_glob[G_PVUNUSED] >= 0:
+        p = shared.pmap_glob[G_PVUNUSED]
         _pvp_list_remove(p)
         _pvp_list_insert(p, PVL_FREE)
         return _pv_take(p)
+    # The one call from the pmap back up into UVM (pmap_alloc_pvpage -> uvm_km_kmemalloc
+    # in NetBSD): uvm_km maps its memory with pmap_enter, so it imports the pmap, and the
+    # pmap can name uvm_km only once both are loaded.
     from smp.kern import uvm_km
     p = -1
     pg = -1
     va = -1 if kern_fail.ON and kern_fail.fail("pmap_alloc_pvpage") else \
         uvm_km.uvm_km_valloc_try(1)
     if va >= 0 and not kern_fail.trylock_fails("pmap_alloc_pvpage") and \
-            lock.simple_lock_try(L.kmem_object):
-        for i in range(len(A.pvp_pg)):
-            if A.pvp_pg[i] < 0:
+            lock.simple_lock_try(uvm_km.kmem_object_lock):
+        for i in range(len(shared.pvp_pg)):
+            if shared.pvp_pg[i] < 0:
                 p = i
                 break
         if p >= 0:
             pg = uvm_pagealloc(OWN_PVPAGE, p, 0, -1, UVM_PGA_USERESERVE)
-        lock.simple_unlock(L.kmem_object)
+        lock.simple_unlock(uvm_km.kmem_object_lock)
     if pg < 0:
         if va >= 0:
             uvm_km.uvm_km_vfree(va, 1)
-        _cnt(C.pvpage_fail)
+        _cnt(counter.pvpage_fail)
         if mode == ALLOCPV_NEED and _steal_pv:
             return _steal_one_pv(pm)
         return -1
-    A.pg_flags[pg] &= ~PG_BUSY
-    A.pg_wire[pg] = 1
+    shared.pg_flags[pg] &= ~PG_BUSY
+    shared.pg_wire[pg] = 1
     pmap_kenter_pa(va, pg, VM_PROT_WRITE)
-    A.pvp_pg[p] = pg
-    A.pvp_va[p] = va
+    shared.pvp_pg[p] = pg
+    shared.pvp_va[p] = va
     base = p * PVE_PER_PVPAGE       # pmap_add_pvpage: carve the page into entries
     for j in range(PVE_PER_PVPAGE - 1):
-        A.pv_next[base + j] = base + j + 1
-        A.pv_pmap[base + j] = -1
-    A.pv_next[base + PVE_PER_PVPAGE - 1] = -1
-    A.pvp_free[p] = base
-    A.pvp_nfree[p] = PVE_PER_PVPAGE
-    A.pmap_glob[G_NFPVENTS] += PVE_PER_PVPAGE
+        shared.pv_next[base + j] = base + j + 1
+        shared.pv_pmap[base + j] = -1
+    shared.pv_next[base + PVE_PER_PVPAGE - 1] = -1
+    shared.pvp_free[p] = base
+    shared.pvp_nfree[p] = PVE_PER_PVPAGE
+    shared.pmap_glob[G_NFPVENTS] += PVE_PER_PVPAGE
     _pvp_list_insert(p, PVL_FREE)
-    _cnt(C.pvpage_alloc)
+    _cnt(counter.pvpage_alloc)
     if mode == ALLOCPV_NONEED:
         return -1
     return _pv_take(p)
@@ -635,26 +782,28 @@ def _steal_one_pv(pm: int) -> int:
 
     => pvalloc_lock held; pvh locks and victim pmap locks are only try-locked.
     """
-    npages = len(A.pvh_list)
-    start = _ci.pv_steal_hand if hasattr(_ci, "pv_steal_hand") else 0
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
+    npages = len(shared.pvh_list)
+    start = _pc.pv_steal_hand
     for k in range(npages):
         pg = (start + k) % npages
-        if A.pvh_list[pg] < 0 or not lock.simple_lock_try(L.pvh + pg):
+        if shared.pvh_list[pg] < 0 or not lock.simple_lock_try(pvh_lock + pg):
             continue
-        prev, pve = -1, A.pvh_list[pg]
+        prev, pve = -1, shared.pvh_list[pg]
         got = -1
         while pve >= 0:
             if _try_steal_pv(pg, pve, pm):
                 _pv_unlink(pg, prev, pve)
                 got = pve
                 break
-            prev, pve = pve, A.pv_next[pve]
-        lock.simple_unlock(L.pvh + pg)
+            prev, pve = pve, shared.pv_next[pve]
+        lock.simple_unlock(pvh_lock + pg)
         if got >= 0:
-            _ci.pv_steal_hand = pg + 1
-            _cnt(C.pv_steals)
+            _pc.pv_steal_hand = pg + 1
+            _cnt(counter.pv_steals)
             return got
-    _cnt(C.pv_steal_fail)
+    _cnt(counter.pv_steal_fail)
     return -1
 
 
@@ -664,27 +813,29 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
     The stolen PTE's U/M bits are not merged into attrs (as in the 1.91 code, unless
     ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.
     """
-    vpm = A.pv_pmap[pve]
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvh_lock + pg)
+    vpm = shared.pv_pmap[pve]
     if vpm == KERNEL_PMAP or kern_fail.trylock_fails("pmap_try_steal_pv") or \
-            not lock.simple_lock_try(L.pmap + vpm):
+            not lock.simple_lock_try(pm_lock + vpm):
         return False
-    va = A.pv_va[pve]
-    ptp = A.pv_ptp[pve]
+    va = shared.pv_va[pve]
+    ptp = shared.pv_ptp[pve]
     idx = (ptp << 10) + ptei(va)
-    lock.simple_lock(L.tmpptp)                        # pmap_tmpmap_pvepte
-    pte = A.physmem[idx]
+    lock.simple_lock(pmap_tmpptp_lock)                        # pmap_tmpmap_pvepte
+    pte = shared.physmem[idx]
     if pte & PG_W:
-        lock.simple_unlock(L.tmpptp)
-        lock.simple_unlock(L.pmap + vpm)
+        lock.simple_unlock(pmap_tmpptp_lock)
+        lock.simple_unlock(pm_lock + vpm)
         return False
     opte = _core.xchg32(_phys_off + 4 * idx, 0)
-    lock.simple_unlock(L.tmpptp)
+    lock.simple_unlock(pmap_tmpptp_lock)
     if _cfg.pv_steal_attrs:
-        A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
-    A.pm_resident[vpm] -= 1
-    A.pg_wire[ptp] -= 1
+        shared.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+    shared.pm_resident[vpm] -= 1
+    shared.pg_wire[ptp] -= 1
     mask = pmap_tlb_shootdown(vpm, va, opte)
-    lock.simple_unlock(L.pmap + vpm)
+    lock.simple_unlock(pm_lock + vpm)
     pmap_tlb_shootnow(mask)
     subr_prf.printf(MSG_STEAL_PV, pmap_addr(vpm), va, pg << 12, pmap_addr(thief))
     return True
@@ -692,15 +843,17 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
 
 def pmap_free_pv(pve: int) -> None:
     """Return one entry to its pv page (=> pvalloc_lock held)."""
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
     p = pve // PVE_PER_PVPAGE
-    A.pv_pmap[pve] = -1
-    A.pv_next[pve] = A.pvp_free[p]
-    A.pvp_free[p] = pve
-    A.pvp_nfree[p] += 1
-    A.pmap_glob[G_NFPVENTS] += 1
-    if A.pvp_nfree[p] == 1:
+    shared.pv_pmap[pve] = -1
+    shared.pv_next[pve] = shared.pvp_free[p]
+    shared.pvp_free[p] = pve
+    shared.pvp_nfree[p] += 1
+    shared.pmap_glob[G_NFPVENTS] += 1
+    if shared.pvp_nfree[p] == 1:
         _pvp_list_insert(p, PVL_FREE)
-    elif A.pvp_nfree[p] == PVE_PER_PVPAGE:
+    elif shared.pvp_nfree[p] == PVE_PER_PVPAGE:
         _pvp_list_remove(p)
         _pvp_list_insert(p, PVL_UNUSED)
 
@@ -708,30 +861,31 @@ def pmap_free_pv(pve: int) -> None:
 def pmap_free_pvs(pves: list[int]) -> None:
     if not pves:
         return
-    lock.simple_lock(L.pvalloc)
+    lock.simple_lock(pvalloc_lock)
     for pve in pves:
         pmap_free_pv(pve)
-    lock.simple_unlock(L.pvalloc)
+    lock.simple_unlock(pvalloc_lock)
 
 
 # --- pmap_enter ------------------------------------------------------------------
 
 def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
     """Map ``va`` in ``pm`` to page ``pg``; 0, or ENOMEM with PMAP_CANFAIL (else panic)."""
-    _cnt(C.pmap_enter)
+    _cnt(counter.pmap_enter)
     if va >= VM_MAX_KERNEL_ADDRESS:
         subr_prf.panic(P_TOOBIG)
     if PTE_BASE <= va < KERNBASE or va >= APTE_BASE:
         subr_prf.panic(P_PDP)
     wired = flags & PMAP_WIRED
-    lock.spinlockmgr_shared(L.pmap_main)
+    lock.spinlockmgr_shared(pmap_main_lock)
     other = pmap_map_ptes(pm)
     error = 0
+    leave_locked = False          # the 1.91-lineage CANFAIL exit (``pmap_canfail_leak``)
     try:
-        pdir = A.pm_pdir[pm] << 10
+        pdir = shared.pm_pdir[pm] << 10
         idx = pdei(va)
         if pm == KERNEL_PMAP:
-            pde = A.physmem[pdir + idx]
+            pde = shared.physmem[pdir + idx]
             if not pde & PG_V:
                 subr_prf.panic(P_NOKPTP)
             ptp = -1
@@ -740,41 +894,40 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
             ptp = pmap_get_ptp(pm, idx)
             if ptp < 0:
                 if flags & PMAP_CANFAIL:
-                    _cnt(C.canfail_enomem)
-                    if _leak:
-                        other = -2          # the 1.91-lineage early return: locks stay held
+                    _cnt(counter.canfail_enomem)
+                    leave_locked = _leak        # 1.91: returns with every lock still held
                     return ENOMEM
-                _cnt(C.noncanfail_panics)
+                _cnt(counter.noncanfail_panics)
                 subr_prf.panic(P_GETPTP)
             ptpage = ptp
         pte_idx = (ptpage << 10) + ptei(va)
-        opte = A.physmem[pte_idx]
+        opte = shared.physmem[pte_idx]
         pve = -1
         same = False
         bumped = False
         if opte & PG_V:
             if wired and not opte & PG_W:
-                _stat_add(pm, A.pm_wired, 1)
+                _stat_add(pm, shared.pm_wired, 1)
             elif not wired and opte & PG_W:
-                _stat_add(pm, A.pm_wired, -1)
+                _stat_add(pm, shared.pm_wired, -1)
             opg = opte >> 12
             if opg == pg:
                 same = True
                 if opte & PG_PVLIST:
-                    lock.simple_lock(L.pvh + pg)
-                    A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
-                    lock.simple_unlock(L.pvh + pg)
+                    lock.simple_lock(pvh_lock + pg)
+                    shared.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+                    lock.simple_unlock(pvh_lock + pg)
             elif opte & PG_PVLIST:
-                lock.simple_lock(L.pvh + opg)
+                lock.simple_lock(pvh_lock + opg)
                 pve = pmap_remove_pv(opg, pm, va)
-                A.pvh_attrs[opg] |= opte & (PG_U | PG_M)
-                lock.simple_unlock(L.pvh + opg)
+                shared.pvh_attrs[opg] |= opte & (PG_U | PG_M)
+                lock.simple_unlock(pvh_lock + opg)
         else:
-            _stat_add(pm, A.pm_resident, 1)
+            _stat_add(pm, shared.pm_resident, 1)
             if wired:
-                _stat_add(pm, A.pm_wired, 1)
+                _stat_add(pm, shared.pm_wired, 1)
             if ptp >= 0:
-                A.pg_wire[ptp] += 1
+                shared.pg_wire[ptp] += 1
             bumped = True
         npte = (pg << 12) | PG_V
         if prot & VM_PROT_WRITE:
@@ -792,19 +945,19 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
                 pve = pmap_alloc_pv(pm, ALLOCPV_NEED)
                 if pve < 0:
                     if bumped:                 # see the module docstring: keep counts exact
-                        _stat_add(pm, A.pm_resident, -1)
+                        _stat_add(pm, shared.pm_resident, -1)
                         if wired:
-                            _stat_add(pm, A.pm_wired, -1)
+                            _stat_add(pm, shared.pm_wired, -1)
                         if ptp >= 0:
-                            A.pg_wire[ptp] -= 1
+                            shared.pg_wire[ptp] -= 1
                     if flags & PMAP_CANFAIL:
-                        _cnt(C.canfail_enomem)
+                        _cnt(counter.canfail_enomem)
                         return ENOMEM
-                    _cnt(C.noncanfail_panics)
+                    _cnt(counter.noncanfail_panics)
                     subr_prf.panic(P_NOPV)
-            lock.simple_lock(L.pvh + pg)
+            lock.simple_lock(pvh_lock + pg)
             pmap_enter_pv(pg, pve, pm, va, ptp)
-            lock.simple_unlock(L.pvh + pg)
+            lock.simple_unlock(pvh_lock + pg)
             npte |= PG_PVLIST
         opte = _core.xchg32(_phys_off + 4 * pte_idx, npte)
         if opte & PG_V and (opte ^ npte) & ~(PG_U | PG_M):
@@ -812,9 +965,9 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
             pmap_tlb_shootnow(mask)
         return error
     finally:
-        if other != -2:
+        if not leave_locked:
             pmap_unmap_ptes(pm, other)
-            lock.spinlockmgr_release_shared(L.pmap_main)
+            lock.spinlockmgr_release_shared(pmap_main_lock)
 
 
 # --- removal ------------------------------------------------------------------------
@@ -825,7 +978,9 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
     => pmap locked (PTEs mapped).  Stops early once the PTP is empty.  ``stealing``:
     called by pmap_steal_ptp, which shoots down only if ``shootdown_on_steal``.
     """
-    ptpage = ptp if ptp >= 0 else A.physmem[(A.pm_pdir[pm] << 10) + pdei(sva)] >> 12
+    if lock.DIAGNOSTIC and pm != KERNEL_PMAP:     # (the kernel pmap is never locked)
+        lock.KASSERT_LOCKED(pm_lock + pm)
+    ptpage = ptp if ptp >= 0 else shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(sva)] >> 12
     base = ptpage << 10
     lo, hi = ptei(sva), ptei(eva - 1) + 1
     ptes = _physmem_np[base + lo: base + hi]
@@ -839,47 +994,47 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
         if not opte & PG_V:
             continue
         if opte & PG_W:
-            _stat_add(pm, A.pm_wired, -1)
-        _stat_add(pm, A.pm_resident, -1)
+            _stat_add(pm, shared.pm_wired, -1)
+        _stat_add(pm, shared.pm_resident, -1)
         if ptp >= 0:
-            A.pg_wire[ptp] -= 1
+            shared.pg_wire[ptp] -= 1
         if stealing and not _shootdown_on_steal:
-            if pm == A.cpu_pmap[_ci.cpu]:
+            if pm == shared.cpu_pmap[_ci.cpu]:
                 _pc.tlb.pop(va >> 12, None)     # the 2000 steal code: this CPU only
         else:
             mask |= pmap_tlb_shootdown(pm, va, opte)
         pg = opte >> 12
         if opte & PG_PVLIST:
-            lock.simple_lock(L.pvh + pg)
-            A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+            lock.simple_lock(pvh_lock + pg)
+            shared.pvh_attrs[pg] |= opte & (PG_U | PG_M)
             pves.append(pmap_remove_pv(pg, pm, va))
-            lock.simple_unlock(L.pvh + pg)
-        elif pm != KERNEL_PMAP and A.pg_owner[pg] not in (OWN_PVPAGE,):
+            lock.simple_unlock(pvh_lock + pg)
+        elif pm != KERNEL_PMAP and shared.pg_owner[pg] not in (OWN_PVPAGE,):
             subr_prf.panic(P_NOPVLIST, va)
-        if ptp >= 0 and A.pg_wire[ptp] <= 1:
+        if ptp >= 0 and shared.pg_wire[ptp] <= 1:
             break
     pmap_free_pvs(pves)
-    _cnt(C.pmap_remove)
+    _cnt(counter.pmap_remove)
     return mask
 
 
 def pmap_remove(pm: int, sva: int, eva: int) -> None:
     """Remove mappings in [sva, eva); PTPs that become empty are freed after shootdown."""
-    lock.spinlockmgr_shared(L.pmap_main)
+    lock.spinlockmgr_shared(pmap_main_lock)
     other = pmap_map_ptes(pm)
     empty = []
     mask = 0
     try:
-        pdir = A.pm_pdir[pm] << 10
+        pdir = shared.pm_pdir[pm] << 10
         va = sva
         while va < eva:
             blk_end = min(eva, (va & ~(NBPD - 1)) + NBPD)
             idx = pdei(va)
-            pde = A.physmem[pdir + idx]
+            pde = shared.physmem[pdir + idx]
             if idx != PDSLOT_PTE and pde & PG_V:
                 ptp = -1 if pm == KERNEL_PMAP else pde >> 12
                 mask |= pmap_remove_ptes(pm, ptp, va, blk_end)
-                if ptp >= 0 and A.pg_wire[ptp] <= 1:
+                if ptp >= 0 and shared.pg_wire[ptp] <= 1:
                     empty.append(_unhook_ptp(pm, ptp, idx))
             va = blk_end
     finally:
@@ -887,17 +1042,19 @@ def pmap_remove(pm: int, sva: int, eva: int) -> None:
         for ptp in empty:
             _free_ptp_page(ptp)
         pmap_unmap_ptes(pm, other)
-        lock.spinlockmgr_release_shared(L.pmap_main)
+        lock.spinlockmgr_release_shared(pmap_main_lock)
 
 
 def _unhook_ptp(pm: int, ptp: int, idx: int) -> int:
     """Detach an empty PTP from its pmap (=> pmap locked); the caller frees it later."""
-    A.physmem[(A.pm_pdir[pm] << 10) + idx] = 0
-    _stat_add(pm, A.pm_resident, -1)
-    memq_remove(A.pm_memq_head, A.pm_memq_tail, pm, ptp)
-    A.pm_npages[pm] -= 1
-    if A.pm_ptphint[pm] == ptp:
-        A.pm_ptphint[pm] = A.pm_memq_head[pm]
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pm_lock + pm)
+    shared.physmem[(shared.pm_pdir[pm] << 10) + idx] = 0
+    _stat_add(pm, shared.pm_resident, -1)
+    memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
+    shared.pm_npages[pm] -= 1
+    if shared.pm_ptphint[pm] == ptp:
+        shared.pm_ptphint[pm] = shared.pm_memq_head[pm]
     return ptp
 
 
@@ -906,97 +1063,97 @@ def pmap_page_remove(pg: int) -> None:
 
     Head-to-map: pmap_main_lock exclusive, then the pvh lock, then each pmap.
     """
-    if A.pvh_list[pg] < 0:
+    if shared.pvh_list[pg] < 0:
         return
-    lock.spinlockmgr_exclusive(L.pmap_main)
-    lock.simple_lock(L.pvh + pg)
+    lock.spinlockmgr_exclusive(pmap_main_lock)
+    lock.simple_lock(pvh_lock + pg)
     mask = 0
     empty = []
     pves = []
-    pve = A.pvh_list[pg]
+    pve = shared.pvh_list[pg]
     while pve >= 0:
-        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
         other = pmap_map_ptes(pm)
         if ptp >= 0:
             idx = (ptp << 10) + ptei(va)
         else:
-            idx = ((A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
+            idx = ((shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
         opte = _core.xchg32(_phys_off + 4 * idx, 0)
         if opte & PG_W:
-            _stat_add(pm, A.pm_wired, -1)
-        _stat_add(pm, A.pm_resident, -1)
-        A.pvh_attrs[pg] |= opte & (PG_U | PG_M)
+            _stat_add(pm, shared.pm_wired, -1)
+        _stat_add(pm, shared.pm_resident, -1)
+        shared.pvh_attrs[pg] |= opte & (PG_U | PG_M)
         mask |= pmap_tlb_shootdown(pm, va, opte)
         if ptp >= 0:
-            A.pg_wire[ptp] -= 1
-            if A.pg_wire[ptp] <= 1:
+            shared.pg_wire[ptp] -= 1
+            if shared.pg_wire[ptp] <= 1:
                 empty.append(_unhook_ptp(pm, ptp, pdei(va)))
         pmap_unmap_ptes(pm, other)
         pves.append(pve)
-        pve = A.pv_next[pve]
-    A.pvh_list[pg] = -1
-    lock.simple_unlock(L.pvh + pg)
+        pve = shared.pv_next[pve]
+    shared.pvh_list[pg] = -1
+    lock.simple_unlock(pvh_lock + pg)
     pmap_tlb_shootnow(mask)
     for ptp in empty:
         _free_ptp_page(ptp)
     pmap_free_pvs(pves)
-    lock.spinlockmgr_release_exclusive(L.pmap_main)
+    lock.spinlockmgr_release_exclusive(pmap_main_lock)
 
 
 def pmap_clear_reference(pg: int) -> bool:
     """Clear PG_U in the attrs and every mapping of ``pg``; returns whether it was set."""
-    was = bool(A.pvh_attrs[pg] & PG_U)
-    if A.pvh_list[pg] < 0 and not was:
+    was = bool(shared.pvh_attrs[pg] & PG_U)
+    if shared.pvh_list[pg] < 0 and not was:
         return False
-    lock.spinlockmgr_exclusive(L.pmap_main)
-    lock.simple_lock(L.pvh + pg)
-    A.pvh_attrs[pg] &= ~PG_U
+    lock.spinlockmgr_exclusive(pmap_main_lock)
+    lock.simple_lock(pvh_lock + pg)
+    shared.pvh_attrs[pg] &= ~PG_U
     mask = 0
-    pve = A.pvh_list[pg]
+    pve = shared.pvh_list[pg]
     while pve >= 0:
-        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
         other = pmap_map_ptes(pm)
         idx = _pte_index(pm, va, ptp)
         while True:
-            opte = A.physmem[idx]
+            opte = shared.physmem[idx]
             if not opte & PG_U or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_U):
                 break
         if opte & PG_U:
             was = True
             mask |= pmap_tlb_shootdown(pm, va, opte)
         pmap_unmap_ptes(pm, other)
-        pve = A.pv_next[pve]
-    lock.simple_unlock(L.pvh + pg)
+        pve = shared.pv_next[pve]
+    lock.simple_unlock(pvh_lock + pg)
     pmap_tlb_shootnow(mask)
-    lock.spinlockmgr_release_exclusive(L.pmap_main)
+    lock.spinlockmgr_release_exclusive(pmap_main_lock)
     return was
 
 
 def pmap_is_modified(pg: int) -> bool:
     """PG_M in the attrs or any mapping (pmap_test_attrs(pg, PG_M))."""
-    if A.pvh_attrs[pg] & PG_M:
+    if shared.pvh_attrs[pg] & PG_M:
         return True
-    lock.spinlockmgr_exclusive(L.pmap_main)
-    lock.simple_lock(L.pvh + pg)
+    lock.spinlockmgr_exclusive(pmap_main_lock)
+    lock.simple_lock(pvh_lock + pg)
     mod = False
-    pve = A.pvh_list[pg]
+    pve = shared.pvh_list[pg]
     while pve >= 0 and not mod:
-        pm, va, ptp = A.pv_pmap[pve], A.pv_va[pve], A.pv_ptp[pve]
+        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
         other = pmap_map_ptes(pm)
-        mod = bool(A.physmem[_pte_index(pm, va, ptp)] & PG_M)
+        mod = bool(shared.physmem[_pte_index(pm, va, ptp)] & PG_M)
         pmap_unmap_ptes(pm, other)
-        pve = A.pv_next[pve]
+        pve = shared.pv_next[pve]
     if mod:
-        A.pvh_attrs[pg] |= PG_M
-    lock.simple_unlock(L.pvh + pg)
-    lock.spinlockmgr_release_exclusive(L.pmap_main)
+        shared.pvh_attrs[pg] |= PG_M
+    lock.simple_unlock(pvh_lock + pg)
+    lock.spinlockmgr_release_exclusive(pmap_main_lock)
     return mod
 
 
 def _pte_index(pm: int, va: int, ptp: int) -> int:
     if ptp >= 0:
         return (ptp << 10) + ptei(va)
-    return ((A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
+    return ((shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)] >> 12) << 10) + ptei(va)
 
 
 def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = False) -> None:
@@ -1009,14 +1166,14 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = Fals
         return
     other = pmap_map_ptes(pm)
     mask = 0
-    pdir = A.pm_pdir[pm] << 10
+    pdir = shared.pm_pdir[pm] << 10
     va = sva
     while va < eva:
-        pde = A.physmem[pdir + pdei(va)]
+        pde = shared.physmem[pdir + pdei(va)]
         if pde & PG_V and pdei(va) != PDSLOT_PTE:
             idx = ((pde >> 12) << 10) + ptei(va)
             while True:
-                opte = A.physmem[idx]
+                opte = shared.physmem[idx]
                 if not (opte & PG_V and opte & PG_RW) or (prot & VM_PROT_WRITE) or \
                         (skip_wired and opte & PG_W):
                     break
@@ -1031,13 +1188,13 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = Fals
 def pmap_unwire(pm: int, va: int) -> None:
     """Clear PG_W of a mapping."""
     other = pmap_map_ptes(pm)
-    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
+    pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
     if not pde & PG_V:
         pmap_unmap_ptes(pm, other)
         subr_prf.panic(P_UNWIRE, va)
     idx = ((pde >> 12) << 10) + ptei(va)
     while True:
-        opte = A.physmem[idx]
+        opte = shared.physmem[idx]
         if not opte & PG_V:
             pmap_unmap_ptes(pm, other)
             subr_prf.panic(P_UNWIRE, va)
@@ -1045,24 +1202,24 @@ def pmap_unwire(pm: int, va: int) -> None:
             subr_prf.printf(MSG_UNWIRE, pmap_addr(pm), va)
             break
         if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_W):
-            _stat_add(pm, A.pm_wired, -1)
+            _stat_add(pm, shared.pm_wired, -1)
             break
     pmap_unmap_ptes(pm, other)
 
 
 def pmap_is_wired(pm: int, va: int) -> bool:
     """Does the mapping at ``va`` have PG_W (a peek, for munlock)?"""
-    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
-    return bool(pde & PG_V and A.physmem[((pde >> 12) << 10) + ptei(va)] & PG_W)
+    pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
+    return bool(pde & PG_V and shared.physmem[((pde >> 12) << 10) + ptei(va)] & PG_W)
 
 
 def pmap_extract(pm: int, va: int) -> int:
     """The page mapped at ``va``, or -1 (PG_V checked, as in 1.135)."""
     other = pmap_map_ptes(pm)
-    pde = A.physmem[(A.pm_pdir[pm] << 10) + pdei(va)]
+    pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
     pg = -1
     if pde & PG_V:
-        pte = A.physmem[((pde >> 12) << 10) + ptei(va)]
+        pte = shared.physmem[((pde >> 12) << 10) + ptei(va)]
         if pte & PG_V:
             pg = pte >> 12
     pmap_unmap_ptes(pm, other)
@@ -1073,28 +1230,28 @@ def pmap_extract(pm: int, va: int) -> int:
 
 def pmap_kenter_pa(va: int, pg: int, prot: int) -> None:
     """An unmanaged kernel mapping: no pv entry, no lock, cannot fail."""
-    pde = A.physmem[(A.pm_pdir[KERNEL_PMAP] << 10) + pdei(va)]
+    pde = shared.physmem[(shared.pm_pdir[KERNEL_PMAP] << 10) + pdei(va)]
     if not pde & PG_V:
         subr_prf.panic(P_NOKPTP)
     idx = ((pde >> 12) << 10) + ptei(va)
     npte = (pg << 12) | PG_V | PG_G | (PG_RW if prot & VM_PROT_WRITE else 0)
     opte = _core.xchg32(_phys_off + 4 * idx, npte)
     if not opte & PG_V:
-        _stat_add(KERNEL_PMAP, A.pm_resident, 1)
+        _stat_add(KERNEL_PMAP, shared.pm_resident, 1)
     else:
         pmap_tlb_shootnow(pmap_tlb_shootdown(KERNEL_PMAP, va, opte))
 
 
 def pmap_kremove(va: int, npages: int) -> None:
-    pdir = A.pm_pdir[KERNEL_PMAP] << 10
+    pdir = shared.pm_pdir[KERNEL_PMAP] << 10
     mask = 0
     for i in range(npages):
         v = va + i * NBPG
-        pde = A.physmem[pdir + pdei(v)]
+        pde = shared.physmem[pdir + pdei(v)]
         idx = ((pde >> 12) << 10) + ptei(v)
         opte = _core.xchg32(_phys_off + 4 * idx, 0)
         if opte & PG_V:
-            _stat_add(KERNEL_PMAP, A.pm_resident, -1)
+            _stat_add(KERNEL_PMAP, shared.pm_resident, -1)
             mask |= pmap_tlb_shootdown(KERNEL_PMAP, v, opte)
     pmap_tlb_shootnow(mask)
 
@@ -1102,34 +1259,34 @@ def pmap_kremove(va: int, npages: int) -> None:
 def pmap_growkernel(maxkvaddr: int) -> int:
     """Grow the kernel's PTPs to cover ``maxkvaddr``; push the PDEs into every pmap."""
     need = -(-(maxkvaddr - KERNBASE) // NBPD)
-    if need <= A.pmap_glob[G_NKPDE]:
-        return KERNBASE + A.pmap_glob[G_NKPDE] * NBPD
-    lock.simple_lock(L.pmap + KERNEL_PMAP)
-    kpdir = A.pm_pdir[KERNEL_PMAP] << 10
-    while A.pmap_glob[G_NKPDE] < need:
-        slot = PDSLOT_KERN + A.pmap_glob[G_NKPDE]
-        ptp = uvm_pagealloc(OWN_KPTP, KERNEL_PMAP, slot, -1, UVM_PGA_USERESERVE | UVM_PGA_ZERO)
+    if need <= shared.pmap_glob[G_NKPDE]:
+        return KERNBASE + shared.pmap_glob[G_NKPDE] * NBPD
+    lock.simple_lock(pm_lock + KERNEL_PMAP)
+    kpdir = shared.pm_pdir[KERNEL_PMAP] << 10
+    while shared.pmap_glob[G_NKPDE] < need:
+        slot = PDSLOT_KERN + shared.pmap_glob[G_NKPDE]
+        ptp = _pagealloc_zeroed(OWN_KPTP, KERNEL_PMAP, slot, UVM_PGA_USERESERVE)
         if ptp < 0 and _steal_ptp:
             ptp = pmap_steal_ptp(KERNEL_PMAP, slot)
             if ptp >= 0:
-                A.pg_owner[ptp] = OWN_KPTP
+                shared.pg_owner[ptp] = OWN_KPTP
                 pmap_zero_page(ptp)
         if ptp < 0:
-            lock.simple_unlock(L.pmap + KERNEL_PMAP)
+            lock.simple_unlock(pm_lock + KERNEL_PMAP)
             subr_prf.panic(P_GROW)
-        A.pg_flags[ptp] &= ~PG_BUSY
-        A.pg_wire[ptp] = 1
-        A.physmem[kpdir + slot] = (ptp << 12) | PG_V | PG_RW
-        _stat_add(KERNEL_PMAP, A.pm_resident, 1)
-        lock.simple_lock(L.pmaps)
-        pm = A.pmap_glob[G_PMAPS]
+        shared.pg_flags[ptp] &= ~PG_BUSY
+        shared.pg_wire[ptp] = 1
+        shared.physmem[kpdir + slot] = (ptp << 12) | PG_V | PG_RW
+        _stat_add(KERNEL_PMAP, shared.pm_resident, 1)
+        lock.simple_lock(pmaps_lock)
+        pm = shared.pmap_glob[G_PMAPS]
         while pm >= 0:
-            A.physmem[(A.pm_pdir[pm] << 10) + slot] = A.physmem[kpdir + slot]
-            pm = A.pm_next[pm]
-        A.pmap_glob[G_NKPDE] += 1
-        lock.simple_unlock(L.pmaps)
-    lock.simple_unlock(L.pmap + KERNEL_PMAP)
-    return KERNBASE + A.pmap_glob[G_NKPDE] * NBPD
+            shared.physmem[(shared.pm_pdir[pm] << 10) + slot] = shared.physmem[kpdir + slot]
+            pm = shared.pm_next[pm]
+        shared.pmap_glob[G_NKPDE] += 1
+        lock.simple_unlock(pmaps_lock)
+    lock.simple_unlock(pm_lock + KERNEL_PMAP)
+    return KERNBASE + shared.pmap_glob[G_NKPDE] * NBPD
 
 
 # --- activation and the TLB ----------------------------------------------------------------
@@ -1137,7 +1294,7 @@ def pmap_growkernel(maxkvaddr: int) -> int:
 def pmap_activate(pm: int) -> None:
     """Load ``pm`` into this CPU's %cr3 (context switch): flush the TLB, note pm_cpus."""
     cpu = _ci.cpu
-    cur = A.cpu_pmap[cpu]
+    cur = shared.cpu_pmap[cpu]
     if cur == pm:
         return
     bit = 1 << cpu
@@ -1145,14 +1302,14 @@ def pmap_activate(pm: int) -> None:
         _core.and64(_pm_cpus_off + 8 * cur, ~bit & MASK64)
     if pm != KERNEL_PMAP:
         _core.or64(_pm_cpus_off + 8 * pm, bit)
-    A.cpu_pmap[cpu] = pm
+    shared.cpu_pmap[cpu] = pm
     _pc.tlb.clear()
 
 
 def tlbflush() -> None:
     """Flush this CPU's (non-global) TLB entries."""
     _pc.tlb.clear()
-    _cnt(C.tlb_fullflush)
+    _cnt(counter.tlb_fullflush)
 
 
 def pmap_tlb_shootdown(pm: int, va: int, pte: int) -> int:
@@ -1161,29 +1318,29 @@ def pmap_tlb_shootdown(pm: int, va: int, pte: int) -> int:
     This CPU's own entry is dropped at once.  A full queue escalates to a full flush.
     """
     me = _ci.cpu
-    if pm == A.cpu_pmap[me] or pm == KERNEL_PMAP:
+    if pm == shared.cpu_pmap[me] or pm == KERNEL_PMAP:
         _pc.tlb.pop(va >> 12, None)
-    active = A.pm_cpus[pm] & ~(1 << me)
+    active = shared.pm_cpus[pm] & ~(1 << me)
     if not active:
         return 0
     mask = 0
     c = 0
     while active:
         if active & 1:
-            lock.simple_lock(L.tlbq + c)
-            if not A.tlbq_flush[c]:
-                n = A.tlbq_count[c]
+            lock.simple_lock(tlbq_lock + c)
+            if not shared.tlbq_flush[c]:
+                n = shared.tlbq_count[c]
                 if n < PMAP_TLB_MAXJOBS:
-                    A.tlbq_va[c * PMAP_TLB_MAXJOBS + n] = va
-                    A.tlbq_pmap[c * PMAP_TLB_MAXJOBS + n] = pm
-                    A.tlbq_count[c] = n + 1
+                    shared.tlbq_va[c * PMAP_TLB_MAXJOBS + n] = va
+                    shared.tlbq_pmap[c * PMAP_TLB_MAXJOBS + n] = pm
+                    shared.tlbq_count[c] = n + 1
                 else:
-                    A.tlbq_flush[c] = 1
-            lock.simple_unlock(L.tlbq + c)
+                    shared.tlbq_flush[c] = 1
+            lock.simple_unlock(tlbq_lock + c)
             mask |= 1 << c
         active >>= 1
         c += 1
-    _cnt(C.tlb_shootdowns)
+    _cnt(counter.tlb_shootdowns)
     # (pm_cpus is unsigned: bit 63 is CPU 63, and the loop above ends)
     return mask
 
@@ -1191,14 +1348,14 @@ def pmap_tlb_shootdown(pm: int, va: int, pte: int) -> int:
 def _shootdown_range(pm: int, sva: int, eva: int) -> int:
     """A whole 4 MiB region: a full flush on every other CPU using ``pm``."""
     me = _ci.cpu
-    active = A.pm_cpus[pm] & ~(1 << me)
+    active = shared.pm_cpus[pm] & ~(1 << me)
     mask = 0
     c = 0
     while active:
         if active & 1:
-            lock.simple_lock(L.tlbq + c)
-            A.tlbq_flush[c] = 1
-            lock.simple_unlock(L.tlbq + c)
+            lock.simple_lock(tlbq_lock + c)
+            shared.tlbq_flush[c] = 1
+            lock.simple_unlock(tlbq_lock + c)
             mask |= 1 << c
         active >>= 1
         c += 1
@@ -1224,7 +1381,7 @@ def pmap_tlb_shootnow(mask: int) -> None:
             _ci.send_ipi(c, I386_IPI_TLB)
         m >>= 1
         c += 1
-    _cnt(C.tlb_ipis, bin(mask).count("1"))
+    _cnt(counter.tlb_ipis, bin(mask).count("1"))
     hook = _core.sched_hook                  # lockstep: waiting is a scheduling point
     area = _ci.area
     saved = int(area["state"])
@@ -1236,8 +1393,6 @@ def pmap_tlb_shootnow(mask: int) -> None:
 
 
 def _shootnow_wait(off: int, mask: int, hook) -> None:
-    import os
-    import time
     deadline = None
     spins = 0
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
@@ -1261,21 +1416,21 @@ def pmap_do_tlb_shootdown() -> None:
     """The TLB IPI handler: apply this CPU's queued invalidations and acknowledge."""
     bits = _ci.take_ipis()
     me = _ci.cpu
-    lock.simple_lock(L.tlbq + me)
-    if A.tlbq_flush[me]:
+    lock.simple_lock(tlbq_lock + me)
+    if shared.tlbq_flush[me]:
         _pc.tlb.clear()
-        _cnt(C.tlb_fullflush)
+        _cnt(counter.tlb_fullflush)
     else:
-        cur = A.cpu_pmap[me]
+        cur = shared.cpu_pmap[me]
         base = me * PMAP_TLB_MAXJOBS
-        for i in range(A.tlbq_count[me]):
-            if A.tlbq_pmap[base + i] in (cur, KERNEL_PMAP):
-                _pc.tlb.pop(A.tlbq_va[base + i] >> 12, None)
-    A.tlbq_count[me] = 0
-    A.tlbq_flush[me] = 0
-    lock.simple_unlock(L.tlbq + me)
+        for i in range(shared.tlbq_count[me]):
+            if shared.tlbq_pmap[base + i] in (cur, KERNEL_PMAP):
+                _pc.tlb.pop(shared.tlbq_va[base + i] >> 12, None)
+    shared.tlbq_count[me] = 0
+    shared.tlbq_flush[me] = 0
+    lock.simple_unlock(tlbq_lock + me)
     bit = ~(1 << me) & MASK64               # unsigned: CPU 63's bit is the sign bit
     for c in range(_ci.ncpu):
-        if c != me and A.tlb_ipi_mask[c] & (1 << me):
+        if c != me and shared.tlb_ipi_mask[c] & (1 << me):
             _core.and64(_ipi_mask_off + 8 * c, bit)
     del bits

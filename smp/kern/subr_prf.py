@@ -1,12 +1,24 @@
 """printf(), panic() and UVMHIST: the simulated kernel's console (subr_prf.c, uvm_stat.h).
 
 Messages are declared once, at import, with their kernel function and C
-format (``MSG = message("pmap_steal_ptp", "stole PTP pa 0x%08x ...")``); the
-returned id is what a CPU writes into its trace ring together with up to six
-integer arguments, so every console line's template is exact and the run
-directory can re-render it later.  A ``%s`` argument is an index into the
-catalogue's string table: intern strings (process names, wait channels)
-before boot with ``intern()``, since workers fork with a copy of the table.
+format (``MSG = Message("pmap_steal_ptp", "stole PTP pa 0x%08x ...")``); the
+id a message gets is what a CPU writes into its trace ring together with up
+to six integer arguments, so every console line's template is exact and the
+run directory can re-render it later.  A ``%s`` argument is an index into the
+catalogue's string table: strings (process names, wait channels) are interned
+before boot, since workers fork with a copy of the table.
+
+A kernel subsystem declares its entries with ``Message`` and ``String``,
+which only describe them; ``number`` gives them their ids when the kernel
+numbers its subsystems, one module after another in the order of the
+kernel's subsystem tuple (``smp.kern.kernel``), replacing each declaration
+in the module by its id.  So the ids a run's records carry depend on that
+tuple alone, never on the order Python happened to import the modules in,
+and a run directory made by an earlier version replays byte-identically as
+long as the tuple numbers the same entries in the same order.  A load, which
+is not a kernel subsystem, declares with ``message`` and ``intern``, which
+number at once (after the kernel's entries: the kernel numbers its own when
+``smp.kern.kernel`` is imported).
 
 ``panic()`` is what it is in the kernel: the first CPU to panic records
 itself in the segment header, halts every CPU, writes its message (waiting
@@ -23,11 +35,12 @@ from __future__ import annotations
 
 import os
 import time
+from types import ModuleType
 
 import numpy as np
 
 from smp.machine.cpu import CPU, Panic
-from smp.machine.layout import ArraySpec
+from smp.machine.layout import HDR_DTYPE, ArraySpec
 from smp.rundir.format import Catalogue
 
 CATALOGUE = Catalogue()
@@ -37,6 +50,49 @@ _trace = None
 _hist_funcs: list[str] = []
 _hist_calls = None
 _hist_calls_off = 0
+
+
+class Message:
+    """A console message or UVMHIST record of a kernel subsystem, until ``number``."""
+
+    __slots__ = ("fn", "fmt", "kind", "hist")
+
+    def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = ""):
+        self.fn, self.fmt, self.kind, self.hist = fn, fmt, kind, hist
+
+    def __repr__(self) -> str:
+        return f"Message({self.fn!r}, {self.fmt!r}) (not numbered: see subr_prf.number)"
+
+
+class String:
+    """A string-table entry (a wait channel's name) of a kernel subsystem, until ``number``."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, s: str):
+        self.s = s
+
+    def __repr__(self) -> str:
+        return f"String({self.s!r}) (not numbered: see subr_prf.number)"
+
+
+def number(module: ModuleType) -> None:
+    """Give the ``Message``/``String`` declarations of ``module`` their ids, in the order
+    the module defines them, replacing each (a module attribute, or a value of a
+    module-level dict) by its id.  Entries numbered before are left alone."""
+    def entry_id(v: object) -> object:
+        if isinstance(v, Message):
+            return message(v.fn, v.fmt, v.kind, v.hist)
+        if isinstance(v, String):
+            return intern(v.s)
+        return v
+
+    for name, v in list(vars(module).items()):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                v[k] = entry_id(x)
+        elif isinstance(v, (Message, String)):
+            setattr(module, name, entry_id(v))
 
 
 def message(fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
@@ -59,8 +115,8 @@ def _check_open(what: str) -> None:
     """A CPU (a forked worker) has its own copy of the catalogue: an entry added there
     would get an id the run directory's catalogue does not have."""
     if os.getpid() != _BOOT_PID:
-        raise RuntimeError(f"catalogue entry {what!r} declared after boot: import its "
-                           "module in the parent (smp.kern.kernel does for the kernel)")
+        raise RuntimeError(f"catalogue entry {what!r} declared after boot: declare it at "
+                           "import, in the parent (a kernel subsystem: in kernel.SUBSYSTEMS)")
 
 
 def UVMHIST_FUNC(fn: str) -> int:  # noqa: N802 - NetBSD's name
@@ -69,17 +125,18 @@ def UVMHIST_FUNC(fn: str) -> int:  # noqa: N802 - NetBSD's name
     return len(_hist_funcs) - 1
 
 
-def arrays() -> list[ArraySpec]:
-    """The segment arrays this module needs: UVMHIST call counters."""
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The segment arrays this module needs: UVMHIST call counters (one per UVMHIST_FUNC,
+    all declared at import)."""
     return [ArraySpec("uvmhist_calls", np.dtype("<u4"), (max(1, len(_hist_funcs)),))]
 
 
-def attach(ci: CPU, hist_on: bool) -> None:
+def attach(ci: CPU, kernel) -> None:
     """Bind printf/panic to this CPU's trace ring (in the worker)."""
     global _ci, _trace, HIST_ON, _hist_calls, _hist_calls_off
     _ci = ci
     _trace = ci.core.trace
-    HIST_ON = hist_on
+    HIST_ON = bool(kernel.config.hist)
     _hist_calls_off = ci.seg.layout.arrays["uvmhist_calls"][0]
 
 
@@ -117,10 +174,4 @@ def panic(msgid: int, *args: int) -> None:
                                    "was already panicking)")
 
 
-def _panic_cpu_off() -> int:
-    from smp.machine.layout import HDR_DTYPE
-
-    return HDR_DTYPE.fields["panic_cpu"][1]
-
-
-_PANIC_CPU_OFF = _panic_cpu_off()
+_PANIC_CPU_OFF = HDR_DTYPE.fields["panic_cpu"][1]      # where panic() claims the machine

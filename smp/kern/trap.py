@@ -23,14 +23,15 @@ through the page tables.
 
 from __future__ import annotations
 
-from smp.kern import subr_prf
+from smp.kern import lock, pmap, subr_prf
 from smp.kern.param import ENOMEM, PG_M, PG_RW, PG_U, PG_V, VM_PROT_READ, VM_PROT_WRITE
-from smp.kern.uvm import A, C
+from smp.kern.uvm import counter, shared
+from smp.kern.uvm_fault import uvm_fault
 
-MSG_STALE = subr_prf.message(
+MSG_STALE = subr_prf.Message(
     "", "pmap: stale TLB entry: pid %d va 0x%08x -> pa 0x%08x via PTP pa 0x%08x (pmap %p)")
-MSG_KILL = subr_prf.message("", "UVM: pid %d (%s), uid %d killed: out of swap")
-MSG_SEGV = subr_prf.message("", "pid %d (%s): SIGSEGV at va 0x%08x (error %d)")
+MSG_KILL = subr_prf.Message("", "UVM: pid %d (%s), uid %d killed: out of swap")
+MSG_SEGV = subr_prf.Message("", "pid %d (%s): SIGSEGV at va 0x%08x (error %d)")
 
 SIGKILL, SIGSEGV = 9, 11
 TLB_ENTRIES = 64          # the Pentium Pro's data TLB: 64 entries for 4 KiB pages
@@ -47,48 +48,46 @@ class Killed(Exception):  # noqa: N818 - a signal, not an error
         self.sig = sig
 
 
-def attach(ci, diagnostic: bool) -> None:
+def attach(ci, kernel) -> None:
     global _ci, _diag, _phys_off
     _ci = ci
-    _diag = diagnostic
+    _diag = kernel.config.diagnostic
     _phys_off = ci.seg.layout.arrays["physmem"][0]
 
 
 def memref(tid: int, va: int, write: bool) -> None:
     """Touch ``va`` as thread ``tid`` (its pmap is loaded on this CPU).  May sleep/kill."""
-    from smp.kern import pmap
-
     ci = _ci
     cb = ci.cnt_base
-    cnt = A.cnt
-    cnt[cb + C.memrefs] += 1
+    cnt = shared.cnt
+    cnt[cb + counter.memrefs] += 1
     if ci.area_ipi[0]:
         pmap.pmap_do_tlb_shootdown()
     tlb = ci.pmap.tlb
     vpn = va >> 12
     e = tlb.get(vpn)
-    ver = A.pg_version
+    ver = shared.pg_version
     if e is not None:
         pg, pgv, ptp, ptpv, rw, dirty = e
         if _diag and (ver[pg] != pgv or ver[ptp] != ptpv):
-            cnt[cb + C.stale_tlb] += 1
-            pm = A.cpu_pmap[ci.cpu]
-            subr_prf.printf(MSG_STALE, A.np["proc"][tid]["pid"], va, pg << 12, ptp << 12,
+            cnt[cb + counter.stale_tlb] += 1
+            pm = shared.cpu_pmap[ci.cpu]
+            subr_prf.printf(MSG_STALE, shared.np["proc"][tid]["pid"], va, pg << 12, ptp << 12,
                             pmap.pmap_addr(pm))
             del tlb[vpn]
         elif not write or (rw and dirty):
-            cnt[cb + C.tlb_hits] += 1
+            cnt[cb + counter.tlb_hits] += 1
             return
         elif not rw:
             pass                                    # write to a read-only entry: fault
         else:
             del tlb[vpn]                            # first write: the walk sets PG_M
-    cnt[cb + C.tlb_misses] += 1
+    cnt[cb + counter.tlb_misses] += 1
     core = ci.core
-    phys = A.physmem
+    phys = shared.physmem
     while True:
-        pm = A.cpu_pmap[ci.cpu]
-        pde = phys[(A.pm_pdir[pm] << 10) + (va >> 22)]
+        pm = shared.cpu_pmap[ci.cpu]
+        pde = phys[(shared.pm_pdir[pm] << 10) + (va >> 22)]
         if pde & PG_V:
             ptp = pde >> 12
             idx = (ptp << 10) + ((va >> 12) & 0x3FF)
@@ -108,9 +107,6 @@ def memref(tid: int, va: int, write: bool) -> None:
 
 def trap_pagefault(tid: int, va: int, access: int) -> None:
     """T_PAGEFLT from user mode: uvm_fault, and the 2001 branch's reaction to failure."""
-    from smp.kern import lock
-    from smp.kern.uvm_fault import uvm_fault
-
     big = _ci.md.biglock
     if big:
         lock.kernel_lock()                         # KERNEL_PROC_LOCK(p)
@@ -126,9 +122,9 @@ def trap_pagefault(tid: int, va: int, access: int) -> None:
 
 def trap_fatal(tid: int, va: int, r: int) -> None:
     """A fault that uvm_fault could not resolve: SIGKILL for ENOMEM, else SIGSEGV."""
-    p = A.np["proc"][tid]
+    p = shared.np["proc"][tid]
     if r == ENOMEM:
-        A.cnt[_ci.cnt_base + C.oom_kills] += 1
+        shared.cnt[_ci.cnt_base + counter.oom_kills] += 1
         subr_prf.printf(MSG_KILL, int(p["pid"]), int(p["name"]), int(p["uid"]))
         raise Killed(SIGKILL)
     subr_prf.printf(MSG_SEGV, int(p["pid"]), int(p["name"]), va, r)

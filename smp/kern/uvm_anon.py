@@ -14,18 +14,55 @@ reactivates dirty anonymous pages instead of paging them out.
 
 I/O is synchronous and costs no simulated time: a pageout's pages are
 clean again as soon as the pager returns.
+
+Two subsystems of the kernel's tuple come from this file: the anons
+(``declare``: the per-anon locks) and swap (``declare_swap``: the swap map,
+swap_data_lock and the anon free list's uvm_anon_lock), declared after the
+maps so that lock ids stay those of earlier versions.
 """
 
 from __future__ import annotations
 
-from smp.kern import lock
+import numpy as np
+
+from smp.kern import lock, pmap
 from smp.kern import uvm as U
-from smp.kern.uvm import A, L
+from smp.kern.uvm import shared
+from smp.kern.uvm_page import uvm_pagefree
+from smp.machine.layout import ArraySpec
+
+# lock ids (declare): an_lock + an is anon an's lock; the anon free list's and swap's locks
+an_lock = uvm_anon_lock = swap_data_lock = -1
+nanon = 0                          # anons (declare): every page, every swap slot, and 64
 
 
-def format_anons(seg, nanon: int) -> None:
-    import numpy as np
+def declare(kernel, locks) -> list[ArraySpec]:
+    """The anons and their locks (uvm_anon_init)."""
+    global an_lock, nanon
+    machine = kernel.machine
+    nanon = machine.npages + machine.swpages + 64
+    an_lock = locks.declare("anon", count=nanon, label="anon[{i}]")
+    i4 = np.dtype("<i4")
+    return [*(ArraySpec(f, i4, (nanon,)) for f in ("an_ref", "an_page", "an_swslot", "an_next")),
+            ArraySpec("amap_glob", np.dtype("<i8"), (4,))]   # [0]: the anon free list's head
 
+
+def declare_swap(kernel, locks) -> list[ArraySpec]:
+    """The swap map (uvm_swap_init) and the locks of swap and of the anon free list.
+
+    Declared after the maps' locks rather than with the anons', so the lock ids stay
+    those of earlier versions (old run directories replay identically).
+    """
+    global swap_data_lock, uvm_anon_lock
+    swap_data_lock = locks.declare("swap_data_lock")
+    uvm_anon_lock = locks.declare("uvm_anon_lock")
+    i4 = np.dtype("<i4")
+    return [ArraySpec("swap_used", i4, (max(1, kernel.machine.swpages),)),
+            ArraySpec("swap_glob", i4, (4,))]
+
+
+def format(seg, kernel) -> None:
+    """Boot (uvm_anon_init): every anon on the free list, no swap in use."""
     a = seg.arrays
     a["an_next"][:] = np.arange(1, nanon + 1, dtype=np.int32)
     a["an_next"][nanon - 1] = -1
@@ -40,18 +77,18 @@ def format_anons(seg, nanon: int) -> None:
 
 def uvm_analloc() -> int:
     """A fresh anon (ref 1, no page, no swap), or -1.  => returns it unlocked."""
-    lock.simple_lock(L.anon_free)
-    an = int(A.amap_glob[0])
+    lock.simple_lock(uvm_anon_lock)
+    an = int(shared.amap_glob[0])
     if an >= 0:
-        A.amap_glob[0] = A.an_next[an]
-        A.an_next[an] = -1
-        A.uvmexp[U.NFREEANON] -= 1
-    lock.simple_unlock(L.anon_free)
+        shared.amap_glob[0] = shared.an_next[an]
+        shared.an_next[an] = -1
+        shared.uvmexp[U.NFREEANON] -= 1
+    lock.simple_unlock(uvm_anon_lock)
     if an < 0:
         return -1
-    A.an_ref[an] = 1
-    A.an_page[an] = -1
-    A.an_swslot[an] = 0
+    shared.an_ref[an] = 1
+    shared.an_page[an] = -1
+    shared.an_swslot[an] = 0
     return an
 
 
@@ -60,65 +97,62 @@ def uvm_anfree(an: int) -> None:
 
     => anon unlocked, no amap refers to it any more.
     """
-    from smp.kern import pmap
-    from smp.kern.uvm_page import uvm_pagefree
-
-    lock.simple_lock(L.anon + an)
-    pg = A.an_page[an]
+    lock.simple_lock(an_lock + an)
+    pg = shared.an_page[an]
     if pg >= 0:
         pmap.pmap_page_remove(pg)
-        A.an_page[an] = -1
+        shared.an_page[an] = -1
         uvm_pagefree(pg)
-    elif A.an_swslot[an]:
+    elif shared.an_swslot[an]:
         _swpgonly(-1)
-    if A.an_swslot[an]:
-        uvm_swap_free(A.an_swslot[an] - 1)
-        A.an_swslot[an] = 0
-    A.an_ref[an] = 0
-    lock.simple_unlock(L.anon + an)
-    lock.simple_lock(L.anon_free)
-    A.an_next[an] = A.amap_glob[0]
-    A.amap_glob[0] = an
-    A.uvmexp[U.NFREEANON] += 1
-    lock.simple_unlock(L.anon_free)
+    if shared.an_swslot[an]:
+        uvm_swap_free(shared.an_swslot[an] - 1)
+        shared.an_swslot[an] = 0
+    shared.an_ref[an] = 0
+    lock.simple_unlock(an_lock + an)
+    lock.simple_lock(uvm_anon_lock)
+    shared.an_next[an] = shared.amap_glob[0]
+    shared.amap_glob[0] = an
+    shared.uvmexp[U.NFREEANON] += 1
+    lock.simple_unlock(uvm_anon_lock)
 
 
 def swap_full() -> bool:
     """uvmexp.swpgonly == uvmexp.swpages: the fault handler's give-up test."""
-    return A.uvmexp[U.SWPGONLY] >= A.uvmexp[U.SWPAGES]
+    return shared.uvmexp[U.SWPGONLY] >= shared.uvmexp[U.SWPAGES]
 
 
 def uvm_swap_alloc() -> int:
     """A free swap slot, or -1."""
-    lock.simple_lock(L.swap)
-    n = len(A.swap_used)
-    if A.uvmexp[U.SWPAGES] == 0 or A.uvmexp[U.SWPGINUSE] >= A.uvmexp[U.SWPAGES]:
-        lock.simple_unlock(L.swap)
+    lock.simple_lock(swap_data_lock)
+    n = len(shared.swap_used)
+    if shared.uvmexp[U.SWPAGES] == 0 or shared.uvmexp[U.SWPGINUSE] >= shared.uvmexp[U.SWPAGES]:
+        lock.simple_unlock(swap_data_lock)
         return -1
-    i = A.swap_glob[0]
+    i = shared.swap_glob[0]
     for _ in range(n):
-        if not A.swap_used[i]:
-            A.swap_used[i] = 1
-            A.swap_glob[0] = (i + 1) % n
-            A.uvmexp[U.SWPGINUSE] += 1
-            lock.simple_unlock(L.swap)
+        if not shared.swap_used[i]:
+            shared.swap_used[i] = 1
+            shared.swap_glob[0] = (i + 1) % n
+            shared.uvmexp[U.SWPGINUSE] += 1
+            lock.simple_unlock(swap_data_lock)
             return i
         i = (i + 1) % n
-    lock.simple_unlock(L.swap)
+    lock.simple_unlock(swap_data_lock)
     return -1
 
 
 def uvm_swap_free(slot: int) -> None:
-    lock.simple_lock(L.swap)
-    A.swap_used[slot] = 0
-    A.uvmexp[U.SWPGINUSE] -= 1
-    lock.simple_unlock(L.swap)
+    lock.simple_lock(swap_data_lock)
+    shared.swap_used[slot] = 0
+    shared.uvmexp[U.SWPGINUSE] -= 1
+    lock.simple_unlock(swap_data_lock)
 
 
 def _swpgonly(d: int) -> None:
-    lock.simple_lock(L.swap)
-    A.uvmexp[U.SWPGONLY] += d
-    lock.simple_unlock(L.swap)
+    lock.simple_lock(swap_data_lock)
+    shared.uvmexp[U.SWPGONLY] += d
+    lock.simple_unlock(swap_data_lock)
 
 
 def swpgonly_add(d: int) -> None:

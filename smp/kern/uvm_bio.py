@@ -14,19 +14,32 @@ kmem_map.
 
 from __future__ import annotations
 
-from smp.kern import lock, pmap, subr_prf, uvm_km, uvm_pdaemon
-from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
-from smp.kern.uvm import A, C, L
-from smp.kern.uvm_page import OWN_UOBJ, PG_BUSY, PG_CLEAN, uvm_pageactivate, uvm_pagealloc
+from smp.kern import lock, pmap, subr_prf, uvm_km, uvm_page, uvm_pdaemon, uvm_vnode
+from smp.kern.param import (
+    KERNEL_PMAP,
+    NBPG,
+    OWN_UOBJ,
+    PG_BUSY,
+    PG_CLEAN,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+)
+from smp.kern.uvm import counter, shared
+from smp.kern.uvm_page import uvm_pageactivate, uvm_pagealloc
 
-W_UBC = subr_prf.intern("ubc_fault")
+W_UBC = subr_prf.String("ubc_fault")
 _ci = None
+
+
+def attach(ci, kernel) -> None:
+    global _ci
+    _ci = ci
 
 
 def ubc_rw(tid: int, uobj: int, off: int, npages: int, write: bool, reg) -> None:
     """Copy ``npages`` pages of file ``uobj`` from page ``off`` through UBC windows."""
-    ci = pmap._ci
-    size = A.file_size[uobj]
+    ci = _ci
+    size = shared.file_size[uobj]
     i = int(reg[0])
     while i < npages:
         reg[0] = i
@@ -34,29 +47,29 @@ def ubc_rw(tid: int, uobj: int, off: int, npages: int, write: bool, reg) -> None
         va = uvm_km.uvm_km_valloc(1)
         if va < 0:
             return
-        lk = L.vnode + uobj % 8
+        lk = uvm_vnode.vnode_lock + uobj % uvm_vnode.NVNODE
         lock.simple_lock(lk)
-        slot = A.file_base[uobj] + page
-        pg = A.file_page[slot]
+        slot = shared.file_base[uobj] + page
+        pg = shared.file_page[slot]
         if pg < 0:
             pg = uvm_pagealloc(OWN_UOBJ, uobj, page, -1, 0)
             if pg < 0:
                 lock.simple_unlock(lk)
                 uvm_km.uvm_km_vfree(va, 1)
                 uvm_pdaemon.uvm_wait(W_UBC)
-            A.file_page[slot] = pg
-            A.pg_flags[pg] &= ~PG_BUSY
-            A.cnt[ci.cnt_base + C.pageins] += 1
-        A.cnt[ci.cnt_base + C.ubc_faults] += 1
+            shared.file_page[slot] = pg
+            shared.pg_flags[pg] &= ~PG_BUSY
+            shared.cnt[ci.cnt_base + counter.pageins] += 1
+        shared.cnt[ci.cnt_base + counter.ubc_faults] += 1
         prot = VM_PROT_READ | (VM_PROT_WRITE if write else 0)
-        pmap.pmap_enter(pmap.KERNEL_PMAP, va, pg, prot, prot)      # ubc_fault: no CANFAIL
+        pmap.pmap_enter(KERNEL_PMAP, va, pg, prot, prot)      # ubc_fault: no CANFAIL
         if write:
-            A.pg_flags[pg] &= ~PG_CLEAN
+            shared.pg_flags[pg] &= ~PG_CLEAN
         lock.simple_unlock(lk)
-        lock.simple_lock(L.pageq)
+        lock.simple_lock(uvm_page.pageq_lock)
         uvm_pageactivate(pg)
-        lock.simple_unlock(L.pageq)
-        pmap.pmap_remove(pmap.KERNEL_PMAP, va, va + NBPG)           # ubc_release
+        lock.simple_unlock(uvm_page.pageq_lock)
+        pmap.pmap_remove(KERNEL_PMAP, va, va + NBPG)           # ubc_release
         uvm_km.uvm_km_vfree(va, 1)
         i += 1
     reg[0] = 0

@@ -28,24 +28,35 @@ user fault normally blocks in flt_noram at free <= 5 long before its PTP
 allocation (free <= 1) can fail.  NetBSD kept no counter for the pmfail
 waits; ours are ``flt_pmfail1``/``flt_pmfail2``/``pmfail_waits``.
 ENOMEM makes trap() kill the process ("out of swap").
+
+Locking: MAPS => AMAP => UOBJ => ANON => PAGE QUEUES (the lock order of
+``smp.kern.lock``).  A fault's state travels in one ``FaultInfo`` (NetBSD's
+struct uvm_faultinfo plus what the fault decided: access, wiring, the
+protection to enter), which also lists the locks the fault holds so that
+``unlockall`` (uvmfault_unlockall) drops them all before a wait or a return.
 """
 
 from __future__ import annotations
 
-from smp.kern import lock, pmap, subr_prf, uvm_pdaemon
+from smp.kern import lock, pmap, subr_prf, uvm_anon, uvm_map, uvm_page, uvm_pdaemon, uvm_vnode
+from smp.kern import uvm as U
 from smp.kern.param import (
     EACCES,
     EFAULT,
     ENOMEM,
     NBPG,
+    OWN_ANON,
+    OWN_UOBJ,
+    PG_BUSY,
+    PG_CLEAN,
     PMAP_CANFAIL,
     PMAP_WIRED,
+    UVM_PGA_ZERO,
     VM_PROT_WRITE,
     trunc_page,
 )
-from smp.kern.uvm import UX as _UX
-from smp.kern.uvm import A, C, L
-from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc
+from smp.kern.uvm import counter, shared
+from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc, uvm_anfree
 from smp.kern.uvm_map import (
     E_ADVICE,
     E_AMAP,
@@ -59,213 +70,222 @@ from smp.kern.uvm_map import (
     EF_FILE,
     EF_WIRED,
     UVMADVICE,
-    _e,
+    entry_index,
     uvm_map_lookup,
 )
-from smp.kern.uvm_page import (
-    OWN_ANON,
-    OWN_UOBJ,
-    PG_BUSY,
-    PG_CLEAN,
-    UVM_PGA_ZERO,
-    uvm_pageactivate,
-    uvm_pagealloc,
-    uvm_pagewire,
-)
+from smp.kern.uvm_page import uvm_pageactivate, uvm_pagealloc, uvm_pagewire
 
-UX_WIRED, UX_WIREDMAX = _UX["wired"], _UX["wiredmax"]
 EAGAIN = 35
-W = {name: subr_prf.intern(name) for name in (
+WMESG = {name: subr_prf.String(name) for name in (         # wait channel -> string id
     "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
-H = subr_prf.UVMHIST_FUNC("uvm_fault")
-H_CALL = subr_prf.message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
-H_CASE1 = subr_prf.message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
-H_CASE2 = subr_prf.message("uvm_fault", "  case 2 fault: promote=%d, zfill=%d", "hist", "maphist")
-H_NORAM = subr_prf.message("uvm_fault", "  noram -- UVM_WAIT", "hist", "maphist")
-H_PMFAIL = subr_prf.message("uvm_fault", "  pmap_enter failed, waiting (%s)", "hist", "maphist")
-H_OOVM = subr_prf.message("uvm_fault", "<- failed.  out of VM", "hist", "maphist")
-H_DONE = subr_prf.message("uvm_fault", "<- done (SUCCESS!)", "hist", "maphist")
+HIST_FAULT = subr_prf.UVMHIST_FUNC("uvm_fault")
+H_CALL = subr_prf.Message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
+H_CASE1 = subr_prf.Message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
+H_CASE2 = subr_prf.Message("uvm_fault", "  case 2 fault: promote=%d, zfill=%d", "hist",
+                           "maphist")
+H_NORAM = subr_prf.Message("uvm_fault", "  noram -- UVM_WAIT", "hist", "maphist")
+H_PMFAIL = subr_prf.Message("uvm_fault", "  pmap_enter failed, waiting (%s)", "hist",
+                            "maphist")
+H_OOVM = subr_prf.Message("uvm_fault", "<- failed.  out of VM", "hist", "maphist")
+H_DONE = subr_prf.Message("uvm_fault", "<- done (SUCCESS!)", "hist", "maphist")
 
 _ci = None
 
 
-def attach(ci) -> None:
+def attach(ci, kernel) -> None:
     global _ci
     _ci = ci
 
 
 def _cnt(idx: int) -> None:
-    A.cnt[_ci.cnt_base + idx] += 1
+    shared.cnt[_ci.cnt_base + idx] += 1
 
 
-class _Held:
-    """The locks a fault holds, so uvmfault_unlockall can drop them all.
+class FaultInfo:
+    """One fault's state: struct uvm_faultinfo (the map, the address, the map entry's
+    fields) and what the fault decided (access, wiring, the protection to enter), plus
+    the locks it holds.
 
     The fault code takes each lock itself (so lockstat names the function that took
-    it) and records it here.
+    it) and records it in ``held``; ``unlockall`` is uvmfault_unlockall.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ("tid", "va", "access", "pm", "start", "end", "prot", "flags", "amap",
+                 "uobj", "uoff", "advice", "wired", "wflag", "enter_prot", "held")
 
-    def __init__(self):
-        self.ids: list[int] = []
+    def __init__(self, tid: int, va: int, access: int):
+        self.tid = tid                   # the faulting thread: its map (ufi.orig_map)
+        self.va = va                     # ufi.orig_rvaddr
+        self.access = access
+        self.held: list[int] = []
 
     def unlock(self, lk: int) -> None:
-        self.ids.remove(lk)
+        self.held.remove(lk)
         lock.simple_unlock(lk)
 
     def unlockall(self) -> None:
-        while self.ids:
-            lock.simple_unlock(self.ids.pop())
+        held = self.held
+        while held:
+            lock.simple_unlock(held.pop())
 
 
 def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     """Resolve a fault at ``va`` for thread ``tid``; 0 or an errno.  May sleep (restart)."""
-    _cnt(C.faults)
-    call = subr_prf.UVMHIST_CALLED(H)
+    _cnt(counter.faults)
+    call = subr_prf.UVMHIST_CALLED(HIST_FAULT)
     if call:
-        subr_prf.UVMHIST_LOG(H_CALL, call, A.vm_pmap[tid], va, 0, access)
+        subr_prf.UVMHIST_LOG(H_CALL, call, shared.vm_pmap[tid], va, 0, access)
     va = trunc_page(va)
-    held = _Held()
-    lock.simple_lock(L.vm_map + tid)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(L.vm_map + tid)
+    ufi = FaultInfo(tid, va, access)
+    lock.simple_lock(uvm_map.vm_map_lock + tid)     # (held: unlocked by ufi.unlockall)
+    ufi.held.append(uvm_map.vm_map_lock + tid)
     i = uvm_map_lookup(tid, va)
     if i < 0:
-        held.unlockall()
+        ufi.unlockall()
         return EFAULT
-    b = _e(tid, i)
-    ent = A.vm_entry
-    start, end, prot, flags = ent[b + E_START], ent[b + E_END], ent[b + E_PROT], ent[b + E_FLAGS]
-    base, uobj, uoff, adv = ent[b + E_AMAP], ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
+    b = entry_index(tid, i)
+    ent = shared.vm_entry
+    ufi.start, ufi.end, ufi.prot = ent[b + E_START], ent[b + E_END], ent[b + E_PROT]
+    ufi.flags, ufi.amap = ent[b + E_FLAGS], ent[b + E_AMAP]
+    ufi.uobj, ufi.uoff, ufi.advice = ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
+    prot = ufi.prot
     if access & ~prot:
-        held.unlockall()
+        ufi.unlockall()
         return EACCES
-    wired = bool(flags & EF_WIRED) or wire
+    wired = bool(ufi.flags & EF_WIRED) or wire
     if wire:
-        access = prot
-        if A.uvmexp[UX_WIRED] >= A.uvmexp[UX_WIREDMAX]:
-            held.unlockall()                       # uvm_fault_wire: over wiredmax
+        ufi.access = prot
+        if shared.uvmexp[U.WIRED] >= shared.uvmexp[U.WIREDMAX]:
+            ufi.unlockall()                       # uvm_fault_wire: over wiredmax
             return EAGAIN
-    pm = A.vm_pmap[tid]
-    wflag = PMAP_WIRED if wired else 0
-    enter_prot = prot
-    pidx = (va - start) // NBPG
+    ufi.pm = shared.vm_pmap[tid]
+    ufi.wired = wired
+    ufi.wflag = PMAP_WIRED if wired else 0
+    ufi.enter_prot = prot
+    pidx = (va - ufi.start) // NBPG
+    base = ufi.amap
     if base >= 0:
-        lock.simple_lock(L.amap + tid)        # (held: unlocked by uvmfault_unlockall)
-        held.ids.append(L.amap + tid)
+        lock.simple_lock(uvm_map.amap_lock + tid)   # (held: unlocked by ufi.unlockall)
+        ufi.held.append(uvm_map.amap_lock + tid)
         if not wire and _ci.md.refault_narrow.get(tid) != va:
-            _neighbours(pm, tid, va, start, end, base, adv, prot, wflag)
+            _neighbours(ufi)
         _ci.md.refault_narrow[tid] = va          # any ReFault of this fault is narrow
-        an = A.amap_slot[base + pidx]
+        an = shared.amap_slot[base + pidx]
     else:
         an = -1
     if an >= 0:
-        r = _case1(held, tid, pm, va, base + pidx, an, access, enter_prot, wired, wflag)
+        r = _case1(ufi, base + pidx, an)
     else:
-        r = _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot,
-                   wired, wflag)
+        r = _case2(ufi, pidx)
     _ci.md.refault_narrow.pop(tid, None)
     if call and r == 0:
         subr_prf.UVMHIST_LOG(H_DONE, call)
     return r
 
 
-def _neighbours(pm, tid, va, start, end, base, adv, prot, wflag) -> None:
+def _neighbours(ufi: FaultInfo) -> None:
     """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter."""
-    nback, nforw = UVMADVICE[adv]
+    nback, nforw = UVMADVICE[ufi.advice]
+    va, start, base, pm = ufi.va, ufi.start, ufi.amap, ufi.pm
+    prot, wflag = ufi.prot, ufi.wflag
     lo = max(start, va - nback * NBPG)
-    hi = min(end, va + (nforw + 1) * NBPG)
+    hi = min(ufi.end, va + (nforw + 1) * NBPG)
+    an_lock = uvm_anon.an_lock
     for nva in range(lo, hi, NBPG):
         if nva == va:
             continue
-        an = A.amap_slot[base + (nva - start) // NBPG]
+        an = shared.amap_slot[base + (nva - start) // NBPG]
         if an < 0:
             continue
         # the anon's lock keeps its page from being paged out and freed under us
-        lock.simple_lock(L.anon + an)
-        pg = A.an_page[an]
-        if pg < 0 or A.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
-            lock.simple_unlock(L.anon + an)
+        lock.simple_lock(an_lock + an)
+        pg = shared.an_page[an]
+        if pg < 0 or shared.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
+            lock.simple_unlock(an_lock + an)
             continue
-        _cnt(C.fltnamap)
-        p = prot & ~VM_PROT_WRITE if A.an_ref[an] > 1 else prot
+        _cnt(counter.fltnamap)
+        p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
         pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | wflag)
-        lock.simple_unlock(L.anon + an)
+        lock.simple_unlock(an_lock + an)
 
 
-def _wait(held: _Held, wmesg: str, hist=H_NORAM) -> None:
-    held.unlockall()
-    _cnt(C.uvm_wait)
-    uvm_pdaemon.uvm_wait(W[wmesg])
+def _wait(ufi: FaultInfo, wmesg: str) -> None:
+    """Unlock everything and wait for the pagedaemon in ``wmesg`` (restart: ReFault)."""
+    ufi.unlockall()
+    _cnt(counter.uvm_wait)
+    uvm_pdaemon.uvm_wait(WMESG[wmesg])
 
 
-def _case1(held, tid, pm, va, slot, an, access, enter_prot, wired, wflag) -> int:
-    """The page has an anon (NetBSD case 1)."""
-    lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(L.anon + an)
-    pg = A.an_page[an]
+def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
+    """The page has an anon (NetBSD case 1); ``slot`` is its amap slot."""
+    an_lock = uvm_anon.an_lock
+    lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+    ufi.held.append(an_lock + an)
+    pg = shared.an_page[an]
     if pg < 0:                                   # paged out: swap it in
         pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0)
         if pg < 0:
-            _cnt(C.fltnoram)
-            _wait(held, "flt_noram1")
-        A.an_page[an] = pg
-        A.pg_flags[pg] &= ~PG_BUSY
+            _cnt(counter.fltnoram)
+            _wait(ufi, "flt_noram1")
+        shared.an_page[an] = pg
+        shared.pg_flags[pg] &= ~PG_BUSY
         swpgonly_add(-1)
-        _cnt(C.pgswapin)
-        _cnt(C.pageins)
-    if access & VM_PROT_WRITE and A.an_ref[an] > 1:   # case 1B: copy-on-write
-        _cnt(C.flt_acow)
-        got = _anon_and_page(held, 0, "flt_noram3")
+        _cnt(counter.pgswapin)
+        _cnt(counter.pageins)
+    if ufi.access & VM_PROT_WRITE and shared.an_ref[an] > 1:   # case 1B: copy-on-write
+        _cnt(counter.flt_acow)
+        got = _anon_and_page(ufi, 0, "flt_noram3")
         if got is None:
             return ENOMEM
         nan, npg = got
-        A.an_page[nan] = npg
-        A.pg_flags[npg] &= ~(PG_BUSY | PG_CLEAN)
-        A.an_ref[an] -= 1
-        A.amap_slot[slot] = nan
-        held.unlock(L.anon + an)
+        shared.an_page[nan] = npg
+        shared.pg_flags[npg] &= ~(PG_BUSY | PG_CLEAN)
+        shared.an_ref[an] -= 1
+        shared.amap_slot[slot] = nan
+        ufi.unlock(an_lock + an)
         an, pg = nan, npg
-        lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
-        held.ids.append(L.anon + an)
+        lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+        ufi.held.append(an_lock + an)
     else:
-        _cnt(C.flt_anon)
-        if A.an_ref[an] > 1:
-            enter_prot &= ~VM_PROT_WRITE
-    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail1")
+        _cnt(counter.flt_anon)
+        if shared.an_ref[an] > 1:
+            ufi.enter_prot &= ~VM_PROT_WRITE
+    return _enter(ufi, pg, "flt_pmfail1")
 
 
-def _case2(held, tid, pm, va, base, pidx, flags, uobj, uoff, access, enter_prot, wired,
-           wflag) -> int:
-    """No anon: an object page, or zero-fill (NetBSD case 2)."""
-    write = bool(access & VM_PROT_WRITE)
+def _case2(ufi: FaultInfo, pidx: int) -> int:
+    """No anon: an object page, or zero-fill (NetBSD case 2); ``pidx`` is the page's index
+    in the map entry."""
+    write = bool(ufi.access & VM_PROT_WRITE)
+    flags = ufi.flags
     uobjpage = -1
     if flags & EF_FILE:
-        uobjpage = _uobj_get(held, uobj, uoff + pidx)
+        uobjpage = _uobj_get(ufi, ufi.uobj, ufi.uoff + pidx)
         promote = write and bool(flags & EF_COPY)
         if not promote:
-            _cnt(C.flt_obj)
+            _cnt(counter.flt_obj)
             if flags & EF_COPY:
-                enter_prot &= ~VM_PROT_WRITE
-            return _enter(held, pm, va, uobjpage, enter_prot, access, wired, wflag,
-                          "flt_pmfail2")
+                ufi.enter_prot &= ~VM_PROT_WRITE
+            return _enter(ufi, uobjpage, "flt_pmfail2")
+    base = ufi.amap
     if base < 0:
-        held.unlockall()
+        ufi.unlockall()
         return EFAULT
-    got = _anon_and_page(held, 0 if uobjpage >= 0 else UVM_PGA_ZERO, "flt_noram5")
+    got = _anon_and_page(ufi, 0 if uobjpage >= 0 else UVM_PGA_ZERO, "flt_noram5")
     if got is None:
         return ENOMEM
     an, pg = got
-    _cnt(C.flt_prcopy if uobjpage >= 0 else C.flt_przero)
-    A.an_page[an] = pg
-    A.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
-    A.amap_slot[base + pidx] = an               # amap_add: stays even if pmap_enter fails
-    lock.simple_lock(L.anon + an)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(L.anon + an)
-    return _enter(held, pm, va, pg, enter_prot, access, wired, wflag, "flt_pmfail2")
+    _cnt(counter.flt_prcopy if uobjpage >= 0 else counter.flt_przero)
+    shared.an_page[an] = pg
+    shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
+    shared.amap_slot[base + pidx] = an          # amap_add: stays even if pmap_enter fails
+    an_lock = uvm_anon.an_lock
+    lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
+    ufi.held.append(an_lock + an)
+    return _enter(ufi, pg, "flt_pmfail2")
 
 
-def _anon_and_page(held: _Held, pgflags: int, wmesg: str) -> tuple[int, int] | None:
+def _anon_and_page(ufi: FaultInfo, pgflags: int, wmesg: str) -> tuple[int, int] | None:
     """uvm_analloc + uvm_pagealloc for a new anon (COW copy or promotion).
 
     No anon, or swap full: fltnoanon, everything unlocked, None (the caller returns
@@ -278,65 +298,66 @@ def _anon_and_page(held: _Held, pgflags: int, wmesg: str) -> tuple[int, int] | N
     if an >= 0 and pg >= 0:
         return an, pg
     if an >= 0:
-        from smp.kern.uvm_anon import uvm_anfree
         uvm_anfree(an)
     if an < 0 or swap_full():
-        _cnt(C.fltnoanon)
-        held.unlockall()
+        _cnt(counter.fltnoanon)
+        ufi.unlockall()
         return None
-    _cnt(C.fltnoram)
-    _wait(held, wmesg)
+    _cnt(counter.fltnoram)
+    _wait(ufi, wmesg)
     return None                                  # (not reached: uvm_wait sleeps)
 
 
-def _enter(held, pm, va, pg, enter_prot, access, wired, wflag, wmesg) -> int:
+def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
     """The fault's pmap_enter, with PMAP_CANFAIL, and its recovery.
 
     Failure: unlock everything; swap full -> ENOMEM (the process will be killed);
     otherwise wait for the pagedaemon in ``wmesg`` and ReFault (restart).
     """
+    pm, va, wired = ufi.pm, ufi.va, ufi.wired
     was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
-    if pmap.pmap_enter(pm, va, pg, enter_prot, access | PMAP_CANFAIL | wflag):
+    if pmap.pmap_enter(pm, va, pg, ufi.enter_prot, ufi.access | PMAP_CANFAIL | ufi.wflag):
         if swap_full():
-            held.unlockall()
+            ufi.unlockall()
             return ENOMEM
-        _cnt(C.pmfail_waits)
-        _cnt(C.flt_pmfail1 if wmesg == "flt_pmfail1" else C.flt_pmfail2)
-        _wait(held, wmesg)
+        _cnt(counter.pmfail_waits)
+        _cnt(counter.flt_pmfail1 if wmesg == "flt_pmfail1" else counter.flt_pmfail2)
+        _wait(ufi, wmesg)
     _finish(pg, wired, was)
-    held.unlockall()
+    ufi.unlockall()
     return 0
 
 
-def _uobj_get(held, uobj: int, off: int) -> int:
+def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
     """The object's page at ``off``, read in if not resident (pgo_get, synchronous)."""
-    lock.simple_lock(L.vnode + uobj % 8)        # (held: unlocked by uvmfault_unlockall)
-    held.ids.append(L.vnode + uobj % 8)
-    slot = A.file_base[uobj] + off
-    pg = A.file_page[slot]
+    lk = uvm_vnode.vnode_lock + uobj % uvm_vnode.NVNODE
+    lock.simple_lock(lk)                  # (held: unlocked by ufi.unlockall)
+    ufi.held.append(lk)
+    slot = shared.file_base[uobj] + off
+    pg = shared.file_page[slot]
     if pg < 0:
-        _cnt(C.fltget)
+        _cnt(counter.fltget)
         pg = uvm_pagealloc(OWN_UOBJ, uobj, off, -1, 0)
         if pg < 0:
-            _cnt(C.fltnoram)
-            _wait(held, "uvn_get")
-        A.file_page[slot] = pg
-        A.pg_flags[pg] &= ~PG_BUSY
-        _cnt(C.pageins)
+            _cnt(counter.fltnoram)
+            _wait(ufi, "uvn_get")
+        shared.file_page[slot] = pg
+        shared.pg_flags[pg] &= ~PG_BUSY
+        _cnt(counter.pageins)
     else:
-        _cnt(C.fltlget)
+        _cnt(counter.fltlget)
     return pg
 
 
 def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
-    lock.simple_lock(L.pageq)
+    lock.simple_lock(uvm_page.pageq_lock)
     if wired and not was_wired:                 # mlock twice wires the page once
         uvm_pagewire(pg)
     elif wired:
         pass                                    # the page is wired for this mapping already
     else:
         uvm_pageactivate(pg)
-    lock.simple_unlock(L.pageq)
+    lock.simple_unlock(uvm_page.pageq_lock)
 
 
-__all__ = ["uvm_fault", "ENOMEM", "EFAULT", "EACCES"]
+__all__ = ["uvm_fault", "FaultInfo", "ENOMEM", "EFAULT", "EACCES"]

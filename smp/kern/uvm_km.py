@@ -21,43 +21,69 @@ pages and retries the one page; the memory pressure is the same).
 
 from __future__ import annotations
 
-from smp.kern import kern_fail, lock, subr_prf
-from smp.kern import uvm as U
-from smp.kern.param import NBPG, PMAP_WIRED, VM_PROT_ALL, VM_PROT_READ, VM_PROT_WRITE
-from smp.kern.uvm import A, C, L
-from smp.kern.uvm_page import OWN_KMEM, PG_BUSY, uvm_pagealloc, uvm_pagefree
+import numpy as np
+
+from smp.kern import kern_fail, lock, pmap, subr_prf
+from smp.kern.param import (
+    KERNEL_PMAP,
+    KVA_BASE,
+    NBPG,
+    NKVA,
+    OWN_KMEM,
+    PG_BUSY,
+    PMAP_WIRED,
+    VM_PROT_ALL,
+    VM_PROT_READ,
+    VM_PROT_WRITE,
+)
+from smp.kern.uvm import counter, shared
+from smp.kern.uvm_page import uvm_pagealloc, uvm_pagefree
+from smp.machine.layout import ArraySpec
 
 KOBJ_KERNEL, KOBJ_KMEM = 0, 1
 _ci = None
-W_KM_ALLOC1 = subr_prf.intern("km_alloc1w")
-W_KM_GETWAIT2 = subr_prf.intern("km_getwait2")
+W_KM_ALLOC1 = subr_prf.String("km_alloc1w")
+W_KM_GETWAIT2 = subr_prf.String("km_getwait2")
+
+# lock ids (declare): the kernel objects' locks and the kernel submaps' locks
+kmem_object_lock = kernel_object_lock = kmem_map_lock = pager_map_lock = -1
 
 
-def attach(ci) -> None:
+def declare(kernel, locks) -> list[ArraySpec]:
+    """kmem_map's VA (a page-granular allocation map) and the kernel objects' and maps' locks."""
+    global kmem_object_lock, kernel_object_lock, kmem_map_lock, pager_map_lock
+    kmem_object_lock = locks.declare("kmem_object")
+    kernel_object_lock = locks.declare("kernel_object")
+    kmem_map_lock = locks.declare("kmem_map")
+    pager_map_lock = locks.declare("pager_map")
+    i4 = np.dtype("<i4")
+    return [ArraySpec("kva_used", i4, (NKVA,)), ArraySpec("kva_glob", i4, (4,))]
+
+
+def attach(ci, kernel) -> None:
     global _ci
     _ci = ci
 
 
 def kva(i: int) -> int:
-    from smp.kern.pmap import KVA_BASE
     return KVA_BASE + i * NBPG
 
 
 def emergva() -> int:
     """The pager's emergency window: one page of kernel VA past kmem_map ("emergva")."""
-    from smp.kern.uvm import S
-    return kva(S.nkva)
+    return kva(NKVA)
 
 
 def _vindex(va: int) -> int:
-    from smp.kern.pmap import KVA_BASE
     return (va - KVA_BASE) // NBPG
 
 
 def _valloc_locked(npages: int) -> int:
-    used = A.kva_used
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(kmem_map_lock)
+    used = shared.kva_used
     n = len(used)
-    start = A.kva_glob[0] % n
+    start = shared.kva_glob[0] % n
     run = 0
     i = start
     for _ in range(n + npages):
@@ -72,7 +98,7 @@ def _valloc_locked(npages: int) -> int:
                 first = i - npages + 1
                 for j in range(first, i + 1):
                     used[j] = 1
-                A.kva_glob[0] = i + 1
+                shared.kva_glob[0] = i + 1
                 return kva(first)
         i += 1
     return -1
@@ -80,61 +106,57 @@ def _valloc_locked(npages: int) -> int:
 
 def uvm_km_valloc_try(npages: int) -> int:
     """Kernel VA without waiting for the kmem_map lock; -1 if busy or full."""
-    if kern_fail.trylock_fails("uvm_km_valloc_try") or not lock.simple_lock_try(L.kmem_map):
+    if kern_fail.trylock_fails("uvm_km_valloc_try") or not lock.simple_lock_try(kmem_map_lock):
         return -1
     va = _valloc_locked(npages)
-    lock.simple_unlock(L.kmem_map)
+    lock.simple_unlock(kmem_map_lock)
     return va
 
 
 def uvm_km_valloc(npages: int) -> int:
-    lock.simple_lock(L.kmem_map)
+    lock.simple_lock(kmem_map_lock)
     va = _valloc_locked(npages)
-    lock.simple_unlock(L.kmem_map)
+    lock.simple_unlock(kmem_map_lock)
     return va
 
 
 def uvm_km_vfree(va: int, npages: int) -> None:
-    lock.simple_lock(L.kmem_map)
+    lock.simple_lock(kmem_map_lock)
     i = _vindex(va)
     for j in range(i, i + npages):
-        A.kva_used[j] = 0
-    lock.simple_unlock(L.kmem_map)
+        shared.kva_used[j] = 0
+    lock.simple_unlock(kmem_map_lock)
 
 
 def uvm_km_alloc1(npages: int) -> int:
     """Wired, managed kernel memory from kernel_object; returns its VA (may sleep, may panic)."""
-    from smp.kern import pmap, uvm_pdaemon
-
     va = uvm_km_valloc(npages)
     if va < 0:
         return -1
-    _cnt(C.km_allocs)
+    _cnt(counter.km_allocs)
     for i in range(npages):
-        lock.simple_lock(L.kernel_object)
+        lock.simple_lock(kernel_object_lock)
         pg = uvm_pagealloc(OWN_KMEM, KOBJ_KERNEL, _vindex(va) + i, -1, 0)
-        lock.simple_unlock(L.kernel_object)
+        lock.simple_unlock(kernel_object_lock)
         if pg < 0:
             _unwind(va, i, npages)
-            _cnt(C.km_waits)
-            uvm_pdaemon.uvm_wait(W_KM_ALLOC1)
-        A.pg_flags[pg] &= ~PG_BUSY
-        A.pg_wire[pg] = 1
+            _cnt(counter.km_waits)
+            _uvm_wait(W_KM_ALLOC1)
+        shared.pg_flags[pg] &= ~PG_BUSY
+        shared.pg_wire[pg] = 1
         # no PMAP_CANFAIL: the 2001 kernel assumed this could not fail
-        pmap.pmap_enter(pmap.KERNEL_PMAP, va + i * NBPG, pg, VM_PROT_ALL,
+        pmap.pmap_enter(KERNEL_PMAP, va + i * NBPG, pg, VM_PROT_ALL,
                         PMAP_WIRED | VM_PROT_READ | VM_PROT_WRITE)
     return va
 
 
 def uvm_km_kmemalloc(npages: int, intrsafe: bool, nowait: bool = False) -> int:
     """malloc's backend; interrupt-safe objects use pmap_kenter_pa (no pv entries)."""
-    from smp.kern import pmap, uvm_pdaemon
-
     va = uvm_km_valloc(npages)
     if va < 0:
         return -1
-    _cnt(C.km_allocs)
-    obj_lock = L.kmem_object if intrsafe else L.kernel_object
+    _cnt(counter.km_allocs)
+    obj_lock = kmem_object_lock if intrsafe else kernel_object_lock
     for i in range(npages):
         lock.simple_lock(obj_lock)
         pg = uvm_pagealloc(OWN_KMEM, KOBJ_KMEM if intrsafe else KOBJ_KERNEL,
@@ -144,14 +166,14 @@ def uvm_km_kmemalloc(npages: int, intrsafe: bool, nowait: bool = False) -> int:
             _unwind(va, i, npages)
             if nowait:
                 return -1
-            _cnt(C.km_waits)
-            uvm_pdaemon.uvm_wait(W_KM_GETWAIT2)
-        A.pg_flags[pg] &= ~PG_BUSY
-        A.pg_wire[pg] = 1
+            _cnt(counter.km_waits)
+            _uvm_wait(W_KM_GETWAIT2)
+        shared.pg_flags[pg] &= ~PG_BUSY
+        shared.pg_wire[pg] = 1
         if intrsafe:
             pmap.pmap_kenter_pa(va + i * NBPG, pg, VM_PROT_READ | VM_PROT_WRITE)
         else:
-            pmap.pmap_enter(pmap.KERNEL_PMAP, va + i * NBPG, pg, VM_PROT_READ | VM_PROT_WRITE,
+            pmap.pmap_enter(KERNEL_PMAP, va + i * NBPG, pg, VM_PROT_READ | VM_PROT_WRITE,
                             PMAP_WIRED | VM_PROT_READ | VM_PROT_WRITE)
     return va
 
@@ -161,18 +183,24 @@ def uvm_km_free(va: int, npages: int) -> None:
     _unwind(va, npages, npages)
 
 
-def _unwind(va: int, npages: int, nva: int) -> None:
-    """Unmap and free the first ``npages`` pages at ``va``, then ``nva`` pages of VA."""
-    from smp.kern import pmap
+def _uvm_wait(wmesg: int) -> None:
+    """uvm_wait: sleep until the pagedaemon frees memory (never returns: restart)."""
+    # uvm_pdaemon's pager maps its pages into pager_map with this module's VA allocator,
+    # so uvm_pdaemon imports uvm_km; this call back up into it waits for the call.
+    from smp.kern import uvm_pdaemon
+    uvm_pdaemon.uvm_wait(wmesg)
 
+
+def _unwind(va: int, npages: int, nva: int) -> None:
+    """Unmap and free the first ``npages`` pages at ``va``, then ``nva`` pages of Vshared."""
     pages = []
     for i in range(npages):
-        pg = pmap.pmap_extract(pmap.KERNEL_PMAP, va + i * NBPG)
+        pg = pmap.pmap_extract(KERNEL_PMAP, va + i * NBPG)
         if pg >= 0:
             pages.append(pg)
-    pmap.pmap_remove(pmap.KERNEL_PMAP, va, va + npages * NBPG)
+    pmap.pmap_remove(KERNEL_PMAP, va, va + npages * NBPG)
     for pg in pages:
-        obj_lock = L.kmem_object if A.pg_obj[pg] == KOBJ_KMEM else L.kernel_object
+        obj_lock = kmem_object_lock if shared.pg_obj[pg] == KOBJ_KMEM else kernel_object_lock
         lock.simple_lock(obj_lock)
         uvm_pagefree(pg)
         lock.simple_unlock(obj_lock)
@@ -181,7 +209,4 @@ def _unwind(va: int, npages: int, nva: int) -> None:
 
 
 def _cnt(idx: int) -> None:
-    A.cnt[_ci.cnt_base + idx] += 1
-
-
-del U
+    shared.cnt[_ci.cnt_base + idx] += 1

@@ -22,7 +22,8 @@ So user data pages fail at free <= 5 while PTPs and pv pages (USERESERVE)
 fail only at free <= 1 -- the arithmetic behind Sommerfeld never seeing his
 steal printf (NETBSD-FACTS §5.3).  A refused caller decides whether to sleep
 (``uvm_wait``) or fail.  ``uvm_pagefree`` appends to the tail of the free
-list.  Only page-table pages have simulated contents; zeroing any other page
+list.  Only page-table pages have simulated contents, and the pmap zeroes
+the ones it allocates itself (``pmap_zero_page``); zeroing any other page
 (UVM_PGA_ZERO) is counted but not performed.
 
 Paging queues (active, inactive) are guarded by the page-queue lock
@@ -32,71 +33,95 @@ move pages between them as in NetBSD.
 
 from __future__ import annotations
 
-from smp.kern import kern_fail, kern_synch, lock
-from smp.kern import uvm as U
-from smp.kern.uvm import A, C, L
+import numpy as np
 
-# pg_owner
-OWN_FREE, OWN_ANON, OWN_UOBJ, OWN_PTP, OWN_PVPAGE, OWN_KMEM, OWN_PDP, OWN_KPTP = range(8)
-OWNER_NAMES = ["free", "anon", "uobj", "ptp", "pvpage", "kmem", "pdp", "kptp"]
+from smp.kern import kern_fail, kern_synch, lock, subr_prf
+from smp.kern import uvm as U
+from smp.kern.param import (
+    OWN_ANON,
+    OWN_FREE,
+    OWN_KMEM,
+    OWN_KPTP,
+    OWN_PDP,
+    OWN_PTP,
+    OWN_PVPAGE,
+    OWN_UOBJ,
+    PG_BUSY,
+    PG_CLEAN,
+    PG_FAKE,
+    UVM_PGA_USERESERVE,
+    UVM_PGA_ZERO,
+)
+from smp.kern.uvm import counter, shared
+from smp.machine.layout import ArraySpec
+
 _OWNER_COUNTER = {OWN_ANON: U.ANONPAGES, OWN_UOBJ: U.FILEPAGES, OWN_PTP: U.PTPPAGES,
                   OWN_PVPAGE: U.PVPAGES, OWN_KMEM: U.KMEMPAGES, OWN_PDP: U.PDPPAGES,
                   OWN_KPTP: U.PTPPAGES}
+_PAGE_TABLE = (OWN_PTP, OWN_PDP, OWN_KPTP)        # the pmap zeroes these itself
 
-# pg_flags
-PG_BUSY, PG_WANTED, PG_TABLED, PG_CLEAN, PG_PAGEOUT, PG_RELEASED, PG_FAKE = (
-    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
 # pg_pq: which queue the page is on
 PQ_NONE, PQ_FREE, PQ_ACTIVE, PQ_INACTIVE = 0, 1, 2, 3
-# uvm_pagealloc flags
-UVM_PGA_USERESERVE = 0x1
-UVM_PGA_ZERO = 0x2
 # uvmq slots
 Q_FREE, Q_ACTIVE, Q_INACTIVE = 0, 2, 4
+PG_FIELDS = ("pg_flags", "pg_pq", "pg_owner", "pg_obj", "pg_off", "pg_anon", "pg_wire",
+             "pg_next", "pg_prev", "pg_lnext", "pg_lprev", "pg_version")
 
+P_DOUBLE_FREE = subr_prf.Message("uvm_pagefree", "freeing free page %p", "panic")
+
+fpageq_lock = pageq_lock = -1      # uvm.fpageqlock, uvm.pageqlock (declare)
 _ci = None
 _kobj_reserve = (OWN_PVPAGE, OWN_KMEM, OWN_PDP, OWN_KPTP)   # kernel objects use the reserve
 _pagedaemon_tid = -1
 
 
-def attach(ci, pagedaemon_tid: int) -> None:
+def declare(kernel, locks) -> list[ArraySpec]:
+    """vm_page[] (one array per field), the queue heads and the two queue locks."""
+    global fpageq_lock, pageq_lock
+    fpageq_lock = locks.declare("fpageq")                    # uvm_lock_fpageq
+    pageq_lock = locks.declare("pageq")                      # uvm_lock_pageq
+    i4 = np.dtype("<i4")
+    npages = kernel.machine.npages
+    return [ArraySpec("uvmq", i4, (8,))] + [ArraySpec(f, i4, (npages,)) for f in PG_FIELDS]
+
+
+def attach(ci, kernel) -> None:
     global _ci, _pagedaemon_tid
     _ci = ci
-    _pagedaemon_tid = pagedaemon_tid
+    _pagedaemon_tid = kernel.PAGEDAEMON
 
 
 # --- queues: doubly linked through pg_next/pg_prev, heads in uvmq -------------
 
 def _q_insert_tail(q: int, pg: int) -> None:
-    tail = A.uvmq[q + 1]
-    A.pg_next[pg] = -1
-    A.pg_prev[pg] = tail
+    tail = shared.uvmq[q + 1]
+    shared.pg_next[pg] = -1
+    shared.pg_prev[pg] = tail
     if tail < 0:
-        A.uvmq[q] = pg
+        shared.uvmq[q] = pg
     else:
-        A.pg_next[tail] = pg
-    A.uvmq[q + 1] = pg
+        shared.pg_next[tail] = pg
+    shared.uvmq[q + 1] = pg
 
 
 def _q_remove(q: int, pg: int) -> None:
-    nxt, prv = A.pg_next[pg], A.pg_prev[pg]
+    nxt, prv = shared.pg_next[pg], shared.pg_prev[pg]
     if prv < 0:
-        A.uvmq[q] = nxt
+        shared.uvmq[q] = nxt
     else:
-        A.pg_next[prv] = nxt
+        shared.pg_next[prv] = nxt
     if nxt < 0:
-        A.uvmq[q + 1] = prv
+        shared.uvmq[q + 1] = prv
     else:
-        A.pg_prev[nxt] = prv
-    A.pg_next[pg] = A.pg_prev[pg] = -1
+        shared.pg_prev[nxt] = prv
+    shared.pg_next[pg] = shared.pg_prev[pg] = -1
 
 
-def format_pages(seg, npages: int, kernel_config, machine) -> None:
+def format(seg, kernel) -> None:
     """Boot (uvm_page_init): every page free, in address order; tune the pagedaemon."""
-    import numpy as np
-
     a = seg.arrays
-    n = npages
+    kernel_config, machine = kernel.config, kernel.machine
+    n = machine.npages
     a["pg_next"][:] = np.arange(1, n + 1, dtype=np.int32)
     a["pg_next"][n - 1] = -1
     a["pg_prev"][:] = np.arange(-1, n - 1, dtype=np.int32)
@@ -106,7 +131,6 @@ def format_pages(seg, npages: int, kernel_config, machine) -> None:
     a["pg_anon"][:] = -1
     a["pg_lnext"][:] = -1
     a["pg_lprev"][:] = -1
-    a["pvh_list"][:] = -1
     q = a["uvmq"]
     q[:] = -1
     q[Q_FREE], q[Q_FREE + 1] = 0, n - 1
@@ -119,7 +143,7 @@ def format_pages(seg, npages: int, kernel_config, machine) -> None:
     ux[U.FREEMIN] = freemin
     ux[U.FREETARG] = freetarg
     ux[U.INACTARG] = freetarg + 1
-    ux[U.UX["wiredmax"]] = n // 3
+    ux[U.WIREDMAX] = n // 3
     ux[U.SWPAGES] = machine.swpages
 
 
@@ -127,74 +151,72 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     """Allocate a page for ``owner``/``obj``/``off`` (or ``anon``); -1 when refused.
 
     => caller holds the object's or anon's lock (the page goes into it).
+    => a page-table page (UVM_PGA_ZERO or not) is the pmap's to zero: only page-table
+       pages have simulated contents, and the pmap zeroes them through its own window.
     """
     if kern_fail.ON and kern_fail.fail("uvm_pagealloc"):
         return -1
-    ux = A.uvmexp
-    lock.simple_lock(L.fpageq)
+    ux = shared.uvmexp
+    lock.simple_lock(fpageq_lock)
     free = ux[U.FREE]
     if free < ux[U.FREEMIN] or (free < ux[U.FREETARG] and ux[U.INACTIVE] < ux[U.INACTARG]):
         kern_synch.wakeup(U.CHAN_PAGEDAEMON)
     use_reserve = (flags & UVM_PGA_USERESERVE) or owner in _kobj_reserve
     if (free <= ux[U.RESERVE_KERN] and not use_reserve) or (
             free <= ux[U.RESERVE_PD] and not (use_reserve and _is_pagedaemon())):
-        lock.simple_unlock(L.fpageq)
+        lock.simple_unlock(fpageq_lock)
         return -1
-    pg = A.uvmq[Q_FREE]
+    pg = shared.uvmq[Q_FREE]
     if pg < 0:                                  # cannot happen while free > 0
-        lock.simple_unlock(L.fpageq)
+        lock.simple_unlock(fpageq_lock)
         return -1
     _q_remove(Q_FREE, pg)
     ux[U.FREE] = free - 1
-    A.pg_pq[pg] = PQ_NONE
+    shared.pg_pq[pg] = PQ_NONE
     c = _OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] += 1                              # uvmexp counts: under fpageq, like free
-    lock.simple_unlock(L.fpageq)
-    A.pg_owner[pg] = owner
-    A.pg_obj[pg] = obj
-    A.pg_off[pg] = off
-    A.pg_anon[pg] = anon
-    A.pg_wire[pg] = 0
-    A.pg_flags[pg] = PG_BUSY | PG_FAKE | (0 if flags & UVM_PGA_ZERO else PG_CLEAN)
-    A.pg_version[pg] += 1
-    if flags & UVM_PGA_ZERO:
-        if owner in (OWN_PTP, OWN_PDP, OWN_KPTP):
-            pmap_zero_page(pg)
-        else:
-            _cnt(C.pga_zeromiss)
+    lock.simple_unlock(fpageq_lock)
+    shared.pg_owner[pg] = owner
+    shared.pg_obj[pg] = obj
+    shared.pg_off[pg] = off
+    shared.pg_anon[pg] = anon
+    shared.pg_wire[pg] = 0
+    shared.pg_flags[pg] = PG_BUSY | PG_FAKE | (0 if flags & UVM_PGA_ZERO else PG_CLEAN)
+    shared.pg_version[pg] += 1
+    if flags & UVM_PGA_ZERO and owner not in _PAGE_TABLE:
+        _cnt(counter.pga_zeromiss)
     return pg
 
 
 def uvm_pagefree(pg: int) -> None:
     """Return a page to the free list (=> caller holds its object/anon lock)."""
-    pq = A.pg_pq[pg]
+    pq = shared.pg_pq[pg]
     if pq == PQ_FREE:
-        from smp.kern.subr_prf import panic
-        panic(MSG_DOUBLE_FREE, pg << 12)
-    ux = A.uvmexp
-    owner = A.pg_owner[pg]
-    wired_data = A.pg_wire[pg] and owner in (OWN_ANON, OWN_UOBJ)
+        subr_prf.panic(P_DOUBLE_FREE, pg << 12)
+    ux = shared.uvmexp
+    owner = shared.pg_owner[pg]
+    wired_data = shared.pg_wire[pg] and owner in (OWN_ANON, OWN_UOBJ)
     if pq in (PQ_ACTIVE, PQ_INACTIVE) or wired_data:
-        lock.simple_lock(L.pageq)
+        lock.simple_lock(pageq_lock)
         _dequeue_paging(pg)
         if wired_data:
             ux[U.WIRED] -= 1
-        lock.simple_unlock(L.pageq)
-    A.pg_owner[pg] = OWN_FREE
-    A.pg_obj[pg] = -1
-    A.pg_anon[pg] = -1
-    A.pg_wire[pg] = 0
-    A.pg_flags[pg] = 0
-    A.pg_version[pg] += 1
-    lock.simple_lock(L.fpageq)
+        lock.simple_unlock(pageq_lock)
+    shared.pg_owner[pg] = OWN_FREE
+    shared.pg_obj[pg] = -1
+    shared.pg_anon[pg] = -1
+    shared.pg_wire[pg] = 0
+    shared.pg_flags[pg] = 0
+    shared.pg_version[pg] += 1
+    lock.simple_lock(fpageq_lock)
     c = _OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] -= 1
     _q_insert_tail(Q_FREE, pg)
-    A.pg_pq[pg] = PQ_FREE
+    shared.pg_pq[pg] = PQ_FREE
     ux[U.FREE] += 1
-    lock.simple_unlock(L.fpageq)
+    lock.simple_unlock(fpageq_lock)
 
 
 def uvm_pagerealloc(pg: int, owner: int, obj: int, off: int) -> None:
@@ -203,74 +225,71 @@ def uvm_pagerealloc(pg: int, owner: int, obj: int, off: int) -> None:
     => caller holds both objects' locks.  The version changes: the page is
        someone else's now, and any cached translation through it is stale.
     """
-    A.pg_owner[pg] = owner
-    A.pg_obj[pg] = obj
-    A.pg_off[pg] = off
-    A.pg_version[pg] += 1
-
-
-def pmap_zero_page(pg: int) -> None:
-    """Zero a page-table page through the single zerop window (pmap_zero_page_lock)."""
-    lock.simple_lock(L.zero_page)
-    base = pg << 10
-    A.physmem[base:base + 1024] = _ZEROS
-    lock.simple_unlock(L.zero_page)
-
-
-_ZEROS = memoryview(bytes(4096)).cast("I")
+    shared.pg_owner[pg] = owner
+    shared.pg_obj[pg] = obj
+    shared.pg_off[pg] = off
+    shared.pg_version[pg] += 1
 
 
 # --- paging queues (=> caller holds pageq) -------------------------------------
 
 def _dequeue_paging(pg: int) -> None:
-    pq = A.pg_pq[pg]
-    ux = A.uvmexp
+    pq = shared.pg_pq[pg]
+    ux = shared.uvmexp
     if pq == PQ_ACTIVE:
         _q_remove(Q_ACTIVE, pg)
         ux[U.ACTIVE] -= 1
     elif pq == PQ_INACTIVE:
         _q_remove(Q_INACTIVE, pg)
         ux[U.INACTIVE] -= 1
-    A.pg_pq[pg] = PQ_NONE
+    shared.pg_pq[pg] = PQ_NONE
 
 
 def uvm_pageactivate(pg: int) -> None:
     """Put a (pageable, unwired) page at the tail of the active queue (=> pageq held)."""
-    if A.pg_wire[pg]:
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
+    if shared.pg_wire[pg]:
         return
-    if A.pg_pq[pg] == PQ_ACTIVE:
+    if shared.pg_pq[pg] == PQ_ACTIVE:
         _q_remove(Q_ACTIVE, pg)
         _q_insert_tail(Q_ACTIVE, pg)
         return
     _dequeue_paging(pg)
     _q_insert_tail(Q_ACTIVE, pg)
-    A.pg_pq[pg] = PQ_ACTIVE
-    A.uvmexp[U.ACTIVE] += 1
+    shared.pg_pq[pg] = PQ_ACTIVE
+    shared.uvmexp[U.ACTIVE] += 1
 
 
 def uvm_pagedeactivate(pg: int) -> None:
     """Move a page to the inactive queue (=> pageq held)."""
-    if A.pg_wire[pg] or A.pg_pq[pg] == PQ_INACTIVE:
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
+    if shared.pg_wire[pg] or shared.pg_pq[pg] == PQ_INACTIVE:
         return
     _dequeue_paging(pg)
     _q_insert_tail(Q_INACTIVE, pg)
-    A.pg_pq[pg] = PQ_INACTIVE
-    A.uvmexp[U.INACTIVE] += 1
+    shared.pg_pq[pg] = PQ_INACTIVE
+    shared.uvmexp[U.INACTIVE] += 1
 
 
 def uvm_pagewire(pg: int) -> None:
     """Wire a data page: off the paging queues (=> pageq held)."""
-    if A.pg_wire[pg] == 0:
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
+    if shared.pg_wire[pg] == 0:
         _dequeue_paging(pg)
-        A.uvmexp[U.WIRED] += 1
-    A.pg_wire[pg] += 1
+        shared.uvmexp[U.WIRED] += 1
+    shared.pg_wire[pg] += 1
 
 
 def uvm_pageunwire(pg: int) -> None:
     """Unwire a data page; at zero it goes back on the active queue (=> pageq held)."""
-    A.pg_wire[pg] -= 1
-    if A.pg_wire[pg] == 0:
-        A.uvmexp[U.WIRED] -= 1
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pageq_lock)
+    shared.pg_wire[pg] -= 1
+    if shared.pg_wire[pg] == 0:
+        shared.uvmexp[U.WIRED] -= 1
         uvm_pageactivate(pg)
 
 
@@ -278,26 +297,26 @@ def uvm_pageunwire(pg: int) -> None:
 
 def memq_insert_tail(head: memoryview, tail: memoryview, obj: int, pg: int) -> None:
     t = tail[obj]
-    A.pg_lnext[pg] = -1
-    A.pg_lprev[pg] = t
+    shared.pg_lnext[pg] = -1
+    shared.pg_lprev[pg] = t
     if t < 0:
         head[obj] = pg
     else:
-        A.pg_lnext[t] = pg
+        shared.pg_lnext[t] = pg
     tail[obj] = pg
 
 
 def memq_remove(head: memoryview, tail: memoryview, obj: int, pg: int) -> None:
-    nxt, prv = A.pg_lnext[pg], A.pg_lprev[pg]
+    nxt, prv = shared.pg_lnext[pg], shared.pg_lprev[pg]
     if prv < 0:
         head[obj] = nxt
     else:
-        A.pg_lnext[prv] = nxt
+        shared.pg_lnext[prv] = nxt
     if nxt < 0:
         tail[obj] = prv
     else:
-        A.pg_lprev[nxt] = prv
-    A.pg_lnext[pg] = A.pg_lprev[pg] = -1
+        shared.pg_lprev[nxt] = prv
+    shared.pg_lnext[pg] = shared.pg_lprev[pg] = -1
 
 
 def _is_pagedaemon() -> bool:
@@ -305,9 +324,4 @@ def _is_pagedaemon() -> bool:
 
 
 def _cnt(idx: int, n: int = 1) -> None:
-    A.cnt[_ci.cnt_base + idx] += n
-
-
-from smp.kern.subr_prf import message as _message  # noqa: E402
-
-MSG_DOUBLE_FREE = _message("uvm_pagefree", "freeing free page %p", "panic")
+    shared.cnt[_ci.cnt_base + idx] += n

@@ -19,8 +19,7 @@ uvmpd_scan: walk the inactive queue (oldest first) until free >= freetarg:
         is dirty or has no swap copy it needs a pageout: a swap slot, then the
         pager maps it into pager_map with a plain pmap_enter on the kernel
         pmap (no PMAP_CANFAIL: uvm_pagermapin), writes, unmaps; swap full ->
-        reactivate (at most UVMPD_NUMDIRTYREACTS = 16
-PAGEDAEMON_NAP = 100_000_000       # ns; see uvm_pageout_step per pass); then free it
+        reactivate (at most UVMPD_NUMDIRTYREACTS = 16 per pass); then free it
     file page: unmap; dirty -> write it back the same way; free it
 then deactivate active pages (oldest first, after clearing their reference
 bits) until inactive reaches inactarg.
@@ -28,16 +27,31 @@ bits) until inactive reaches inactarg.
 
 from __future__ import annotations
 
-from smp.kern import kern_fail, kern_synch, lock, pmap, subr_prf
+from smp.kern import (
+    kern_fail,
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    uvm_anon,
+    uvm_km,
+    uvm_page,
+    uvm_vnode,
+)
 from smp.kern import uvm as U
-from smp.kern.param import NBPG, PMAP_WIRED, VM_PROT_READ
-from smp.kern.uvm import A, C, L
-from smp.kern.uvm_anon import swpgonly_add, uvm_swap_alloc
-from smp.kern.uvm_page import (
+from smp.kern.param import (
+    KERNEL_PMAP,
+    NBPG,
     OWN_ANON,
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
+    PMAP_WIRED,
+    VM_PROT_READ,
+)
+from smp.kern.uvm import counter, shared
+from smp.kern.uvm_anon import swpgonly_add, uvm_swap_alloc
+from smp.kern.uvm_page import (
     PQ_ACTIVE,
     PQ_INACTIVE,
     Q_ACTIVE,
@@ -49,25 +63,27 @@ from smp.kern.uvm_page import (
 
 UVMPD_NUMDIRTYREACTS = 16
 PAGEDAEMON_NAP = 100_000_000       # ns; see uvm_pageout_step
-W_PGDAEMON = subr_prf.intern("pgdaemon")
-W_FREE = subr_prf.intern("uvm_wait")
-MSG_DEADLOCK = subr_prf.message("", "pagedaemon: deadlock detected!")
-H = subr_prf.UVMHIST_FUNC("uvm_pageout")
-H_SLEEP = subr_prf.message("uvm_pageout", "  <<SLEEPING>>", "hist", "pdhist")
-H_WOKE = subr_prf.message("uvm_pageout", "  <<WOKE UP>>", "hist", "pdhist")
-H_TARG = subr_prf.message("uvm_pageout", "  free/ftarg=%d/%d, inact/itarg=%d/%d", "hist", "pdhist")
+W_PGDAEMON = subr_prf.String("pgdaemon")
+W_FREE = subr_prf.String("uvm_wait")
+MSG_DEADLOCK = subr_prf.Message("", "pagedaemon: deadlock detected!")
+HIST_PAGEOUT = subr_prf.UVMHIST_FUNC("uvm_pageout")
+H_SLEEP = subr_prf.Message("uvm_pageout", "  <<SLEEPING>>", "hist", "pdhist")
+H_WOKE = subr_prf.Message("uvm_pageout", "  <<WOKE UP>>", "hist", "pdhist")
+H_TARG = subr_prf.Message("uvm_pageout", "  free/ftarg=%d/%d, inact/itarg=%d/%d", "hist",
+                          "pdhist")
 
 _ci = None
-PAGEDAEMON_TID = 0
+_pagedaemon_tid = 0
 
 
-def attach(ci) -> None:
-    global _ci
+def attach(ci, kernel) -> None:
+    global _ci, _pagedaemon_tid
     _ci = ci
+    _pagedaemon_tid = kernel.PAGEDAEMON
 
 
 def _cnt(idx: int, n: int = 1) -> None:
-    A.cnt[_ci.cnt_base + idx] += n
+    shared.cnt[_ci.cnt_base + idx] += n
 
 
 def uvm_wait(wmesg: int) -> None:
@@ -75,12 +91,12 @@ def uvm_wait(wmesg: int) -> None:
 
     => caller holds no locks.
     """
-    if _ci.area["curproc"] == PAGEDAEMON_TID:
+    if _ci.area["curproc"] == _pagedaemon_tid:
         subr_prf.printf(MSG_DEADLOCK)
         kern_synch.ltsleep(U.CHAN_FREE, wmesg, _ci.tick_ns * 100 // 8)
-    lock.simple_lock(L.pagedaemon)
+    lock.simple_lock(U.pagedaemon_lock)
     kern_synch.wakeup(U.CHAN_PAGEDAEMON)
-    kern_synch.ltsleep(U.CHAN_FREE, wmesg, 0, L.pagedaemon)
+    kern_synch.ltsleep(U.CHAN_FREE, wmesg, 0, U.pagedaemon_lock)
 
 
 def uvm_pageout_step(tid: int) -> int:
@@ -91,29 +107,29 @@ def uvm_pageout_step(tid: int) -> int:
     next allocation anywhere in the system.  A closed simulation may have none, so the
     pagedaemon's sleep is bounded by PAGEDAEMON_NAP (documented deviation).
     """
-    p = A.np["proc"][tid]
+    p = shared.np["proc"][tid]
     if p["reg"][0] == 1:                         # woken (or napped out): one pass
         _pass()
     p["reg"][0] = 1
-    call = subr_prf.UVMHIST_CALLED(H)
+    call = subr_prf.UVMHIST_CALLED(HIST_PAGEOUT)
     subr_prf.UVMHIST_LOG(H_SLEEP, call)
-    lock.simple_lock(L.pagedaemon)
-    kern_synch.ltsleep(U.CHAN_PAGEDAEMON, W_PGDAEMON, PAGEDAEMON_NAP, L.pagedaemon)
+    lock.simple_lock(U.pagedaemon_lock)
+    kern_synch.ltsleep(U.CHAN_PAGEDAEMON, W_PGDAEMON, PAGEDAEMON_NAP, U.pagedaemon_lock)
     return 0
 
 
 def _pass() -> None:
-    _cnt(C.pdwoke)
-    ux = A.uvmexp
-    call = subr_prf.UVMHIST_CALLED(H)
+    _cnt(counter.pdwoke)
+    ux = shared.uvmexp
+    call = subr_prf.UVMHIST_CALLED(HIST_PAGEOUT)
     subr_prf.UVMHIST_LOG(H_WOKE, call)
-    lock.simple_lock(L.pageq)
+    lock.simple_lock(uvm_page.pageq_lock)
     ux[U.INACTARG] = max((ux[U.ACTIVE] + ux[U.INACTIVE]) // 3, ux[U.FREETARG] + 1)
     subr_prf.UVMHIST_LOG(H_TARG, call, ux[U.FREE], ux[U.FREETARG], ux[U.INACTIVE],
                          ux[U.INACTARG])
     if ux[U.FREE] < ux[U.FREETARG] or ux[U.INACTIVE] < ux[U.INACTARG]:
         uvmpd_scan()
-    lock.simple_unlock(L.pageq)
+    lock.simple_unlock(uvm_page.pageq_lock)
     if ux[U.FREE] > ux[U.RESERVE_KERN] or ux[U.PAGING] == 0:
         kern_synch.wakeup(U.CHAN_FREE)
 
@@ -123,21 +139,23 @@ def uvmpd_scan() -> None:
 
     => page queues locked (dropped around each pageout, as the I/O would).
     """
-    _cnt(C.pdrevs)
-    ux = A.uvmexp
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
+    _cnt(counter.pdrevs)
+    ux = shared.uvmexp
     dirtyreacts = 0
-    pg = A.uvmq[Q_INACTIVE]
+    pg = shared.uvmq[Q_INACTIVE]
     scanned = 0
     limit = ux[U.INACTIVE]
     while pg >= 0 and ux[U.FREE] < ux[U.FREETARG] and scanned < limit:
-        nxt = A.pg_next[pg]
+        nxt = shared.pg_next[pg]
         scanned += 1
-        _cnt(C.pdscans)
-        if A.pg_flags[pg] & PG_BUSY or A.pg_wire[pg]:
-            _cnt(C.pdbusy)
+        _cnt(counter.pdscans)
+        if shared.pg_flags[pg] & PG_BUSY or shared.pg_wire[pg]:
+            _cnt(counter.pdbusy)
             pg = nxt
             continue
-        owner = A.pg_owner[pg]
+        owner = shared.pg_owner[pg]
         if owner == OWN_ANON:
             r = _pageout_anon(pg, dirtyreacts < UVMPD_NUMDIRTYREACTS)
         elif owner == OWN_UOBJ:
@@ -146,120 +164,121 @@ def uvmpd_scan() -> None:
             r = "skip"
         if r == "react":
             dirtyreacts += 1
-        pg = nxt if nxt < 0 or A.pg_pq[nxt] == PQ_INACTIVE else A.uvmq[Q_INACTIVE]
+        pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_INACTIVE else shared.uvmq[Q_INACTIVE]
     # refill the inactive queue from the oldest active pages
-    pg = A.uvmq[Q_ACTIVE]
+    pg = shared.uvmq[Q_ACTIVE]
     while pg >= 0 and ux[U.INACTIVE] < ux[U.INACTARG]:
-        nxt = A.pg_next[pg]
-        if A.pg_pq[pg] == PQ_ACTIVE:
-            lock.simple_unlock(L.pageq)
+        nxt = shared.pg_next[pg]
+        if shared.pg_pq[pg] == PQ_ACTIVE:
+            lock.simple_unlock(uvm_page.pageq_lock)
             pmap.pmap_clear_reference(pg)
-            lock.simple_lock(L.pageq)
-            if A.pg_pq[pg] == PQ_ACTIVE:
+            lock.simple_lock(uvm_page.pageq_lock)
+            if shared.pg_pq[pg] == PQ_ACTIVE:
                 uvm_pagedeactivate(pg)
-                _cnt(C.pddeact)
-        pg = nxt if nxt < 0 or A.pg_pq[nxt] == PQ_ACTIVE else A.uvmq[Q_ACTIVE]
+                _cnt(counter.pddeact)
+        pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_ACTIVE else shared.uvmq[Q_ACTIVE]
 
 
 def _reactivate(pg: int) -> str:
     """Back to the active queue: referenced again, or nowhere to page it out to."""
-    lock.simple_lock(L.pageq)
+    lock.simple_lock(uvm_page.pageq_lock)
     uvm_pageactivate(pg)
-    lock.simple_unlock(L.pageq)
-    _cnt(C.pdreact)
+    lock.simple_unlock(uvm_page.pageq_lock)
+    _cnt(counter.pdreact)
     return "react"
 
 
 def _pageout_anon(pg: int, may_react: bool) -> str:
     """Try to free one inactive anon page (=> page queues locked)."""
-    an = A.pg_anon[pg]
-    if an < 0 or kern_fail.trylock_fails("uvmpd_scan") or not lock.simple_lock_try(L.anon + an):
-        _cnt(C.pdbusy)
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
+    an = shared.pg_anon[pg]
+    if an < 0 or kern_fail.trylock_fails("uvmpd_scan") or \
+            not lock.simple_lock_try(uvm_anon.an_lock + an):
+        _cnt(counter.pdbusy)
         return "busy"
-    if A.an_page[an] != pg:
-        lock.simple_unlock(L.anon + an)
+    if shared.an_page[an] != pg:
+        lock.simple_unlock(uvm_anon.an_lock + an)
         return "busy"
-    lock.simple_unlock(L.pageq)
+    lock.simple_unlock(uvm_page.pageq_lock)
     try:
         if pmap.pmap_clear_reference(pg):
             return _reactivate(pg)
         pmap.pmap_page_remove(pg)
-        dirty = not A.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg) or \
-            not A.an_swslot[an]
+        dirty = not shared.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg) or \
+            not shared.an_swslot[an]
         if dirty:
-            slot = A.an_swslot[an] - 1
+            slot = shared.an_swslot[an] - 1
             if slot < 0:
                 slot = uvm_swap_alloc()
             if slot < 0:                          # swap full: keep it
                 if not may_react:
                     return "busy"                 # UVMPD_NUMDIRTYREACTS used up this pass
                 return _reactivate(pg)
-            A.an_swslot[an] = slot + 1
+            shared.an_swslot[an] = slot + 1
             uvm_pager_put(pg)
-            _cnt(C.pgswapout)
-            _cnt(C.pdpageouts)
-        A.pvh_attrs[pg] = 0
-        A.an_page[an] = -1
+            _cnt(counter.pgswapout)
+            _cnt(counter.pdpageouts)
+        shared.pvh_attrs[pg] = 0
+        shared.an_page[an] = -1
         swpgonly_add(1)
         uvm_pagefree(pg)
-        _cnt(C.pdfreed)
+        _cnt(counter.pdfreed)
         return "freed"
     finally:
-        lock.simple_unlock(L.anon + an)
-        lock.simple_lock(L.pageq)
+        lock.simple_unlock(uvm_anon.an_lock + an)
+        lock.simple_lock(uvm_page.pageq_lock)
 
 
 def _pageout_file(pg: int) -> str:
     """Free one inactive file page, writing it back if dirty (=> page queues locked)."""
-    obj = A.pg_obj[pg]
-    lk = L.vnode + obj % 8
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(uvm_page.pageq_lock)
+    obj = shared.pg_obj[pg]
+    lk = uvm_vnode.vnode_lock + obj % uvm_vnode.NVNODE
     if not lock.simple_lock_try(lk):
-        _cnt(C.pdbusy)
+        _cnt(counter.pdbusy)
         return "busy"
-    lock.simple_unlock(L.pageq)
+    lock.simple_unlock(uvm_page.pageq_lock)
     try:
         if pmap.pmap_clear_reference(pg):
             return _reactivate(pg)
         pmap.pmap_page_remove(pg)
-        if not A.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg):
+        if not shared.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg):
             uvm_pager_put(pg)
-            _cnt(C.pdpageouts)
-        A.file_page[A.file_base[obj] + A.pg_off[pg]] = -1
-        A.pvh_attrs[pg] = 0
+            _cnt(counter.pdpageouts)
+        shared.file_page[shared.file_base[obj] + shared.pg_off[pg]] = -1
+        shared.pvh_attrs[pg] = 0
         uvm_pagefree(pg)
-        _cnt(C.pdfreed)
+        _cnt(counter.pdfreed)
         return "freed"
     finally:
         lock.simple_unlock(lk)
-        lock.simple_lock(L.pageq)
+        lock.simple_lock(uvm_page.pageq_lock)
 
 
 def uvm_pager_put(pg: int) -> None:
     """Write one page: map it for the I/O (uvm_pagermapin), "write", unmap, mark clean."""
     va = uvm_pagermapin(pg, VM_PROT_READ)
-    A.pg_flags[pg] |= PG_CLEAN
+    shared.pg_flags[pg] |= PG_CLEAN
     uvm_pagermapout(va)
 
 
 def uvm_pagermapin(pg: int, prot: int) -> int:
     """Map a page into pager_map: a plain pmap_enter on the kernel pmap (no PMAP_CANFAIL)."""
-    from smp.kern import uvm_km
-
-    _cnt(C.pagermapin)
-    lock.simple_lock(L.pager_map)
+    _cnt(counter.pagermapin)
+    lock.simple_lock(uvm_km.pager_map_lock)
     va = uvm_km.uvm_km_valloc(1)
     if va < 0:
         # pager_map is full: the pagedaemon (our only pager) uses the emergency
         # window rather than sleep with the page's anon locked ("emergva")
         va = uvm_km.emergva()
-    lock.simple_unlock(L.pager_map)
-    pmap.pmap_enter(pmap.KERNEL_PMAP, va, pg, prot, PMAP_WIRED | prot)
+    lock.simple_unlock(uvm_km.pager_map_lock)
+    pmap.pmap_enter(KERNEL_PMAP, va, pg, prot, PMAP_WIRED | prot)
     return va
 
 
 def uvm_pagermapout(va: int) -> None:
-    from smp.kern import uvm_km
-
-    pmap.pmap_remove(pmap.KERNEL_PMAP, va, va + NBPG)
+    pmap.pmap_remove(KERNEL_PMAP, va, va + NBPG)
     if va != uvm_km.emergva():
         uvm_km.uvm_km_vfree(va, 1)

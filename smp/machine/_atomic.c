@@ -21,6 +21,16 @@
  * the kernel is imported, so a code object has the same address in all of
  * them; the name is compared too, so a late-created function cannot alias.
  *
+ * LOCKDEBUG-style lock-order checking (off unless the kernel turns it on,
+ * which it does in DIAGNOSTIC mode): the kernel hands every lock class a
+ * rank (set_lock_order); a blocking acquisition of a ranked lock while this
+ * CPU holds a lock of a higher or equal rank -- or an instance of the same
+ * class with a higher id -- is recorded as a finding in a small per-CPU
+ * array of the segment (held class, wanted class, both call sites, a count).
+ * It never refuses the lock and never adds a scheduling point: the run goes
+ * on exactly as it would have.  Try-locks cannot deadlock and are not
+ * checked (their holds are, as held locks).
+ *
  * While a CPU spins it keeps servicing its IPI mailbox (the handler is a
  * Python callable), stops when the machine is halted (raises Halted), and
  * after spin_limit turns gives the host CPU away with sched_yield(): there
@@ -162,6 +172,16 @@ struct seg_hdr {              /* the segment's first 4096 bytes */
     uint32_t pad;
 };
 
+struct order_finding {        /* 32 bytes: one lock-order violation, counted */
+    uint32_t held_class;      /* the class held ... */
+    uint32_t wanted_class;    /* ... when this one was wanted */
+    uint32_t held_site;       /* where the held lock was taken */
+    uint32_t site;            /* where the wanted lock was asked for */
+    uint32_t held_lock;       /* the instances, the first time it was seen */
+    uint32_t wanted_lock;
+    uint64_t count;
+};
+
 /* ------------------------------------------------------------------ */
 
 static PyObject *HaltedError;     /* raised in a CPU when the machine halts */
@@ -210,6 +230,12 @@ typedef struct {
     int ndelays;                  /* fault injection: extra hold time per class/site */
     uint64_t delay_ns[MAXCLASS];
     char delay_site[MAXCLASS][SITE_NAME];       /* index of the per-CPU overflow slot */
+    int order_on;                 /* lock-order checking (set_lock_order) */
+    uint16_t order_rank[MAXCLASS];          /* 0: class not ranked, not checked */
+    uint16_t order_serializer[MAXCLASS];    /* class+1 whose exclusive hold exempts */
+    struct order_finding *findings;         /* this CPU's findings in the segment */
+    uint64_t *findings_count;               /* [0] entries used, [1] overflowed */
+    uint32_t findings_cap;
 } Core;
 
 static inline uint64_t mono_ns(void)
@@ -560,6 +586,64 @@ static void charge_hold(Core *c, const struct held *h, uint64_t t)
     s->hold_hist[hist_bucket(d)]++;
 }
 
+/* Lock-order check of a blocking acquisition of lock id from site (see the top of
+ * the file).  Of the held locks that are out of order, the highest-ranked one is
+ * recorded: one finding per (held class, wanted class, sites), however often. */
+static void order_check(Core *c, uint32_t id, uint32_t site)
+{
+    uint32_t wk = c->locks[id].klass;
+    uint32_t wr = wk < MAXCLASS ? c->order_rank[wk] : 0;
+    if (!wr)
+        return;
+    struct cpu_area *me = c->me;
+    uint32_t ser = c->order_serializer[wk];
+    int worst = -1;
+    uint32_t worst_rank = 0;
+    for (uint32_t i = 0; i < me->nheld; i++) {
+        struct held *h = &me->held[i];
+        if (h->lock == id)
+            return;             /* recursion, or locking against myself: not an order */
+        uint32_t hk = c->locks[h->lock].klass;
+        uint32_t hr = hk < MAXCLASS ? c->order_rank[hk] : 0;
+        if (!hr || hr < wr || (hk == wk && h->lock < id))
+            continue;           /* unranked, in order, or instances in ascending order */
+        if (hr >= worst_rank) {
+            worst = (int)i;
+            worst_rank = hr;
+        }
+    }
+    if (worst < 0)
+        return;
+    if (ser)                    /* e.g. pvh -> pmap while pmap_main_lock is held exclusively */
+        for (uint32_t i = 0; i < me->nheld; i++)
+            if (me->held[i].mode == M_EXCL && c->locks[me->held[i].lock].klass == ser - 1)
+                return;
+    struct held *h = &me->held[worst];
+    uint32_t hk = c->locks[h->lock].klass;
+    uint64_t n = c->findings_count[0];
+    for (uint64_t i = 0; i < n; i++) {
+        struct order_finding *f = &c->findings[i];
+        if (f->held_class == hk && f->wanted_class == wk && f->held_site == h->site &&
+            f->site == site) {
+            f->count++;
+            return;
+        }
+    }
+    if (n >= c->findings_cap) {
+        c->findings_count[1]++;
+        return;
+    }
+    struct order_finding *f = &c->findings[n];
+    f->held_class = hk;
+    f->wanted_class = wk;
+    f->held_site = h->site;
+    f->site = site;
+    f->held_lock = h->lock;
+    f->wanted_lock = id;
+    f->count = 1;
+    __atomic_store_n(&c->findings_count[0], n + 1, __ATOMIC_RELEASE);
+}
+
 static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id);
 
 /* Arguments of a lock operation: one lock id, in range, of the right kind;
@@ -614,6 +698,8 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint32_t mine = (uint32_t)c->cpu + 1;
     uint32_t zero = 0;
     uint32_t site = caller_site(c);
+    if (c->order_on)
+        order_check(c, id, site);
     if (__atomic_compare_exchange_n(&lw->state, &zero, mine, 0, __ATOMIC_ACQUIRE,
                                     __ATOMIC_RELAXED)) {
         if (acquired(c, id, M_EXCL, site, 0, 0, 0))
@@ -727,6 +813,8 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t site = caller_site(c);
+    if (c->order_on)
+        order_check(c, id, site);
     uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
     if (!(s & (RW_WRITER | RW_WANT)) &&
         __atomic_compare_exchange_n(&lw->state, &s, s + 1, 0, __ATOMIC_ACQUIRE,
@@ -803,6 +891,8 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = RW_WRITER | ((uint32_t)c->cpu + 1);
     uint32_t site = caller_site(c);
+    if (c->order_on)
+        order_check(c, id, site);
     uint32_t s = 0;
     if (__atomic_compare_exchange_n(&lw->state, &s, mine, 0, __ATOMIC_ACQUIRE,
                                     __ATOMIC_RELAXED)) {
@@ -1071,6 +1161,52 @@ static PyObject *Core_set_delay(Core *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* set_lock_order(ranks, serializers, findings_off, count_off, capacity): turn on
+ * lock-order checking.  ranks and serializers are bytes of native uint16, one per
+ * lock class id (rank 0: not checked; serializer: class id + 1 whose exclusive
+ * hold allows this class out of order, 0 none); findings go to capacity records
+ * of struct order_finding at findings_off, the two counters to count_off.
+ * set_lock_order(None) turns checking off. */
+static PyObject *Core_set_lock_order(Core *c, PyObject *args)
+{
+    Py_buffer ranks, sers;
+    Py_ssize_t foff, coff;
+    unsigned int cap;
+    if (PyTuple_GET_SIZE(args) == 1 && PyTuple_GET_ITEM(args, 0) == Py_None) {
+        c->order_on = 0;
+        Py_RETURN_NONE;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*nnI", &ranks, &sers, &foff, &coff, &cap))
+        return NULL;
+    PyObject *r = NULL;
+    Py_ssize_t n = ranks.len / 2;
+    if (ranks.len % 2 || sers.len != ranks.len || n > MAXCLASS) {
+        PyErr_SetString(PyExc_ValueError, "set_lock_order: one uint16 rank and serializer "
+                        "per class, at most MAXCLASS classes");
+        goto out;
+    }
+    if (foff < 0 || coff < 0 || coff % 8 || foff % 8 ||
+        foff + (Py_ssize_t)cap * (Py_ssize_t)sizeof(struct order_finding) > c->view.len ||
+        coff + 16 > c->view.len) {
+        PyErr_SetString(PyExc_IndexError, "set_lock_order: findings out of the segment");
+        goto out;
+    }
+    memset(c->order_rank, 0, sizeof c->order_rank);
+    memset(c->order_serializer, 0, sizeof c->order_serializer);
+    memcpy(c->order_rank, ranks.buf, (size_t)ranks.len);
+    memcpy(c->order_serializer, sers.buf, (size_t)sers.len);
+    c->findings = (struct order_finding *)(c->base + foff);
+    c->findings_count = (uint64_t *)(c->base + coff);
+    c->findings_cap = cap;
+    c->order_on = 1;
+    r = Py_None;
+    Py_INCREF(r);
+out:
+    PyBuffer_Release(&ranks);
+    PyBuffer_Release(&sers);
+    return r;
+}
+
 static PyObject *Core_now(Core *c, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromUnsignedLongLong(core_now(c));
@@ -1325,6 +1461,9 @@ static PyMethodDef Core_methods[] = {
     {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
     {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
      "set_delay(klass, site, ns): hold locks of a class longer when taken by site"},
+    {"set_lock_order", (PyCFunction)Core_set_lock_order, METH_VARARGS,
+     "set_lock_order(ranks, serializers, findings_off, count_off, capacity): check the "
+     "lock order of blocking acquisitions, recording findings (None: off)"},
     {NULL},
 };
 
@@ -1381,6 +1520,7 @@ PyMODINIT_FUNC PyInit__atomic(void)
     C("RING_HDR_SIZE", sizeof(struct ring_hdr));
     C("REC_SIZE", sizeof(struct record));
     C("HDR_SIZE", sizeof(struct seg_hdr));
+    C("FINDING_SIZE", sizeof(struct order_finding));
     C("MAXHELD", MAXHELD);
     C("NHIST", NHIST);
     C("NARGS", NARGS);

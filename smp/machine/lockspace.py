@@ -10,11 +10,26 @@ any lock id without importing the kernel.
 
 Kinds: ``spin`` (simple_lock), ``rw`` (spinlockmgr, shared/exclusive) and
 ``spin-recursive`` (the big kernel lock, which its holder may take again).
+
+Lock order (LOCKDEBUG): whoever declares the classes may also rank them
+(``set_order``: outermost first).  A CPU whose core is handed the ranks
+(``order_tables``, ``_atomic.Core.set_lock_order``) records every blocking
+acquisition made out of order -- a class taken while one of an equal or
+higher rank is held, or a second instance of a class with a lower id than
+the one held -- as a *finding* in its ``ORDER_FINDING_DTYPE`` records; it
+neither refuses the lock nor adds a scheduling point.  Try-locks are exempt
+(they cannot deadlock).  A class may name a *serializer*: a class whose
+exclusive holder is alone, so that the class may be taken out of order under
+it (pmap locks after a pv-head lock under an exclusive ``pmap_main_lock``).
+Unranked classes (a load's own locks) are not checked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from smp.machine import _atomic
 
@@ -27,6 +42,13 @@ class LockClass:
     name: str
     kind: str
 
+
+ORDER_FINDING_DTYPE = np.dtype(
+    [("held_class", "<u4"), ("wanted_class", "<u4"), ("held_site", "<u4"), ("site", "<u4"),
+     ("held_lock", "<u4"), ("wanted_lock", "<u4"), ("count", "<u8")]
+)       # struct order_finding of _atomic.c
+if ORDER_FINDING_DTYPE.itemsize != _atomic.FINDING_SIZE:  # pragma: no cover - build mismatch
+    raise ImportError("lockspace: ORDER_FINDING_DTYPE does not match struct order_finding")
 
 AGGREGATE_OVER = 1024    # ranges larger than this keep statistics per class (LF_CLASS)
 
@@ -47,6 +69,8 @@ class LockSpace:
     classes: list[LockClass] = field(default_factory=list)
     ranges: list[LockRange] = field(default_factory=list)
     nlocks: int = 0
+    ranks: dict[int, int] = field(default_factory=dict)         # class id -> rank (>= 1)
+    serializers: dict[int, int] = field(default_factory=dict)   # class id -> class id
 
     def lock_class(self, name: str, kind: str = "spin") -> LockClass:
         """Find or declare a class."""
@@ -101,6 +125,39 @@ class LockSpace:
             locks["klass"][r.first:r.first + r.count] = c.id
             locks["flags"][r.first:r.first + r.count] = KINDS[c.kind] | (
                 _atomic.LF_CLASS if r.aggregate else 0)
+
+    def set_order(self, order: list[tuple[str, ...]],
+                  serialized_by: Mapping[str, str] = {}) -> None:  # noqa: B006 - read only
+        """Rank the declared classes: ``order`` lists them outermost first, classes in
+        one tuple sharing a rank (siblings never held together); ``serialized_by`` maps
+        a class to the class whose exclusive hold lets it be taken out of order."""
+        by_name = {c.name: c.id for c in self.classes}
+        ranks: dict[int, int] = {}
+        for rank, group in enumerate(order, 1):
+            for name in group:
+                if name not in by_name:
+                    raise ValueError(f"lock order: no lock class {name!r}")
+                if by_name[name] in ranks:
+                    raise ValueError(f"lock order: class {name!r} ranked twice")
+                ranks[by_name[name]] = rank
+        sers = {}
+        for name, ser in serialized_by.items():
+            for n in (name, ser):
+                if n not in by_name:
+                    raise ValueError(f"lock order: no lock class {n!r}")
+            sers[by_name[name]] = by_name[ser]
+        self.ranks, self.serializers = ranks, sers
+
+    def order_tables(self) -> tuple[bytes, bytes]:
+        """The ranks and serializers per class id, as ``Core.set_lock_order`` takes them."""
+        n = len(self.classes)
+        rank = np.zeros(n, np.uint16)
+        ser = np.zeros(n, np.uint16)
+        for k, r in self.ranks.items():
+            rank[k] = r
+        for k, s in self.serializers.items():
+            ser[k] = s + 1
+        return rank.tobytes(), ser.tobytes()
 
     def to_dict(self) -> dict:
         return {
