@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from smp.machine.segment import SEGMENT_PREFIX, leaked_segments
@@ -32,3 +33,21 @@ def no_leaks():
     orphans = set(leaked_segments(orphans_only=True)) - before
     own = [s for s in leaked_segments() if s.startswith(mine)]
     assert not orphans and not own, f"segments left in /dev/shm: {sorted(orphans) + own}"
+
+
+def cpu_workers(pid: int) -> list[psutil.Process]:
+    """The CPU workers of the ``smp run`` process ``pid`` (its children but
+    multiprocessing's resource tracker), read without tripping over one that just
+    exited."""
+    out = []
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    for c in kids:
+        try:
+            if "resource_tracker" not in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.Error:
+            continue
+    return out

@@ -37,7 +37,8 @@ from smp.kern import uvm as U
 from smp.kern.diagnostic import check_after_run, check_invariants
 from smp.kern.kernel import FIRST_USER_TID, Kernel
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
-from smp.kern.uvm_page import OWN_KMEM, PG_BUSY, uvm_pagealloc, uvm_pagefree
+from smp.kern.uvm_map import EF_COPY
+from smp.kern.uvm_page import OWN_KMEM, OWN_PTP, PG_BUSY, uvm_pagealloc, uvm_pagefree
 from smp.machine.boot import Machine
 from smp.machine.cpu import Panic
 from smp.machine.schedule import FREE, Lockstep
@@ -356,3 +357,61 @@ def run_program(program: Callable[[Assembler], int], nprocs: int, overrides: Seq
         outcome = mach.run()
         mach.console = RunDir(run_dir).text("console.log")
     return mach, outcome
+
+
+# --- scenarios several kernel test files share ----------------------------------------------
+
+def stealable_setup(b, thief: int = 1, victims=(0,), wire=()):
+    """Victims map one page each (a PTP apiece); the thief has a resident anon page
+    whose 4 MiB region has no PTP any more -- its refault (case 1A) needs no data page,
+    only a PTP, so it reaches pmap_alloc_ptp directly (§5.3)."""
+    vas = {}
+    for v in victims:
+        va = b.mmap(v, 4)
+        assert b.fault(v, va, wire=v in wire) == 0
+        vas[v] = va
+    tva = b.mmap(thief, 4)
+    assert b.fault(thief, tva) == 0
+    b.unmap_keep_pages(thief, tva)
+    assert b.a["pm_npages"][b.pm(thief)] == 0
+    return vas, tva
+
+
+def drain_before_ptp(b, monkeypatch, to: int = 1) -> None:
+    """Another CPU (or an interrupt) takes pages between uvm_fault's data-page
+    allocation and pmap_enter's PTP allocation (NETBSD-FACTS §11 B)."""
+    real = pmap.uvm_pagealloc
+
+    def alloc(owner, *args):
+        if owner == OWN_PTP and b.free() > to:
+            b.free_to(to)
+        return real(owner, *args)
+
+    monkeypatch.setattr(pmap, "uvm_pagealloc", alloc)
+
+
+def two_pages_one_ptp(b, i: int = 0):
+    """Process i maps page 0 and keeps page 1 resident but unmapped, in one PTP:
+    re-entering page 1 needs a pv entry and no PTP."""
+    va = b.mmap(i, 4)
+    assert b.fault(i, va) == 0 and b.fault(i, va + NBPG) == 0
+    b.unmap_keep_pages(i, va + NBPG)
+    assert b.extract(i, va) >= 0
+    return va + NBPG, b.anon_page(i, va + NBPG)
+
+
+def ptp_hog(nblocks: int, nprocs: int, rounds: int, stride: int = 1024):
+    """One page per 4 MiB (``stride`` pages) over ``nblocks`` blocks: a PTP per data
+    page, so page tables, which the pagedaemon cannot reclaim, fill memory."""
+    def program(a: Assembler) -> int:
+        pc = a.pc
+        a.emit(Op.MMAP, 0, nblocks * 1024, 3, EF_COPY, -1, 0, 0)
+        a.emit(Op.TOUCH, 0, 0, 0, stride, 1, 0, 0)
+        a.emit(Op.BARRIER, 0, nprocs)
+        a.begin(Op.REPEAT, rounds)
+        a.emit(Op.TOUCH, 0, 0, 0, stride, 1, 0, 0)
+        a.end()
+        a.emit(Op.MUNMAP, 0)
+        a.emit(Op.EXIT)
+        return pc
+    return program

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
+from smp.rundir import format as fmt
 from smp.tools.experiment import METRICS, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def test_results_md_is_a_markdown_table_with_a_row_per_cell(experiment):
 def test_experiment_json_has_schema_1_and_names_every_run_directory(experiment):
     _r, out = experiment
     doc = json.loads((out / "experiment.json").read_text())
-    assert doc["schema"] == 1
+    assert doc["schema"] == fmt.EXPERIMENT_SCHEMA
     assert doc["scripts"] == [str(TINY)] and doc["configs"] == list(CELLS)
     assert doc["seeds"] == 1 and doc["overrides"] == ["ncpu=2"] and doc["time_limit"] == "5s"
     assert [(c["load"], c["config"], c["overrides"]) for c in doc["cells"]] == [
@@ -149,7 +150,7 @@ def test_a_config_cell_is_key_value_pairs(spec, overrides):
     assert parse_config(spec) == (" ".join(overrides), overrides)
 
 
-# -- known bugs (strict xfail: they fail today) -------------------------------------------------
+# -- bugs found by these tests, fixed and kept as regressions ------------------------------------
 
 def test_a_config_cell_may_separate_pairs_with_commas():
     assert parse_config("steal=none,biglock=off")[1] == ["steal=none", "biglock=off"]

@@ -1,18 +1,24 @@
 """Kernel bugs found by the DIAGNOSTIC checker and the tests, each reproduced deterministically.
 
-Each test states the correct behaviour and is marked ``xfail(strict=True)`` while the
-bug is there: when the kernel is fixed the test passes, pytest reports XPASS as a
-failure, and the marker must go.  The interleavings that need two CPUs are replayed on
+Each test states the correct behaviour and stays as a regression test now that the bug
+is fixed (the commit that fixed it is named where it helps).  The interleavings that
+need two CPUs are replayed on
 cpu0 by running "the other CPU's" code at the exact point where it can run (a wrapped
 kernel function), which is what a real second CPU may do at that moment.
 """
 
 from __future__ import annotations
 
-import pytest
-from kernharness import RW, booted, configs, run_program, sleeps
-from test_kernel_decisions import stealable_setup, two_pages_one_ptp
-from test_kernel_mp import ptp_hog
+from kernharness import (
+    RW,
+    booted,
+    configs,
+    ptp_hog,
+    run_program,
+    sleeps,
+    stealable_setup,
+    two_pages_one_ptp,
+)
 
 from smp.kern import kern_synch, lock, pmap, uvm_anon, uvm_km, uvm_map, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
@@ -134,15 +140,13 @@ def test_two_cpus_stealing_ptps_and_pv_entries_deadlock_without_the_big_lock():
 
 
 def test_a_deadlock_report_names_every_lock_the_cpus_held():
-    for seed in range(3):
-        mach, o = run_program(ptp_hog(8, 6, 4, stride=32), 6,
-                              ["ncpu=2", "physmem=8M", "swap=16M", "steal=ptp,pv",
-                               "biglock=off"], amap_per_proc=8 * 1024, fail=STEAL_BOTH,
-                              seed=seed, lockstep="random", time_limit_s=60)
-        if o.status == "deadlock":
-            break
-    else:
-        pytest.skip("no deadlock in these seeds")
+    # lockstep seed 0 deadlocks this load (seeds 0-3 do, 4 and 5 finish): pinned, so the
+    # test asserts instead of hoping a deadlock turns up
+    mach, o = run_program(ptp_hog(8, 6, 4, stride=32), 6,
+                          ["ncpu=2", "physmem=8M", "swap=16M", "steal=ptp,pv", "biglock=off"],
+                          amap_per_proc=8 * 1024, fail=STEAL_BOTH, seed=0,
+                          lockstep="random", time_limit_s=60)
+    assert o.status == "deadlock", (o.status, o.message)
     thief = next(c for c in o.cpus if any(h["name"] == "pmap_tmpptp_lock" for h in c.held))
     names = {h["name"] for h in thief.held}
     # pmap_steal_ptp runs inside pmap_enter, under the main lock (shared) and the pmap lock

@@ -13,8 +13,11 @@ import pytest
 from kernharness import (
     RW,
     booted,
+    drain_before_ptp,
     panics,
     sleeps,
+    stealable_setup,
+    two_pages_one_ptp,
     wmesg,
 )
 
@@ -29,23 +32,6 @@ from smp.kern.uvm_page import (
     uvm_pagealloc,
     uvm_pagefree,
 )
-
-
-def stealable_setup(b, thief: int = 1, victims=(0,), wire=()):
-    """Victims map one page each (a PTP apiece); the thief has a resident anon page
-    whose 4 MiB region has no PTP any more -- its refault (case 1A) needs no data page,
-    only a PTP, so it reaches pmap_alloc_ptp directly (§5.3)."""
-    vas = {}
-    for v in victims:
-        va = b.mmap(v, 4)
-        assert b.fault(v, va, wire=v in wire) == 0
-        vas[v] = va
-    tva = b.mmap(thief, 4)
-    assert b.fault(thief, tva) == 0
-    b.unmap_keep_pages(thief, tva)
-    assert b.a["pm_npages"][b.pm(thief)] == 0
-    return vas, tva
-
 
 # --- §9.1 the data page: reserve_kernel ------------------------------------------------------
 
@@ -215,18 +201,6 @@ def test_pmfail1_sleep_for_an_anon_page_and_enomem_when_swap_is_full():
         assert b.check() == []
 
 
-def drain_before_ptp(b, monkeypatch, to: int = 1) -> None:
-    """Another CPU (or an interrupt) takes pages between uvm_fault's data-page
-    allocation and pmap_enter's PTP allocation (NETBSD-FACTS §11 B)."""
-    real = pmap.uvm_pagealloc
-
-    def alloc(owner, *args):
-        if owner == OWN_PTP and b.free() > to:
-            b.free_to(to)
-        return real(owner, *args)
-
-    monkeypatch.setattr(pmap, "uvm_pagealloc", alloc)
-
 
 def test_pmfail2_sleep_for_a_zero_fill_page(monkeypatch):
     with booted(["steal=none"]) as b:
@@ -243,15 +217,6 @@ def test_pmfail2_sleep_for_a_zero_fill_page(monkeypatch):
 
 
 # --- §9.3 pv entries --------------------------------------------------------------------------
-
-def two_pages_one_ptp(b, i: int = 0):
-    """Process i maps page 0 and keeps page 1 resident but unmapped, in one PTP:
-    re-entering page 1 needs a pv entry and no PTP."""
-    va = b.mmap(i, 4)
-    assert b.fault(i, va) == 0 and b.fault(i, va + NBPG) == 0
-    b.unmap_keep_pages(i, va + NBPG)
-    assert b.extract(i, va) >= 0
-    return va + NBPG, b.anon_page(i, va + NBPG)
 
 
 def test_pv_entries_come_from_the_free_list_then_an_unused_page_then_a_new_page():

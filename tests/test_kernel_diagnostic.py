@@ -9,8 +9,12 @@ must name exactly that.
 from __future__ import annotations
 
 import pytest
-from kernharness import booted, sleeps
-from test_kernel_decisions import stealable_setup, two_pages_one_ptp
+from kernharness import (
+    booted,
+    sleeps,
+    stealable_setup,
+    two_pages_one_ptp,
+)
 
 from smp.kern import lock, pmap, uvm_anon, uvm_km, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U

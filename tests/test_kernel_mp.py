@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from kernharness import run_program
+from kernharness import (
+    ptp_hog,
+    run_program,
+)
 
 from smp.kern.uvm_map import EF_COPY
 from smp.workload.program import Assembler, Op
@@ -91,22 +94,6 @@ def test_fork_and_copy_on_write_under_pressure_biglock_off():
     c = counters(o)
     assert c["forks"] == 12 and c["flt_acow"] > 0 and c["pgswapout"] > 0
 
-
-def ptp_hog(nblocks: int, nprocs: int, rounds: int, stride: int = 1024):
-    """One page per 4 MiB (``stride`` pages) over ``nblocks`` blocks: a PTP per data
-    page, so page tables, which the pagedaemon cannot reclaim, fill memory."""
-    def program(a: Assembler) -> int:
-        pc = a.pc
-        a.emit(Op.MMAP, 0, nblocks * 1024, 3, EF_COPY, -1, 0, 0)
-        a.emit(Op.TOUCH, 0, 0, 0, stride, 1, 0, 0)
-        a.emit(Op.BARRIER, 0, nprocs)
-        a.begin(Op.REPEAT, rounds)
-        a.emit(Op.TOUCH, 0, 0, 0, stride, 1, 0, 0)
-        a.end()
-        a.emit(Op.MUNMAP, 0)
-        a.emit(Op.EXIT)
-        return pc
-    return program
 
 
 STEAL_MACHINE = ["ncpu=4", "physmem=4M", "swap=4M", "reserve_pagedaemon=5"]

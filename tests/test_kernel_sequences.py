@@ -8,8 +8,14 @@ asks for a PTP, pages are first taken away, exactly as a second CPU would.
 from __future__ import annotations
 
 import pytest
-from kernharness import booted, panics, sleeps, wmesg
-from test_kernel_decisions import drain_before_ptp, two_pages_one_ptp
+from kernharness import (
+    booted,
+    drain_before_ptp,
+    panics,
+    sleeps,
+    two_pages_one_ptp,
+    wmesg,
+)
 
 from smp.kern import pmap, uvm_km, uvm_pdaemon
 from smp.kern import uvm as U

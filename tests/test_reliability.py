@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO, smp
+from conftest import REPO, cpu_workers, smp
 
 from smp.errors import Exit
 from smp.machine.segment import SEGMENT_PREFIX, leaked_segments
@@ -128,8 +128,8 @@ def test_a_full_disk_ends_the_run_cleanly_with_its_own_status(tmp_path):
     assert (copy / ".incomplete").exists() or \
         json.loads((copy / "summary.json").read_text())["incomplete"] is True
     # what was written before the disk filled is intact: the manifest and the catalogue
-    assert json.loads((copy / "manifest.json").read_text())["schema"] == 1
-    assert json.loads((copy / "catalogue.json").read_text())["schema"] == 1
+    assert json.loads((copy / "manifest.json").read_text())["schema"] == fmt.MANIFEST_SCHEMA
+    assert json.loads((copy / "catalogue.json").read_text())["schema"] == fmt.CATALOGUE_SCHEMA
     # and every tool says the directory is incomplete instead of failing on it
     t = smp("trace", str(copy), "--partial", "--force", "--stats", cwd=tmp_path)
     assert t.returncode in (0, 2) and "Traceback" not in t.stderr
@@ -165,23 +165,6 @@ def _gone(p: psutil.Process) -> bool:
         return p.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def _cpu_workers(pid: int) -> list[psutil.Process]:
-    """The CPU workers of run ``pid`` (its children but multiprocessing's resource
-    tracker), read without tripping over one that just exited."""
-    out = []
-    try:
-        kids = psutil.Process(pid).children()
-    except psutil.Error:
-        return []
-    for c in kids:
-        try:
-            if "resource_tracker" not in " ".join(c.cmdline()):
-                out.append(c)
-        except psutil.Error:
-            continue
-    return out
 
 
 def _segments_of(pid: int) -> list[str]:
@@ -383,9 +366,9 @@ def test_a_dead_cpu_has_its_own_exit_status_and_the_message_says_it_once(tmp_pat
                           str(tmp_path / "r"), "-q"], cwd=tmp_path, env=ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len(_cpu_workers(p.pid)) == 2, what="the CPUs")
+        _wait_for(lambda: len(cpu_workers(p.pid)) == 2, what="the CPUs")
         time.sleep(0.3)
-        cpu = sorted(_cpu_workers(p.pid), key=lambda c: c.pid)[0]
+        cpu = sorted(cpu_workers(p.pid), key=lambda c: c.pid)[0]
         cpu.kill()
         stdout, stderr = p.communicate(timeout=30)
     finally:

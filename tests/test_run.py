@@ -10,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import smp
+from conftest import cpu_workers, smp
 
+from smp.errors import Exit
+from smp.rundir import format as fmt
+
+SCHEMAS = {fmt.MANIFEST_FILE: fmt.MANIFEST_SCHEMA, fmt.LOCKSTAT_FILE: fmt.LOCKSTAT_SCHEMA,
+           fmt.SUMMARY_FILE: fmt.SUMMARY_SCHEMA}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +36,7 @@ def test_default_run_writes_a_complete_run_directory(tmp_path):
                  "lockstat.json", "summary.json", "summary.txt"):
         assert (out / name).is_file(), name
     for name in ("manifest.json", "lockstat.json", "summary.json"):
-        assert json.loads((out / name).read_text())["schema"] == 1
+        assert json.loads((out / name).read_text())["schema"] == SCHEMAS[name]
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "done" and s["ncpu"] == 2
     kc = s["kernel_counters"]
@@ -85,6 +89,20 @@ def start_run(script_path: Path, out: Path, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def wait_console(out: Path, needle: str, n: int, timeout: float = 60) -> None:
+    """Until the run's console shows ``needle`` ``n`` times: readiness is a console line,
+    not a guess at how long the host takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (out / "console.log").read_text().count(needle) >= n:
+                return
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, f"no {n} x {needle!r} in the console"
+        time.sleep(0.02)
+
+
 def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
     p = script(tmp_path, "[synthetic]\nprocesses = 8\niterations = 1000000\n", "i386mp-4")
     out = tmp_path / "run"
@@ -93,11 +111,10 @@ def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
         deadline = time.monotonic() + 30
         workers = []
         while time.monotonic() < deadline and len(workers) < 4:
-            workers = [w for w in psutil.Process(proc.pid).children()
-                       if "resource_tracker" not in " ".join(w.cmdline())]
+            workers = cpu_workers(proc.pid)
             time.sleep(0.05)
         assert len(workers) == 4
-        time.sleep(0.5)
+        wait_console(out, "synth: pid", 1)                    # the load is running
         victim = sorted(workers, key=lambda w: w.pid)[1]     # cpu1
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
@@ -106,7 +123,7 @@ def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode not in (0, 2, 3), (proc.returncode, stderr)
+    assert proc.returncode == Exit.CPU_DIED, (proc.returncode, stderr)
     assert "cpu1" in stdout and "died" in stdout and "SIGKILL" in stdout, stdout
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "cpu-died"
@@ -118,10 +135,7 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path):
     out = tmp_path / "run"
     proc = start_run(p, out, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (out / "console.log").exists():
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_console(out, "started on cpu", 4)                # every process is running
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=20)
     finally:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import smp
 
+from smp.rundir import format as fmt
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.stem for p in (REPO / "workloads").glob("*.toml"))
 COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals",
@@ -32,7 +34,7 @@ def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
     assert "Traceback" not in r.stderr, r.stderr
     assert r.stdout.splitlines()[0] == str(out)
     s = json.loads((out / "summary.json").read_text())
-    assert s["schema"] == 1 and s["exit_code"] == 0
+    assert s["schema"] == fmt.SUMMARY_SCHEMA and s["exit_code"] == 0
     assert s["status"] in ("done", "timeout"), (s["status"], s["message"])
     assert s["ncpu"] == ncpu and s["load_script"] == name and s["kernel"] == "default"
     if limit_s is not None:
@@ -54,10 +56,10 @@ def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
     assert len(s["cpus"]) == ncpu
     m = json.loads((out / "manifest.json").read_text())
     script = REPO / "workloads" / f"{name}.toml"
-    assert m["schema"] == 1 and m["load_script"]["name"] == name
+    assert m["schema"] == fmt.MANIFEST_SCHEMA and m["load_script"]["name"] == name
     assert m["load_script"]["sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
     assert m["machine"]["ncpu"] == ncpu
-    assert json.loads((out / "lockstat.json").read_text())["schema"] == 1
+    assert json.loads((out / "lockstat.json").read_text())["schema"] == fmt.LOCKSTAT_SCHEMA
     assert (out / "console.log").is_file()
     return s
 

@@ -186,17 +186,27 @@ class Machine:
     # -- the run --------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        """Boot, run and collect (module docstring).  Ctrl-C or SIGTERM before the CPUs
-        exist raise KeyboardInterrupt (there is no run to report); after, they end the
-        run cleanly with status "interrupted"."""
-        old_term = signal.signal(signal.SIGTERM, _terminate)
+        """Boot, run and collect (module docstring).
+
+        Ctrl-C and SIGTERM only set a flag the supervisor looks at every poll, so they
+        end the run cleanly (status "interrupted") wherever they land -- inside boot,
+        inside a fork() of the CPUs (where a raised KeyboardInterrupt would be lost in
+        an at-fork hook), or during the cleanup (which they cannot cut short).
+        """
+        self._stop_signal = ""
+
+        def on_signal(signum, frame) -> None:
+            if not self._stop_signal:
+                self._stop_signal = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s, h in old.items():
+            if h is not signal.SIG_IGN:          # a background job ignores Ctrl-C: keep it so
+                signal.signal(s, on_signal)
         try:
             seg = self.boot()
-        except Terminated:
-            signal.signal(signal.SIGTERM, old_term)
-            raise KeyboardInterrupt("SIGTERM during boot") from None
         except BaseException:
-            signal.signal(signal.SIGTERM, old_term)
+            _restore(old)
             raise
         procs: list[Any] = []
         drainer = None
@@ -210,15 +220,9 @@ class Machine:
             self._start_cpus(seg, procs)
             drainer.start_thread()
             status, message = self._supervise(seg, procs, drainer, t0, samples)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:                # (a handler someone else installed)
             status, message = "interrupted", "Ctrl-C"
-        except Terminated:
-            status, message = "interrupted", "SIGTERM"
         finally:
-            # a second Ctrl-C (or SIGTERM) must not cut the cleanup short: the segment
-            # would outlive the run and the run directory would lose its summary
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 if status in ("done", "timeout") and not self.lockstep:
                     seg.stop()                   # let the CPUs reach a clean point first
@@ -233,8 +237,7 @@ class Machine:
                 if mp_logging:
                     _uninstall_worker_logging()
                 if status != "interrupted":       # after Ctrl-C, stay deaf until exit
-                    signal.signal(signal.SIGINT, old_int)
-                    signal.signal(signal.SIGTERM, old_term)
+                    _restore(old)
         return outcome
 
     def _start_cpus(self, seg: Segment, procs: list) -> None:
@@ -286,6 +289,8 @@ class Machine:
         stuck_since, stuck = None, None
         try:
             while True:
+                if self._stop_signal:
+                    return "interrupted", self._stop_signal
                 ready = connection.wait([p.sentinel for p in procs], timeout=POLL_S)
                 now = time.monotonic()
                 if seg.hdr["panic_cpu"]:
@@ -437,12 +442,9 @@ class BootedMachine:
         self.seg.destroy()
 
 
-class Terminated(Exception):
-    """SIGTERM to the parent: end the run as cleanly as Ctrl-C does."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _restore(handlers: dict) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
 
 
 def _why(code: int | None) -> str:

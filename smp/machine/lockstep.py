@@ -35,7 +35,7 @@ VTICK = 1_000                     # ns of virtual time per scheduling point
 PCT_HORIZON = 5_000               # pct change points fall within this many points
 MASK64 = (1 << 64) - 1
 (ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
- ST_BOUND, ST_END, ST_NCYCLE) = range(10)
+ ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH) = range(11)
 NSTATE = 16
 # why a lockstep run ended (ls_state[ST_END]); the parent words it, naming locks
 END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK = range(4)
@@ -76,7 +76,7 @@ def format_lockstep(seg, schedule, time_limit_ns: int | None, depth: int = 3) ->
     st[:] = 0
     st[ST_RNG] = seed_state(schedule.seed)
     st[ST_LIMIT] = time_limit_ns or 0
-    st[ST_DEPTHLEFT] = depth if schedule.strategy == "pct" else 0
+    st[ST_DEPTHLEFT] = st[ST_DEPTH] = depth if schedule.strategy == "pct" else 0
     st[ST_BOUND] = schedule.livelock_bound
     rng = np.random.default_rng(schedule.seed)
     a["ls_prio"][:] = rng.permutation(ncpu) + depth + 1
@@ -104,7 +104,9 @@ class Lockstep:
         self.cpu = ci.cpu
         self.ncpu = ci.ncpu
         self.strategy = strategy
-        self.depth = int(ci.seg.arrays["ls_state"][ST_DEPTHLEFT])   # at boot: pct depth
+        # the pct depth as formatted: ST_DEPTHLEFT may already be counting down when a
+        # late worker starts (cpu0 runs first), so it is not the depth any more
+        self.depth = int(ci.seg.arrays["ls_state"][ST_DEPTH])
         seg = ci.seg
         lay = seg.layout.arrays
         self.go_off = lay["ls_go"][0]
