@@ -125,14 +125,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _clean_orphans(quiet: bool = False) -> list[tuple[str, int]]:
     """Remove segments of dead runs; say so on stderr (unless ``quiet``)."""
-    from smp.machine.segment import remove_orphans
+    from smp.run import clean_orphans
 
-    removed = remove_orphans()
-    if removed and not quiet:
-        total = sum(n for _, n in removed) / 2**20
-        print(f"smp: removed {len(removed)} shared-memory segment(s) left by runs that died "
-              f"({total:.1f} MiB): {', '.join(n for n, _ in removed)}", file=sys.stderr)
-    return removed
+    return clean_orphans(quiet)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -149,7 +144,6 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise BadInput(f"--strategy {a.strategy}: only with --lockstep")
     if a.replay and (a.script or a.lockstep or a.seed):
         raise BadInput("--replay RUN takes its script, seed and mode from RUN's manifest")
-    _clean_orphans()
     if a.replay:
         from smp.replay import replay
 
@@ -198,7 +192,6 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
     jobs = a.jobs or X.default_jobs()
     sweep = X.parse_sweep(a.sweep) if a.sweep else None
-    _clean_orphans()
     cells, stopped = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
                                       kernel=a.kernel, extra=a.overrides,
                                       time_limit=a.time_limit,
@@ -234,7 +227,6 @@ def cmd_explore(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path("explore") / \
         f"{stem}-{a.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
-    _clean_orphans()
     res, stopped = E.explore(a.script, seeds, out, strategy=a.strategy,
                              jobs=a.jobs or max(1, os.cpu_count() or 1), machine=a.machine,
                              kernel=a.kernel, overrides=a.overrides, fail=a.fail,

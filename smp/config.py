@@ -5,7 +5,10 @@ A run names two files, the way a 2001 NetBSD developer would describe a test:
 * a **machine profile** (``shared/machines/*.toml``, section ``[machine]``) is the hardware and
   what the kernel sizes from it: how many CPUs the MP table lists (``ncpu``), how much RAM the
   boot loader reports (``physmem``), the swap partition (``swap``), ``maxproc`` and ``hz``, plus
-  one knob only the simulator has, the per-CPU trace ring size (``trace_ring``);
+  knobs only the simulator has: the per-CPU trace ring size (``trace_ring``) and how long a
+  CPU spins on a lock before its host process sleeps on a futex (``park_after``, spin turns;
+  0 spins only: on a host with fewer cores than simulated CPUs the holder may not be
+  running, and a spinner would burn the core it needs);
 * a **kernel configuration** (``shared/kernels/*.toml``, section ``[kernel]``) is the
   ``sys/arch/i386/conf`` file plus the code variant under test: which stealing paths exist
   (``steal``), whether user faults run under the big kernel lock (``biglock``), whether a steal
@@ -302,6 +305,7 @@ class MachineProfile:
     maxproc: int = 512
     trace_ring: int = 65536     # records per CPU ring
     hz: int = 100
+    park_after: int = 256       # spin turns before a lock waiter sleeps on a futex (0: spin)
 
     @property
     def npages(self) -> int:
@@ -429,6 +433,7 @@ MACHINE_KEYS: dict[str, _Convert] = {
     "maxproc": _int_in(8, 65536),
     "trace_ring": _power_of_two_in(64, 4194304),
     "hz": _int_in(10, 10000),
+    "park_after": _int_in(0, 1 << 30),
 }
 
 KERNEL_KEYS: dict[str, _Convert] = {

@@ -31,8 +31,10 @@ from smp.kern import kern_fail
 from smp.kern.kernel import Kernel
 from smp.machine.boot import Machine, RunOutcome, host_info
 from smp.machine.schedule import FREE, Lockstep
+from smp.machine.segment import remove_orphans
 from smp.machine.trace import NullSink
 from smp.rundir import format as fmt
+from smp.rundir.reader import dig
 from smp.rundir.writer import RunWriter
 from smp.workload import interp, synthetic  # noqa: F401 - their messages, before boot
 from smp.workload.script import LoadScript, load_script, load_script_text
@@ -147,6 +149,7 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     except WriteFailed as e:
         writer.mark_incomplete(str(e))
         raise
+    clean_orphans()             # every command that boots a machine: input is valid by now
     kern = Kernel(cfg.kernel, script.load, failspecs=failspecs, seed=seeds.failpoints)
     sink = writer.trace_sink(merged_at_end=schedule.lockstep)
     mach = Machine(cfg.machine, kern, sink, schedule, time_limit_s=limit, progress=progress)
@@ -162,6 +165,17 @@ def run(script_spec: str | None = None, *, machine: str | None = None,
     summary = make_summary(outcome, cfg, script, seed)
     _finish(writer, outcome, summary)
     return RunResult(writer.path, outcome, summary)
+
+
+def clean_orphans(quiet: bool = False) -> list[tuple[str, int]]:
+    """Remove the shared-memory segments of runs that died (killed with SIGKILL, a whole
+    process group killed); say so on stderr unless ``quiet``."""
+    removed = remove_orphans()
+    if removed and not quiet:
+        total = sum(n for _, n in removed) / 2**20
+        print(f"smp: removed {len(removed)} shared-memory segment(s) left by runs that died "
+              f"({total:.1f} MiB): {', '.join(n for n, _ in removed)}", file=sys.stderr)
+    return removed
 
 
 def _finish(writer: RunWriter, o: RunOutcome, summary: dict) -> None:
@@ -225,8 +239,13 @@ def make_summary(o: RunOutcome, cfg: RunConfig, script: LoadScript, seed: int) -
         "schedule": o.schedule,
         "diagnostic": o.diagnostic,
     }
-    alive = (o.kernel.get("processes") or {}).get("alive", 0) if isinstance(o.kernel, dict) \
-        else 0
+    faults = dig(o.kernel, "counters", "faults", want=int) or 0
+    host_cpu = sum((c.host.get("user_s") or 0) + (c.host.get("system_s") or 0) for c in o.cpus)
+    # host CPU-seconds the simulated CPUs burnt per simulated fault: what spinning on a
+    # lock whose holder is not running costs on an oversubscribed host
+    s["host_cpu_s"] = round(host_cpu, 3)
+    s["host_cpu_per_fault_us"] = round(1e6 * host_cpu / faults, 2) if faults else None
+    alive = dig(o.kernel, "processes", "alive", want=int) or 0
     if o.status == "timeout":
         # the load did not finish: its figures are those of a cut-off run
         s["time_limit"] = {"reached": True, "processes_alive": int(alive)}
@@ -253,6 +272,9 @@ def summary_text(s: dict) -> str:
     load = kc.get("load", {})
     if load:
         lines.append("load: " + ", ".join(f"{k} {v}" for k, v in load.items()))
+    if s.get("host_cpu_per_fault_us") is not None:
+        lines.append(f"host: {s['host_cpu_s']:.2f} CPU-s for the simulated CPUs, "
+                     f"{s['host_cpu_per_fault_us']:.1f} us per fault")
     lk = s["locks"]
     pct = 100.0 * lk["contended"] / lk["acquisitions"] if lk["acquisitions"] else 0.0
     lines.append(f"locks: {lk['acquisitions']} acquisitions, {lk['contended']} contended "

@@ -80,7 +80,8 @@ struct lock_word {            /* 32 bytes, one per lock in the lock table */
     uint32_t last_cpu;        /* cpu+1 of the most recent acquirer (bounces) */
     uint32_t holder_site;     /* site id of the most recent acquirer */
     uint32_t recurse;         /* recursion depth beyond the first (LF_RECURSE) */
-    uint32_t pad[2];
+    uint32_t sleepers;        /* waiters parked on wakeseq (a release wakes them) */
+    uint32_t wakeseq;         /* futex word of parked waiters, bumped by each wake */
 };
 
 struct held {                 /* 24 bytes: one lock a CPU holds */
@@ -216,6 +217,9 @@ typedef struct {
     uint64_t ring_mask;
     int stats_on;
     int spin_limit;
+    int park_after;           /* spin turns before a waiter parks on a futex (0: never) */
+    long park_ns;             /* longest park before looking at halts and IPIs again */
+    uint64_t parks;           /* how often this CPU parked */
     int lockstep;             /* virtual clock, scheduling points while spinning */
     PyObject *ipi_handler;
     PyObject *sched_hook;
@@ -452,7 +456,50 @@ static void record_pair(Core *c, uint32_t klass, uint32_t waiter, uint32_t holde
  * now and then.  Returns -1 with an exception set when the CPU must stop. */
 static inline int sched_point(Core *c);
 
-static int spin_turn(Core *c, uint64_t spins)
+/* What a waiter waits for, to re-check a lock word before it parks. */
+enum { W_EXCL, W_READ, W_WRITE };
+
+static inline int still_busy(uint32_t s, int want)
+{
+    if (want == W_EXCL)
+        return s != 0;
+    if (want == W_READ)
+        return (s & (RW_WRITER | RW_WANT)) != 0;
+    return (s & ~RW_WANT) != 0;
+}
+
+/* Park a waiter on the lock's wake sequence (free mode, oversubscribed hosts): a
+ * spinning waiter whose holder's host process is not running burns the host CPU the
+ * holder needs.  The release that sees sleepers wakes them (lock_release_wake); an IPI
+ * sent to a parked CPU wakes it too (Core.wake_lock); a park never lasts longer than
+ * park_ns, so halts are seen.  The sleepers count is raised before the lock word is
+ * looked at again, and a release reads it after its locked store: one of the two sees
+ * the other (no lost wakeup). */
+static void park(Core *c, struct lock_word *lw, int want)
+{
+    uint32_t seq = __atomic_load_n(&lw->wakeseq, __ATOMIC_ACQUIRE);
+    __atomic_fetch_add(&lw->sleepers, 1, __ATOMIC_SEQ_CST);
+    if (still_busy(__atomic_load_n(&lw->state, __ATOMIC_SEQ_CST), want) &&
+        !__atomic_load_n(&c->me->ipi_pending, __ATOMIC_RELAXED)) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = c->park_ns};
+        c->parks++;
+        Py_BEGIN_ALLOW_THREADS
+        syscall(SYS_futex, &lw->wakeseq, FUTEX_WAIT, seq, &ts, NULL, 0);
+        Py_END_ALLOW_THREADS
+    }
+    __atomic_fetch_sub(&lw->sleepers, 1, __ATOMIC_RELEASE);
+}
+
+static inline void lock_release_wake(struct lock_word *lw)
+{
+    /* => the caller released the word with a locked (full-barrier) instruction */
+    if (__atomic_load_n(&lw->sleepers, __ATOMIC_RELAXED)) {
+        __atomic_fetch_add(&lw->wakeseq, 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, &lw->wakeseq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+    }
+}
+
+static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
 {
     if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
         PyErr_SetString(HaltedError, "machine halted while spinning");
@@ -469,7 +516,12 @@ static int spin_turn(Core *c, uint64_t spins)
          * never gets to release the lock */
         return sched_point(c);
     }
-    if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0) {
+    if (lw != NULL && c->park_after > 0 && spins >= (uint64_t)c->park_after) {
+        park(c, lw, want);
+        if (PyErr_CheckSignals())
+            return -1;
+    }
+    else if (c->spin_limit > 0 && spins % (uint64_t)c->spin_limit == 0) {
         sched_yield();
         if (PyErr_CheckSignals())
             return -1;
@@ -726,7 +778,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
-        if (spin_turn(c, spins)) {
+        if (spin_turn(c, spins, lw, W_EXCL)) {
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
@@ -797,7 +849,8 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint64_t t;
     if (pop_held(c, id, M_EXCL, &h, &t))
         return NULL;
-    __atomic_store_n(&lw->state, 0, __ATOMIC_RELEASE);
+    __atomic_exchange_n(&lw->state, 0, __ATOMIC_SEQ_CST);   /* locked: see park() */
+    lock_release_wake(lw);
     charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
@@ -837,7 +890,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
-        if (spin_turn(c, spins)) {
+        if (spin_turn(c, spins, lw, W_READ)) {
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
@@ -875,7 +928,8 @@ static PyObject *Core_runlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     uint64_t t;
     if (pop_held(c, id, M_SHARED, &h, &t))
         return NULL;
-    __atomic_fetch_sub(&c->locks[id].state, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_sub(&c->locks[id].state, 1, __ATOMIC_SEQ_CST);
+    lock_release_wake(&c->locks[id]);
     charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
@@ -919,7 +973,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     c->me->state = CS_SPINNING;
     for (;;) {
         spins++;
-        if (spin_turn(c, spins)) {
+        if (spin_turn(c, spins, lw, W_WRITE)) {
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
@@ -984,10 +1038,26 @@ static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     if (pop_held(c, id, M_EXCL, &h, &t))
         return NULL;
     /* keep a waiting writer's WANT bit */
-    __atomic_and_fetch(&lw->state, RW_WANT, __ATOMIC_RELEASE);
+    __atomic_and_fetch(&lw->state, RW_WANT, __ATOMIC_SEQ_CST);
+    lock_release_wake(lw);
     charge_hold(c, &h, t);
     if (sched_point(c))
         return NULL;
+    Py_RETURN_NONE;
+}
+
+/* wake_lock(id): wake every CPU parked on lock id (an IPI for one of them is pending:
+ * it must answer it, as a spinning CPU would). */
+static PyObject *Core_wake_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_id(c, args, nargs, &id))
+        return NULL;
+    struct lock_word *lw = &c->locks[id];
+    if (__atomic_load_n(&lw->sleepers, __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_add(&lw->wakeseq, 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, &lw->wakeseq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+    }
     Py_RETURN_NONE;
 }
 
@@ -1330,6 +1400,8 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
     c->ring_mask = ring_cap - 1;
     c->stats_on = 1;
     c->spin_limit = 64;
+    c->park_after = 256;          /* ~ a few microseconds of spinning, then sleep */
+    c->park_ns = 1000000;         /* a park is re-checked at least every millisecond */
     c->site_cap = 16;
     while (c->site_cap < 4 * site_cap)
         c->site_cap <<= 1;
@@ -1389,6 +1461,20 @@ static int Core_set_spin_limit(Core *c, PyObject *v, void *u)
     c->spin_limit = (int)n;
     return 0;
 }
+static PyObject *Core_get_park_after(Core *c, void *u) { return PyLong_FromLong(c->park_after); }
+static int Core_set_park_after(Core *c, PyObject *v, void *u)
+{
+    long n = PyLong_AsLong(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "park_after must be >= 0");
+        return -1;
+    }
+    c->park_after = (int)n;
+    return 0;
+}
+static PyObject *Core_get_parks(Core *c, void *u) { return PyLong_FromUnsignedLongLong(c->parks); }
 static PyObject *get_obj(PyObject *o) { if (!o) Py_RETURN_NONE; Py_INCREF(o); return o; }
 static int set_obj(PyObject **slot, PyObject *v)
 {
@@ -1420,6 +1506,9 @@ static int Core_set_lockstep(Core *c, PyObject *v, void *u)
 static PyGetSetDef Core_getset[] = {
     {"stats_on", (getter)Core_get_stats_on, (setter)Core_set_stats_on,
      "record lock statistics (lockstat on/off)", NULL},
+    {"park_after", (getter)Core_get_park_after, (setter)Core_set_park_after,
+     "spin turns before a waiter parks on the lock's futex (0: spin only)", NULL},
+    {"parks", (getter)Core_get_parks, NULL, "how often this CPU parked on a lock", NULL},
     {"spin_limit", (getter)Core_get_spin_limit, (setter)Core_set_spin_limit,
      "spin turns between sched_yield() calls (0: never yield)", NULL},
     {"ipi_handler", (getter)Core_get_ipi, (setter)Core_set_ipi,
@@ -1443,6 +1532,7 @@ static PyMethodDef Core_methods[] = {
     FC(trywlock, "trywlock(id) -> bool: spinlockmgr(LK_EXCLUSIVE|LK_NOWAIT)"),
     FC(wunlock, "wunlock(id): spinlockmgr(LK_RELEASE) of an exclusive hold"),
     FC(held, "held(id) -> bool: does this CPU hold the lock"),
+    FC(wake_lock, "wake_lock(id): wake the CPUs parked on the lock (an IPI is for one)"),
     FC(cas32, "cas32(off, old, new) -> bool"),
     FC(cas64, "cas64(off, old, new) -> bool"),
     FC(fadd32, "fadd32(off, v) -> old value"),

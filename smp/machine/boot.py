@@ -256,7 +256,8 @@ class Machine:
         for cpu in range(self.ncpu):
             p = ctx.Process(target=worker_main, name=f"cpu{cpu}",
                             args=(seg, cpu, self.kernel, self.sched_lock, self.decl.nthreads,
-                                  self.schedule.strategy),
+                                  self.schedule.strategy,
+                                  getattr(self.profile, "park_after", 256)),
                             daemon=True)
             p.start()
             procs.append(p)

@@ -102,6 +102,7 @@ class CPU:
                           for i in range(self.ncpu)]
         self._ipi_off = [base + i * CPU_STRIDE + CPU_DTYPE.fields["ipi_pending"][1]
                          for i in range(self.ncpu)]
+        self._spinning_on = seg.cpus["spinning_on"]
         self.md = None
         self._kick_seen = 0
         self.lockstep = None          # smp.machine.lockstep.Lockstep in lockstep mode
@@ -170,9 +171,13 @@ class CPU:
         self.core.futex_wake(off, 1)
 
     def send_ipi(self, cpu: int, bits: int) -> None:
-        """Post IPI ``bits`` to ``cpu`` (i386_send_ipi) and kick it."""
+        """Post IPI ``bits`` to ``cpu`` (i386_send_ipi) and kick it -- out of its idle sleep,
+        or off the futex it parked on while waiting for a lock (it must answer)."""
         self.core.or64(self._ipi_off[cpu], bits)
         self.kick(cpu)
+        lk = int(self._spinning_on[cpu])
+        if lk:
+            self.core.wake_lock(lk - 1)
 
     def ipi_pending(self) -> int:
         """This CPU's pending IPI bits, without taking them (a spinning CPU's check)."""
@@ -240,7 +245,7 @@ def where(exc: BaseException | None = None, limit: int = 8) -> str:
 
 
 def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthreads: int,
-                lockstep: str | None = None) -> None:
+                lockstep: str | None = None, park_after: int = 256) -> None:
     """Body of CPU ``cpu``'s worker process; never returns (os._exit).
 
     Exit status: a :class:`~smp.errors.WorkerExit` (the run ended, this CPU panicked,
@@ -254,6 +259,7 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
     try:
         ci = CPU(seg, cpu, sched_lock, nthreads)
         ci.area["state"] = _atomic.CS_RUNNING
+        ci.core.park_after = park_after
         kernel.cpu_attach(ci)
         try:
             if lockstep:

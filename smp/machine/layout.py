@@ -30,7 +30,7 @@ HDR_DTYPE = np.dtype(
 )
 LOCK_DTYPE = np.dtype(
     [("state", "<u4"), ("klass", "<u4"), ("flags", "<u4"), ("last_cpu", "<u4"),
-     ("holder_site", "<u4"), ("recurse", "<u4"), ("pad", "<u4", (2,))]
+     ("holder_site", "<u4"), ("recurse", "<u4"), ("sleepers", "<u4"), ("wakeseq", "<u4")]
 )
 HELD_DTYPE = np.dtype(
     [("lock", "<u4"), ("site", "<u4"), ("mode", "<u4"), ("slot", "<u4"), ("t_acq", "<u8")]
