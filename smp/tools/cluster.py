@@ -454,6 +454,8 @@ class DaskPool:
         """Run every task on the cluster (``on_done`` returning False cancels the tasks
         that have not started; those running finish)."""
         tasks = list(tasks)
+        if not tasks:
+            return
         old = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         probe_path = None
         futures: dict[Any, Task] = {}
