@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sweep", metavar="KEY=V1,V2,...",
                    help="run the matrix once per value of a machine or kernel key, e.g. "
                    "physmem=16M,32M,64M; writes sweep.csv and, with matplotlib, pictures")
+    e.add_argument("--lockstep", action="store_true",
+                   help="every run in lockstep mode (replayable: same seeds, same counters)")
+    e.add_argument("--cluster", metavar="ADDRESS",
+                   help="a Dask scheduler (tcp://HOST:PORT) or 'local': run the sweep's runs "
+                   "there (default: $SMP_CLUSTER, else this host's process pool; "
+                   "docs/cluster.md)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     x = sub.add_parser("explore", help="explore lockstep schedules over many seeds",
                        description="Run a load script in lockstep mode once per seed, check "
@@ -116,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--jobs", type=int, default=None, help="runs at a time (default: cores)")
     x.add_argument("--out", help="directory (default explore/SCRIPT-STRATEGY-TIME)")
     x.add_argument("--all", action="store_true", help="keep going after the first failure")
+    x.add_argument("--cluster", metavar="ADDRESS",
+                   help="a Dask scheduler (tcp://HOST:PORT) or 'local': run the sweep's runs "
+                   "there (default: $SMP_CLUSTER, else this host's process pool; "
+                   "docs/cluster.md)")
     x.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in TOOLS:
         module = importlib.import_module(name)
@@ -184,6 +194,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from smp.tools import experiment as X
+    from smp.tools.sweep import cluster_address
 
     if a.seeds < 1:
         raise BadInput(f"--seeds {a.seeds}: expected at least 1")
@@ -192,15 +203,20 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
     jobs = a.jobs or X.default_jobs()
     sweep = X.parse_sweep(a.sweep) if a.sweep else None
+    cluster = cluster_address(a.cluster)
     cells, stopped = X.run_experiment(scripts, configs, list(range(a.seeds)), out, jobs=jobs,
                                       kernel=a.kernel, extra=a.overrides,
                                       time_limit=a.time_limit,
                                       progress=not a.quiet and sys.stdout.isatty(),
-                                      sweep=sweep)
+                                      sweep=sweep, lockstep=a.lockstep, cluster=cluster)
     meta = {"scripts": scripts, "configs": [c for c, _ in configs], "seeds": a.seeds,
             "kernel": a.kernel, "overrides": a.overrides, "time_limit": a.time_limit,
             "sweep": {"key": sweep[0], "values": sweep[1]} if sweep else None,
             "interrupted": stopped or None}
+    if a.lockstep:
+        meta["lockstep"] = True
+    if cluster:
+        meta["cluster"] = cluster
     key = sweep[0] if sweep else None
     pictures = X.write_outputs(cells, out, meta, key)
     print(out)
@@ -220,6 +236,7 @@ def cmd_explore(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from smp.tools import explore as E
+    from smp.tools.sweep import cluster_address
 
     if a.seeds < 1:
         raise BadInput(f"--seeds {a.seeds}: expected at least 1")
@@ -231,7 +248,8 @@ def cmd_explore(a: argparse.Namespace) -> int:
                              jobs=a.jobs or max(1, os.cpu_count() or 1), machine=a.machine,
                              kernel=a.kernel, overrides=a.overrides, fail=a.fail,
                              time_limit=a.time_limit, stop_on_failure=not a.all,
-                             progress=not a.quiet and sys.stdout.isatty())
+                             progress=not a.quiet and sys.stdout.isatty(),
+                             cluster=cluster_address(a.cluster))
     print(out)
     print(E.render(res))
     bad = [r for r in res if r.verdict not in ("ok", "interrupted")]

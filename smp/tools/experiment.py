@@ -51,7 +51,7 @@ from pathlib import Path
 from smp.errors import BadInput, Exit
 from smp.rundir.format import EXPERIMENT_SCHEMA
 from smp.rundir.reader import RunDir, dig
-from smp.tools.sweep import Finished, RunPool, Task, default_jobs  # noqa: F401 - cli
+from smp.tools.sweep import Finished, Task, default_jobs, make_pool  # noqa: F401 - cli
 
 DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "kmem-storm", "fork-churn"]
 DEFAULT_CONFIGS = [
@@ -192,14 +192,17 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
                    out: Path, *, jobs: int, kernel: str | None = None,
                    extra: list[str] = (), time_limit: str | None = None,
                    progress: bool = False,
-                   sweep: tuple[str, list[str]] | None = None) -> tuple[list[Cell], str]:
+                   sweep: tuple[str, list[str]] | None = None, lockstep: bool = False,
+                   cluster: str | None = None) -> tuple[list[Cell], str]:
     """Run the matrix (once per swept value); returns the cells with their per-seed
     results, and "" or the signal that stopped the experiment early (the cells then hold
-    what finished)."""
+    what finished).  ``lockstep``: every run in lockstep mode (replayable); ``cluster``: a
+    Dask scheduler address or "local" instead of the local pool (smp.tools.cluster)."""
     from smp.workload.script import load_script
 
     for s in scripts:
         load_script(s)                  # bad scripts fail before anything runs
+    pool = make_pool(jobs, None, cluster)   # so does an unreachable cluster
     out.mkdir(parents=True, exist_ok=True)
     values: list[str | None] = list(sweep[1]) if sweep else [None]
     cells = [Cell(s, name, ov, list(seeds), value=v) for v in values for s in scripts
@@ -223,11 +226,14 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
                 args += ["-o", o]
             if time_limit:
                 args += ["--time-limit", time_limit]
+            if lockstep:
+                args += ["--lockstep"]
             tasks.append(Task((cell, seed), args, d))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(tasks), desc="smp experiment", unit="run", leave=False)
+    pool.progress = bar
     bad: list[str] = []
 
     def done(t: Task, fin: Finished) -> bool:
@@ -237,13 +243,17 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
         cell, seed = t.key
         r = _result(t.run_dir, fin)
         r["seed"] = seed
+        if fin.retries:                 # a cluster ran it again: say where
+            r["retries"], r["workers"] = fin.retries, fin.workers
         cell.results.append(r)
         return True
 
-    pool = RunPool(jobs, bar)
-    pool.run(tasks, done)
-    if bar is not None:
-        bar.close()
+    try:
+        pool.run(tasks, done)
+    finally:
+        pool.close()
+        if bar is not None:
+            bar.close()
     if bad:
         raise BadInput(bad[0])
     for cell in cells:

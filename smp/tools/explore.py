@@ -32,7 +32,7 @@ from pathlib import Path
 from smp.errors import BadInput, Exit
 from smp.rundir import format as fmt
 from smp.rundir.reader import RunDir, dig
-from smp.tools.sweep import Finished, RunPool, Task
+from smp.tools.sweep import Finished, Task, make_pool
 
 
 @dataclass
@@ -75,12 +75,15 @@ def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
 def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: int,
             machine: str | None = None, kernel: str | None = None,
             overrides: list[str] = (), fail: list[str] = (), time_limit: str | None = None,
-            stop_on_failure: bool = True, progress: bool = False) -> tuple[list[Outcome], str]:
+            stop_on_failure: bool = True, progress: bool = False,
+            cluster: str | None = None) -> tuple[list[Outcome], str]:
     """Explore ``seeds``; returns the outcomes in seed order and "" or the signal that
-    stopped the exploration early."""
+    stopped the exploration early.  ``cluster``: a Dask scheduler address or "local"
+    instead of the local pool (smp.tools.cluster)."""
     from smp.workload.script import load_script
 
     load_script(script)
+    pool = make_pool(jobs, None, cluster)   # an unreachable cluster fails before anything
     out.mkdir(parents=True, exist_ok=True)
 
     def task(seed: int) -> Task:
@@ -104,6 +107,7 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
     results: list[Outcome] = []
     bad: list[str] = []
     found: list[Outcome] = []
+    retried: dict[int, dict] = {}           # seed -> how a cluster ran it again
 
     def done(t: Task, fin: Finished) -> bool:
         if fin.returncode == Exit.BADINPUT:
@@ -114,6 +118,8 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
             verdict = "interrupted"             # stopped before it could write a summary
         r = Outcome(t.key, verdict, detail, str(t.run_dir), points)
         results.append(r)
+        if fin.retries:
+            retried[t.key] = {"retries": fin.retries, "workers": fin.workers}
         if verdict not in ("ok", "interrupted"):
             found.append(r)
             if stop_on_failure:
@@ -124,20 +130,25 @@ def explore(script: str, seeds: list[int], out: Path, *, strategy: str, jobs: in
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(seeds), desc=f"smp explore ({strategy})", unit="seed", leave=False)
-    pool = RunPool(jobs, bar)
-    pool.run((task(s) for s in seeds), done)
-    if bar is not None:
-        bar.close()
+    pool.progress = bar
+    try:
+        pool.run((task(s) for s in seeds), done)
+    finally:
+        pool.close()
+        if bar is not None:
+            bar.close()
     if bad:
         raise BadInput(bad[0])
     results.sort(key=lambda r: r.seed)
     first = min(found, key=lambda r: r.seed) if found else None
     if first is not None:
         write_reproducer(out, first, strategy)
-    (out / "explore.json").write_text(json.dumps({
-        "schema": fmt.EXPLORE_SCHEMA, "script": script, "strategy": strategy,
-        "seeds_asked": len(seeds), "interrupted": pool.interrupted or None,
-        "outcomes": [vars(r) for r in results]}, indent=1) + "\n")
+    doc = {"schema": fmt.EXPLORE_SCHEMA, "script": script, "strategy": strategy,
+           "seeds_asked": len(seeds), "interrupted": pool.interrupted or None,
+           "outcomes": [dict(vars(r), **retried.get(r.seed, {})) for r in results]}
+    if cluster:
+        doc["cluster"] = cluster
+    (out / "explore.json").write_text(json.dumps(doc, indent=1) + "\n")
     return results, pool.interrupted
 
 

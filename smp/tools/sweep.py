@@ -14,6 +14,10 @@ reaps them as they end.  It owns them:
 
     pool = RunPool(jobs=2)
     pool.run(tasks, on_done)      # on_done(task, Finished) -> False stops launching
+
+:func:`make_pool` chooses the executor: this pool, or with ``--cluster`` (or
+``SMP_CLUSTER``) the same interface on Dask distributed (:mod:`smp.tools.cluster`, which
+alone imports dask).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Finished:
     stderr: str
     wall_s: float
     stopped: bool = False         # the pool stopped it (Ctrl-C or SIGTERM to the sweep)
+    retries: int = 0              # a cluster ran it again (its worker died, or it failed)
+    workers: list[str] = field(default_factory=list)    # on a cluster: each attempt's worker
 
     def last_error_line(self) -> str:
         lines = [x for x in self.stderr.strip().splitlines() if x.strip()]
@@ -125,6 +131,9 @@ class RunPool:
     def _stop(self, signum, frame) -> None:
         self.interrupted = signal.Signals(signum).name
 
+    def close(self) -> None:
+        """Nothing to release (a cluster pool disconnects here)."""
+
     def _start(self, t: Task) -> None:
         err = tempfile.TemporaryFile()
         p = subprocess.Popen(smp_command(t.args), stdin=subprocess.DEVNULL,
@@ -173,3 +182,22 @@ class RunPool:
 
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
+
+
+CLUSTER_ENV = "SMP_CLUSTER"
+
+
+def cluster_address(option: str | None) -> str | None:
+    """``--cluster`` if given, else ``SMP_CLUSTER``, else None (the local pool)."""
+    addr = option if option is not None else os.environ.get(CLUSTER_ENV, "")
+    return addr.strip() or None
+
+
+def make_pool(jobs: int, progress: Any = None, cluster: str | None = None):
+    """A :class:`RunPool`, or with ``cluster`` a Dask pool with the same ``run`` contract
+    (connected here: an unreachable scheduler is a BadInput).  Dask is imported only then."""
+    if cluster is None:
+        return RunPool(jobs, progress)
+    from smp.tools.cluster import DaskPool
+
+    return DaskPool(cluster, progress)
