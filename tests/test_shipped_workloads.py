@@ -1,7 +1,8 @@
 """The shipped load scripts (workloads/*.toml) run to completion, shortened for CI.
 
 Each script is run the way a user would, ``python -m smp run NAME`` in a subprocess, on two
-CPUs with an 8-second time limit; the whole file takes about half a minute on a 2-core host.
+CPUs in lockstep mode for 100 ms of virtual time, so the slice is the same however loaded
+the host is; the whole file takes about half a minute on a 2-core host.
 A run must end normally (exit status 0, status ``done`` or ``timeout``) -- none of the
 scripts is meant to panic in its own kernel configuration (``default``: both stealing
 paths) -- and its summary.json must be sane: the counters are there and add up, no stale TLB
@@ -28,7 +29,7 @@ COUNTERS = ("faults", "pmap_enter", "memrefs", "exits", "ptp_steals", "pv_steals
 
 
 def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
-              limit_s: float | None) -> dict:
+              limit_s: float | None, sliced: bool = False) -> dict:
     """The checks every shipped run must pass; returns its summary."""
     assert r.returncode == 0, f"{name}: exit {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, r.stderr
@@ -44,7 +45,9 @@ def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
     for key in COUNTERS:
         assert key in c, key
         assert isinstance(c[key], int) and c[key] >= 0, (key, c[key])
-    assert c["faults"] > 0 and c["pmap_enter"] > 0 and c["memrefs"] > 0
+    assert c["pmap_enter"] > 0                        # every script maps something
+    if not sliced:
+        assert c["faults"] > 0 and c["memrefs"] > 0   # (kmem-storm faults later on)
     assert c["stale_tlb"] == 0
     procs = kc["processes"]
     assert procs["started"] >= kc["load"]["initial_processes"] > 0
@@ -65,15 +68,18 @@ def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_script_runs_to_completion_on_two_cpus_in_eight_seconds(tmp_path, name):
+def test_shipped_script_runs_100ms_of_virtual_time_on_two_cpus_in_lockstep(tmp_path, name):
+    """The CI slice: 100 ms of virtual time in lockstep, so what the run gets done does
+    not depend on how loaded the host is (a fixed host duration did)."""
     out = tmp_path / "run"
-    r = smp("run", name, "--out", str(out), "--quiet", "--time-limit", "8s", "-o", "ncpu=2",
-            cwd=tmp_path, timeout=120)
-    s = check_run(name, out, r, ncpu=2, limit_s=8)
+    r = smp("run", name, "--out", str(out), "--quiet", "--lockstep", "--seed", "1",
+            "--time-limit", "100ms", "-o", "ncpu=2", cwd=tmp_path, timeout=180)
+    s = check_run(name, out, r, ncpu=2, limit_s=None, sliced=True)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["time_limit_s"] == 8 and m["overrides"] == ["ncpu=2"]
+    assert m["time_limit_s"] == 0.1 and m["overrides"] == ["ncpu=2"]
+    assert m["mode"] == "lockstep"
     if s["status"] == "timeout":
-        assert s["elapsed_s"] >= 7.9
+        assert s["schedule"]["virtual_ns"] >= 100_000_000
 
 
 @pytest.mark.slow
