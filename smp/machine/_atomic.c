@@ -1061,6 +1061,38 @@ static PyObject *Core_wake_lock(Core *c, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* send_ipi(cpu, bits): i386_send_ipi -- post the bits in the target's mailbox, kick it
+ * out of its idle sleep, and off the lock futex it may be parked on (a waiting CPU
+ * answers IPIs).  One C call: IPIs are on the TLB-shootdown path of every unmap. */
+static PyObject *Core_send_ipi(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send_ipi(cpu, bits)");
+        return NULL;
+    }
+    long cpu = PyLong_AsLong(args[0]);
+    unsigned long long bits = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (cpu < 0 || cpu >= c->ncpu) {
+        PyErr_Format(PyExc_IndexError, "cpu %ld out of range", cpu);
+        return NULL;
+    }
+    struct cpu_area *t = (struct cpu_area *)(c->cpu_base + cpu * c->cpu_stride);
+    __atomic_fetch_or(&t->ipi_pending, (uint64_t)bits, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&t->kick, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &t->kick, FUTEX_WAKE, 1, NULL, NULL, 0);
+    uint32_t lk = __atomic_load_n(&t->spinning_on, __ATOMIC_SEQ_CST);
+    if (lk && lk - 1 < c->nlocks) {
+        struct lock_word *lw = &c->locks[lk - 1];
+        if (__atomic_load_n(&lw->sleepers, __ATOMIC_SEQ_CST)) {
+            __atomic_fetch_add(&lw->wakeseq, 1, __ATOMIC_SEQ_CST);
+            syscall(SYS_futex, &lw->wakeseq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* Does this CPU hold lock id (in any mode)?  For "=> caller holds" checks. */
 static PyObject *Core_held(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1533,6 +1565,7 @@ static PyMethodDef Core_methods[] = {
     FC(wunlock, "wunlock(id): spinlockmgr(LK_RELEASE) of an exclusive hold"),
     FC(held, "held(id) -> bool: does this CPU hold the lock"),
     FC(wake_lock, "wake_lock(id): wake the CPUs parked on the lock (an IPI is for one)"),
+    FC(send_ipi, "send_ipi(cpu, bits): post IPI bits to cpu and wake it (idle or parked)"),
     FC(cas32, "cas32(off, old, new) -> bool"),
     FC(cas64, "cas64(off, old, new) -> bool"),
     FC(fadd32, "fadd32(off, v) -> old value"),

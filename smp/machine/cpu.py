@@ -102,7 +102,6 @@ class CPU:
                           for i in range(self.ncpu)]
         self._ipi_off = [base + i * CPU_STRIDE + CPU_DTYPE.fields["ipi_pending"][1]
                          for i in range(self.ncpu)]
-        self._spinning_on = seg.cpus["spinning_on"]
         self.md = None
         self._kick_seen = 0
         self.lockstep = None          # smp.machine.lockstep.Lockstep in lockstep mode
@@ -173,11 +172,7 @@ class CPU:
     def send_ipi(self, cpu: int, bits: int) -> None:
         """Post IPI ``bits`` to ``cpu`` (i386_send_ipi) and kick it -- out of its idle sleep,
         or off the futex it parked on while waiting for a lock (it must answer)."""
-        self.core.or64(self._ipi_off[cpu], bits)
-        self.kick(cpu)
-        lk = int(self._spinning_on[cpu])
-        if lk:
-            self.core.wake_lock(lk - 1)
+        self.core.send_ipi(cpu, bits)
 
     def ipi_pending(self) -> int:
         """This CPU's pending IPI bits, without taking them (a spinning CPU's check)."""
