@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -51,3 +52,25 @@ def cpu_workers(pid: int) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
+
+
+def wait_for(cond, timeout: float = 60.0, what: str = "") -> None:
+    """Until ``cond()`` holds: readiness is an event, never a guess at the host's speed."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def gone(p: psutil.Process) -> bool:
+    """Has process ``p`` ended (a zombie counts: it runs no more)?"""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def segments_of(pid: int) -> list[str]:
+    """The shared-memory segments process ``pid`` created and still owns."""
+    return [s for s in leaked_segments() if s.startswith(f"{SEGMENT_PREFIX}{pid}-")]

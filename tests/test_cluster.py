@@ -18,15 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, smp
+from conftest import REPO, gone, segments_of, smp, wait_for
 
 from smp.errors import Exit
-from smp.machine.segment import SEGMENT_PREFIX, leaked_segments
 
 distributed = pytest.importorskip("distributed", reason="pip install -e '.[test]'")
 
@@ -95,23 +93,10 @@ def _is_task_run(p: psutil.Process) -> bool:
     return "-m smp run" in cmd and "smp-task-" in cmd
 
 
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
-def _segments_of(pid: int) -> list[str]:
-    return [s for s in leaked_segments() if s.startswith(f"{SEGMENT_PREFIX}{pid}-")]
 
 
-def _wait_for(cond, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _sweep(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -271,9 +256,9 @@ def test_a_worker_killed_under_a_run_gets_the_run_retried_elsewhere(cluster, tmp
     p = _sweep("experiment", str(script), "-c", "steal=none", "--seeds", "2", "--out", "exp",
                "-q", cwd=tmp_path, env={"SMP_CLUSTER": _c.scheduler_address})
     try:
-        _wait_for(lambda: len(_runs_under(workers.values())) == 2, what="a run per worker")
+        wait_for(lambda: len(_runs_under(workers.values())) == 2, what="a run per worker")
         victim_run = _runs_under(workers.values())[0]
-        _wait_for(lambda: _segments_of(victim_run.pid), what="the run to boot")
+        wait_for(lambda: segments_of(victim_run.pid), what="the run to boot")
         victim = victim_run.parent()
         victim.kill()                                  # SIGKILL: the worker dies mid-run
         stdout, stderr = p.communicate(timeout=120)
@@ -281,8 +266,8 @@ def test_a_worker_killed_under_a_run_gets_the_run_retried_elsewhere(cluster, tmp
         if p.poll() is None:
             p.kill()
     assert p.returncode == Exit.OK, stderr
-    _wait_for(lambda: not _alive(victim_run), timeout=30, what="the orphaned run to stop")
-    assert not _segments_of(victim_run.pid)
+    wait_for(lambda: gone(victim_run), timeout=30, what="the orphaned run to stop")
+    assert not segments_of(victim_run.pid)
     doc = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     runs = doc["cells"][0]["runs"]
     assert [r["status"] for r in runs] == ["timeout", "timeout"], runs
@@ -304,9 +289,9 @@ def test_ctrl_c_to_the_client_stops_every_run_on_every_worker(cluster, tmp_path)
     p = _sweep("experiment", str(script), "-c", "steal=none", "--seeds", "4", "--out", "exp",
                "-q", "--cluster", _c.scheduler_address, cwd=tmp_path)
     try:
-        _wait_for(lambda: len(_runs_under(workers.values())) == 2, what="a run per worker")
+        wait_for(lambda: len(_runs_under(workers.values())) == 2, what="a run per worker")
         runs = _runs_under(workers.values())
-        _wait_for(lambda: all(_segments_of(r.pid) for r in runs), what="booted runs")
+        wait_for(lambda: all(segments_of(r.pid) for r in runs), what="booted runs")
         cpus = [c for r in runs for c in r.children(recursive=True)]
         p.send_signal(signal.SIGINT)
         stdout, stderr = p.communicate(timeout=60)
@@ -316,9 +301,9 @@ def test_ctrl_c_to_the_client_stops_every_run_on_every_worker(cluster, tmp_path)
     assert p.returncode == Exit.INTERRUPTED, stderr
     assert "stopped by SIGINT" in stderr and "Traceback" not in stderr
     # by the time the client has exited, no run and no CPU of one is left, nor a segment
-    assert not [r for r in runs + cpus if _alive(r)]
+    assert not [r for r in runs + cpus if not gone(r)]
     assert not _runs_under(workers.values())
-    assert not [s for r in runs for s in _segments_of(r.pid)]
+    assert not [s for r in runs for s in segments_of(r.pid)]
     doc = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert doc["interrupted"] == "SIGINT"
     assert [r["status"] for r in doc["cells"][0]["runs"]] == ["interrupted", "interrupted"]
@@ -349,9 +334,9 @@ def test_a_scheduler_lost_mid_sweep_stops_the_sweep_with_what_finished(tmp_path)
         p = _sweep("experiment", str(script), "-c", "steal=none", "--seeds", "2", "--out",
                    "exp", "-q", "--cluster", addr, cwd=tmp_path,
                    env={"SMP_CLUSTER_TIMEOUT": "2"})
-        _wait_for(lambda: _runs_under([worker.pid]), what="a run on the worker")
+        wait_for(lambda: _runs_under([worker.pid]), what="a run on the worker")
         run = _runs_under([worker.pid])[0]
-        _wait_for(lambda: _segments_of(run.pid), what="the run to boot")
+        wait_for(lambda: segments_of(run.pid), what="the run to boot")
         sched.kill()
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == Exit.INTERRUPTED, stderr
@@ -368,8 +353,8 @@ def test_a_scheduler_lost_mid_sweep_stops_the_sweep_with_what_finished(tmp_path)
                 q.kill()
                 q.wait(30)
     # the worker is gone: its run went with it
-    _wait_for(lambda: not _alive(run), timeout=30, what="the run to stop")
-    assert not _segments_of(run.pid)
+    wait_for(lambda: gone(run), timeout=30, what="the run to stop")
+    assert not segments_of(run.pid)
 
 
 def test_explore_on_the_cluster_stops_at_the_first_failure_and_writes_the_reproducer(

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO, cpu_workers, smp
+from conftest import REPO, cpu_workers, gone, segments_of, smp, wait_for
 
 from smp.errors import Exit
-from smp.machine.segment import SEGMENT_PREFIX, leaked_segments
+from smp.machine.segment import leaked_segments
 from smp.rundir import format as fmt
 
 FIX = REPO / "tests" / "fixtures" / "lockstep"
@@ -152,23 +152,10 @@ def test_a_read_only_place_is_refused_before_boot(tmp_path):
 
 # --- 3. a SIGKILL of the whole process group ---------------------------------------------
 
-def _wait_for(cond, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
-def _gone(p: psutil.Process) -> bool:
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
-def _segments_of(pid: int) -> list[str]:
-    return [s for s in leaked_segments() if s.startswith(f"{SEGMENT_PREFIX}{pid}-")]
 
 
 def test_a_killed_process_group_leaks_a_segment_that_the_next_command_removes(tmp_path):
@@ -177,11 +164,11 @@ def test_a_killed_process_group_leaks_a_segment_that_the_next_command_removes(tm
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:
-        _wait_for(lambda: _segments_of(p.pid), what="the run's segment")
-        seg = _segments_of(p.pid)[0]
+        wait_for(lambda: segments_of(p.pid), what="the run's segment")
+        seg = segments_of(p.pid)[0]
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(30)
-        _wait_for(lambda: not psutil.pid_exists(p.pid) or
+        wait_for(lambda: not psutil.pid_exists(p.pid) or
                   psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE, what="the group")
         assert seg in leaked_segments(orphans_only=True)       # the leak really happens
         r = smp("clean", cwd=tmp_path)
@@ -263,9 +250,9 @@ def _children_running(p: subprocess.Popen) -> list[psutil.Process]:
 def test_a_stopped_sweep_stops_its_runs_and_writes_what_finished(tmp_path, kind, sig):
     p, out = _start_sweep(tmp_path, kind)
     try:
-        _wait_for(lambda: len(_children_running(p)) == 2, what="two runs")
+        wait_for(lambda: len(_children_running(p)) == 2, what="two runs")
         kids = _children_running(p)
-        _wait_for(lambda: all(_segments_of(k.pid) for k in kids), what="booted runs")
+        wait_for(lambda: all(segments_of(k.pid) for k in kids), what="booted runs")
         p.send_signal(sig)                       # to the sweep process alone
         stdout, stderr = p.communicate(timeout=60)
     finally:
@@ -275,8 +262,8 @@ def test_a_stopped_sweep_stops_its_runs_and_writes_what_finished(tmp_path, kind,
     assert "Traceback" not in stderr
     assert f"stopped by {signal.Signals(sig).name}" in stderr
     for k in kids:
-        assert _gone(k)
-        assert not _segments_of(k.pid)
+        assert gone(k)
+        assert not segments_of(k.pid)
     doc = json.loads((out / f"{kind}.json").read_text())
     assert doc["interrupted"] == signal.Signals(sig).name
     # the runs that were stopped ended cleanly: their summaries say so
@@ -291,12 +278,12 @@ def test_a_stopped_sweep_stops_its_runs_and_writes_what_finished(tmp_path, kind,
 def test_runs_die_with_a_sweep_killed_by_sigkill(tmp_path):
     p, _out = _start_sweep(tmp_path, "explore")
     try:
-        _wait_for(lambda: len(_children_running(p)) == 2, what="two runs")
+        wait_for(lambda: len(_children_running(p)) == 2, what="two runs")
         kids = _children_running(p)
-        _wait_for(lambda: all(_segments_of(k.pid) for k in kids), what="booted runs")
+        wait_for(lambda: all(segments_of(k.pid) for k in kids), what="booted runs")
         p.kill()
         p.communicate(timeout=30)
-        _wait_for(lambda: all(_gone(k) for k in kids), timeout=30,
+        wait_for(lambda: all(gone(k) for k in kids), timeout=30,
                   what="the orphaned runs to end")
     finally:
         if p.poll() is None:
@@ -307,7 +294,7 @@ def test_runs_die_with_a_sweep_killed_by_sigkill(tmp_path):
             except psutil.Error:
                 pass
     for k in kids:
-        assert not _segments_of(k.pid), "a run killed by its parent's death leaked its segment"
+        assert not segments_of(k.pid), "a run killed by its parent's death leaked its segment"
 
 
 # --- 5. a load cut off by its time limit -------------------------------------------------
@@ -366,7 +353,7 @@ def test_a_dead_cpu_has_its_own_exit_status_and_the_message_says_it_once(tmp_pat
                           str(tmp_path / "r"), "-q"], cwd=tmp_path, env=ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len(cpu_workers(p.pid)) == 2, what="the CPUs")
+        wait_for(lambda: len(cpu_workers(p.pid)) == 2, what="the CPUs")
         time.sleep(0.3)
         cpu = sorted(cpu_workers(p.pid), key=lambda c: c.pid)[0]
         cpu.kill()
@@ -386,7 +373,7 @@ def test_interrupted_status_says_why_once(tmp_path):
                           str(tmp_path / "r"), "-q"], cwd=tmp_path, env=ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (tmp_path / "r" / "console.log").exists(), what="boot")
+        wait_for(lambda: (tmp_path / "r" / "console.log").exists(), what="boot")
         p.send_signal(signal.SIGINT)
         stdout, _ = p.communicate(timeout=90)
     finally:

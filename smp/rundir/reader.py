@@ -214,6 +214,17 @@ def dig(d: object, *keys: str, want: type | tuple = object) -> Any:
     return d if isinstance(d, want) else None
 
 
+def finished_run(path: str | Path) -> tuple[RunDir | None, dict | None]:
+    """A run directory and its summary, or None for what is not there (a run stopped
+    before it could write one, or no run directory at all): for the sweeps, which look
+    at every run they started whatever became of it."""
+    try:
+        rd = RunDir(path)
+        return rd, rd.summary
+    except BadInput:
+        return None, None
+
+
 def read_json(p: Path, schema: int | None, optional: bool = False,
               whole: bool = True) -> dict | None:
     """One JSON document: an object carrying ``schema`` (when given) and, if ``whole``,

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from smp.errors import BadInput, Exit
 from smp.rundir.format import EXPERIMENT_SCHEMA
-from smp.rundir.reader import RunDir, dig
+from smp.rundir.reader import dig, finished_run
 from smp.tools.sweep import Finished, Task, default_jobs, make_pool  # noqa: F401 - cli
 
 DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "kmem-storm", "fork-churn"]
@@ -153,11 +153,7 @@ def steal_contention(lockstat: dict | None) -> tuple[int, float]:
 
 def _result(d: Path, fin: Finished) -> dict:
     """One run's row of the experiment, from its run directory."""
-    try:
-        rd = RunDir(d)
-        s = rd.summary
-    except BadInput:
-        s = None
+    rd, s = finished_run(d)
     if s is None:
         # stopped before its CPUs ran (no summary to write), or it failed to start
         return {"status": "interrupted" if fin.stopped else "no-summary",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from smp.errors import BadInput, Exit
 from smp.rundir import format as fmt
-from smp.rundir.reader import RunDir, dig
+from smp.rundir.reader import RunDir, dig, finished_run
 from smp.tools.sweep import Finished, Task, make_pool
 
 
@@ -45,11 +45,7 @@ class Outcome:
 
 
 def classify(run_dir: Path, fin: Finished) -> tuple[str, str, int]:
-    try:
-        rd = RunDir(run_dir)
-        s = rd.summary
-    except BadInput:
-        s = None
+    rd, s = finished_run(run_dir)
     if s is None:
         return "error", fin.last_error_line() or "no summary.json", 0
     points = dig(s, "schedule", "points", want=int) or 0
