@@ -558,8 +558,11 @@ static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
  *              change points the running CPU drops to a low priority;
  *   LS_PB      the running CPU keeps the turn; it passes to an enabled CPU drawn
  *              from the generator when the runner blocks (spins, idles, or the whole
- *              machine made no progress for LS_PB_STALL points) and at the depth
- *              preemption points in ls_change.
+ *              machine made no progress for LS_PB_STALL points), at the depth
+ *              preemption points in ls_change, and -- so that virtual time passes for
+ *              every CPU alike, as on a time-sharing machine -- at the first point
+ *              where it holds no lock once it has had the turn for LS_PB_SLICE of
+ *              virtual time (a yield, not a preemption: it does not count).
  *
  * All of that state is in the segment, so whichever CPU decides continues the same
  * sequence.  lockstep.py holds the Python side and documents the layout.
@@ -578,11 +581,13 @@ static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
 
 enum { LS_RANDOM, LS_PCT, LS_PB };
 enum { ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
-       ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, LS_NSTATE = 16 };
+       ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT,
+       LS_NSTATE = 16 };
 enum { END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK };
 #define LS_NCHANGE 16
 #define LS_WAITW 4                /* ls_wait words per CPU */
 #define LS_PB_STALL 20000         /* pb: points without progress before it turns random */
+#define LS_PB_SLICE 1000000       /* pb: virtual ns of turn before a lock-free point yields */
 #define LS_TURN_NS 5000000        /* a waiter looks at the halt word this often */
 
 static inline struct cpu_area *cpu_of(Core *c, int i)
@@ -668,7 +673,7 @@ cycle:;
     return len;
 }
 
-static int ls_choose(Core *c, int me, uint64_t points)
+static int ls_choose(Core *c, int me, uint64_t points, uint64_t vclock)
 {
     uint64_t *st = c->ls_st;
     int n = c->ncpu;
@@ -694,19 +699,23 @@ static int ls_choose(Core *c, int me, uint64_t points)
             return (int)(ls_draw(c) % (uint64_t)n);
         return best;
     }
-    /* LS_PB: keep the turn unless blocked, stalled or at a preemption point */
+    /* LS_PB: keep the turn unless blocked, stalled, preempted or yielding */
     int blocked = !ls_enabled(c, me) || points - st[ST_LASTPROG] > LS_PB_STALL;
-    if (!blocked) {
-        uint64_t left = st[ST_DEPTHLEFT];
-        if (!left || points < c->ls_change[c->ls_depth - left])
-            return me;
-        st[ST_DEPTHLEFT] = left - 1;          /* a preemption: spent */
-    }
     int cand[64], k = 0;
     for (int i = 0; i < n && k < 64; i++)
         if (i != me && ls_enabled(c, i))
             cand[k++] = i;
-    if (k == 0)                               /* nobody enabled: any other CPU */
+    if (!blocked) {
+        uint64_t left = st[ST_DEPTHLEFT];
+        if (left && points >= c->ls_change[c->ls_depth - left])
+            st[ST_DEPTHLEFT] = left - 1;      /* a preemption: spent, even if nobody is */
+        else if (k == 0 || vclock - st[ST_TURN_AT] < LS_PB_SLICE ||
+                 __atomic_load_n(&cpu_of(c, me)->nheld, __ATOMIC_RELAXED))
+            return me;
+        if (k == 0)
+            return me;
+    }
+    if (k == 0)                               /* blocked, nobody enabled: any other CPU */
         for (int i = 0; i < n && k < 64; i++)
             if (i != me)
                 cand[k++] = i;
@@ -734,9 +743,11 @@ static int ls_step(Core *c, int who, uint64_t cost)
             return ls_end(c, END_DEADLOCK, "deadlock");
         }
     }
-    int nxt = ls_choose(c, who, points);
-    if (nxt != who)
+    int nxt = ls_choose(c, who, points, vclock);
+    if (nxt != who) {
         st[ST_SWITCHES]++;
+        st[ST_TURN_AT] = vclock;
+    }
     return nxt;
 }
 
@@ -2117,6 +2128,8 @@ PyMODINIT_FUNC PyInit__atomic(void)
     C("ST_DEPTH", ST_DEPTH);
     C("ST_PIN", ST_PIN);
     C("ST_HANDOFFS", ST_HANDOFFS);
+    C("ST_TURN_AT", ST_TURN_AT);
+    C("LS_PB_SLICE", LS_PB_SLICE);
 #undef C
     return m;
 }

@@ -16,6 +16,10 @@ advances the virtual clock and asks the schedule which CPU runs next:
   progress for ``LS_PB_STALL`` points -- and at ``depth`` preemption points
   drawn from the seed (log-uniformly over the first 2**24 points, so short and
   long runs both get some); then the next CPU is drawn from the enabled ones.
+  So that virtual time passes for every CPU alike (a load's ``duration`` loops
+  would otherwise run one after the other), a CPU that has held the turn for
+  ``LS_PB_SLICE`` (1 ms) of virtual time also yields at its next point outside
+  any lock -- a yield, not a preemption: it is not counted.
 
 The generator's state, the virtual clock and the turn live in the segment,
 so whichever CPU decides continues the same sequence: the schedule is a pure
@@ -56,14 +60,14 @@ DEPTH = 3                         # pct change points / pb preemptions per run
 STRATEGY_CODES = {"random": _atomic.LS_RANDOM, "pct": _atomic.LS_PCT, "pb": _atomic.LS_PB}
 MASK64 = (1 << 64) - 1
 (ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
- ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS) = range(13)
+ ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) = range(14)
 NSTATE = 16
 # why a lockstep run ended (ls_state[ST_END]); the parent words it, naming locks
 END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK = range(4)
 # the C scheduler reads the same slots
-assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS) == (
+assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) == (
     _atomic.LS_NSTATE, _atomic.ST_POINTS, _atomic.ST_LASTPROG, _atomic.ST_DEPTH,
-    _atomic.ST_PIN, _atomic.ST_HANDOFFS)
+    _atomic.ST_PIN, _atomic.ST_HANDOFFS, _atomic.ST_TURN_AT)
 
 PIN_ENV = "SMP_LOCKSTEP_PIN"      # "auto" (default), "off", or a host core number
 
