@@ -225,6 +225,7 @@ typedef struct {
     PyObject *sched_hook;
     /* lockstep scheduler (ls_setup): the turn, the strategy, hand-over by futex */
     int ls_on;                    /* scheduling points run ls_point, not sched_hook */
+    int ls_proxy;                 /* take spinners' turns by proxy (on; off: to compare) */
     int ls_strategy;              /* LS_RANDOM, LS_PCT, LS_PB */
     uint32_t *ls_go;              /* [ncpu] 1: that CPU holds the turn (its futex word) */
     uint64_t *ls_st;              /* [LS_NSTATE] generator, counters, bounds (ST_*) */
@@ -797,7 +798,7 @@ static int ls_wait_turn(Core *c)
 static int ls_point(Core *c, uint64_t cost)
 {
     int nxt = ls_step(c, c->cpu, cost);
-    while (nxt >= 0 && nxt != c->cpu && ls_proxiable(c, nxt)) {
+    while (nxt >= 0 && nxt != c->cpu && c->ls_proxy && ls_proxiable(c, nxt)) {
         c->ls_wait[LS_WAITW * nxt + 2]++;     /* its spin turn, counted when it acquires */
         c->ls_proxied++;
         nxt = ls_step(c, nxt, c->ls_vtick);
@@ -1721,6 +1722,7 @@ static PyObject *Core_ls_setup(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     memset(c->ls_extra, 0, sizeof c->ls_extra);
+    c->ls_proxy = 1;
     c->ls_on = 1;
     c->lockstep = 1;
     Py_RETURN_NONE;
@@ -1793,6 +1795,16 @@ static PyObject *Core_ls_end(Core *c, PyObject *args)
         return NULL;
     ls_end(c, kind, why);
     return NULL;
+}
+
+static PyObject *Core_get_ls_proxy(Core *c, void *u) { return PyBool_FromLong(c->ls_proxy); }
+static int Core_set_ls_proxy(Core *c, PyObject *v, void *u)
+{
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    c->ls_proxy = b;
+    return 0;
 }
 
 static PyObject *Core_get_ls_handoffs(Core *c, void *u)
@@ -1984,6 +1996,9 @@ static PyGetSetDef Core_getset[] = {
     {"cpu", (getter)Core_get_cpu, NULL, "this CPU's number", NULL},
     {"lockstep", (getter)Core_get_lockstep, (setter)Core_set_lockstep,
      "lockstep mode: now() is the virtual clock, spinning is a scheduling point", NULL},
+    {"ls_proxy", (getter)Core_get_ls_proxy, (setter)Core_set_ls_proxy,
+     "lockstep: take the turns of spinners whose lock is still held by proxy (default on; "
+     "the schedule is the same either way)", NULL},
     {"ls_handoffs", (getter)Core_get_ls_handoffs, NULL,
      "lockstep: host hand-overs of the turn this CPU made", NULL},
     {"ls_proxied", (getter)Core_get_ls_proxied, NULL,

@@ -70,6 +70,7 @@ assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_A
     _atomic.ST_PIN, _atomic.ST_HANDOFFS, _atomic.ST_TURN_AT)
 
 PIN_ENV = "SMP_LOCKSTEP_PIN"      # "auto" (default), "off", or a host core number
+PROXY_ENV = "SMP_LOCKSTEP_PROXY"  # "off": every spin turn is a real hand-over (to compare)
 
 
 def lockstep_arrays(ncpu: int) -> list[ArraySpec]:
@@ -168,6 +169,8 @@ class Lockstep:
         self.core.ls_setup(lay["ls_go"][0], lay["ls_state"][0], lay["ls_prio"][0],
                            lay["ls_change"][0], lay["ls_wait"][0], lay["ls_cycle"][0],
                            STRATEGY_CODES[self.strategy], VTICK)
+        if os.environ.get(PROXY_ENV, "").strip().lower() in ("off", "no", "0", "false"):
+            self.core.ls_proxy = False
         self.core.sched_hook = self.core.ls_point
 
     def wait_turn(self) -> None:
