@@ -16,8 +16,8 @@ and at the end of the benchmark; the median of all samples is the anchor's figur
 A :class:`Row` is one measurement: its samples (one per repetition), its unit, and the
 anchor its ratio is taken to.  ``ratio`` is the row's cost per unit in anchor units: for a
 time (``ns``, ``us``, ``ms``, ``s``) the median divided by the anchor; for a rate
-(``.../s``, ``.../min``) the time per item divided by the anchor; for a dimensionless row
-(unit ``x``, no anchor: a ratio of two figures of the same run) the median itself.
+(``.../s``, ``.../min``) the time per item divided by the anchor; for a row without an
+anchor (a ratio of two figures of the same run, unit ``x``, or a count) the median itself.
 ``target`` bounds ``ratio`` (``goal`` ``<=`` or ``>=``).
 
 ``--json`` prints one document on stdout (the table goes to stderr then)::
@@ -46,6 +46,10 @@ import time
 from dataclasses import dataclass, field
 
 SCHEMA = 1
+# Conversion rates for targets first stated in absolute time on these hosts: a gross
+# multiprocessing.Lock pair of 50 ns (PRIMITIVES.md: 34 ns net, plus the loop) and an
+# empty-loop iteration of 30 ns (measured on the 2-core hosts, December 2026).
+REFERENCE_NS = {"mp_lock_pair": 50.0, "py_loop": 30.0}
 TIME_UNITS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 WINDOW_NS = 100_000_000           # one anchor sample lasts about this long
 ANCHORS = ("mp_lock_pair", "py_loop")
@@ -90,7 +94,8 @@ class Stat:
 
 @dataclass
 class Row:
-    """One measurement.  ``anchor`` None: a dimensionless row (unit ``x``), ratio = median."""
+    """One measurement.  ``anchor`` None: a same-run ratio (unit ``x``) or a count, whose
+    ratio is its median."""
 
     name: str
     unit: str
@@ -109,7 +114,8 @@ class Row:
         if self.unit in TIME_UNITS:
             return v * TIME_UNITS[self.unit]
         if self.unit.endswith("/s"):
-            return 1e9 / v if v else math.inf
+            scale = 1e6 if self.unit.startswith("M ") else 1.0
+            return 1e9 / (v * scale) if v else math.inf
         if self.unit.endswith("/min"):
             return 60e9 / v if v else math.inf
         raise ValueError(f"row {self.name!r}: unit {self.unit!r} has no time to compare")
@@ -118,7 +124,7 @@ class Row:
         if not self.samples:
             return None
         if self.anchor is None:
-            return self.median if self.unit == "x" else None
+            return self.median
         a = anchors[self.anchor].median
         return self.cost_ns(self.median) / a if a else None
 
@@ -229,6 +235,11 @@ class Bench:
 
 
 ANCHOR_SHORT = {"mp_lock_pair": "lock", "py_loop": "loop", None: "-"}
+
+
+def anchored(ns: float, anchor: str = "mp_lock_pair") -> float:
+    """A target stated in nanoseconds, as a ratio to ``anchor`` (REFERENCE_NS)."""
+    return ns / REFERENCE_NS[anchor]
 
 
 def fmt(v: float | None) -> str:
