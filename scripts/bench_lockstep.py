@@ -200,6 +200,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap)
     ap.add_argument("--reps", type=int, help="runs per figure (default 3, quick 2)")
+    ap.add_argument("--modes", help="comma-separated subset of: " + ", ".join(MODES) +
+                    " (free is always run; e.g. free,random to measure an older checkout)")
+    ap.add_argument("--no-explore", action="store_true", help="skip the exploration rate")
     a = ap.parse_args()
     reps = a.reps or (2 if a.quick else 3)
     b = Bench("bench_lockstep", a.quick)
@@ -210,6 +213,11 @@ def main() -> None:
     b.add(Row("process round trip, one core", "us",
               [handover_us((cores[0], cores[0])) for _ in range(3)]))
     modes = ["free", "random", "random unpinned", "pb"] + ([] if a.quick else ["pct"])
+    if a.modes:
+        modes = ["free"] + [m.strip() for m in a.modes.split(",") if m.strip() != "free"]
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            ap.error(f"--modes: unknown {', '.join(bad)}")
     with tempfile.TemporaryDirectory(prefix="bench-lockstep-") as tmp:
         work = Path(tmp)
         faults = work / "faults.toml"
@@ -220,8 +228,9 @@ def main() -> None:
             throughput(b, work, "faults", faults, ncpu, reps, "faults", modes)
         for ncpu in (2, 4):
             throughput(b, work, "synthetic", synth, ncpu, reps, "iterations", modes)
-        explore_rate(b, work, seeds=4 if a.quick else 8, limit="100ms" if a.quick else "1s",
-                     jobs=os.cpu_count() or 1, reps=1)
+        if not a.no_explore:
+            explore_rate(b, work, seeds=4 if a.quick else 8,
+                         limit="100ms" if a.quick else "1s", jobs=os.cpu_count() or 1, reps=1)
     b.finish()
     b.report(a.json)
     ratios = [r for r in b.rows if r.name.endswith("lockstep random / free")]
