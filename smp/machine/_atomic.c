@@ -777,13 +777,16 @@ static int ls_wait_turn(Core *c)
 {
     uint32_t *go = &c->ls_go[c->cpu];
     for (;;) {
-        /* halt first: ls_finish raises every go word to wake the waiters, who must
-         * stop rather than run on in parallel after the end */
+        /* ls_finish raises every go word to wake the waiters, who must stop rather
+         * than run on in parallel after the end.  It stores the halt word first, so a
+         * go word seen up implies the halt word is seen too if that was the reason:
+         * look again after the go word (before it, a halt can still come between) */
+        int got = __atomic_load_n(go, __ATOMIC_SEQ_CST) != 0;
         if (__atomic_load_n(&c->hdr->halt, __ATOMIC_SEQ_CST)) {
             PyErr_SetString(HaltedError, "machine halted while waiting for the turn");
             return -1;
         }
-        if (__atomic_load_n(go, __ATOMIC_SEQ_CST))
+        if (got)
             return 0;
         struct timespec ts = {.tv_sec = 0, .tv_nsec = LS_TURN_NS};
         Py_BEGIN_ALLOW_THREADS
