@@ -317,7 +317,8 @@ def test_override_unknown_key_lists_both_sections():
     message = bad(apply_overrides, *base(), ["foo=1"])
     assert message == (
         "-o foo=1: unknown key 'foo' (machine keys: ncpu, physmem, swap, maxproc, trace_ring, "
-        "hz; kernel keys: steal, biglock, shootdown_on_steal, diagnostic, lockstat, hist, "
+        "hz, park_after; kernel keys: steal, biglock, shootdown_on_steal, diagnostic, lockstat, "
+        "hist, "
         "reserve_kernel, reserve_pagedaemon, freemin, freetarg, pmap_canfail_leak, "
         "pv_steal_attrs)")
 
