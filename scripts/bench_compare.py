@@ -18,11 +18,12 @@ Scenarios, each timed a few times in-process (``smp.cli.main``, output to /dev/n
                  sequence view's worst case, every line alias-normalized on both sides
     trace        smp trace A (render 1M lines), smp trace A --stats
 
-    python scripts/bench_compare.py [--lines N] [--reps R] [--keep DIR]
+    python scripts/bench_compare.py [--quick] [--lines N] [--reps R] [--keep DIR] [--json]
 
 Prints a table of medians, wall and CPU seconds, with lines/s (lines of both inputs per
 wall second).  Target: a million-line compare in at most 10 s on the 2-core development
-machines.
+machines, here 5 us per line of both inputs as a ratio to the empty-loop anchor
+(scripts/benchlib.py).  ``--quick``: 200,000 records, one repetition.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib import Bench, Row, add_args, anchored  # noqa: E402
 
 from smp import cli
 from smp.rundir import format as runfmt  # noqa: E402
@@ -184,8 +185,8 @@ def move_pmaps(src: Path, dst: Path) -> None:
     (dst / runfmt.CONSOLE_FILE).write_text("\n".join(lines) + "\n")
 
 
-def timed(argv: list[str], reps: int) -> tuple[float, float, int]:
-    """Median wall and CPU seconds of ``reps`` runs (CPU time, because the development
+def timed(argv: list[str], reps: int) -> tuple[list[float], list[float], int]:
+    """Wall and CPU seconds of ``reps`` runs (CPU time, because the development
     machines are shared: wall time there measures the neighbours too)."""
     wall, cpu = [], []
     rc = 0
@@ -196,7 +197,7 @@ def timed(argv: list[str], reps: int) -> tuple[float, float, int]:
             rc = cli.main(argv)
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu), rc
+    return wall, cpu, rc
 
 
 def count_lines(p: Path) -> int:
@@ -208,23 +209,29 @@ def count_lines(p: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--reps", type=int, default=3)
+    add_args(ap)
+    ap.add_argument("--lines", type=int, help="records per run (default 1,000,000; "
+                    "quick 200,000)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     ap.add_argument("--keep", help="write the runs here and keep them")
     a = ap.parse_args()
+    lines = a.lines or (200_000 if a.quick else 1_000_000)
+    reps = a.reps or (1 if a.quick else 3)
+    out = sys.stderr if a.json else sys.stdout
+    b = Bench("bench_compare", a.quick)
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_compare."))
     try:
         A, B, L, M = base / "A", base / "B", base / "A-lockstep", base / "A-moved"
         t = time.perf_counter()
         if not A.exists():
-            make_run(A, a.lines, 1, "steal")
-            make_run(B, a.lines, 2, "nosteal")
+            make_run(A, lines, 1, "steal")
+            make_run(B, lines, 2, "nosteal")
         if not L.exists():
-            change_one_line(A, L, a.lines // 2)
+            change_one_line(A, L, lines // 2)
         if not M.exists():
             move_pmaps(A, M)
-        print(f"generated 4 runs of {a.lines} records in {time.perf_counter() - t:.1f} s "
-              f"({base})")
+        print(f"generated 4 runs of {lines} records in {time.perf_counter() - t:.1f} s "
+              f"({base})", file=out)
         cases = [
             ("exact", ["compare", str(A), str(B)], [A, B]),
             ("exact-json", ["compare", str(A), str(B), "--json", "--per-cpu"], [A, B]),
@@ -239,20 +246,22 @@ def main() -> int:
             ("trace", ["trace", str(A), "--all"], [A]),
             ("trace-stats", ["trace", str(A), "--stats"], [A]),
         ]
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of "
-              f"{a.reps}")
-        print(f"{'case':<16} {'lines':>9} {'wall_s':>7} {'cpu_s':>7} {'lines/s':>10}  rc")
+        # the target: a million-line compare in 10 s, i.e. 5 us per line of both inputs
+        per_line = anchored(10e9 / 2e6, "py_loop")
         for name, argv, inputs in cases:
             n = sum(count_lines(p) for p in inputs)
-            wall, cpu, rc = timed(argv, a.reps)
-            print(f"{name:<16} {n:>9} {wall:>7.2f} {cpu:>7.2f} {n / wall:>10.0f}  {rc:>2}",
-                  flush=True)
-        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+            wall, cpu, rc = timed(argv, reps)
+            b.add(Row(f"{name}: wall", "s", wall, anchor="py_loop", note=f"{n:,} lines, rc {rc}"))
+            b.add(Row(f"{name}: CPU", "s", cpu, anchor="py_loop"))
+            b.add(Row(f"{name}: lines per wall second", "lines/s", [n / w for w in wall],
+                      anchor="py_loop",
+                      target=per_line if name.startswith("exact") else None))
+        b.finish()
+        b.report(a.json)
     finally:
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,19 +18,22 @@ Rows (medians over repetitions, min-max shown, since these shared 2-core hosts v
 
 The per-call figures are measured in this process on cpu0 of a machine booted without
 forking (the kernel tests' harness, minus pytest); the throughput rows boot real machines.
-Usage: ``PYTHONPATH=. python scripts/bench_kernel.py [--quick]``.
+Targets are ratios to the anchors measured in the same run (scripts/benchlib.py): the
+per-call targets above converted at benchlib.REFERENCE_NS, the rest ratios of two figures
+of this run (unit x), among them the fault's cost over pmap_enter's (issue 12: <= 2.0).
+Usage: ``PYTHONPATH=. python scripts/bench_kernel.py [--quick] [--no-big] [--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from benchlib import Bench, Row, add_args, anchored
 
 from smp.config import apply_overrides, load_kernel, load_machine
 from smp.kern import pmap
@@ -45,29 +48,6 @@ from smp.workload.program import Assembler, Op
 
 RW = VM_PROT_READ | VM_PROT_WRITE
 perf_ns = time.perf_counter_ns
-
-
-@dataclass
-class Row:
-    """One line of the table: one sample per repetition, and the target."""
-
-    name: str
-    unit: str
-    target: float | None = None
-    goal: str = "<="               # "<=" lower is better, ">=" higher is better
-    samples: list[float] = field(default_factory=list)
-    note: str = ""
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    def verdict(self) -> tuple[str, str]:
-        if self.target is None or not self.samples:
-            return "", ""
-        ratio = self.median / self.target
-        ok = self.median <= self.target if self.goal == "<=" else self.median >= self.target
-        return f"{ratio:.2f}", "ok" if ok else "MISSED"
 
 
 # --- in-process machine (no fork) -----------------------------------------------------------
@@ -98,7 +78,6 @@ class InProcess:
 
     def close(self) -> None:
         self.seg.destroy()
-        self._tmp.cleanup()
 
 
 def per_call(fn: Callable[[int], object], n: int) -> float:
@@ -189,65 +168,44 @@ def _run(a: Assembler, pc: int, nprocs: int, overrides: list[str], profile: str,
     return faults / (seconds if seconds else o.elapsed_s), wall, faults / max(cpu_s, 1e-9)
 
 
-# --- the table -----------------------------------------------------------------------------------
-
-def fmt(v: float) -> str:
-    return f"{v:,.0f}" if v >= 1000 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
-
-
-def print_table(rows: list[Row]) -> None:
-    head = ("measurement", "median", "min-max", "unit", "target", "ratio", "")
-    cells = []
-    for r in rows:
-        ratio, ok = r.verdict()
-        rng = f"{fmt(min(r.samples))}-{fmt(max(r.samples))}" if len(r.samples) > 1 else ""
-        tgt = f"{r.goal} {fmt(r.target)}" if r.target is not None else ""
-        cells.append((r.name, fmt(r.median), rng, r.unit, tgt, ratio, ok))
-    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for c in cells:
-        print("  ".join(x.rjust(w) if 1 <= i <= 2 or i == 5 else x.ljust(w)
-                        for i, (x, w) in enumerate(zip(c, widths, strict=True))))
-    for r in rows:
-        if r.note:
-            print(f"  note: {r.name}: {r.note}")
-    print("  ratio = median / target: <= 1 is good for '<=' targets, >= 1 for '>=' targets.")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions, shorter runs")
+    add_args(ap)
     ap.add_argument("--no-big", action="store_true", help="skip the 64-CPU run")
     args = ap.parse_args(argv)
+    b = Bench("bench_kernel", args.quick, argv)
     reps = 3 if args.quick else 7
     n = 256 if args.quick else 1000
     secs = 1.0 if args.quick else 2.0
     tput_reps = 1 if args.quick else 3
     leaked = set(leaked_segments(orphans_only=True))
-    load0 = os.getloadavg()
 
-    enter = Row("pmap_enter, warm PTP", "us", 10.0)
-    fault = Row("fault (page alloc + pmap_enter), 64 MiB", "us", 25.0)
-    fault_big = Row("fault, 1 GiB of RAM", "us", 25.0)
-    ratio_mem = Row("fault cost 1 GiB / 64 MiB", "x", 1.5)
+    enter = Row("pmap_enter, warm PTP", "us", target=anchored(10e3))
+    fault = Row("fault (page alloc + pmap_enter), 64 MiB", "us", target=anchored(25e3))
+    fault_big = Row("fault, 1 GiB of RAM", "us", target=anchored(25e3))
+    ratio_mem = Row("fault cost 1 GiB / 64 MiB", "x", anchor=None, target=1.5)
+    ratio_enter = Row("fault cost / pmap_enter cost", "x", anchor=None, target=2.0,
+                      note="issue 12, item 4")
     for _ in range(reps):
         f, e = fault_and_enter("64M", n)
         fault.samples.append(f)
         enter.samples.append(e)
+        ratio_enter.samples.append(f / e)
         fb, _ = fault_and_enter("1G", n)
         fault_big.samples.append(fb)
         ratio_mem.samples.append(fb / f)
-    rows = [enter, fault, fault_big, ratio_mem]
+    rows = [enter, fault, fault_big, ratio_mem, ratio_enter]
+    b.phase()
 
     tp = {c: Row(f"faults/s, {c} CPU{'s' if c > 1 else ''} (biglock off)", "faults/s")
           for c in (1, 2, 4)}
-    scale2 = Row("2 CPUs / 1 CPU", "x", 1.6, ">=",
+    scale2 = Row("2 CPUs / 1 CPU", "x", anchor=None, target=1.6, goal=">=",
                  note="wall-clock: other jobs on the host take cores away; see below")
-    scale4 = Row("4 CPUs / 1 CPU", "x", note="4 simulated CPUs share the host's 2 cores")
-    eff2 = Row("2 CPUs: faults per CPU-second / 1 CPU's", "x", 0.8, ">=",
-               note="host-load independent: x 2 = the speedup on two idle cores "
-                    "(0.8 <=> 1.6x); what the simulator's own locking costs")
+    scale4 = Row("4 CPUs / 1 CPU", "x", anchor=None,
+                 note="4 simulated CPUs share the host's 2 cores")
+    eff2 = Row("2 CPUs: faults per CPU-second / 1 CPU's", "x", anchor=None, target=0.8,
+               goal=">=", note="host-load independent: x 2 = the speedup on two idle cores "
+                               "(0.8 <=> 1.6x); what the simulator's own locking costs")
     for _ in range(tput_reps):
         got = {c: throughput(c, secs) for c in (1, 2, 4)}
         for c, v in got.items():
@@ -267,17 +225,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{type(e).__name__}: {e}", file=sys.stderr)
                 continue
             rows.append(Row(f"{ncpu} CPUs x {nprocs} processes: wall time", "s",
-                            samples=[wall], note="" if ncpu == 64 else
+                            samples=[wall], anchor="py_loop", note="" if ncpu == 64 else
                             "64 CPUs do not boot (see stderr); 63 measured instead"))
             rows.append(Row(f"{ncpu} CPUs x {nprocs} processes: faults/s", "faults/s",
                             samples=[rate]))
             break
 
-    load = os.getloadavg()
+    for r in rows:
+        b.add(r)
+    b.finish()
     print(f"bench_kernel: {reps} repetitions of {n} calls; throughput {tput_reps} x "
-          f"{secs:g} s runs; host {sys.platform}, {os.cpu_count()} cores, python "
-          f"{sys.version.split()[0]}; load average {load0[0]:.1f} before, {load[0]:.1f} after")
-    print_table(rows)
+          f"{secs:g} s runs", file=sys.stderr if args.json else sys.stdout)
+    b.report(args.json)
     left = set(leaked_segments(orphans_only=True)) - leaked
     if left:
         print(f"bench_kernel: segments left behind: {sorted(left)}", file=sys.stderr)

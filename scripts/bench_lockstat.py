@@ -39,8 +39,10 @@ while the lock is held (after winning the lock word, and before releasing it), s
 hold gets longer and every waiting CPU spins longer -- an amplification a fix in
 smp/machine/_atomic.c could remove (read the clock, release the word, then update the slot).
 
-Usage: ``PYTHONPATH=. python scripts/bench_lockstat.py [--reps N] [--iterations N]
-[--quick]``.
+The rows give each metric's median (min-max) with lockstat off and on, and on/off per
+pair of neighbouring runs (target <= 1.15); wall times are also stated in empty-loop
+anchors (scripts/benchlib.py).  Usage: ``PYTHONPATH=. python scripts/bench_lockstat.py
+[--reps N] [--iterations N] [--quick] [--json]``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import Bench, Row, add_args
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.15
@@ -97,23 +101,16 @@ def one_run(tmp: Path, script: Path, stats: str, n: object) -> dict:
             "done": load.get("iterations_done")}
 
 
-def fmt(xs: list[float]) -> str:
-    return f"{statistics.median(xs):7.3f} ({min(xs):.3f}-{max(xs):.3f})"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_args(ap)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each (default 5)")
     ap.add_argument("--iterations", type=int, default=20000,
                     help="iterations per process (default 20000)")
-    ap.add_argument("--quick", action="store_true", help="3 repetitions of 5000 iterations")
     a = ap.parse_args()
     if a.quick:
         a.reps, a.iterations = 3, 5000
-    print(f"bench_lockstat: {a.reps} runs each, alternating on/off; 8 processes on "
-          f"i386mp-4; host: {os.cpu_count()} CPUs")
-    print(f"{'load':<11} {'metric':<27} {'lockstat=off median (min-max)':>30} "
-          f"{'lockstat=on median (min-max)':>30} {'on/off':>7}")
+    b = Bench("bench_lockstat", a.quick)
     notes = []
     with tempfile.TemporaryDirectory(prefix="bench-lockstat-") as d:
         tmp = Path(d)
@@ -126,24 +123,34 @@ def main() -> int:
                 for stats in (("on", "off") if n % 2 == 0 else ("off", "on")):
                     res[stats].append(one_run(tmp, script, stats, f"{load}-{n}"))
             worst = 0.0
-            for key, label in (("wall_s", "wall time of smp run, s"),
-                               ("elapsed_s", "run elapsed (summary), s"),
-                               ("user_s", "user CPU, sum of CPUs, s")):
+            for key, label in (("wall_s", "wall time of smp run"),
+                               ("elapsed_s", "run elapsed (summary)"),
+                               ("user_s", "user CPU, sum of CPUs")):
                 off = [r[key] for r in res["off"]]
                 on = [r[key] for r in res["on"]]
-                ratio = statistics.median(on) / statistics.median(off)
-                worst = max(worst, ratio)
-                print(f"{load:<11} {label:<27} {fmt(off):>30} {fmt(on):>30} {ratio:7.3f}")
+                b.add(Row(f"{load}: {label}, lockstat=off", "s", off, anchor="py_loop"))
+                b.add(Row(f"{load}: {label}, lockstat=on", "s", on, anchor="py_loop"))
+                # the runs alternate, so the n-th of each were neighbours in time
+                b.add(Row(f"{load}: {label}, on / off", "x",
+                          [x / y for x, y in zip(on, off, strict=True)], anchor=None,
+                          target=TARGET))
+                worst = max(worst, statistics.median(on) / statistics.median(off))
+            b.phase()
             done = sorted({r["done"] for rs in res.values() for r in rs})
             acq = statistics.median(r["acq"] for r in res["on"])
             con = statistics.median(r["contended"] / r["acq"] for r in res["on"])
             notes.append(f"{load}: compute {compute}/iteration, 8 x {a.iterations * times} "
                          f"iterations (done per run: {', '.join(map(str, done))}); "
                          f"{acq:.0f} lock acquisitions per run, {100 * con:.1f}% contended; "
-                         f"worst ratio {worst:.3f}: "
+                         f"worst ratio of medians {worst:.3f}: "
                          f"{'within' if worst <= TARGET else 'ABOVE'} the target of {TARGET}")
+    b.finish()
+    out = sys.stderr if a.json else sys.stdout
+    print(f"bench_lockstat: {a.reps} runs each, alternating on/off; 8 processes on "
+          f"i386mp-4", file=out)
+    b.report(a.json)
     for n in notes:
-        print(n)
+        print(n, file=out)
     return 0
 
 

@@ -1,33 +1,33 @@
 """Lockstep mode's cost: throughput against free mode, and seeds explored per minute.
 
-    PYTHONPATH=. python scripts/bench_lockstep.py            # about 2 minutes on 2 cores
-    PYTHONPATH=. python scripts/bench_lockstep.py --quick    # about 30 s
+    PYTHONPATH=. python scripts/bench_lockstep.py [--quick] [--reps N] [--json]
 
-What is measured (every figure the median of ``--reps`` runs, one run at a time):
+About 4 minutes; ``--quick`` about 1.5 minutes on the shared 2-core hosts.  Anchors and
+the JSON document: scripts/benchlib.py.  What is measured (every figure the median of
+``--reps`` runs, one run at a time):
 
-1. Throughput, lockstep / free, on the same load and machine:
-   * ``faults`` -- a program load (below: 8 processes that each map 2 MiB (1 MiB with
-     --quick), fault every page in by writing it, read it all again, unmap; no compute, no
-     sleeps; 4096 faults), on 2 and on 4 CPUs.  Figure: page faults
-     (summary.json ``kernel_counters.counters.faults``) per wall second of the machine's
-     run (summary.json ``elapsed_s``: boot of the segment to the last CPU stopped; Python
-     start-up and writing the run directory are not in it), and lock acquisitions per
-     wall second.
+1. Throughput, lockstep / free, on the same load and machine, in the same run:
+   * ``faults`` -- a program load (8 processes that each map 2 MiB (1 MiB with --quick),
+     fault every page in by writing it, read it all again, unmap; no compute, no sleeps),
+     on 2 and on 4 CPUs.  Figure: page faults (summary.json
+     ``kernel_counters.counters.faults``) per wall second of the machine's run
+     (summary.json ``elapsed_s``: boot of the segment to the last CPU stopped; Python
+     start-up and writing the run directory are not in it).
    * ``synthetic`` -- the lock-only synthetic load with ``compute = 0`` (in free mode
      compute is real busy-waiting, in lockstep virtual time, so it is left out):
      iterations (one bucket-lock increment each) per wall second.
    Free mode's figures are the host's: on these 2-core machines 4 workers share 2 cores.
-   ``pinned``: the same lockstep runs with the parent and every CPU worker on host core 0
-   (``sched_setaffinity``) -- only one CPU runs at a time anyway, and a hand-over on one
-   core avoids waking another.
-   The header gives the host's process round trip (two wake-ups through pipes) across
-   two cores and on one: every switch of the turn is a futex hand-over between two worker
-   processes, so lockstep's rate follows it.  On the development VMs it is ~50-65 us
-   across two idle cores (waking an idle virtual CPU is slow) and ~3 us on one core.
-2. Exploration rate: ``smp explore default --seeds N --time-limit T --jobs J`` (the
-   default load, random schedules, each seed a lockstep run cut at T of *virtual* time),
-   timed from the command's start to its exit; seeds per minute = N / wall x 60.  Also
-   the virtual seconds simulated per wall second of one such run.
+   Lockstep runs: ``random`` (the default strategy; the run pins its workers to one host
+   core by itself), the same unpinned (``SMP_LOCKSTEP_PIN=off``), and ``pb`` (the
+   preemption-bounded strategy); without --quick also ``pct``.  ``host switches / point``:
+   the CPU workers' voluntary context switches (summary.json, psutil) per scheduling
+   point -- what is left of the host hand-overs once proxy turns and ``pb`` are done.
+   Target: lockstep random / free >= 0.3 (issue 12).
+2. The host's process round trip (two wake-ups through pipes) across two cores and on one:
+   every host hand-over of the turn is one such wake-up.
+3. Exploration rate: ``smp explore default --seeds N --time-limit T --jobs J --all``
+   (the default load, random schedules, each seed cut at T of *virtual* time), timed
+   from the command's start to its exit: wall seconds per seed and seeds per minute.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import Bench, Row, add_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,61 +76,78 @@ handoff_every = 50
 compute = "0us"
 """
 
+# mode -> (lockstep strategy or None, extra environment)
+MODES = {
+    "free": (None, {}),
+    "random": ("random", {}),
+    "random unpinned": ("random", {"SMP_LOCKSTEP_PIN": "off"}),
+    "pb": ("pb", {}),
+    "pct": ("pct", {}),
+}
 
-def smp(*args: str, cwd: Path, pin: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m smp ARGS``; ``pin``: run it (parent and CPU workers) on that host core."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    pre = None if pin is None else (lambda: os.sched_setaffinity(0, {pin}))
-    r = subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
-                       capture_output=True, text=True, preexec_fn=pre)
+
+def smp(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m smp ARGS`` with this checkout first on the path."""
+    e = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    r = subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=e,
+                       capture_output=True, text=True)
     if r.returncode not in (0, 1):
         raise SystemExit(f"smp {' '.join(args)}: exit {r.returncode}\n{r.stderr}")
     return r
 
 
-def one_run(work: Path, script: Path, ncpu: int, lockstep: bool, seed: int,
-            retry: bool = True, pin: int | None = None) -> dict:
+def one_run(work: Path, script: Path, ncpu: int, mode: str, seed: int,
+            retry: bool = True) -> dict:
+    strategy, env = MODES[mode]
     out = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     out.rmdir()
     args = ["run", str(script), "--cpus", str(ncpu), "--seed", str(seed), "--out", str(out),
-            "-q"] + (["--lockstep"] if lockstep else [])
-    smp(*args, cwd=work, pin=pin)
+            "-q"]
+    if strategy:
+        args += ["--lockstep", "--strategy", strategy]
+    smp(*args, cwd=work, env=env)
     s = json.loads((out / "summary.json").read_text())
     if s["status"] != "done":
-        what = (f"{script.name} ({'lockstep' if lockstep else 'free'}, {ncpu} CPUs, seed "
-                f"{seed}): {s['status']}: {s['message']}")
+        what = f"{script.name} ({mode}, {ncpu} CPUs, seed {seed}): {s['status']}: {s['message']}"
         if not retry:
             raise SystemExit(what)
         print(f"bench_lockstep: {what}; running it again", file=sys.stderr)
-        return one_run(work, script, ncpu, lockstep, seed, retry=False, pin=pin)
+        return one_run(work, script, ncpu, mode, seed, retry=False)
     c = s["kernel_counters"].get("counters", {})
     load = s["kernel_counters"].get("load", {})
+    vcsw = sum(cpu.get("host", {}).get("vcsw", 0) for cpu in s.get("cpus", []))
     return {"elapsed": s["elapsed_s"], "faults": c.get("faults", 0),
-            "acq": s["locks"]["acquisitions"],
             "iterations": load.get("iterations_done", 0),
-            "points": s.get("schedule", {}).get("points", 0)}
+            "points": s.get("schedule", {}).get("points", 0), "vcsw": vcsw}
 
 
-def median_rates(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] / r["elapsed"] for r in runs)
+def throughput(b: Bench, work: Path, name: str, script: Path, ncpu: int, reps: int,
+               unit: str, modes: list[str]) -> None:
+    """Rows for one load on ``ncpu`` CPUs: each mode's rate, and lockstep / free."""
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    switches: list[float] = []
+    for rep in range(reps):                 # modes interleaved: a drift hits all alike
+        for m in modes:
+            r = one_run(work, script, ncpu, m, seed=rep)
+            rates[m].append(r[unit] / r["elapsed"])
+            if m == "random" and r["points"]:
+                switches.append(r["vcsw"] / r["points"])
+    label = f"{name}, {ncpu} CPUs"
+    per = {"faults": "faults/s", "iterations": "iterations/s"}[unit]
+    for m in modes:
+        b.add(Row(f"{label}: {m if m == 'free' else 'lockstep ' + m}", per, rates[m]))
+    for m in modes:
+        if m == "free":
+            continue
+        ratio = [x / f for x, f in zip(rates[m], rates["free"], strict=True)]
+        b.add(Row(f"{label}: lockstep {m} / free", "x", ratio, anchor=None,
+                  target=0.3 if m == "random" else None, goal=">="))
+    if switches:
+        b.add(Row(f"{label}: host switches / point (random)", "x", switches, anchor=None))
+    b.phase()
 
 
-def throughput(work: Path, name: str, script: Path, ncpu: int, reps: int, unit: str) -> dict:
-    row = {"load": name, "ncpu": ncpu, "unit": unit}
-    for mode in ("free", "lockstep", "pinned"):
-        runs = [one_run(work, script, ncpu, mode != "free", seed,
-                        pin=0 if mode == "pinned" else None) for seed in range(reps)]
-        row[mode] = median_rates(runs, unit)
-        row[mode + "_acq"] = median_rates(runs, "acq")
-        row[mode + "_s"] = statistics.median(r["elapsed"] for r in runs)
-        if mode != "free":
-            row[mode + "_points"] = median_rates(runs, "points")
-    row["ratio"] = row["lockstep"] / row["free"]
-    row["pinned_ratio"] = row["pinned"] / row["free"]
-    return row
-
-
-def explore_rate(work: Path, seeds: int, limit: str, jobs: int, reps: int) -> dict:
+def explore_rate(b: Bench, work: Path, seeds: int, limit: str, jobs: int, reps: int) -> None:
     walls = []
     for rep in range(reps):
         out = work / f"explore-{rep}"
@@ -138,17 +157,21 @@ def explore_rate(work: Path, seeds: int, limit: str, jobs: int, reps: int) -> di
         walls.append(time.monotonic() - t0)
         if "outcomes:" not in r.stdout:
             raise SystemExit(f"smp explore: unexpected output\n{r.stdout}{r.stderr}")
-    wall = statistics.median(walls)
+    what = f"explore default --seeds {seeds} --time-limit {limit} --jobs {jobs}"
+    b.add(Row(f"{what}: wall per seed", "s", [w / seeds for w in walls], anchor="py_loop"))
+    b.add(Row(f"{what}: seeds per minute", "seeds/min", [seeds / w * 60 for w in walls],
+              anchor="py_loop"))
     one = json.loads((work / "explore-0" / "seed0" / "summary.json").read_text())
-    return {"seeds": seeds, "limit": limit, "jobs": jobs, "wall": wall,
-            "per_min": seeds / wall * 60,
-            "virtual_per_wall": one["schedule"]["virtual_ns"] / 1e9 / one["elapsed_s"],
-            "points": one["schedule"]["points"], "run_s": one["elapsed_s"]}
+    b.add(Row("  one seed: machine run", "s", [one["elapsed_s"]], anchor="py_loop",
+              note=f"{one['schedule']['points']:,} scheduling points, "
+                   f"{one['schedule']['virtual_ns'] / 1e9 / one['elapsed_s']:.3f} virtual "
+                   "s per wall s"))
+    b.phase()
 
 
 def handover_us(cores: tuple[int, int], n: int = 5000) -> float:
-    """Host figure that bounds lockstep: one round trip between two processes (two
-    wake-ups through pipes) on host cores ``cores``, in microseconds."""
+    """One round trip between two processes (two wake-ups through pipes) on host cores
+    ``cores``, in microseconds."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     mask = os.sched_getaffinity(0)
@@ -175,48 +198,46 @@ def handover_us(cores: tuple[int, int], n: int = 5000) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller loads, fewer reps")
-    ap.add_argument("--reps", type=int, help="runs per figure (default 3, quick 1)")
+    add_args(ap)
+    ap.add_argument("--reps", type=int, help="runs per figure (default 3, quick 2)")
+    ap.add_argument("--modes", help="comma-separated subset of: " + ", ".join(MODES) +
+                    " (free is always run; e.g. free,random to measure an older checkout)")
+    ap.add_argument("--no-explore", action="store_true", help="skip the exploration rate")
     a = ap.parse_args()
-    reps = a.reps or (1 if a.quick else 3)
+    reps = a.reps or (2 if a.quick else 3)
+    b = Bench("bench_lockstep", a.quick)
+    cores = sorted(os.sched_getaffinity(0))
+    other = cores[1] if len(cores) > 1 else cores[0]
+    b.add(Row("process round trip, two cores", "us",
+              [handover_us((cores[0], other)) for _ in range(3)]))
+    b.add(Row("process round trip, one core", "us",
+              [handover_us((cores[0], cores[0])) for _ in range(3)]))
+    modes = ["free", "random", "random unpinned", "pb"] + ([] if a.quick else ["pct"])
+    if a.modes:
+        modes = ["free"] + [m.strip() for m in a.modes.split(",") if m.strip() != "free"]
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            ap.error(f"--modes: unknown {', '.join(bad)}")
     with tempfile.TemporaryDirectory(prefix="bench-lockstep-") as tmp:
         work = Path(tmp)
         faults = work / "faults.toml"
         faults.write_text(FAULTS_LOAD.format(procs=8, size="1M" if a.quick else "2M"))
         synth = work / "synthetic.toml"
         synth.write_text(SYNTH_LOAD.format(procs=8, iterations=300 if a.quick else 1000))
-        rows = []
         for ncpu in (2, 4):
-            rows.append(throughput(work, "faults", faults, ncpu, reps, "faults"))
+            throughput(b, work, "faults", faults, ncpu, reps, "faults", modes)
         for ncpu in (2, 4):
-            rows.append(throughput(work, "synthetic", synth, ncpu, reps, "iterations"))
-        ex = explore_rate(work, seeds=4 if a.quick else 8, limit="100ms" if a.quick else "1s",
-                          jobs=os.cpu_count() or 1, reps=1)
-    other = 1 if (os.cpu_count() or 1) > 1 else 0
-    print(f"lockstep vs free mode (median of {reps}; rates per wall second of the machine's "
-          f"run; host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-          f"process round trip {handover_us((0, other)):.1f} us across two cores, "
-          f"{handover_us((0, 0)):.1f} us on one)")
-    print("| load | CPUs | unit | free /s | lockstep /s | lockstep / free | "
-          "pinned /s | pinned / free | lock acq/s free | lock acq/s lockstep | "
-          "points/s lockstep | points/s pinned | run s free | run s lockstep | run s pinned |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['load']} | {r['ncpu']} | {r['unit']} | {r['free']:,.0f} | "
-              f"{r['lockstep']:,.0f} | {r['ratio']:.2f} | {r['pinned']:,.0f} | "
-              f"{r['pinned_ratio']:.2f} | {r['free_acq']:,.0f} | {r['lockstep_acq']:,.0f} | "
-              f"{r['lockstep_points']:,.0f} | {r['pinned_points']:,.0f} | {r['free_s']:.2f} | "
-              f"{r['lockstep_s']:.2f} | {r['pinned_s']:.2f} |")
-    print("(pinned: the same lockstep runs with the whole process tree on host core 0)")
-    print()
-    print(f"smp explore default --seeds {ex['seeds']} --time-limit {ex['limit']} "
-          f"--jobs {ex['jobs']} --all")
-    print("| seeds | virtual limit | jobs | wall s | seeds / minute | one run: s | "
-          "points | virtual s per wall s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {ex['seeds']} | {ex['limit']} | {ex['jobs']} | {ex['wall']:.1f} | "
-          f"{ex['per_min']:.1f} | {ex['run_s']:.2f} | {ex['points']:,} | "
-          f"{ex['virtual_per_wall']:.3f} |")
+            throughput(b, work, "synthetic", synth, ncpu, reps, "iterations", modes)
+        if not a.no_explore:
+            explore_rate(b, work, seeds=4 if a.quick else 8,
+                         limit="100ms" if a.quick else "1s", jobs=os.cpu_count() or 1, reps=1)
+    b.finish()
+    b.report(a.json)
+    ratios = [r for r in b.rows if r.name.endswith("lockstep random / free")]
+    if ratios:
+        print(f"lockstep random / free, median over the loads: "
+              f"{statistics.median(r.median for r in ratios):.2f}", file=sys.stderr
+              if a.json else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import sys
 import traceback
 
 from smp.errors import BadInput, Exit, WriteFailed
+from smp.machine.schedule import STRATEGIES
 
 # Tools that read run directories.  Each module has ``register(subparsers)``, which adds
 # its subcommand and sets ``func`` (taking the parsed arguments, returning an exit status).
@@ -63,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--lockstep", action="store_true",
                    help="one CPU at a time, the schedule drawn from --seed: replayable, "
                    "byte-identical logs; the time limit is virtual time")
-    r.add_argument("--strategy", choices=("random", "pct"), default="random",
-                   help="lockstep schedule: random (default) or pct")
+    r.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="lockstep schedule: random (default), pct (priorities, a few change "
+                   "points) or pb (the running CPU keeps the turn until it blocks, plus a "
+                   "few preemptions): see docs/lockstep.md")
     r.add_argument("--fail", action="append", default=[], metavar="SPEC",
                    help="fault injection, e.g. uvm_pagealloc:p=0.01, pmap_alloc_pv:nth=5, "
                    "trylock:pmap_steal_ptp:p=0.5, delay:pmaps_lock@pmap_steal_ptp=100us")
@@ -113,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("script", help="load script name or path")
     x.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
     x.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
-    x.add_argument("--strategy", choices=("random", "pct"), default="random")
+    x.add_argument("--strategy", choices=STRATEGIES, default="random",
+                   help="lockstep schedule of every seed: random (default), pct or pb")
     x.add_argument("-m", "--machine")
     x.add_argument("-k", "--kernel")
     x.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

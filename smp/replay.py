@@ -20,6 +20,7 @@ from pathlib import Path
 
 from smp.config import RunConfig
 from smp.errors import BadInput
+from smp.machine.schedule import STRATEGIES
 from smp.rundir import format as fmt
 from smp.rundir.reader import RunDir
 
@@ -42,7 +43,7 @@ def replay(run_dir: str, out: str | None = None, progress: bool = False) -> int:
         raise BadInput(f"{shown}: seed: expected a non-negative integer, got {seed!r}")
     cfg = RunConfig.from_manifest(m, shown)
     lockstep = m.get("strategy") if m.get("mode") == "lockstep" else None
-    if lockstep not in (None, "random", "pct"):
+    if lockstep is not None and lockstep not in STRATEGIES:
         raise BadInput(f"{shown}: strategy: {lockstep!r} is not a lockstep strategy")
     failpoints = m.get("failpoints", [])
     if not isinstance(failpoints, list) or not all(isinstance(f, str) for f in failpoints):

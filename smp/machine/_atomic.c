@@ -223,6 +223,21 @@ typedef struct {
     int lockstep;             /* virtual clock, scheduling points while spinning */
     PyObject *ipi_handler;
     PyObject *sched_hook;
+    /* lockstep scheduler (ls_setup): the turn, the strategy, hand-over by futex */
+    int ls_on;                    /* scheduling points run ls_point, not sched_hook */
+    int ls_proxy;                 /* take spinners' turns by proxy (on; off: to compare) */
+    int ls_strategy;              /* LS_RANDOM, LS_PCT, LS_PB */
+    uint32_t *ls_go;              /* [ncpu] 1: that CPU holds the turn (its futex word) */
+    uint64_t *ls_st;              /* [LS_NSTATE] generator, counters, bounds (ST_*) */
+    int64_t *ls_prio;             /* [ncpu] pct priorities */
+    uint64_t *ls_change;          /* [LS_NCHANGE] pct change / pb preemption points */
+    uint64_t *ls_wait;            /* [ncpu][4] a spinner's (lock+1, want, proxied turns) */
+    int32_t *ls_cycle;            /* [ncpu][2] deadlock cycle: (cpu, lock) */
+    uint64_t ls_vtick;            /* virtual ns of one scheduling point */
+    uint64_t ls_depth;            /* pct depth / pb preemption bound, as formatted */
+    uint64_t ls_handoffs;         /* host hand-overs this CPU made (the costly part) */
+    uint64_t ls_proxied;          /* spin turns this CPU took on behalf of others */
+    struct { uint32_t lock; uint32_t n; } ls_extra[4];   /* proxied spins to count */
     /* private caches */
     hmap slotmap;                 /* (lock, site, mode) -> slot */
     hmap pairmap;                 /* (klass, waiter, holder, mode) -> pair */
@@ -455,6 +470,7 @@ static void record_pair(Core *c, uint32_t klass, uint32_t waiter, uint32_t holde
 /* One turn of waiting: service IPIs, notice a halt, give the host CPU away
  * now and then.  Returns -1 with an exception set when the CPU must stop. */
 static inline int sched_point(Core *c);
+static int sched_point_spin(Core *c, struct lock_word *lw, int want);
 
 /* What a waiter waits for, to re-check a lock word before it parks. */
 enum { W_EXCL, W_READ, W_WRITE };
@@ -514,7 +530,7 @@ static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
     if (c->lockstep) {
         /* only one CPU runs: a spinner must give the turn away, or the holder
          * never gets to release the lock */
-        return sched_point(c);
+        return sched_point_spin(c, lw, want);
     }
     if (lw != NULL && c->park_after > 0 && spins >= (uint64_t)c->park_after) {
         park(c, lw, want);
@@ -531,14 +547,331 @@ static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
     return 0;
 }
 
+/* ---------- lockstep: the scheduler at every scheduling point ----------
+ *
+ * In lockstep mode one CPU holds the turn (its go word is 1).  At each scheduling
+ * point it advances the virtual clock, counts the point, checks the time limit, the
+ * livelock bound and (every 64th point of a spinning CPU) the deadlock cycle, and asks
+ * the strategy which CPU takes the next point:
+ *
+ *   LS_RANDOM  a CPU drawn from the xorshift64* generator in ls_st[ST_RNG];
+ *   LS_PCT     the highest-priority CPU that is not spinning or idle; at the depth
+ *              change points the running CPU drops to a low priority;
+ *   LS_PB      the running CPU keeps the turn; it passes to an enabled CPU drawn
+ *              from the generator when the runner blocks (spins, idles, or the whole
+ *              machine made no progress for LS_PB_STALL points), at the depth
+ *              preemption points in ls_change, and -- so that virtual time passes for
+ *              every CPU alike, as on a time-sharing machine -- at the first point
+ *              where it holds no lock once it has had the turn for LS_PB_SLICE of
+ *              virtual time (a yield, not a preemption: it does not count).
+ *
+ * All of that state is in the segment, so whichever CPU decides continues the same
+ * sequence.  lockstep.py holds the Python side and documents the layout.
+ *
+ * Proxy turns.  Most points of a contended run are spin turns: a CPU waiting for a
+ * lock gets the turn, finds the lock still held and passes the turn on -- one host
+ * process wake-up for nothing.  A CPU that waits for the turn inside a spin loop
+ * publishes what it waits for (ls_wait: lock, mode).  When the strategy picks such a
+ * CPU, its lock is still busy for its mode and it has no IPI to answer, its turn
+ * would change nothing but its spin count and what the scheduler state does: the
+ * CPU that holds the turn takes that point on its behalf (the same clock step, the
+ * same checks, the same draw, as that CPU) and counts a spin turn for it; the
+ * spinner adds those turns when it acquires the lock.  The sequence of points,
+ * choices, timestamps and lock statistics is exactly the one without proxies; only
+ * the host hand-overs are gone. */
+
+enum { LS_RANDOM, LS_PCT, LS_PB };
+enum { ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
+       ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT,
+       LS_NSTATE = 16 };
+enum { END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK };
+#define LS_NCHANGE 16
+#define LS_WAITW 4                /* ls_wait words per CPU */
+#define LS_PB_STALL 20000         /* pb: points without progress before it turns random */
+#define LS_PB_SLICE 1000000       /* pb: virtual ns of turn before a lock-free point yields */
+#define LS_TURN_NS 5000000        /* a waiter looks at the halt word this often */
+
+static inline struct cpu_area *cpu_of(Core *c, int i)
+{
+    return (struct cpu_area *)(c->cpu_base + (Py_ssize_t)i * c->cpu_stride);
+}
+
+static inline uint64_t ls_draw(Core *c)
+{
+    uint64_t x = c->ls_st[ST_RNG];
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    c->ls_st[ST_RNG] = x;
+    return (x * 0x2545F4914F6CDD1Dull) >> 33;
+}
+
+static inline int ls_enabled(Core *c, int i)
+{
+    uint32_t s = __atomic_load_n(&cpu_of(c, i)->state, __ATOMIC_RELAXED);
+    return s != CS_SPINNING && s != CS_IDLE;
+}
+
+/* Stop the machine from the turn holder: every waiter's go word up and woken, so
+ * each sees the halt. */
+static void ls_finish(Core *c)
+{
+    __atomic_store_n(&c->hdr->halt, 1, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < c->ncpu; i++) {
+        uint32_t z = 0;
+        __atomic_compare_exchange_n(&c->ls_go[i], &z, 1, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_RELAXED);
+        syscall(SYS_futex, &c->ls_go[i], FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
+
+static int ls_end(Core *c, uint64_t kind, const char *why)
+{
+    if (!c->ls_st[ST_END])
+        c->ls_st[ST_END] = kind;      /* the first reason stays */
+    ls_finish(c);
+    PyErr_SetString(HaltedError, why);
+    return -1;
+}
+
+/* The deadlock cycle CPU start is part of or leads into (as waitfor.cycle_from):
+ * written to ls_cycle, rotated to begin at its lowest CPU; returns its length. */
+static int ls_cycle_from(Core *c, int start)
+{
+    int seen[64];
+    int n = 0, cpu = start;
+    for (;;) {
+        for (int k = 0; k < n; k++)
+            if (seen[k] == cpu)
+                goto cycle;
+        struct cpu_area *a = cpu_of(c, cpu);
+        uint32_t spin = __atomic_load_n(&a->spinning_on, __ATOMIC_RELAXED);
+        if (a->state != CS_SPINNING || !spin || n == 64)
+            return 0;
+        seen[n++] = cpu;
+        struct lock_word *lw = &c->locks[spin - 1];
+        uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
+        if (lw->flags & LF_RW)
+            cpu = (s & RW_WRITER) ? (int)(s & RW_CPU_MASK) - 1 : -1;
+        else
+            cpu = s ? (int)s - 1 : -1;
+        if (cpu < 0 || cpu >= c->ncpu)
+            return 0;
+    }
+cycle:;
+    int first = 0;
+    while (seen[first] != cpu)
+        first++;
+    int len = n - first, low = first;
+    for (int k = first; k < n; k++)
+        if (seen[k] < seen[low])
+            low = k;
+    for (int k = 0; k < len; k++) {
+        int who = seen[first + (low - first + k) % len];
+        c->ls_cycle[2 * k] = who;
+        c->ls_cycle[2 * k + 1] = (int32_t)cpu_of(c, who)->spinning_on - 1;
+    }
+    return len;
+}
+
+static int ls_choose(Core *c, int me, uint64_t points, uint64_t vclock)
+{
+    uint64_t *st = c->ls_st;
+    int n = c->ncpu;
+    if (c->ls_strategy == LS_RANDOM)
+        return (int)(ls_draw(c) % (uint64_t)n);
+    if (c->ls_strategy == LS_PCT) {
+        uint64_t left = st[ST_DEPTHLEFT];
+        if (left && points >= c->ls_change[c->ls_depth - left]) {
+            c->ls_prio[me] = (int64_t)left;   /* drop the running CPU to a low priority */
+            st[ST_DEPTHLEFT] = left - 1;
+        }
+        int best = -1;
+        int64_t best_p = -1;
+        for (int i = 0; i < n; i++) {
+            if (!ls_enabled(c, i))
+                continue;                     /* waiting for someone: not enabled */
+            if (c->ls_prio[i] > best_p) {
+                best = i;
+                best_p = c->ls_prio[i];
+            }
+        }
+        if (best < 0)                         /* nobody can go on by itself: draw */
+            return (int)(ls_draw(c) % (uint64_t)n);
+        return best;
+    }
+    /* LS_PB: keep the turn unless blocked, stalled, preempted or yielding */
+    int blocked = !ls_enabled(c, me) || points - st[ST_LASTPROG] > LS_PB_STALL;
+    int cand[64], k = 0;
+    for (int i = 0; i < n && k < 64; i++)
+        if (i != me && ls_enabled(c, i))
+            cand[k++] = i;
+    if (!blocked) {
+        uint64_t left = st[ST_DEPTHLEFT];
+        if (left && points >= c->ls_change[c->ls_depth - left])
+            st[ST_DEPTHLEFT] = left - 1;      /* a preemption: spent, even if nobody is */
+        else if (k == 0 || vclock - st[ST_TURN_AT] < LS_PB_SLICE ||
+                 __atomic_load_n(&cpu_of(c, me)->nheld, __ATOMIC_RELAXED))
+            return me;
+        if (k == 0)
+            return me;
+    }
+    if (k == 0)                               /* blocked, nobody enabled: any other CPU */
+        for (int i = 0; i < n && k < 64; i++)
+            if (i != me)
+                cand[k++] = i;
+    if (k == 0)
+        return me;
+    return cand[ls_draw(c) % (uint64_t)k];
+}
+
+/* One scheduling point of CPU who (this CPU, or a spinner by proxy): the clock,
+ * the checks, the choice.  Returns the next CPU, or -1 with Halted set. */
+static int ls_step(Core *c, int who, uint64_t cost)
+{
+    uint64_t *st = c->ls_st;
+    uint64_t vclock = __atomic_add_fetch(&c->hdr->vclock, cost, __ATOMIC_RELAXED);
+    uint64_t points = st[ST_POINTS] + 1;
+    st[ST_POINTS] = points;
+    if (st[ST_LIMIT] && vclock >= st[ST_LIMIT])
+        return ls_end(c, END_TIME_LIMIT, "time limit reached");
+    if (points - st[ST_LASTPROG] > st[ST_BOUND])
+        return ls_end(c, END_LIVELOCK, "livelock");
+    if (cpu_of(c, who)->state == CS_SPINNING && points % 64 == 0) {
+        int len = ls_cycle_from(c, who);
+        if (len) {
+            st[ST_NCYCLE] = (uint64_t)len;
+            return ls_end(c, END_DEADLOCK, "deadlock");
+        }
+    }
+    int nxt = ls_choose(c, who, points, vclock);
+    if (nxt != who) {
+        st[ST_SWITCHES]++;
+        st[ST_TURN_AT] = vclock;
+    }
+    return nxt;
+}
+
+/* Can CPU i's pending point be taken by proxy (see above)? */
+static int ls_proxiable(Core *c, int i)
+{
+    uint64_t *w = &c->ls_wait[LS_WAITW * i];
+    if (!w[0])
+        return 0;
+    struct cpu_area *a = cpu_of(c, i);
+    if (a->state != CS_SPINNING || __atomic_load_n(&a->ipi_pending, __ATOMIC_RELAXED))
+        return 0;
+    uint32_t s = __atomic_load_n(&c->locks[w[0] - 1].state, __ATOMIC_RELAXED);
+    switch (w[1]) {
+    case W_EXCL:
+        return s != 0;
+    case W_READ:
+        return (s & (RW_WRITER | RW_WANT)) != 0;
+    default:            /* a writer whose turn would raise WANT must take it itself */
+        return (s & ~RW_WANT) != 0 && (s & RW_WANT);
+    }
+}
+
+/* Wait until this CPU holds the turn, or the machine halts (Halted). */
+static int ls_wait_turn(Core *c)
+{
+    uint32_t *go = &c->ls_go[c->cpu];
+    for (;;) {
+        /* ls_finish raises every go word to wake the waiters, who must stop rather
+         * than run on in parallel after the end.  It stores the halt word first, so a
+         * go word seen up implies the halt word is seen too if that was the reason:
+         * look again after the go word (before it, a halt can still come between) */
+        int got = __atomic_load_n(go, __ATOMIC_SEQ_CST) != 0;
+        if (__atomic_load_n(&c->hdr->halt, __ATOMIC_SEQ_CST)) {
+            PyErr_SetString(HaltedError, "machine halted while waiting for the turn");
+            return -1;
+        }
+        if (got)
+            return 0;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = LS_TURN_NS};
+        Py_BEGIN_ALLOW_THREADS
+        syscall(SYS_futex, go, FUTEX_WAIT, 0, &ts, NULL, 0);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+/* A scheduling point of this CPU: decide (taking spinners' points by proxy while the
+ * choice falls on one), then hand the turn over -- our go word down, the next one's
+ * up, wake it, sleep on ours -- unless it came back to us. */
+static int ls_point(Core *c, uint64_t cost)
+{
+    int nxt = ls_step(c, c->cpu, cost);
+    while (nxt >= 0 && nxt != c->cpu && c->ls_proxy && ls_proxiable(c, nxt)) {
+        c->ls_wait[LS_WAITW * nxt + 2]++;     /* its spin turn, counted when it acquires */
+        c->ls_proxied++;
+        nxt = ls_step(c, nxt, c->ls_vtick);
+    }
+    if (nxt < 0)
+        return -1;
+    if (nxt == c->cpu)
+        return 0;
+    c->ls_handoffs++;
+    c->ls_st[ST_HANDOFFS]++;
+    __atomic_store_n(&c->ls_go[c->cpu], 0, __ATOMIC_SEQ_CST);
+    uint32_t z = 0;
+    __atomic_compare_exchange_n(&c->ls_go[nxt], &z, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    syscall(SYS_futex, &c->ls_go[nxt], FUTEX_WAKE, 1, NULL, NULL, 0);
+    return ls_wait_turn(c);
+}
+
 static inline int sched_point(Core *c)
 {
+    if (c->ls_on)
+        return ls_point(c, c->ls_vtick);
     if (c->sched_hook == NULL)
         return 0;
     PyObject *r = PyObject_CallNoArgs(c->sched_hook);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
+    return 0;
+}
+
+/* The scheduling point of a spin turn: while we wait for the turn, others may take
+ * our spin turns by proxy; we count them as ours for the acquisition. */
+static int sched_point_spin(Core *c, struct lock_word *lw, int want)
+{
+    if (!c->ls_on || lw == NULL)
+        return sched_point(c);
+    uint64_t *w = &c->ls_wait[LS_WAITW * c->cpu];
+    uint32_t id = (uint32_t)(lw - c->locks);
+    w[1] = (uint64_t)want;
+    w[0] = (uint64_t)id + 1;
+    int r = ls_point(c, c->ls_vtick);
+    w[0] = 0;
+    if (w[2]) {
+        int k;
+        for (k = 0; k < 4; k++)
+            if (c->ls_extra[k].lock == id + 1)
+                break;
+        if (k == 4)
+            for (k = 0; k < 4; k++)
+                if (c->ls_extra[k].lock == 0)
+                    break;
+        if (k < 4) {
+            c->ls_extra[k].lock = id + 1;
+            c->ls_extra[k].n += (uint32_t)w[2];
+        }
+        w[2] = 0;
+    }
+    return r;
+}
+
+/* Spin turns taken for us by proxy while we waited for lock id (acquired()). */
+static inline uint64_t ls_take_extra(Core *c, uint32_t id)
+{
+    for (int k = 0; k < 4; k++)
+        if (c->ls_extra[k].lock == id + 1) {
+            uint64_t n = c->ls_extra[k].n;
+            c->ls_extra[k].lock = 0;
+            c->ls_extra[k].n = 0;
+            return n;
+        }
     return 0;
 }
 
@@ -554,6 +887,8 @@ static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t
     lw->holder_site = site;
     uint32_t slot = UINT32_MAX;
     uint64_t t = 0;
+    if (spins && c->ls_on)
+        spins += ls_take_extra(c, id);    /* lockstep: turns spun for us by proxy */
     if (c->stats_on) {
         slot = stat_slot_for(c, id, site, mode);
         struct stat_slot *s = &c->slots[slot];
@@ -1370,6 +1705,152 @@ static PyObject *Core_trace(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* ---------- lockstep: the Python side's entry points ---------- */
+
+static int ls_off(Core *c, PyObject *o, Py_ssize_t size, Py_ssize_t align, void **out)
+{
+    Py_ssize_t off = PyLong_AsSsize_t(o);
+    if (off == -1 && PyErr_Occurred())
+        return -1;
+    if (off < 0 || off + size > c->view.len || off % align) {
+        PyErr_Format(PyExc_IndexError, "ls_setup: offset %zd out of the segment or misaligned",
+                     off);
+        return -1;
+    }
+    *out = c->base + off;
+    return 0;
+}
+
+/* ls_setup(go_off, state_off, prio_off, change_off, wait_off, cycle_off, strategy,
+ *          vtick): scheduling points run the lockstep scheduler from now on. */
+static PyObject *Core_ls_setup(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "ls_setup expects 8 arguments");
+        return NULL;
+    }
+    void *go, *st, *prio, *chg, *wait, *cyc;
+    Py_ssize_t n = c->ncpu;
+    if (ls_off(c, args[0], 4 * n, 4, &go) || ls_off(c, args[1], 8 * LS_NSTATE, 8, &st) ||
+        ls_off(c, args[2], 8 * n, 8, &prio) || ls_off(c, args[3], 8 * LS_NCHANGE, 8, &chg) ||
+        ls_off(c, args[4], 8 * LS_WAITW * n, 8, &wait) || ls_off(c, args[5], 8 * n, 4, &cyc))
+        return NULL;
+    long strategy = PyLong_AsLong(args[6]);
+    unsigned long long vtick = PyLong_AsUnsignedLongLong(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (strategy < LS_RANDOM || strategy > LS_PB || c->ncpu > 64) {
+        PyErr_SetString(PyExc_ValueError, "ls_setup: unknown strategy, or more than 64 CPUs");
+        return NULL;
+    }
+    c->ls_go = go;
+    c->ls_st = st;
+    c->ls_prio = prio;
+    c->ls_change = chg;
+    c->ls_wait = wait;
+    c->ls_cycle = cyc;
+    c->ls_strategy = (int)strategy;
+    c->ls_vtick = vtick;
+    c->ls_depth = c->ls_st[ST_DEPTH];
+    if (c->ls_depth > LS_NCHANGE) {
+        PyErr_SetString(PyExc_ValueError, "ls_setup: depth larger than the change points");
+        return NULL;
+    }
+    memset(c->ls_extra, 0, sizeof c->ls_extra);
+    c->ls_proxy = 1;
+    c->ls_on = 1;
+    c->lockstep = 1;
+    Py_RETURN_NONE;
+}
+
+static int ls_ready(Core *c)
+{
+    if (!c->ls_on) {
+        PyErr_SetString(PyExc_RuntimeError, "lockstep scheduler not set up (ls_setup)");
+        return -1;
+    }
+    return 0;
+}
+
+/* ls_point(cost=vtick): a scheduling point that passes cost ns of virtual time */
+static PyObject *Core_ls_point(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (ls_ready(c))
+        return NULL;
+    uint64_t cost = c->ls_vtick;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "ls_point([cost])");
+        return NULL;
+    }
+    if (nargs == 1) {
+        long long v = PyLong_AsLongLong(args[0]);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        if (v < 0) {
+            PyErr_SetString(PyExc_ValueError, "ls_point: negative cost");
+            return NULL;
+        }
+        cost = (uint64_t)v;
+    }
+    if (ls_point(c, cost))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ls_progress(): something useful happened (the livelock watch) */
+static PyObject *Core_ls_progress(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    if (ls_ready(c))
+        return NULL;
+    c->ls_st[ST_LASTPROG] = c->ls_st[ST_POINTS];
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_ls_wait_turn(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    if (ls_ready(c) || ls_wait_turn(c))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_ls_finish(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    if (ls_ready(c))
+        return NULL;
+    ls_finish(c);
+    Py_RETURN_NONE;
+}
+
+/* ls_end(kind, why): record why the run ends (the first reason stays), halt, raise */
+static PyObject *Core_ls_end(Core *c, PyObject *args)
+{
+    unsigned long long kind;
+    const char *why;
+    if (ls_ready(c) || !PyArg_ParseTuple(args, "Ks", &kind, &why))
+        return NULL;
+    ls_end(c, kind, why);
+    return NULL;
+}
+
+static PyObject *Core_get_ls_proxy(Core *c, void *u) { return PyBool_FromLong(c->ls_proxy); }
+static int Core_set_ls_proxy(Core *c, PyObject *v, void *u)
+{
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    c->ls_proxy = b;
+    return 0;
+}
+
+static PyObject *Core_get_ls_handoffs(Core *c, void *u)
+{
+    return PyLong_FromUnsignedLongLong(c->ls_handoffs);
+}
+static PyObject *Core_get_ls_proxied(Core *c, void *u)
+{
+    return PyLong_FromUnsignedLongLong(c->ls_proxied);
+}
+
 /* ---------- object ---------- */
 
 static void Core_dealloc(Core *c)
@@ -1550,6 +2031,13 @@ static PyGetSetDef Core_getset[] = {
     {"cpu", (getter)Core_get_cpu, NULL, "this CPU's number", NULL},
     {"lockstep", (getter)Core_get_lockstep, (setter)Core_set_lockstep,
      "lockstep mode: now() is the virtual clock, spinning is a scheduling point", NULL},
+    {"ls_proxy", (getter)Core_get_ls_proxy, (setter)Core_set_ls_proxy,
+     "lockstep: take the turns of spinners whose lock is still held by proxy (default on; "
+     "the schedule is the same either way)", NULL},
+    {"ls_handoffs", (getter)Core_get_ls_handoffs, NULL,
+     "lockstep: host hand-overs of the turn this CPU made", NULL},
+    {"ls_proxied", (getter)Core_get_ls_proxied, NULL,
+     "lockstep: spin turns this CPU took on behalf of waiting CPUs", NULL},
     {NULL},
 };
 
@@ -1580,6 +2068,17 @@ static PyMethodDef Core_methods[] = {
     FC(futex_wait, "futex_wait(off, expected, timeout_ns) -> 0 woken, 1 timeout, 2 changed"),
     FC(futex_wake, "futex_wake(off, n) -> number woken"),
     FC(trace, "trace(msgid, call, *args) -> bool: append a record to this CPU's ring"),
+    FC(ls_setup, "ls_setup(go_off, state_off, prio_off, change_off, wait_off, cycle_off, "
+       "strategy, vtick): run the lockstep scheduler at every scheduling point"),
+    FC(ls_point, "ls_point([cost]): a lockstep scheduling point passing cost ns (default vtick)"),
+    {"ls_progress", (PyCFunction)Core_ls_progress, METH_NOARGS,
+     "lockstep: the load made progress (livelock watch)"},
+    {"ls_wait_turn", (PyCFunction)Core_ls_wait_turn, METH_NOARGS,
+     "lockstep: wait until this CPU holds the turn (Halted if the machine halts)"},
+    {"ls_finish", (PyCFunction)Core_ls_finish, METH_NOARGS,
+     "lockstep: halt the machine and wake every CPU waiting for the turn"},
+    {"ls_end", (PyCFunction)Core_ls_end, METH_VARARGS,
+     "ls_end(kind, why): record why the run ends, halt the machine, raise Halted"},
     {"nheld", (PyCFunction)Core_nheld, METH_NOARGS, "number of locks this CPU holds"},
     {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
     {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
@@ -1661,6 +2160,27 @@ PyMODINIT_FUNC PyInit__atomic(void)
     C("CS_HALTED", CS_HALTED);
     C("CS_PANIC", CS_PANIC);
     C("CS_DONE", CS_DONE);
+    C("LS_RANDOM", LS_RANDOM);
+    C("LS_PCT", LS_PCT);
+    C("LS_PB", LS_PB);
+    C("LS_NSTATE", LS_NSTATE);
+    C("LS_NCHANGE", LS_NCHANGE);
+    C("LS_WAITW", LS_WAITW);
+    C("LS_PB_STALL", LS_PB_STALL);
+    C("ST_RNG", ST_RNG);
+    C("ST_POINTS", ST_POINTS);
+    C("ST_SWITCHES", ST_SWITCHES);
+    C("ST_LASTPROG", ST_LASTPROG);
+    C("ST_LIMIT", ST_LIMIT);
+    C("ST_DEPTHLEFT", ST_DEPTHLEFT);
+    C("ST_BOUND", ST_BOUND);
+    C("ST_END", ST_END);
+    C("ST_NCYCLE", ST_NCYCLE);
+    C("ST_DEPTH", ST_DEPTH);
+    C("ST_PIN", ST_PIN);
+    C("ST_HANDOFFS", ST_HANDOFFS);
+    C("ST_TURN_AT", ST_TURN_AT);
+    C("LS_PB_SLICE", LS_PB_SLICE);
 #undef C
     return m;
 }

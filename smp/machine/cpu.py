@@ -266,7 +266,7 @@ def worker_main(seg: Segment, cpu: int, kernel: Kernel, sched_lock: int, nthread
             code = WorkerExit.DONE if not seg.hdr["panic_cpu"] else WorkerExit.HALTED
             ci.area["state"] = _atomic.CS_DONE
         except _atomic.Halted as e:
-            ci.set_text("halted in " + where(e))
+            ci.set_text(f"halted in {where(e)} ({e})")    # why: the lockstep scheduler is C
             ci.area["state"] = _atomic.CS_HALTED
             code = WorkerExit.HALTED
         except Exception as e:  # noqa: BLE001 - a panic or a simulator bug: report, don't hang

@@ -2,7 +2,7 @@
 
 In lockstep mode (``smp run --lockstep --seed N``) exactly one CPU holds the
 *turn*.  At every scheduling point -- each lock operation (the atomic core
-calls ``sched_hook`` on lock and unlock, and on every turn of a spin loop),
+runs the scheduler on lock and unlock, and on every turn of a spin loop),
 each load-script operation, each idle turn -- the CPU holding the turn
 advances the virtual clock and asks the schedule which CPU runs next:
 
@@ -10,13 +10,32 @@ advances the virtual clock and asks the schedule which CPU runs next:
 * ``pct``: probabilistic concurrency testing (Burckhardt et al.): CPUs get
   distinct priorities from the seed, the highest-priority CPU that can make
   progress runs, and at ``depth`` change points drawn from the seed the
-  running CPU drops to the lowest priority.
+  running CPU drops to the lowest priority;
+* ``pb``: preemption-bounded (as CHESS and shuttle): the running CPU keeps
+  the turn until it blocks -- spins on a lock, idles, or the machine made no
+  progress for ``LS_PB_STALL`` points -- and at ``depth`` preemption points
+  drawn from the seed (log-uniformly over the first 2**24 points, so short and
+  long runs both get some); then the next CPU is drawn from the enabled ones.
+  So that virtual time passes for every CPU alike (a load's ``duration`` loops
+  would otherwise run one after the other), a CPU that has held the turn for
+  ``LS_PB_SLICE`` (1 ms) of virtual time also yields at its next point outside
+  any lock -- a yield, not a preemption: it is not counted.
 
 The generator's state, the virtual clock and the turn live in the segment,
 so whichever CPU decides continues the same sequence: the schedule is a pure
 function of the seed and the code, and so are every timestamp, console line,
 trace record and lock statistic.  A ring that fills waits for the drainer
 instead of dropping (a drop would depend on host timing).
+
+The scheduler itself is C (``Core.ls_point`` in ``_atomic.c``): a point that
+keeps the turn costs no Python at all, and a hand-over is one call that raises
+the next CPU's go word, wakes it by futex and sleeps on its own.  A CPU picked
+while it spins on a lock that is still held has its turn taken *by proxy* by
+the CPU that holds the turn (the same clock step, checks and draw, and a spin
+turn counted for it), which changes nothing in the schedule but saves the host
+two process switches per spin turn.  A run's workers are pinned to one host
+core (:func:`pick_host_core`): only one runs at a time, and a futex hand-over
+within a core is several times cheaper than one that wakes another core.
 
 The schedule is also watched: a deadlock (every CPU spinning on a lock whose
 holder is itself spinning, around a cycle) and a livelock (no progress in
@@ -25,20 +44,33 @@ holder is itself spinning, around a cycle) and a livelock (no progress in
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+
 import numpy as np
 
 from smp.machine import _atomic
 from smp.machine.layout import ArraySpec
-from smp.machine.waitfor import cycle_from
 
 VTICK = 1_000                     # ns of virtual time per scheduling point
 PCT_HORIZON = 5_000               # pct change points fall within this many points
+PB_HORIZON_LOG2 = 24              # pb preemption points: log-uniform in [1, 2**24)
+DEPTH = 3                         # pct change points / pb preemptions per run
+STRATEGY_CODES = {"random": _atomic.LS_RANDOM, "pct": _atomic.LS_PCT, "pb": _atomic.LS_PB}
 MASK64 = (1 << 64) - 1
 (ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
- ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH) = range(11)
+ ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) = range(14)
 NSTATE = 16
 # why a lockstep run ended (ls_state[ST_END]); the parent words it, naming locks
 END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK = range(4)
+# the C scheduler reads the same slots
+assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) == (
+    _atomic.LS_NSTATE, _atomic.ST_POINTS, _atomic.ST_LASTPROG, _atomic.ST_DEPTH,
+    _atomic.ST_PIN, _atomic.ST_HANDOFFS, _atomic.ST_TURN_AT)
+
+PIN_ENV = "SMP_LOCKSTEP_PIN"      # "auto" (default), "off", or a host core number
+PROXY_ENV = "SMP_LOCKSTEP_PROXY"  # "off": every spin turn is a real hand-over (to compare)
 
 
 def lockstep_arrays(ncpu: int) -> list[ArraySpec]:
@@ -46,8 +78,10 @@ def lockstep_arrays(ncpu: int) -> list[ArraySpec]:
         ArraySpec("ls_go", np.dtype("<u4"), (ncpu,)),        # 1: this CPU holds the turn
         ArraySpec("ls_state", np.dtype("<u8"), (NSTATE,)),
         ArraySpec("ls_prio", np.dtype("<i8"), (ncpu,)),
-        ArraySpec("ls_change", np.dtype("<u8"), (16,)),      # pct change points
+        ArraySpec("ls_change", np.dtype("<u8"), (_atomic.LS_NCHANGE,)),  # pct / pb points
         ArraySpec("ls_cycle", np.dtype("<i4"), (ncpu, 2)),   # deadlock: (cpu, lock) pairs
+        # a CPU waiting for the turn in a spin loop: (lock + 1, mode, turns by proxy, -)
+        ArraySpec("ls_wait", np.dtype("<u8"), (ncpu, _atomic.LS_WAITW)),
     ]
 
 
@@ -63,8 +97,9 @@ def seed_state(seed: int) -> int:
     return x or 1
 
 
-def format_lockstep(seg, schedule, time_limit_ns: int | None, depth: int = 3) -> None:
-    """Parent, before the CPUs start: the turn to CPU 0, the generator, priorities.
+def format_lockstep(seg, schedule, time_limit_ns: int | None, depth: int = DEPTH) -> None:
+    """Parent, before the CPUs start: the turn to CPU 0, the generator, priorities,
+    the pct change points or pb preemption points, and the host core to pin to.
 
     ``schedule`` is a :class:`smp.machine.schedule.Lockstep`.
     """
@@ -76,14 +111,23 @@ def format_lockstep(seg, schedule, time_limit_ns: int | None, depth: int = 3) ->
     st[:] = 0
     st[ST_RNG] = seed_state(schedule.seed)
     st[ST_LIMIT] = time_limit_ns or 0
-    st[ST_DEPTHLEFT] = st[ST_DEPTH] = depth if schedule.strategy == "pct" else 0
+    st[ST_DEPTHLEFT] = st[ST_DEPTH] = depth if schedule.strategy in ("pct", "pb") else 0
     st[ST_BOUND] = schedule.livelock_bound
     rng = np.random.default_rng(schedule.seed)
     a["ls_prio"][:] = rng.permutation(ncpu) + depth + 1
-    # pct: the depth change points, in ascending order, spread over the first part of a
-    # run (short runs matter: a deadlock is usually a few thousand points away)
     a["ls_change"][:] = 0
-    a["ls_change"][:depth] = np.sort(rng.integers(1, PCT_HORIZON, size=depth))
+    if schedule.strategy == "pb":
+        # preemption points log-uniform over [1, 2**24): as likely in the first thousand
+        # points as between a million and sixteen million
+        exps = rng.uniform(0, PB_HORIZON_LOG2, size=depth)
+        a["ls_change"][:depth] = np.sort(np.floor(np.exp2(exps))).astype(np.uint64)
+    else:
+        # pct: the depth change points, in ascending order, spread over the first part
+        # of a run (short runs matter: a deadlock is usually a few thousand points away)
+        a["ls_change"][:depth] = np.sort(rng.integers(1, PCT_HORIZON, size=depth))
+    a["ls_wait"][:] = 0
+    core = pick_host_core(getattr(seg, "name", ""))
+    st[ST_PIN] = 0 if core is None else core + 1
     seg.hdr["vclock"] = 0
 
 
@@ -96,127 +140,148 @@ def end_report(seg) -> tuple[int, int, list[tuple[int, int]]]:
 
 
 class Lockstep:
-    """One CPU's side of the lockstep scheduler (installed as its core's sched_hook)."""
+    """One CPU's side of the lockstep scheduler (installed in its atomic core).
+
+    ``point(cost)`` and ``progress()`` are the core's own C methods (no Python frame
+    per point); ``core.sched_hook`` is ``point`` too, for Python code that waits
+    without a lock (the TLB-shootdown wait).
+    """
 
     def __init__(self, ci, strategy: str = "random"):
+        if strategy not in STRATEGY_CODES:
+            raise ValueError(f"lockstep strategy {strategy!r}")
         self.ci = ci
         self.core = ci.core
         self.cpu = ci.cpu
         self.ncpu = ci.ncpu
         self.strategy = strategy
-        # the pct depth as formatted: ST_DEPTHLEFT may already be counting down when a
-        # late worker starts (cpu0 runs first), so it is not the depth any more
-        self.depth = int(ci.seg.arrays["ls_state"][ST_DEPTH])
         seg = ci.seg
-        lay = seg.layout.arrays
-        self.go_off = lay["ls_go"][0]
-        self.st_off = lay["ls_state"][0]
-        self.go = seg.arrays["ls_go"]
+        self.seg = seg
         self.state = seg.arrays["ls_state"]
-        self.prio = seg.arrays["ls_prio"]
-        self.change = seg.arrays["ls_change"]
-        from smp.machine.layout import HDR_DTYPE
-        self.vclock_off = HDR_DTYPE.fields["vclock"][1]
-        self.halt_off = HDR_DTYPE.fields["halt"][1]
-        self.cpus = seg.cpus
         self.livelock_bound = int(self.state[ST_BOUND])
+        self.point = self.core.ls_point
+        self.progress = self.core.ls_progress
 
     def install(self) -> None:
-        self.core.lockstep = True
-        self.core.sched_hook = self.point
+        """Pin this worker to the run's host core and let the core run the scheduler."""
+        pin_self(int(self.state[ST_PIN]) - 1)
+        lay = self.seg.layout.arrays
+        self.core.ls_setup(lay["ls_go"][0], lay["ls_state"][0], lay["ls_prio"][0],
+                           lay["ls_change"][0], lay["ls_wait"][0], lay["ls_cycle"][0],
+                           STRATEGY_CODES[self.strategy], VTICK)
+        if os.environ.get(PROXY_ENV, "").strip().lower() in ("off", "no", "0", "false"):
+            self.core.ls_proxy = False
+        self.core.sched_hook = self.core.ls_point
 
     def wait_turn(self) -> None:
-        """Block until this CPU holds the turn (or the machine halts)."""
-        core = self.core
-        off = self.go_off + 4 * self.cpu
-        while True:
-            # halt first: finish() raises every go flag to wake the waiters, who must
-            # stop rather than run on in parallel after the end
-            if self.ci.seg.hdr["halt"]:
-                raise _atomic.Halted("machine halted while waiting for the turn")
-            if self.go[self.cpu]:
-                return
-            core.futex_wait(off, 0, 5_000_000)
-
-    def point(self, cost: int = VTICK) -> None:
-        """A scheduling point: advance time, pick the next CPU, hand over if it is not us."""
-        core = self.core
-        st = self.state
-        vclock = core.fadd64(self.vclock_off, cost) + cost
-        points = int(st[ST_POINTS]) + 1
-        st[ST_POINTS] = points
-        limit = int(st[ST_LIMIT])
-        if limit and vclock >= limit:
-            self._end(END_TIME_LIMIT, "time limit reached")
-        if points - int(st[ST_LASTPROG]) > self.livelock_bound:
-            self._end(END_LIVELOCK, "livelock")
-        if self.cpus["state"][self.cpu] == _atomic.CS_SPINNING and points % 64 == 0:
-            self._check_deadlock()
-        nxt = self._choose(points)
-        if nxt == self.cpu:
-            return
-        st[ST_SWITCHES] += 1
-        # hand over: the next CPU's go flag up, ours down, wake it, wait for ours
-        self.go[self.cpu] = 0
-        core.cas32(self.go_off + 4 * nxt, 0, 1)
-        core.futex_wake(self.go_off + 4 * nxt, 1)
-        self.wait_turn()
-
-    def progress(self) -> None:
-        """Something useful happened (an operation completed): livelock watch."""
-        self.state[ST_LASTPROG] = self.state[ST_POINTS]
-
-    def _choose(self, points: int) -> int:
-        if self.strategy == "pct":
-            return self._choose_pct(points)
-        x = _xorshift(int(self.state[ST_RNG]))
-        self.state[ST_RNG] = x
-        return (((x * 0x2545F4914F6CDD1D) & MASK64) >> 33) % self.ncpu
-
-    def _choose_pct(self, points: int) -> int:
-        st = self.state
-        left = int(st[ST_DEPTHLEFT])
-        if left and points >= int(self.change[int(self.depth) - left]):
-            self.prio[self.cpu] = left          # drop the running CPU to a low priority
-            st[ST_DEPTHLEFT] = left - 1
-        states = self.cpus["state"]
-        best, best_p = -1, -1
-        for c in range(self.ncpu):
-            if states[c] in (_atomic.CS_SPINNING, _atomic.CS_IDLE):
-                continue                     # waiting for someone: not enabled
-            p = int(self.prio[c])
-            if p > best_p:
-                best, best_p = c, p
-        if best < 0:
-            # nobody can make progress on its own: let the seeded generator pick, so the
-            # CPU that holds what the others wait for eventually runs
-            x = _xorshift(int(st[ST_RNG]))
-            st[ST_RNG] = x
-            return (((x * 0x2545F4914F6CDD1D) & MASK64) >> 33) % self.ncpu
-        return best
-
-    def _check_deadlock(self) -> None:
-        """Every CPU in a cycle spins on a lock held by the next: a deadlock."""
-        cyc = cycle_from(self.ci.seg, self.cpu)
-        if cyc is None:
-            return
-        out = self.ci.seg.arrays["ls_cycle"]
-        for i, (c, lk) in enumerate(cyc):
-            out[i] = (c, lk)
-        self.state[ST_NCYCLE] = len(cyc)
-        self._end(END_DEADLOCK, "deadlock")
+        """Block until this CPU holds the turn (Halted if the machine halts)."""
+        self.core.ls_wait_turn()
 
     def finish(self) -> None:
         """The load is done: halt the machine deterministically, from the turn holder."""
-        seg = self.ci.seg
-        seg.halt()
-        for c in range(self.ncpu):
-            self.core.cas32(self.go_off + 4 * c, 0, 1)
-            self.core.futex_wake(self.go_off + 4 * c, 1)
+        self.core.ls_finish()
 
-    def _end(self, kind: int, why: str) -> None:
-        """End the run from the turn holder, recording why (the first reason stays)."""
-        if not self.state[ST_END]:
-            self.state[ST_END] = kind
-        self.finish()
-        raise _atomic.Halted(why)
+
+# -- pinning: one host core per lockstep run -------------------------------------------
+
+def pin_self(core: int) -> bool:
+    """Pin this process to host core ``core`` (-1: leave it); False if the host refused."""
+    if core < 0:
+        return False
+    try:
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def pick_host_core(run_name: str = "") -> int | None:
+    """The host core a lockstep run's CPU workers should share, or None (no pinning).
+
+    ``SMP_LOCKSTEP_PIN``: ``auto`` (default), ``off``, or a host core number.  ``auto``
+    takes the least loaded of the cores this process may use: fewest lockstep runs
+    already pinned there (a small registry in the temp directory, so that runs started
+    together, as ``smp explore --jobs 2`` starts them, spread out), then fewest other
+    processes pinned to it alone, then fewest running right now.  One usable core:
+    that one.  Anything unexpected: None, and the run goes unpinned.
+    """
+    how = os.environ.get(PIN_ENV, "auto").strip().lower()
+    if how in ("off", "no", "none", "false"):
+        return None
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if how.isdigit():
+        return int(how) if int(how) in allowed else None
+    if len(allowed) == 1:
+        return allowed[0]
+    try:
+        return _claim_core(run_name, allowed)
+    except OSError:
+        return None
+
+
+def _registry_path() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"smp-lockstep-pins-{uid}")
+
+
+def _claim_core(run_name: str, allowed: list[int]) -> int:
+    """Choose (under an exclusive lock on the registry) and record our claim.  A claim
+    lives while its run's segment exists in /dev/shm (a run ends: its segment goes)."""
+    import fcntl
+
+    mine = os.getpid()
+    with open(_registry_path(), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        claims = []
+        for line in f.read().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                name, core, pid = parts[0], int(parts[1]), int(parts[2])
+                if os.path.exists(os.path.join("/dev/shm", name)):
+                    claims.append((name, core, pid))
+        runs = dict.fromkeys(allowed, 0)
+        for _, core, _ in claims:
+            if core in runs:
+                runs[core] += 1
+        pinned, running = _host_cores(allowed, {pid for _, _, pid in claims} | {mine})
+        best = min(allowed, key=lambda c: (runs[c], pinned[c], running[c], c))
+        if run_name:
+            claims.append((run_name, best, mine))
+        f.seek(0)
+        f.truncate()
+        f.write("".join(f"{n} {c} {p}\n" for n, c, p in claims))
+    return best
+
+
+def _host_cores(allowed: list[int], ours: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Per allowed core: other process groups pinned to it alone (counted by parent, so
+    a run's workers count once; our own runs' workers are skipped), and processes
+    running or runnable on it now."""
+    owners: dict[int, set[int]] = {c: set() for c in allowed}
+    running = dict.fromkeys(allowed, 0)
+    me = os.getpid()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            pid = int(entry.name)
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    stat = fh.read()
+                fields = stat[stat.rindex(b")") + 2:].split()
+                state, ppid, cpu = fields[0], int(fields[1]), int(fields[36])
+                mask = os.sched_getaffinity(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+            if state == b"R" and cpu in running:
+                running[cpu] += 1
+            if len(mask) == 1 and ppid not in ours and pid not in ours:
+                (core,) = mask
+                if core in owners:
+                    owners[core].add(ppid)
+    return {c: len(o) for c, o in owners.items()}, running
+

@@ -5,7 +5,7 @@ timestamps are host nanoseconds, and no two runs interleave alike.
 
 ``Lockstep(strategy, seed, livelock_bound)``: one CPU at a time; at every scheduling
 point (lock operation, spin turn, load operation, idle turn) the turn passes to the CPU
-a seeded strategy picks (``random`` or ``pct``, see :mod:`smp.machine.lockstep`), time is
+a seeded strategy picks (``random``, ``pct`` or ``pb``, see :mod:`smp.machine.lockstep`), time is
 a virtual clock, and the run is a function of the seed.  A run that goes
 ``livelock_bound`` scheduling points without progress is reported as a livelock.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STRATEGIES = ("random", "pct")
+STRATEGIES = ("random", "pct", "pb")
 LIVELOCK_BOUND = 2_000_000       # scheduling points without progress
 
 

@@ -1,0 +1,158 @@
+"""Time to an answer: what a new user waits for, from the command line to its exit.
+
+    PYTHONPATH=. python scripts/bench_answer.py [--quick] [--reps N] [--json]
+    PYTHONPATH=. python scripts/bench_answer.py --only explore    # one of run, experiment, explore
+
+Three commands, each timed from start to exit (wall seconds, the anchor sampled before
+and after each; anchors and JSON: scripts/benchlib.py):
+
+* ``smp run`` -- the default load in free mode, as the README's first command.  Also
+  whether it reached its own time limit (it must not) and its faults per wall second;
+* ``smp experiment --seeds 1`` -- the default matrix (heavy-mp, ptp-hog, kmem-storm,
+  fork-churn x steal {ptp,pv | none} x biglock {on | off}: 16 runs), and how many runs
+  ended at their time limit;
+* ``smp explore default --seeds 20`` -- 20 lockstep seeds of the default load with the
+  DIAGNOSTIC checks (``--all``: every seed runs), and the seeds per minute.
+
+The full variant takes about 25 minutes on the 2-core hosts (the default run ~1 minute,
+the experiment ~5, the exploration ~15).  ``--quick`` (about 2 minutes) cuts each one:
+``smp run --time-limit 20s`` (its figure is then the faults per wall second, the time
+being the limit), ``smp experiment --seeds 1 --time-limit 4s``, ``smp explore default
+--seeds 6 --time-limit 2s``.
+
+Targets (issue 12, stated for a quiet host; here ratios to the empty-loop anchor at
+benchlib.REFERENCE_NS, 30 ns): the default run <= 30 s and never at its time limit, the
+experiment's 48 runs <= 5 minutes (16 runs: 100 s) with none at its limit, 50 ptp-hog
+seeds explored in <= 10 minutes (12 s of wall per seed; the default load's seeds are
+bigger, so the row shows how far that is).  The quick variant's rows carry no targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchlib import Bench, Row, add_args, anchored
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def target(seconds: float) -> float:
+    """A wall-time target in seconds as a ratio to the empty-loop anchor."""
+    return anchored(seconds * 1e9, "py_loop")
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
+                       capture_output=True, text=True)
+    return time.monotonic() - t0, r
+
+
+def statuses(root: Path) -> Counter:
+    return Counter(json.loads(p.read_text()).get("status", "?")
+                   for p in root.rglob("summary.json"))
+
+
+def bench_run(b: Bench, work: Path, quick: bool, reps: int) -> None:
+    walls, rates, limited = [], [], []
+    for rep in range(reps):
+        out = work / f"run-{rep}"
+        args = ["run", "--out", str(out), "-q"] + (["--time-limit", "20s"] if quick else [])
+        wall, r = timed(args, work)
+        if r.returncode not in (0,):
+            raise SystemExit(f"bench_answer: smp {' '.join(args)}: exit {r.returncode}\n"
+                             f"{r.stderr}")
+        s = json.loads((out / "summary.json").read_text())
+        walls.append(wall)
+        rates.append(s["kernel_counters"]["counters"].get("faults", 0) / s["elapsed_s"])
+        limited.append(1.0 if s["status"] == "timeout" else 0.0)
+        b.phase()
+    what = "smp run (default load" + (", cut at 20 s)" if quick else ")")
+    b.add(Row(f"{what}: wall", "s", walls, anchor="py_loop",
+              target=None if quick else target(30)))
+    b.add(Row(f"{what}: faults per wall second", "faults/s", rates))
+    if not quick:
+        b.add(Row(f"{what}: runs at their time limit", "runs", limited, anchor=None,
+                  target=0))
+
+
+def bench_experiment(b: Bench, work: Path, quick: bool, reps: int) -> None:
+    walls, limited, runs = [], [], []
+    for rep in range(reps):
+        out = work / f"experiment-{rep}"
+        args = ["experiment", "--seeds", "1", "--out", str(out), "-q"]
+        args += ["--time-limit", "4s"] if quick else []
+        wall, r = timed(args, work)
+        if r.returncode not in (0, 1):
+            raise SystemExit(f"bench_answer: smp {' '.join(args)}: exit {r.returncode}\n"
+                             f"{r.stderr}")
+        st = statuses(out)
+        walls.append(wall)
+        runs.append(sum(st.values()))
+        limited.append(st.get("timeout", 0))
+        b.phase()
+    what = "smp experiment --seeds 1" + (" --time-limit 4s" if quick else "")
+    b.add(Row(f"{what}: wall", "s", walls, anchor="py_loop",
+              target=None if quick else target(100),
+              note=f"{int(max(runs))} runs; statuses of the last: "
+                   f"{dict(statuses(work / f'experiment-{reps - 1}'))}"))
+    if not quick:
+        b.add(Row(f"{what}: runs at their time limit", "runs", limited, anchor=None,
+                  target=0))
+
+
+def bench_explore(b: Bench, work: Path, quick: bool, reps: int) -> None:
+    seeds = 6 if quick else 20
+    walls = []
+    for rep in range(reps):
+        out = work / f"explore-{rep}"
+        args = ["explore", "default", "--seeds", str(seeds), "--all", "--out", str(out), "-q"]
+        args += ["--time-limit", "2s"] if quick else []
+        wall, r = timed(args, work)
+        if "outcomes:" not in r.stdout:
+            raise SystemExit(f"bench_answer: smp {' '.join(args)}: exit {r.returncode}\n"
+                             f"{r.stdout}{r.stderr}")
+        walls.append(wall)
+        b.phase()
+    what = f"smp explore default --seeds {seeds}" + (" --time-limit 2s" if quick else "")
+    b.add(Row(f"{what}: wall", "s", walls, anchor="py_loop"))
+    b.add(Row(f"{what}: wall per seed", "s", [w / seeds for w in walls], anchor="py_loop",
+              target=None if quick else target(12)))
+    b.add(Row(f"{what}: seeds per minute", "seeds/min", [seeds / w * 60 for w in walls],
+              anchor="py_loop"))
+    one = json.loads((work / "explore-0" / "seed0" / "summary.json").read_text())
+    sch = one.get("schedule", {})
+    b.add(Row("  one seed: machine run", "s", [one["elapsed_s"]], anchor="py_loop",
+              note=f"{sch.get('points', 0):,} scheduling points, "
+                   f"{sch.get('virtual_ns', 0) / 1e9:.2f} virtual s, status {one['status']}"))
+
+
+PARTS = {"run": bench_run, "experiment": bench_experiment, "explore": bench_explore}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(ap)
+    ap.add_argument("--reps", type=int, default=1, help="times each command runs (default 1)")
+    ap.add_argument("--only", choices=sorted(PARTS), action="append",
+                    help="just this command (repeatable)")
+    a = ap.parse_args()
+    b = Bench("bench_answer", a.quick)
+    with tempfile.TemporaryDirectory(prefix="bench-answer-") as tmp:
+        for name in a.only or list(PARTS):
+            PARTS[name](b, Path(tmp), a.quick, a.reps)
+    b.finish()
+    b.report(a.json)
+
+
+if __name__ == "__main__":
+    main()
