@@ -98,7 +98,7 @@ class InProcess:
 
     def close(self) -> None:
         self.seg.destroy()
-        self._tmp.cleanup()
+
 
 
 def per_call(fn: Callable[[int], object], n: int) -> float:
