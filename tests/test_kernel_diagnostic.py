@@ -9,7 +9,7 @@ must name exactly that.
 from __future__ import annotations
 
 import pytest
-from kernharness import booted, sleeps
+from kernharness import booted, panics, sleeps
 from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 
 from smp.kern import lock, pmap, uvm_anon, uvm_km, uvm_page, uvm_pdaemon
@@ -235,6 +235,22 @@ def test_a_precondition_not_met_is_a_lock_protocol_violation():
         assert lock.DIAGNOSTIC is False
         assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
         pmap.pmap_free_pvs([pve])
+
+
+def test_a_lock_taken_twice_is_a_lockdebug_panic_naming_the_lock(monkeypatch):
+    """A kernel path that re-takes a simple lock it holds: Kernel.run turns the atomic
+    core's LockError into NetBSD's LOCKDEBUG panic, the lock id read off the error."""
+    with booted() as b:
+        tid = b.switch_to(0)
+        lk = pmap.pvalloc_lock
+
+        def step(ci, t):
+            lock.simple_lock(lk)
+            lock.simple_lock(lk)
+
+        monkeypatch.setattr(b.load, "step", step)
+        assert panics(b.kernel.run, b.ci, tid) == \
+            f"simple_lock: locking against myself (lock {lk})"
 
 
 def _pageq_then_anon(an: int) -> None:

@@ -32,7 +32,6 @@ Thread 0 is the pagedaemon (``PAGEDAEMON``); user processes are threads
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ from smp.kern.param import KERNEL_PMAP
 from smp.kern.uvm import counter, shared
 from smp.machine.boot import Declaration
 from smp.machine.cpu import CPU, EXITED, RUNNABLE, SLEEPING, boot_enqueue
-from smp.machine.layout import CPU_STRIDE, ArraySpec
+from smp.machine.layout import ArraySpec
 from smp.machine.lockspace import LockSpace
 
 PAGEDAEMON = 0          # thread id of the pagedaemon
@@ -120,11 +119,17 @@ SUBSYSTEMS = (
 
 
 class Load(Protocol):
-    """What a load (a load script's interpreter) gives the kernel."""
+    """What a load (a load script's interpreter) gives the kernel.
+
+    The hooks after ``summary`` have defaults in :class:`LoadHooks`, which every load
+    inherits, so the kernel calls them without probing the load for them.
+    """
 
     name: str
     nprocs: int
-    amap_per_proc: int
+    amap_per_proc: int           # anonymous pages one process may map
+    files: list[int]             # the load's files, sizes in pages
+    needs_vm: bool               # its processes have address spaces
 
     def declare(self, locks: LockSpace, machine: MachineProfile) -> list[ArraySpec]: ...
     def format(self, seg: Any, kernel: Kernel) -> None: ...
@@ -132,6 +137,28 @@ class Load(Protocol):
     def step(self, ci: CPU, tid: int) -> int: ...
     def progress(self, seg: Any) -> tuple[float, float]: ...
     def summary(self, seg: Any) -> dict: ...
+    def forked(self, parent: int, child: int) -> None: ...
+    def exited(self, ci: CPU, tid: int) -> None: ...
+    def killed(self, ci: CPU, tid: int) -> None: ...
+
+
+class LoadHooks:
+    """The defaults of a load's optional hooks and sizes (see :class:`Load`)."""
+
+    amap_per_proc: int = 16
+    files: list[int] = []         # (never mutated: a load declares its own list)
+    needs_vm: bool = True
+    base: int = 0                 # thread id of its first process (the kernel sets it)
+
+    def forked(self, parent: int, child: int) -> None:
+        """``child`` was forked from ``parent`` (its address space is a copy)."""
+
+    def exited(self, ci: CPU, tid: int) -> None:
+        """Thread ``tid`` is exiting (=> before its proc slot is freed): the load lets go
+        of what it keeps for it (exit1's fdfree and friends)."""
+
+    def killed(self, ci: CPU, tid: int) -> None:
+        """Thread ``tid`` got a fatal signal (=> sched_lock held); it exits next."""
 
 
 class PerCPU:
@@ -161,8 +188,8 @@ class Kernel:
         self.failspecs = list(failspecs)
         self.failpoints, self.delays = kern_fail.parse(self.failspecs)
         self.seed = seed
-        self.files: list[int] = list(getattr(load, "files", []))   # sizes in pages
-        self.amap_per_proc = getattr(load, "amap_per_proc", 16)
+        self.files: list[int] = list(load.files)       # sizes in pages
+        self.amap_per_proc = load.amap_per_proc
 
     # -- parent side -----------------------------------------------------------
 
@@ -220,7 +247,7 @@ class Kernel:
         g[KG_LIVE] += 1
         g[KG_STARTED] += 1
         g[KG_NEXTPID] = max(g[KG_NEXTPID], pid + 1)
-        if getattr(self.load, "needs_vm", True):
+        if self.load.needs_vm:
             pm = pmap.pmap_create_boot(seg, tid)
             uvm_map.vmspace_init_boot(seg, tid, pm)
         boot_enqueue(seg, cpu, tid)
@@ -262,8 +289,6 @@ class Kernel:
     def cpu_attach(self, ci: CPU) -> None:
 
         ci.core.stats_on = self.stats_on
-        off = ci.seg.layout.cpu_off + ci.cpu * CPU_STRIDE
-        ci.area_ipi = ci.seg.shm.buf[off:off + 8].cast("Q")
         ci.md = PerCPU(ci, self)
         ci.tick_ns = 1_000_000_000 // self.machine.hz
         for s in SUBSYSTEMS:
@@ -294,16 +319,13 @@ class Kernel:
             status = SLEEPING
         except lock.LockError as e:
             # LOCKDEBUG: a lock protocol violation is a kernel panic, as in NetBSD
-            m = re.search(r"lock (\d+)", str(e))
-            subr_prf.panic(P_LOCKDEBUG if "myself" in str(e) else P_LOCKPROTO,
-                           int(m[1]) if m else -1)
+            subr_prf.panic(P_LOCKDEBUG if e.myself else P_LOCKPROTO, e.lock)
             raise                                    # (panic does not return)
         except trap.Killed:
             self._release_biglock()
             lock.simple_lock(ci.sched_lock)
             shared.np["kglob"][KG_KILLED] += 1
-            if hasattr(self.load, "killed"):
-                self.load.killed(ci, tid)        # => sched_lock held
+            self.load.killed(ci, tid)            # => sched_lock held
             lock.simple_unlock(ci.sched_lock)
             status = EXITED
         finally:
@@ -338,8 +360,7 @@ class Kernel:
         p["pid"] = 0
         p["stat"] = 0
         lock.simple_unlock(ci.sched_lock)
-        if hasattr(self.load, "exited"):
-            self.load.exited(ci, tid)
+        self.load.exited(ci, tid)
 
     def fork1(self, ci: CPU, parent: int, pc: int) -> int:
         """Create a child of ``parent`` that starts at program counter ``pc``."""
@@ -362,8 +383,7 @@ class Kernel:
             proc[child]["stat"] = 0
             uvm_pdaemon.uvm_wait(W_FORK)     # the PDP comes from uvm_km_alloc: it may sleep
         uvm_map.uvmspace_fork(parent, child, pm)
-        if hasattr(self.load, "forked"):
-            self.load.forked(parent, child)
+        self.load.forked(parent, child)
         pp, cp = proc[parent], proc[child]
         lock.simple_lock(ci.sched_lock)
         g = shared.np["kglob"]
@@ -407,7 +427,7 @@ class Kernel:
         pmap.pmap_do_tlb_shootdown()
 
 
-__all__ = ["Kernel", "Load", "RUNNABLE", "SLEEPING", "EXITED"]
+__all__ = ["Kernel", "Load", "LoadHooks", "RUNNABLE", "SLEEPING", "EXITED"]
 
 
 def _number_catalogue() -> None:

@@ -69,7 +69,9 @@ finding a run reports.
 ``KASSERT_LOCKED(id)`` turns a "=> caller holds ..." precondition into a check:
 call it as ``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(id)``, one test when
 DIAGNOSTIC is off.  A failed assertion is a lock protocol violation
-(``LockError``), which the kernel turns into a LOCKDEBUG panic.
+(``LockError``), which the kernel turns into a LOCKDEBUG panic.  Every
+LockError carries its facts as attributes: ``lock`` (the lock id) and
+``myself`` (a CPU asking again for a lock it holds).
 """
 
 from __future__ import annotations
@@ -188,7 +190,9 @@ def KASSERT_LOCKED(lk: int) -> None:  # noqa: N802 - NetBSD's name
     => only called when DIAGNOSTIC is on (``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(x)``).
     """
     if not lock_held(lk):
-        raise LockError(f"KASSERT_LOCKED: lock {lk} not held")
+        e = LockError(f"KASSERT_LOCKED: lock {lk} not held")
+        e.lock, e.myself = lk, False          # as the atomic core's own LockErrors carry
+        raise e
 
 
 def findings(seg, locks: LockSpace) -> tuple[list[dict], int]:

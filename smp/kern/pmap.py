@@ -1396,7 +1396,7 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
     deadline = None
     spins = 0
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
-        if _ci.area["ipi_pending"]:
+        if _ci.ipi_pending():
             pmap_do_tlb_shootdown()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")

@@ -61,7 +61,7 @@ def memref(tid: int, va: int, write: bool) -> None:
     cb = ci.cnt_base
     cnt = shared.cnt
     cnt[cb + counter.memrefs] += 1
-    if ci.area_ipi[0]:
+    if ci.ipi_pending():
         pmap.pmap_do_tlb_shootdown()
     tlb = ci.pmap.tlb
     vpn = va >> 12

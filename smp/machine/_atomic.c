@@ -44,6 +44,7 @@
 #include <frameobject.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -186,6 +187,34 @@ struct order_finding {        /* 32 bytes: one lock-order violation, counted */
 
 static PyObject *HaltedError;     /* raised in a CPU when the machine halts */
 static PyObject *LockError;       /* lock protocol violation (LOCKDEBUG) */
+
+/* Raise LockError about lock id: the message, and the facts as attributes of the
+ * exception object (``lock``: the id; ``myself``: a CPU re-taking a lock it holds),
+ * so the kernel never has to parse them back out of the text.  Returns -1. */
+static int lock_error(uint32_t id, int myself, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg == NULL)
+        return -1;
+    PyObject *exc = PyObject_CallOneArg(LockError, msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return -1;
+    PyObject *lk = PyLong_FromUnsignedLong(id);
+    if (lk == NULL || PyObject_SetAttrString(exc, "lock", lk) < 0 ||
+        PyObject_SetAttrString(exc, "myself", myself ? Py_True : Py_False) < 0) {
+        Py_XDECREF(lk);
+        Py_DECREF(exc);
+        return -1;
+    }
+    Py_DECREF(lk);
+    PyErr_SetObject(LockError, exc);
+    Py_DECREF(exc);
+    return -1;
+}
 
 typedef struct {
     uint32_t *keys;               /* hash: key -> slot index + 1 (0 empty) */
@@ -561,7 +590,7 @@ static int pop_held(Core *c, uint32_t id, uint32_t mode, struct held *out, uint6
         if (me->held[i].lock == id && me->held[i].mode == mode)
             break;
     if (i < 0) {
-        PyErr_Format(LockError, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
+        lock_error(id, 0, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
         return -1;
     }
     *out = me->held[i];
@@ -655,8 +684,8 @@ static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t
     if (check_id(c, args, nargs, id))
         return -1;
     if (((c->locks[*id].flags & LF_RW) != 0) != want_rw) {
-        PyErr_Format(LockError, want_rw ? "lock %u is not a reader/writer lock"
-                                        : "lock %u is a reader/writer lock", *id);
+        lock_error(*id, 0, want_rw ? "lock %u is not a reader/writer lock"
+                                  : "lock %u is a reader/writer lock", *id);
         return -1;
     }
     if (acquire && __atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED) &&
@@ -665,7 +694,7 @@ static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t
         return -1;
     }
     if (acquire && c->me->nheld >= MAXHELD) {
-        PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
+        lock_error(*id, 0, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
         return -1;
     }
     return 0;
@@ -714,7 +743,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                 c->slots[stat_slot_for(c, id, site, M_EXCL)].acq++;
             Py_RETURN_NONE;
         }
-        PyErr_Format(LockError, "simple_lock: locking against myself (lock %u)", id);
+        lock_error(id, 1, "simple_lock: locking against myself (lock %u)", id);
         return NULL;
     }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -786,7 +815,7 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
     if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine) {
-        PyErr_Format(LockError, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
+        lock_error(id, 0, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
         return NULL;
     }
     if (lw->recurse) {
@@ -824,8 +853,8 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: shared request by the exclusive holder (lock %u)",
-                     id);
+        lock_error(id, 1, "spinlockmgr: shared request by the exclusive holder (lock %u)",
+                   id);
         return NULL;
     }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -901,13 +930,13 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: locking against myself (lock %u)", id);
+        lock_error(id, 1, "spinlockmgr: locking against myself (lock %u)", id);
         return NULL;
     }
     for (uint32_t i = 0; i < c->me->nheld; i++)
         if (c->me->held[i].lock == id) {
-            PyErr_Format(LockError, "spinlockmgr: exclusive request by a shared holder "
-                         "(lock %u): would wait for itself", id);
+            lock_error(id, 1, "spinlockmgr: exclusive request by a shared holder "
+                       "(lock %u): would wait for itself", id);
             return NULL;
         }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -976,7 +1005,7 @@ static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     struct lock_word *lw = &c->locks[id];
     uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
     if (!(s & RW_WRITER) || (s & RW_CPU_MASK) != (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: release of lock %u not held exclusively", id);
+        lock_error(id, 0, "spinlockmgr: release of lock %u not held exclusively", id);
         return NULL;
     }
     struct held h;

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from smp.kern import kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
+from smp.kern.kernel import LoadHooks
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_fault import EAGAIN
 from smp.machine.cpu import CPU, EXITED, RUNNABLE
@@ -46,7 +47,7 @@ class ProcessKind:
 
 
 @dataclass
-class ProgramLoad:
+class ProgramLoad(LoadHooks):
     """A compiled load script: program table, process kinds, sizes."""
 
     name: str
@@ -66,7 +67,7 @@ class ProgramLoad:
     def declare(self, locks: Any, machine: Any) -> list[ArraySpec]:
         i8, i4 = np.dtype("<i8"), np.dtype("<i4")
         self.names = [subr_prf.intern(k.name) for k in self.kinds]
-        n = getattr(self, "base", 0) + self.maxproc      # indexed by thread id
+        n = self.base + self.maxproc      # indexed by thread id
         return [
             ArraySpec("prog", i8, self.table.shape),
             ArraySpec("pslot", i8, (n, NSLOTS, 2)),
@@ -112,7 +113,7 @@ class ProgramLoad:
         budget = QUANTUM
         pc = int(p["pc"])
         while budget > 0:
-            if ci.area_ipi[0]:
+            if ci.ipi_pending():
                 from smp.kern import pmap
                 pmap.pmap_do_tlb_shootdown()
             b = pc * OPW
@@ -128,7 +129,7 @@ class ProgramLoad:
                 else:
                     t = time.perf_counter_ns() + prog[b + 1]
                     while time.perf_counter_ns() < t:
-                        if ci.area_ipi[0]:
+                        if ci.ipi_pending():
                             from smp.kern import pmap
                             pmap.pmap_do_tlb_shootdown()
                 budget -= QUANTUM // 4
