@@ -9,7 +9,11 @@ kernel function), which is what a real second CPU may do at that moment.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from conftest import smp
 from kernharness import RW, booted, configs, run_program, sleeps
 from test_kernel_decisions import stealable_setup, two_pages_one_ptp
 from test_kernel_mp import ptp_hog
@@ -24,6 +28,8 @@ from smp.machine.schedule import Lockstep
 from smp.machine.trace import NullSink
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class WouldBlock(Exception):  # noqa: N818 - a control transfer
@@ -274,3 +280,64 @@ def test_fork_does_not_make_the_parents_mlocked_pages_copy_on_write():
         b.touch(0, va, write=True)                       # the parent writes its mlocked page
         assert "faults" not in b.delta(before)
         assert b.check() == []
+
+
+# --- issue 10, item 9: "panic: freeing free page" at exit ----------------------------------
+
+SPARSE_FORK = REPO / "tests" / "fixtures" / "workloads" / "sparse-fork.toml"
+
+
+def test_exit_gives_back_the_kernel_buffers_before_a_fork_can_reuse_the_proc_slot(
+        monkeypatch):
+    """exit1 freed the proc slot first and let the load free the process's kernel buffers
+    after: a fork on another CPU took the slot, its short-lived child exited while the
+    dead process was still freeing, and both freed the same pages ("freeing free page",
+    exit1 -> _kfree -> uvm_km_free -> uvm_pagefree).  Now the slot is still in use while
+    exit1 gives things back, so "the other CPU's" fork gets another slot."""
+    with booted(nprocs=4) as b:
+        dying, forker = b.tid(0), b.tid(1)
+        b.switch_to(0)
+        b.load._kmalloc(dying, 0, 4, 0)                    # uvm_km_alloc1, 4 pages
+        assert b.a["pkmem"][dying, 0, 0] != 0
+        b.a["proc"]["stat"][b.tid(2):] = 0                  # free slots for the fork
+        b.a["proc"]["stat"][b.tid(3)] = 0
+        real_exited = b.load.exited
+        forked = []
+
+        def exited(ci, tid):
+            assert int(b.a["proc"][tid]["stat"]) != 0       # the slot is not free yet
+            forked.append(b.kernel.fork1(ci, forker, 0))    # meanwhile on "cpu1"
+            real_exited(ci, tid)
+
+        monkeypatch.setattr(b.load, "exited", exited)
+        b.kernel.exit1(b.ci, dying)
+        assert forked and forked[0] not in (-1, dying)
+        assert int(b.a["proc"][dying]["stat"]) == 0 and not b.a["pkmem"][dying].any()
+        b.switch_to(1)
+        b.kernel.exit1(b.ci, forked[0])                      # the child exits: nothing twice
+        assert b.check() == []
+
+
+def _sparse_fork(tmp_path, seed: int, *limit: str) -> dict:
+    out = tmp_path / f"run{seed}"
+    r = smp("run", str(SPARSE_FORK), "-o", "diagnostic=on", "--seed", str(seed), "--out",
+            str(out), "--quiet", *limit, cwd=tmp_path, timeout=300)
+    s = json.loads((out / "summary.json").read_text())
+    assert r.returncode == 0, (seed, r.returncode, s["message"], r.stderr[-2000:])
+    assert s["status"] in ("done", "timeout")
+    d = s["diagnostic"]
+    assert d["violations"] == [] and d["skipped"] == [], (seed, d)
+    return s
+
+
+def test_the_sparse_fork_reproducer_ends_cleanly_with_diagnostic_on(tmp_path):
+    """The load of issue 10 for 20 s (the full run is the slow test below)."""
+    s = _sparse_fork(tmp_path, 0, "--time-limit", "20s")
+    assert s["kernel_counters"]["counters"]["forks"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_sparse_fork_reproducer_runs_to_its_end_on_seeds_0_to_3(tmp_path, seed):
+    """The reproducer as the issue gives it: 4 CPUs, 90 s limit, seeds 0-3."""
+    _sparse_fork(tmp_path, seed)

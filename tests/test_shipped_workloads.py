@@ -4,7 +4,8 @@ Each script is run the way a user would, ``python -m smp run NAME`` in a subproc
 CPUs with an 8-second time limit; the whole file takes about half a minute on a 2-core host.
 A run must end normally (exit status 0, status ``done`` or ``timeout``) -- none of the
 scripts is meant to panic in its own kernel configuration (``default``: both stealing
-paths) -- and its summary.json must be sane: the counters are there and add up, no stale TLB
+paths) -- with DIAGNOSTIC on finding nothing and skipping nothing, and its summary.json
+must be sane: the counters are there and add up, no stale TLB
 entry was used, the trace lost nothing.  ``-m slow`` runs each script at full length instead.
 """
 
@@ -66,10 +67,12 @@ def check_run(name: str, out: Path, r: subprocess.CompletedProcess, ncpu: int,
 def test_shipped_script_runs_to_completion_on_two_cpus_in_eight_seconds(tmp_path, name):
     out = tmp_path / "run"
     r = smp("run", name, "--out", str(out), "--quiet", "--time-limit", "8s", "-o", "ncpu=2",
-            cwd=tmp_path, timeout=120)
+            "-o", "diagnostic=on", cwd=tmp_path, timeout=120)
     s = check_run(name, out, r, ncpu=2, limit_s=8)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["time_limit_s"] == 8 and m["overrides"] == ["ncpu=2"]
+    assert m["time_limit_s"] == 8 and m["overrides"] == ["ncpu=2", "diagnostic=on"]
+    d = s["diagnostic"]                 # a normal end leaves every CPU outside the kernel
+    assert d["violations"] == [] and d["skipped"] == [], d
     if s["status"] == "timeout":
         assert s["elapsed_s"] >= 7.9
 

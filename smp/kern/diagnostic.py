@@ -77,7 +77,9 @@ swap slot and no resident page.  File pages are where their object's page
 table says.
 
 **Quiescence.**  After a clean stop no lock word is held and no CPU is
-waiting for a TLB-shootdown acknowledgement.
+waiting for a TLB-shootdown acknowledgement.  A stop is clean when every CPU
+is outside the kernel: between threads in its dispatch loop (done, idle, or
+halted there by lockstep's end), holding no lock.
 
 A run that ended in a panic (or a CPU stopped while spinning inside the
 kernel) stops mid-operation, and many of these relations are legitimately
@@ -227,7 +229,10 @@ def check_after_run(seg: Any, locks: LockSpace | None = None) -> Report:
         n = int(c["nheld"])
         held.update(int(h) for h in c["held"]["lock"][:n])
         state = int(c["state"])
-        if n or state not in (_atomic.CS_DONE, _atomic.CS_OFFLINE, _atomic.CS_IDLE):
+        # inside the kernel: holding a lock, running a thread, or spinning (a lockstep
+        # halt stops the CPUs waiting for the turn wherever they are, and one that was
+        # between threads in its dispatch loop has left nothing half done)
+        if n or int(c["curproc"]) >= 0 or state in (_atomic.CS_SPINNING, _atomic.CS_PANIC):
             dirty.append(f"cpu{i} ({_state_name(state)}, {n} locks held)")
             # Python's finally clauses (pmap_enter, pmap_remove) drop the pmap locks while
             # a halt unwinds the CPU, so the pmap it was changing may look unlocked: leave

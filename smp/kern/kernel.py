@@ -253,8 +253,17 @@ class Kernel:
         boot_enqueue(seg, cpu, tid)
 
     def finished(self, seg: Any) -> bool:
+        """The load has ended (every process it started has exited) and the machine is
+        quiet: no CPU is running a thread (the pagedaemon's pass, a last exit) or holds
+        a lock.  The machine stops the CPUs right after, so waiting for the quiet moment
+        is what lets a normal end leave every CPU outside the kernel, and the DIAGNOSTIC
+        checks after the run check everything (lockstep: the CPU that asks halts the
+        machine at once; free-running: the CPUs leave at their next dispatch)."""
         g = seg.arrays["kglob"]
-        return g[KG_STARTED] > 0 and g[KG_LIVE] == 0
+        if not (g[KG_STARTED] > 0 and g[KG_LIVE] == 0):
+            return False
+        cpus = seg.cpus
+        return bool(np.all(cpus["curproc"] < 0) and np.all(cpus["nheld"] == 0))
 
     def progress(self, seg: Any) -> tuple[float, float]:
         return self.load.progress(seg)
@@ -344,9 +353,19 @@ class Kernel:
         return status
 
     def exit1(self, ci: CPU, tid: int) -> None:
-        """A process exits: its address space goes, then its proc slot."""
+        """A process exits (exit1, then the reaper's uvm_exit): what the load keeps for it
+        (its files, its kernel buffers), its address space, then its proc slot.
+
+        Everything is given back *before* the slot is freed: a fork on another CPU may
+        take the slot the moment it is, and the new process must not find (and free a
+        second time) what the dead one held -- the "freeing free page" panic of
+        issue 10, where a recycled slot's child exited while its predecessor was still
+        freeing its kernel buffers.  NetBSD frees a proc only when it is reaped, after
+        uvm_exit.
+        """
 
         p = ci.md.proc[tid]
+        self.load.exited(ci, tid)
         if shared.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
         subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(HIST_EXIT), int(p["pid"]),
@@ -360,7 +379,6 @@ class Kernel:
         p["pid"] = 0
         p["stat"] = 0
         lock.simple_unlock(ci.sched_lock)
-        self.load.exited(ci, tid)
 
     def fork1(self, ci: CPU, parent: int, pc: int) -> int:
         """Create a child of ``parent`` that starts at program counter ``pc``."""

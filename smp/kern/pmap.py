@@ -1393,6 +1393,14 @@ def pmap_tlb_shootnow(mask: int) -> None:
 
 
 def _shootnow_wait(off: int, mask: int, hook) -> None:
+    """Spin until every CPU of ``mask`` has acknowledged (pmap_tlb_shootnow's wait).
+
+    A CPU that has left the machine at a normal end of the run (it stopped in its
+    dispatch loop: CS_DONE) will never run again, so neither will its TLB: it counts as
+    having acknowledged.  Without this, a CPU still finishing a system call when the
+    run ends would wait for a CPU that is gone and be halted inside the kernel, and
+    the DIAGNOSTIC check after the run would have to skip what it held.
+    """
     deadline = None
     spins = 0
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
@@ -1400,6 +1408,8 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
             pmap_do_tlb_shootdown()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")
+        if _ci.seg.hdr["stop"]:
+            _ack_stopped_cpus(off, mask)
         if hook is not None:
             hook()
             continue
@@ -1410,6 +1420,18 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
                 deadline = time.monotonic() + 10.0
             elif time.monotonic() > deadline:
                 subr_prf.panic(P_RENDEZVOUS, _core.load64(off) & mask)
+
+
+def _ack_stopped_cpus(off: int, mask: int) -> None:
+    """Acknowledge for the CPUs of ``mask`` that have stopped (see _shootnow_wait)."""
+    state = _ci.seg.cpus["state"]
+    left = _core.load64(off) & mask
+    c = 0
+    while left:
+        if left & 1 and int(state[c]) == _atomic.CS_DONE:
+            _core.and64(off, ~(1 << c) & MASK64)
+        left >>= 1
+        c += 1
 
 
 def pmap_do_tlb_shootdown() -> None:
