@@ -53,13 +53,14 @@ PAGEDAEMON_TID = 0
 KEPT_INVERSION = ("pvalloc_lock", "pmap_tmpptp_lock")   # pv stealing, as in 1.91 (pmap.py)
 
 
-def idle_load(nprocs: int, amap_per_proc: int = 4096) -> ProgramLoad:
-    """A load whose processes exist (pmap, map, proc slot) but never run on their own."""
+def idle_load(nprocs: int, amap_per_proc: int = 4096, files: Sequence[int] = ()) -> ProgramLoad:
+    """A load whose processes exist (pmap, map, proc slot) but never run on their own;
+    ``files``: the sizes in pages of the files it declares."""
     a = Assembler()
     pc = a.pc
     a.emit(Op.EXIT)
     return ProgramLoad(name="harness", table=a.table(), kinds=[ProcessKind("proc", nprocs, pc)],
-                       maxproc=nprocs, amap_per_proc=amap_per_proc)
+                       maxproc=nprocs, amap_per_proc=amap_per_proc, files=list(files))
 
 
 def configs(overrides: Sequence[str] = (), machine: str = "tiny", kernel: str = "default"):
@@ -72,10 +73,11 @@ class Booted:
     """One booted, unforked machine with the kernel attached to cpu0 in this process."""
 
     def __init__(self, overrides: Sequence[str] = (), nprocs: int = 3,
-                 amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default"):
+                 amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default",
+                 files: Sequence[int] = ()):
         m, k = configs(["ncpu=1", *overrides], machine, kernel)
         self.profile, self.config = m, k
-        self.load = idle_load(nprocs, amap_per_proc)
+        self.load = idle_load(nprocs, amap_per_proc, files)
         self.kernel = Kernel(k, self.load)
         self.machine = Machine(m, self.kernel, NullSink())
         self.seg = None
@@ -216,7 +218,7 @@ class Booted:
         return held
 
     def release_pv_entries(self, held: list[int]) -> None:
-        pmap.pmap_free_pvs(held)
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, held)
 
     # -- observing ----------------------------------------------------------------------------
 

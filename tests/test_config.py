@@ -317,9 +317,9 @@ def test_override_unknown_key_lists_both_sections():
     message = bad(apply_overrides, *base(), ["foo=1"])
     assert message == (
         "-o foo=1: unknown key 'foo' (machine keys: ncpu, physmem, swap, maxproc, trace_ring, "
-        "hz; kernel keys: steal, biglock, shootdown_on_steal, diagnostic, lockstat, hist, "
-        "reserve_kernel, reserve_pagedaemon, freemin, freetarg, pmap_canfail_leak, "
-        "pv_steal_attrs)")
+        "hz, disk_latency; kernel keys: steal, biglock, shootdown_on_steal, diagnostic, "
+        "lockstat, hist, reserve_kernel, reserve_pagedaemon, freemin, freetarg, pmap_canfail_leak, "
+        "pv_steal_attrs, nkpde, pageout_free, intr_biglock)")
 
 
 @pytest.mark.parametrize("item, key", [
@@ -435,7 +435,7 @@ def test_not_utf8(cwd):
     ("[machine]\nhz = true\n",
      "m.toml: machine.hz: expected an integer from 10 to 10000, got True"),
     ("[machine]\nfoo = 1\n", "m.toml: machine.foo: unknown key (known: ncpu, physmem, swap, "
-                             "maxproc, trace_ring, hz)"),
+                             "maxproc, trace_ring, hz, disk_latency)"),
     ("[machine]\nncpu = 4\n[kernel]\nsteal = \"none\"\n",
      "m.toml: unknown section [kernel] (expected [machine])"),
     ("ncpu = 4\n[machine]\n", "m.toml: ncpu: key outside the [machine] section"),
@@ -459,10 +459,10 @@ def test_bad_machine_files(cwd, text, expected):
      "k.toml: kernel.freetarg = 50: must be greater than kernel.freemin (50)"),
     ("[kernel]\nbigLock = 1\n", "k.toml: kernel.bigLock: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
     ("[kernel.extra]\nx = 1\n", "k.toml: kernel.extra: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
     ("[machine]\nncpu = 4\n", "k.toml: unknown section [machine] (expected [kernel])"),
 ])
 def test_bad_kernel_files(cwd, text, expected):

@@ -190,7 +190,7 @@ def test_an_internal_error_in_lockstep_mode_is_not_reported_as_done(tmp_path):
 
 
 def test_pageout_without_kernel_va_does_not_sleep_holding_the_page_queues():
-    """Found by these tests (fixed in 5824a3a): with kmem_map's VA used up, uvm_pagermapin
+    """Found by these tests (fixed in 5824a3a): with the pager's VA used up, uvm_pagermapin
     slept inside uvmpd_scan with the page queues locked; the pager now uses its emergency
     window (NetBSD's emergva)."""
     with booted() as b:
@@ -198,7 +198,7 @@ def test_pageout_without_kernel_va_does_not_sleep_holding_the_page_queues():
         for k in range(48):
             assert b.fault(0, va + k * NBPG) == 0
         b.switch_to(0)
-        while uvm_km.uvm_km_valloc(1) >= 0:              # kmem_map VA all taken
+        while uvm_km.uvm_km_valloc(uvm_km.PAGER_MAP, 1) >= 0:   # pager_map VA all taken
             pass
         b.free_to(40)
         for _ in range(2):                               # deactivate, then page out
@@ -239,7 +239,7 @@ def test_sleeps_helper_reports_a_held_lock():
     """(The harness's own check that the bug tests above can fail for the right reason.)"""
     with booted() as b:
         b.free_to(1)
-        s = sleeps(uvm_km.uvm_km_alloc1, 1)
+        s = sleeps(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert s.chan == U.CHAN_FREE and b.held() == 0
 
 

@@ -18,9 +18,9 @@ from kernharness import (
     wmesg,
 )
 
-from smp.kern import pmap, subr_prf, uvm_km
+from smp.kern import lock, pmap, subr_prf, uvm_km
 from smp.kern import uvm as U
-from smp.kern.param import ENOMEM, NBPD, NBPG, PG_M, PMAP_CANFAIL
+from smp.kern.param import ENOMEM, NBPD, NBPG, PDSLOT_KERN, PG_M, PG_V, PMAP_CANFAIL
 from smp.kern.uvm_page import (
     OWN_ANON,
     OWN_PTP,
@@ -89,14 +89,14 @@ def test_zero_fill_fault_sleeps_flt_noram5_at_reserve_kernel():
         assert int(b.ux[U.NFREEANON]) == nfree_anon         # the new anon was given back
         assert b.free() == 5 and b.extract(0, va) == -1
         assert b.check() == []
-        # one page more: the data page takes 6 -> 5, the PTP (USERESERVE) 5 -> 4 and the
-        # machine's first pv page (kernel reserve, needs 2) 4 -> 3
+        # one page more: the data page takes 6 -> 5, the PTP (USERESERVE) 5 -> 4; the pv
+        # entry comes from pv_initpage, the page pmap_init set aside at boot
         b.free_to(6)
         before = b.counters()
         assert b.fault(0, va) == 0
         d = b.delta(before)
-        assert d["ptp_alloc"] == 1 and d["pvpage_alloc"] == 1 and d["flt_przero"] == 1
-        assert b.free() == 3 and b.extract(0, va) >= 0
+        assert d["ptp_alloc"] == 1 and "pvpage_alloc" not in d and d["flt_przero"] == 1
+        assert b.free() == 4 and b.extract(0, va) >= 0
         assert b.check() == []
 
 
@@ -259,8 +259,10 @@ def test_pv_entries_come_from_the_free_list_then_an_unused_page_then_a_new_page(
         g = b.a["pmap_glob"]
         va = b.mmap(0, 4)
         before = b.counters()
-        assert b.fault(0, va) == 0                          # first pv page of the machine
-        assert b.delta(before)["pvpage_alloc"] == 1
+        assert int(g[pmap.G_PVUNUSED]) == int(g[pmap.G_PVINITPAGE]) == 0   # pmap_init's
+        assert b.fault(0, va) == 0                          # pv_initpage, unused till now
+        assert "pvpage_alloc" not in b.delta(before)
+        assert int(g[pmap.G_PVFREE]) == 0 and int(g[pmap.G_PVUNUSED]) == -1
         assert int(g[pmap.G_NFPVENTS]) == pmap.PVE_PER_PVPAGE - 1
         before = b.counters()
         assert b.fault(0, va + NBPG) == 0                   # a free entry
@@ -332,7 +334,7 @@ def test_kernel_pmap_enter_without_pv_entry_panics_without_pv_stealing():
         b.hold_pv_entries()
         b.free_to(2)                                       # uvm_km_alloc1 gets its page
         before = b.counters()
-        msg = panics(uvm_km.uvm_km_alloc1, 1)
+        msg = panics(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert msg == "pmap_enter: no pv entries available"
         d = b.delta(before)
         assert d["noncanfail_panics"] == 1 and d["pvpage_fail"] == 1
@@ -375,4 +377,165 @@ def test_write_fault_through_the_mmu_sets_pg_m():
         pte_idx = (b.a["pm_memq_head"][b.pm(0)] << 10) + ((va >> 12) & 0x3FF)
         assert b.a["physmem"][pte_idx] & PG_M
         assert b.fault(0, va, write=True) == 0              # re-entering is harmless
+        assert b.check() == []
+
+
+# --- issue 10: kernel_map growth, the pv allocator as 1.91, UBC windows -----------------------
+
+def grow_one_ptp(b) -> int:
+    """kernel_map pages up to one past the kernel PTPs grown at boot; returns the count."""
+    g = b.a["kva_glob"]
+    covered = int(g[uvm_km.KV_MAXKADDR])
+    hint = int(b.a["kmap"][uvm_km.KERNEL_MAP, uvm_km.KM_HINT])
+    return covered - hint + 1
+
+
+def test_kernel_map_growth_allocates_a_kernel_ptp_and_gives_its_pde_to_every_pmap():
+    with booted() as b:
+        nk = int(b.a["pmap_glob"][pmap.G_NKPDE])
+        b.switch_to(0)
+        n = grow_one_ptp(b)
+        before = b.counters()
+        va = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, n)
+        assert va > 0 and b.delta(before) == {"growkernel_ptps": 1}
+        assert int(b.a["pmap_glob"][pmap.G_NKPDE]) == nk + 1
+        slot = PDSLOT_KERN + nk
+        phys = b.a["physmem"]
+        kpde = int(phys[int(b.a["pm_pdir"][pmap.KERNEL_PMAP]) * 1024 + slot])
+        assert kpde & PG_V and all(int(phys[int(b.a["pm_pdir"][b.pm(i)]) * 1024 + slot])
+                                   == kpde for i in range(3))
+        uvm_km.uvm_km_vfree(va, n)
+        assert b.check() == []
+
+
+def test_growkernel_steals_a_user_ptp_at_free_1_and_panics_without_stealing():
+    """pmap_growkernel -> pmap_alloc_ptp(kernel pmap, slot, just_try = FALSE): the kernel
+    grows its page tables out of a user pmap's (§4.6), or panics without stealing."""
+    with booted(["steal=ptp"]) as b:
+        vas, _ = stealable_setup(b)
+        b.switch_to(2)
+        n = grow_one_ptp(b)
+        b.free_to(1)
+        b.console()
+        before = b.counters()
+        va = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, n)
+        assert va > 0
+        d = b.delta(before)
+        assert d["growkernel_ptps"] == 1 and d["ptp_steals"] == 1
+        assert b.extract(0, vas[0]) == -1                  # the victim lost its PTP
+        (line,) = b.console()
+        assert "pmap_steal_ptp: stole PTP" in line and "for pmap 0xc0c00000" in line
+        uvm_km.uvm_km_vfree(va, n)
+        assert b.check() == []
+    with booted(["steal=none"]) as b:
+        stealable_setup(b)
+        b.switch_to(2)
+        n = grow_one_ptp(b)
+        b.free_to(1)
+        assert panics(uvm_km.uvm_km_valloc, uvm_km.KERNEL_MAP, n) == \
+            "pmap_growkernel: alloc ptp failed"
+
+
+def test_a_failed_pv_page_keeps_its_kmem_map_va_in_pv_cachedva():
+    """pmap_alloc_pvpage got its VA (kmem_map, try-locked) but no page: 1.91 keeps the VA
+    for the next attempt instead of giving it back."""
+    with booted(["steal=none"]) as b:
+        tva, pg = two_pages_one_ptp(b)
+        g = b.a["pmap_glob"]
+        b.free_to(1)
+        held = b.hold_pv_entries()                         # ... whose refill failed
+        cva = int(g[pmap.G_PVCACHEDVA])
+        assert cva >= 0 and b.a["kva_used"][cva]
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == ENOMEM
+        assert int(g[pmap.G_PVCACHEDVA]) == cva            # the same VA, still cached
+        b.free_to(2)
+        b.switch_to(0)
+        before = b.counters()
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.delta(before)["pvpage_alloc"] == 1
+        p = int(g[pmap.G_PVFREE])                          # the new page, the only one
+        assert int(b.a["pvp_va"][p]) == uvm_km.kva(cva) and int(g[pmap.G_PVCACHEDVA]) == -1
+        b.release_pv_entries(held)
+        assert b.check() == []
+
+
+def test_free_pv_pages_go_back_above_pve_hiwat_but_not_for_the_kernel_pmap():
+    with booted(["steal=none"]) as b:
+        b.switch_to(0)
+        g = b.a["pmap_glob"]
+        held = [pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_NEED) for _ in range(800)]
+        assert min(held) >= 0 and int(g[pmap.G_NFPVENTS]) < pmap.PVE_HIWAT
+        before = b.counters()
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, held[:400])   # "the pmap is already locked"
+        assert "pvpage_free" not in b.delta(before)
+        pmap.pmap_free_pvs(b.pm(0), held[400:])
+        d = b.delta(before)
+        assert d["pvpage_free"] >= 1 and int(g[pmap.G_NFPVENTS]) <= pmap.PVE_HIWAT + \
+            pmap.PVE_PER_PVPAGE
+        assert b.check() == []
+
+
+def test_pv_stealing_scans_the_pages_from_the_first_on_every_call():
+    """1.91's steal_one walks vm_physmem from index 0 each time, so it takes from the
+    lowest-numbered page with a stealable entry again and again."""
+    with booted(["steal=pv"]) as b:
+        tva, pg = two_pages_one_ptp(b, 0)
+        vva = b.mmap(1, 4)
+        assert b.fault(1, vva) == 0 and b.fault(1, vva + NBPG) == 0
+        lo = min(b.extract(1, vva), b.extract(1, vva + NBPG))
+        lo_va = vva if b.extract(1, vva) == lo else vva + NBPG
+        b.free_to(1)
+        held = b.hold_pv_entries()
+        b.switch_to(0)
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.extract(1, lo_va) == -1                   # the lower page's entry went
+        b.unmap_keep_pages(0, tva)                         # its entry comes back free ...
+        held.append(pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_TRY))
+        b.switch_to(1)
+        lock_free = b.free()
+        b.free_to(lock_free)
+        pmap.pmap_enter(b.pm(1), lo_va, lo, RW, RW | PMAP_CANFAIL)   # ... to the victim
+        b.switch_to(0)
+        before = b.counters()
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.delta(before)["pv_steals"] == 1
+        assert b.extract(1, lo_va) == -1                   # the same page again, not the next
+        b.release_pv_entries([x for x in held if x >= 0])
+        assert b.check() == []
+
+
+def test_ubc_windows_keep_their_mappings_until_reused():
+    """ubc_release keeps a window's mapping; the same piece of the file read again needs no
+    ubc_fault.  Windows are reused least recently released first, and the reused one's
+    old mapping goes (ubc_alloc's pmap_remove)."""
+    from smp.kern import uvm_bio
+
+    with booted(files=[8]) as b:
+        tid = b.switch_to(0)
+        reg = [0]
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 0, 1, False, reg)
+        assert b.delta(before)["ubc_faults"] == 1
+        w0 = uvm_bio.window_va(0)
+        pg = int(b.a["file_page"][0])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == pg       # still mapped
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 0, 1, False, reg)
+        assert "ubc_faults" not in b.delta(before)                  # no fault this time
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 1, 1, True, reg)                    # same window, next page
+        assert b.delta(before)["ubc_faults"] == 1
+        uvm_bio.ubc_rw(tid, 0, 2, 1, False, reg)                   # takes window 1
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == pg      # window 0 keeps its own
+        # as if every other window had been released since: window 0 is the oldest
+        lock.simple_lock(uvm_bio.ubc_lock)
+        uvm_bio._q_remove(0)
+        head = int(b.a["ubc_glob"][uvm_bio.U_INACT_HEAD])
+        b.a["ubc_qnext"][0], b.a["ubc_qprev"][head] = head, 0
+        b.a["ubc_glob"][uvm_bio.U_INACT_HEAD] = 0
+        lock.simple_unlock(uvm_bio.ubc_lock)
+        uvm_bio.ubc_rw(tid, 0, 4, 1, False, reg)                   # a new piece: window 0
+        assert int(b.a["ubc_obj"][0]) == 0 and int(b.a["ubc_off"][0]) == 4
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == int(b.a["file_page"][4])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0 + NBPG) == -1   # page 1's went
         assert b.check() == []

@@ -101,8 +101,8 @@ import numpy as np
 from smp.kern import pmap, uvm_anon, uvm_page
 from smp.kern import uvm as U
 from smp.kern.param import (
+    KERNBASE,
     KERNEL_PMAP,
-    KVA_BASE,
     NBPG,
     OWN_ANON,
     OWN_FREE,
@@ -126,8 +126,11 @@ from smp.kern.pmap import (
     G_NFPVENTS,
     G_NKPDE,
     G_PMAPS,
+    G_PVCACHEDVA,
     G_PVFREE,
+    G_PVFREE_TAIL,
     G_PVUNUSED,
+    G_PVUNUSED_TAIL,
     PVE_PER_PVPAGE,
     PVL_FREE,
     PVL_NONE,
@@ -585,13 +588,13 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
     if KERNEL_PMAP in maps.checked:
         kva = a["kva_used"]
         kv = maps.va[~user]
-        vi = (kv - KVA_BASE) // NBPG
+        vi = (kv - KERNBASE) // NBPG
         outside = (vi < 0) | (vi >= len(kva))
         for v in kv[outside]:
-            ctx.bad("kva", f"kernel mapping at 0x{int(v):08x} outside kmem_map")
+            ctx.bad("kva", f"kernel mapping at 0x{int(v):08x} outside kernel_map")
         vi = vi[~outside]
         for v in vi[kva[vi] == 0]:
-            ctx.bad("kva", f"kernel mapping at 0x{int(KVA_BASE + int(v) * NBPG):08x} in "
+            ctx.bad("kva", f"kernel mapping at 0x{int(KERNBASE + int(v) * NBPG):08x} in "
                     "unallocated kernel VA")
     # managed PTEs <-> pv entries
     pvs = _pv_lists(ctx)
@@ -681,15 +684,25 @@ def _check_pv_allocator(ctx: _Ctx, maps: _Maps) -> None:
                         f"expected an unmanaged mapping of {_pa(pg)}")
     if total != int(g[G_NFPVENTS]):
         ctx.bad("pv pages", f"pv_nfpvents {int(g[G_NFPVENTS])}, free entries {total}")
-    for head, tag, name in ((G_PVFREE, PVL_FREE, "pv_freepages"),
-                            (G_PVUNUSED, PVL_UNUSED, "pv_unusedpgs")):
+    for head, tail, tag, name in ((G_PVFREE, G_PVFREE_TAIL, PVL_FREE, "pv_freepages"),
+                                  (G_PVUNUSED, G_PVUNUSED_TAIL, PVL_UNUSED, "pv_unusedpgs")):
         lst = _walk(ctx, name, int(g[head]), a["pvp_next"], a["pvp_prev"], npvp)
+        if int(g[tail]) != (lst[-1] if lst else -1):
+            ctx.bad("pv pages", f"{name}: tail {int(g[tail])}, last page "
+                    f"{lst[-1] if lst else -1}")
         for p in lst:
             if int(pvl[p]) != tag:
                 ctx.bad("pv pages", f"pv page {p} on {name} tagged {int(pvl[p])}")
         if len(lst) != int(np.count_nonzero(pvl == tag)):
             ctx.bad("pv pages", f"{name}: {len(lst)} pages listed, "
                     f"{int(np.count_nonzero(pvl == tag))} tagged")
+    cva = int(g[G_PVCACHEDVA])
+    if cva >= 0 and (cva >= len(a["kva_used"]) or not a["kva_used"][cva]):
+        ctx.bad("pv pages", f"pv_cachedva 0x{KERNBASE + cva * NBPG:08x} is not allocated "
+                "kernel VA")
+    if cva >= 0 and KERNEL_PMAP in maps.checked and \
+            np.any(maps.va[maps.pmap == KERNEL_PMAP] == KERNBASE + cva * NBPG):
+        ctx.bad("pv pages", f"pv_cachedva 0x{KERNBASE + cva * NBPG:08x} is mapped")
     npv = int(np.count_nonzero(pvp_pg >= 0))
     if ctx.full and npv != int(ctx.ux[U.PVPAGES]):
         ctx.bad("pv pages", f"{npv} pv pages, uvmexp.pvpages {int(ctx.ux[U.PVPAGES])}")

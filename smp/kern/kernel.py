@@ -113,8 +113,9 @@ SUBSYSTEMS = (
     Subsystem(uvm_anon, uvm_anon.declare_swap, None, None),         # swap, the anon free list
     Subsystem(pmap, pmap.declare_tlb, None, None),                  # TLB-shootdown queues
     Subsystem(uvm_vnode, uvm_vnode.declare, uvm_vnode.format, None),  # files
-    Subsystem(uvm_bio, None, None, uvm_bio.attach),                 # read/write through UBC
+    Subsystem(uvm_bio, uvm_bio.declare, uvm_bio.format, uvm_bio.attach),  # UBC windows
     Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
+    Subsystem(uvm_km, uvm_km.declare_maps, uvm_km.format_maps, None),  # kernel_map, submaps
 )
 
 
@@ -450,10 +451,13 @@ __all__ = ["Kernel", "Load", "LoadHooks", "RUNNABLE", "SLEEPING", "EXITED"]
 
 def _number_catalogue() -> None:
     """Give the subsystems' console messages and wait channels their ids, in the order of
-    SUBSYSTEMS, then the kernel's own (see the module docstring)."""
-    for module in dict.fromkeys(s.module for s in SUBSYSTEMS):
+    SUBSYSTEMS, then the kernel's own (see the module docstring); then, in the same
+    order, the entries declared ``late`` (after the January 2001 ids were pinned)."""
+    modules = [*dict.fromkeys(s.module for s in SUBSYSTEMS), sys.modules[__name__]]
+    for module in modules:
         subr_prf.number(module)
-    subr_prf.number(sys.modules[__name__])
+    for module in modules:
+        subr_prf.number(module, late=True)
 
 
 _number_catalogue()

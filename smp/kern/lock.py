@@ -25,9 +25,12 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
 
     kernel_lock                     KERNEL_PROC_LOCK around a user fault (i386mp)
     vm_map                          MAPS: the faulting process's map
+    kernel_map                      MAPS: kernel_map (fork holds the parent's map while
+                                    pmap_pinit allocates from it; pmap_growkernel
+                                    runs under it; the u-area faults on it)
     amap                            AMAP
-    vnode, kernel_object,           UOBJ: one object at a time
-      kmem_object
+    vnode, kernel_object,           UOBJ: one object at a time (ubc: the UBC windows'
+      kmem_object, mb_object, ubc   object, which ubc_alloc holds to unmap a window)
     anon                            ANON
     pageq                           PAGE QUEUES (NetBSD's pagedaemon calls the pmap
                                     with them held; ours drops them first)
@@ -39,8 +42,9 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
     pvalloc_lock                    the pv allocator
     pmap_zero_page_lock,            the zerop and csrcp/cdstp windows
       pmap_copy_page_lock
-    pager_map, kmem_map             kernel VA: leaves, taken (or try-locked) under the
-                                    pv allocator and the pager
+    pager_map, exec_map, phys_map,  kernel VA: leaves, taken (or try-locked) under the
+      kmem_map, mb_map              pv allocator and the pager; kmem_map and mb_map
+                                    also at interrupt level
     swap_data_lock, uvm_anon_lock   swap slots, the anon free list
     fpageq                          the free page queues (uvm_pagealloc)
     pagedaemon_lock                 uvm_wait's interlock
@@ -90,8 +94,9 @@ LockError = _atomic.LockError
 LOCK_ORDER: list[tuple[str, ...]] = [
     ("kernel_lock",),
     ("vm_map",),
+    ("kernel_map",),
     ("amap",),
-    ("vnode", "kernel_object", "kmem_object"),
+    ("vnode", "kernel_object", "kmem_object", "mb_object", "ubc"),
     ("anon",),
     ("pageq",),
     ("pmap_main_lock",),
@@ -101,8 +106,8 @@ LOCK_ORDER: list[tuple[str, ...]] = [
     ("pvh",),
     ("pvalloc_lock",),
     ("pmap_zero_page_lock", "pmap_copy_page_lock"),
-    ("pager_map",),
-    ("kmem_map",),
+    ("pager_map", "exec_map", "phys_map"),
+    ("kmem_map", "mb_map"),
     ("swap_data_lock", "uvm_anon_lock"),
     ("fpageq",),
     ("pagedaemon_lock",),

@@ -58,6 +58,9 @@ COUNTERS = [
     "noncanfail_panics", "oom_kills", "stale_tlb", "tlb_hits", "tlb_misses", "tlb_shootdowns",
     "tlb_ipis", "tlb_fullflush", "memrefs", "uvm_wait", "km_allocs", "km_waits",
     "pagermapin", "ubc_faults", "pmap_enter", "pmap_remove", "ptp_alloc", "ptp_free",
+    # issue 10: the reserve's other consumers
+    "growkernel_ptps", "pvpage_free", "execs", "uarea_allocs", "intr_allocs",
+    "intr_alloc_fail", "vmapbuf_maps", "pageout_clusters", "fork_fail",
 ]
 counter = SimpleNamespace(**{n: i for i, n in enumerate(COUNTERS)})   # column of cnt[cpu]
 

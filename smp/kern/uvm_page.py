@@ -55,7 +55,7 @@ from smp.kern.param import (
 from smp.kern.uvm import counter, shared
 from smp.machine.layout import ArraySpec
 
-_OWNER_COUNTER = {OWN_ANON: U.ANONPAGES, OWN_UOBJ: U.FILEPAGES, OWN_PTP: U.PTPPAGES,
+OWNER_COUNTER = {OWN_ANON: U.ANONPAGES, OWN_UOBJ: U.FILEPAGES, OWN_PTP: U.PTPPAGES,
                   OWN_PVPAGE: U.PVPAGES, OWN_KMEM: U.KMEMPAGES, OWN_PDP: U.PDPPAGES,
                   OWN_KPTP: U.PTPPAGES}
 _PAGE_TABLE = (OWN_PTP, OWN_PDP, OWN_KPTP)        # the pmap zeroes these itself
@@ -173,7 +173,7 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     _q_remove(Q_FREE, pg)
     ux[U.FREE] = free - 1
     shared.pg_pq[pg] = PQ_NONE
-    c = _OWNER_COUNTER.get(owner)
+    c = OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] += 1                              # uvmexp counts: under fpageq, like free
     lock.simple_unlock(fpageq_lock)
@@ -210,7 +210,7 @@ def uvm_pagefree(pg: int) -> None:
     shared.pg_flags[pg] = 0
     shared.pg_version[pg] += 1
     lock.simple_lock(fpageq_lock)
-    c = _OWNER_COUNTER.get(owner)
+    c = OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] -= 1
     _q_insert_tail(Q_FREE, pg)

@@ -267,13 +267,11 @@ def uvm_pager_put(pg: int) -> None:
 def uvm_pagermapin(pg: int, prot: int) -> int:
     """Map a page into pager_map: a plain pmap_enter on the kernel pmap (no PMAP_CANFAIL)."""
     _cnt(counter.pagermapin)
-    lock.simple_lock(uvm_km.pager_map_lock)
-    va = uvm_km.uvm_km_valloc(1)
+    va = uvm_km.uvm_km_valloc(uvm_km.PAGER_MAP, 1)
     if va < 0:
         # pager_map is full: the pagedaemon (our only pager) uses the emergency
         # window rather than sleep with the page's anon locked ("emergva")
         va = uvm_km.emergva()
-    lock.simple_unlock(uvm_km.pager_map_lock)
     pmap.pmap_enter(KERNEL_PMAP, va, pg, prot, PMAP_WIRED | prot)
     return va
 

@@ -310,9 +310,10 @@ class ProgramLoad(LoadHooks):
         if not free:
             return
         if kind == 0:
-            va = uvm_km.uvm_km_alloc1(npages)
+            va = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, npages)
         else:
-            va = uvm_km.uvm_km_kmemalloc(npages, intrsafe=(kind == 1))
+            va = uvm_km.uvm_km_kmemalloc(uvm_km.KMEM_MAP, uvm_km.KOBJ_KMEM, npages) if kind == 1 \
+                else uvm_km.uvm_km_kmemalloc(uvm_km.KERNEL_MAP, uvm_km.KOBJ_KERNEL, npages)
         if va > 0:
             k = self._k(tid, free[0])
             self.kmem[k], self.kmem[k + 1], self.kmem[k + 2] = va, npages, slot
