@@ -65,8 +65,11 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "proc: table is full"),
     ("", "simple_lock: locking against myself (lock %d)"),
     ("", "lockmgr: lock protocol violation (lock %d)"),
+    # issue 10's, declared late (after every earlier entry of every subsystem)
+    ("pmap_pinit", "pmap_pinit: kernel_map out of virtual space!"),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
+    ("", "pid %d (%s): fork failed: error %d"),
     ("synth_step", "injected panic in pid %d at iteration %d"),
     ("", "synth: pid %d (%s) started on cpu%d"),
     ("", "synth: pid %d (%s): %d iterations, %d handoff sleeps"),
@@ -74,7 +77,7 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
 STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "flt_noram1",
            "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get",
            # issue 10's, declared late (after every earlier entry of every subsystem)
-           "ubc_alloc",
+           "ubc_alloc", "uao_getpage",
            # the loads'
            "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [

@@ -20,7 +20,18 @@ from kernharness import (
 
 from smp.kern import lock, pmap, subr_prf, uvm_km
 from smp.kern import uvm as U
-from smp.kern.param import ENOMEM, NBPD, NBPG, PDSLOT_KERN, PG_M, PG_V, PMAP_CANFAIL
+from smp.kern.kern_proc import SIDL
+from smp.kern.param import (
+    EAGAIN,
+    ENOMEM,
+    NBPD,
+    NBPG,
+    PDSLOT_KERN,
+    PG_M,
+    PG_V,
+    PMAP_CANFAIL,
+    UPAGES,
+)
 from smp.kern.uvm_page import (
     OWN_ANON,
     OWN_PTP,
@@ -539,3 +550,109 @@ def test_ubc_windows_keep_their_mappings_until_reused():
         assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == int(b.a["file_page"][4])
         assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0 + NBPG) == -1   # page 1's went
         assert b.check() == []
+
+
+# --- issue 10, item 1: fork and exit as in NetBSD 1.5 --------------------------------------
+
+def kernel_pv_entries(b) -> int:
+    a = b.a
+    n = 0
+    for pg in (a["pvh_list"] >= 0).nonzero()[0]:
+        pve = int(a["pvh_list"][pg])
+        while pve >= 0:
+            n += int(a["pv_pmap"][pve]) == pmap.KERNEL_PMAP
+            pve = int(a["pv_next"][pve])
+    return n
+
+
+def free_slots(b, *idx):
+    for i in idx:
+        b.a["proc"]["stat"][b.tid(i)] = 0
+
+
+def test_fork_takes_a_page_directory_and_a_u_area_from_kernel_map_and_exit_gives_them_back():
+    with booted(nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        free, kmem, kpv = b.free(), int(b.ux[U.KMEMPAGES]), kernel_pv_entries(b)
+        before = b.counters()
+        child = b.kernel.fork1(b.ci, parent, 0)
+        assert child == b.tid(2)
+        d = b.delta(before)
+        assert d["forks"] == 1 and d["uarea_allocs"] == 1 and d["km_allocs"] == 1
+        pm = int(b.a["vm_pmap"][child])
+        pdva, uva = int(b.a["pm_pdirva"][pm]), int(b.a["proc"][child]["uarea"])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, pdva) == int(b.a["pm_pdir"][pm])
+        assert all(pmap.pmap_extract(pmap.KERNEL_PMAP, uva + k * NBPG) >= 0
+                   for k in range(UPAGES))
+        # PDP + u-area: kernel_object pages with managed (pv) kernel mappings
+        assert b.free() == free - 1 - UPAGES and int(b.ux[U.KMEMPAGES]) == kmem + UPAGES
+        assert kernel_pv_entries(b) == kpv + 1 + UPAGES
+        assert b.check() == []
+        b.switch_to(2)
+        b.kernel.exit1(b.ci, child)
+        assert b.free() == free and kernel_pv_entries(b) == kpv
+        assert int(b.a["proc"][child]["uarea"]) == 0 and int(b.a["pm_inuse"][pm]) == 0
+        assert b.check() == []
+
+
+def test_a_fork_that_must_wait_for_memory_resumes_where_it_stopped():
+    """pmap_pinit's uvm_km_alloc sleeps in "km_alloc1w" at free <= 1 (the page directory
+    is a kernel_object page: the reserve, but not the last page); the child's slot and
+    u-area VA wait with the parent, which goes on with them after the wakeup."""
+    with booted(nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        b.free_to(1)
+        s = sleeps(b.kernel.fork1, b.ci, parent, 0)
+        assert wmesg(s) == "km_alloc1w"
+        child = int(b.a["proc"][parent]["forkchild"]) - 1
+        assert child == b.tid(2) and int(b.a["proc"][child]["stat"]) == SIDL
+        uva = int(b.a["proc"][child]["uarea"])
+        assert uva > 0 and int(b.a["vm_pmap"][child]) == -1
+        b.free_to(20)
+        b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == child
+        assert int(b.a["proc"][child]["uarea"]) == uva and b.cnt("forks") == 1
+        assert int(b.a["proc"][parent]["forkchild"]) == 0 and b.check() == []
+
+
+def test_fork_fails_with_eagain_without_a_proc_slot_and_enomem_without_kernel_va():
+    with booted(nprocs=3) as b:
+        parent = b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == -EAGAIN         # every slot in use
+        assert b.console() == ["proc: table is full"]
+        free_slots(b, 2)
+        km = b.a["kmap"][uvm_km.KERNEL_MAP]
+        lo, hi = int(km[uvm_km.KM_HINT]), int(km[uvm_km.KM_END])
+        used = b.a["kva_used"]
+        was = used[lo:hi].copy()
+        used[lo:hi] = 1                                           # kernel_map full
+        assert b.kernel.fork1(b.ci, parent, 0) == -ENOMEM
+        assert int(b.a["proc"]["stat"][b.tid(2)]) == 0            # the slot went back
+        assert b.cnt("fork_fail") == 2 and b.cnt("forks") == 0
+        used[lo:hi] = was
+        km[uvm_km.KM_HINT] = lo
+        assert b.check() == []
+
+
+def test_wiring_the_u_area_waits_in_flt_pmfail2_when_no_pv_entry_can_be_had(monkeypatch):
+    """uvm_fork's uvm_fault_wire: the u-area's pmap_enter passes PMAP_CANFAIL, so running
+    out of pv entries is a wait, not a panic, even without stealing."""
+    with booted(["steal=none"], nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        real = pmap.pmap_alloc_pvpage
+        held = [pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_NEED)]  # pv_initpage in use
+        monkeypatch.setattr(pmap, "pmap_alloc_pvpage", lambda pm, mode: -1)   # no pv page
+        while (pve := pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_TRY)) >= 0:
+            held.append(pve)
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, [held.pop()])    # one: the PDP's plain enter
+        s = sleeps(b.kernel.fork1, b.ci, parent, 0)
+        assert wmesg(s) == "flt_pmfail2" and b.cnt("pmfail_waits") == 1
+        child = int(b.a["proc"][parent]["forkchild"]) - 1
+        assert int(b.a["vm_pmap"][child]) >= 0                 # the page directory is there
+        monkeypatch.setattr(pmap, "pmap_alloc_pvpage", real)
+        b.release_pv_entries(held)
+        b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == child and b.check() == []

@@ -60,7 +60,7 @@ from smp.kern import (
     uvm_vnode,
 )
 from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
-from smp.kern.param import KERNEL_PMAP
+from smp.kern.param import EAGAIN, ENOMEM, KERNEL_PMAP, UPAGES
 from smp.kern.uvm import counter, shared
 from smp.machine.boot import Declaration
 from smp.machine.cpu import CPU, EXITED, RUNNABLE, SLEEPING, boot_enqueue
@@ -75,7 +75,6 @@ KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
 
 MSG_EXIT = subr_prf.Message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
 MSG_FORKFAIL = subr_prf.Message("", "proc: table is full")
-W_FORK = subr_prf.String("km_alloc1w")
 P_LOCKDEBUG = subr_prf.Message("", "simple_lock: locking against myself (lock %d)", "panic")
 P_LOCKPROTO = subr_prf.Message("", "lockmgr: lock protocol violation (lock %d)", "panic")
 HIST_EXIT = subr_prf.UVMHIST_FUNC("exit1")
@@ -369,6 +368,9 @@ class Kernel:
         self.load.exited(ci, tid)
         if shared.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
+        if p["uarea"]:
+            uvm_km.uvm_km_free(int(p["uarea"]), UPAGES)   # uvm_exit: the u-area goes too
+            p["uarea"] = 0
         subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(HIST_EXIT), int(p["pid"]),
                              int(p["name"]), ci.cpu)
         shared.cnt[ci.cnt_base + counter.exits] += 1    # before the load can look finished
@@ -382,28 +384,55 @@ class Kernel:
         lock.simple_unlock(ci.sched_lock)
 
     def fork1(self, ci: CPU, parent: int, pc: int) -> int:
-        """Create a child of ``parent`` that starts at program counter ``pc``."""
+        """Create a child of ``parent`` that starts at program counter ``pc`` (fork1 and
+        uvm_fork of NetBSD 1.5); returns the child's thread id, or -EAGAIN / -ENOMEM.
 
+            a proc slot; none free (nprocs >= maxproc): tablefull("proc"), EAGAIN
+            the u-area's VA: uvm_km_valloc(kernel_map, USPACE); none: ENOMEM
+            -- from here on the fork cannot fail --
+            uvmspace_fork: pmap_create (the page directory from uvm_km_alloc, which may
+                sleep) and a copy of the parent's map
+            uvm_fork: uvm_fault_wire(kernel_map, u-area) -- UPAGES kernel_object pages,
+                each faulted in and wired (may sleep: "uao_getpage", "flt_pmfail2")
+            the child is runnable
+
+        A sleep on the way keeps what was done in the child's proc row (it is SIDL, and
+        the parent's ``forkchild`` names it), so the parent's fork, run again after the
+        wakeup, goes on where it stopped, as the real parent does when it wakes.
+        """
         proc = ci.md.proc
-        lock.simple_lock(ci.sched_lock)
-        child = -1
-        stat = proc["stat"]
-        free = np.nonzero(stat[FIRST_USER_TID:] == 0)[0]
-        if len(free):
-            child = FIRST_USER_TID + int(free[0])
-            proc[child]["stat"] = SIDL
-        lock.simple_unlock(ci.sched_lock)
+        pp = proc[parent]
+        child = int(pp["forkchild"]) - 1
         if child < 0:
-            pp = proc[parent]
-            subr_prf.printf(MSG_FORKFAIL)                 # tablefull("proc")
-            return -1
-        pm = pmap.pmap_create(child)
-        if pm < 0:
-            proc[child]["stat"] = 0
-            uvm_pdaemon.uvm_wait(W_FORK)     # the PDP comes from uvm_km_alloc: it may sleep
-        uvm_map.uvmspace_fork(parent, child, pm)
-        self.load.forked(parent, child)
-        pp, cp = proc[parent], proc[child]
+            lock.simple_lock(ci.sched_lock)
+            free = np.nonzero(proc["stat"][FIRST_USER_TID:] == 0)[0]
+            if len(free):
+                child = FIRST_USER_TID + int(free[0])
+                proc[child]["stat"] = SIDL
+                proc[child]["uarea"] = 0
+                shared.vm_pmap[child] = -1
+            lock.simple_unlock(ci.sched_lock)
+            if child < 0:
+                subr_prf.printf(MSG_FORKFAIL)                 # tablefull("proc")
+                shared.cnt[ci.cnt_base + counter.fork_fail] += 1
+                return -EAGAIN
+            uva = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, UPAGES)
+            if uva < 0:
+                lock.simple_lock(ci.sched_lock)
+                proc[child]["stat"] = 0
+                lock.simple_unlock(ci.sched_lock)
+                shared.cnt[ci.cnt_base + counter.fork_fail] += 1
+                return -ENOMEM
+            proc[child]["uarea"] = uva
+            pp["forkchild"] = child + 1
+        cp = proc[child]
+        if shared.vm_pmap[child] < 0:
+            pm = pmap.pmap_create(child)             # may sleep: the fork resumes here
+            uvm_map.uvmspace_fork(parent, child, pm)
+            self.load.forked(parent, child)
+        uvm_fault.uvm_fault_wire_kernel(int(cp["uarea"]), UPAGES)      # may sleep too
+        shared.cnt[ci.cnt_base + counter.uarea_allocs] += 1
+        pp["forkchild"] = 0
         lock.simple_lock(ci.sched_lock)
         g = shared.np["kglob"]
         cp["pid"] = g[KG_NEXTPID]

@@ -85,6 +85,7 @@ UVM_PGA_ZERO = 0x2
 ENOMEM = 12
 EFAULT = 14
 EACCES = 13
+EAGAIN = 35
 
 
 def pdei(va: int) -> int:

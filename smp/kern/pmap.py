@@ -137,6 +137,7 @@ PMAP_KVA = 0xC0C0_0000          # where struct pmaps "live", for addresses in me
 PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
 PM_FIELDS = ("pm_inuse", "pm_refs", "pm_pdir", "pm_ptphint", "pm_resident", "pm_wired",
              "pm_memq_head", "pm_memq_tail", "pm_npages", "pm_next", "pm_prev", "pm_owner")
+# pm_pdirva: the page directory's kernel VA (0: made at boot, before kernel_map)
 
 Message = subr_prf.Message
 MSG_STEAL = Message("", "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p "
@@ -151,6 +152,8 @@ P_NOKPTP = Message("pmap_enter", "pmap_enter: missing kernel PTP!", "panic")
 P_MISMATCH = Message("pmap_steal_ptp", "pmap_steal_ptp: PTP mismatch!", "panic")
 P_UNMANAGED = Message("pmap_get_ptp", "pmap_get_ptp: unmanaged user PTP", "panic")
 P_GROW = Message("pmap_growkernel", "pmap_growkernel: alloc ptp failed", "panic")
+P_PINIT = Message("pmap_pinit", "pmap_pinit: kernel_map out of virtual space!", "panic",
+                  late=True)
 P_BUSYPTP = Message("pmap_release", "pmap_release: busy page table page", "panic")
 P_NOPVLIST = Message("pmap_remove_ptes",
                      "pmap_remove_ptes: managed page without PG_PVLIST for 0x%lx", "panic")
@@ -192,6 +195,7 @@ def declare(kernel, locks) -> list[ArraySpec]:
         ArraySpec("pvh_list", i4, (npages,)),
         ArraySpec("pvh_attrs", i4, (npages,)),
         *(ArraySpec(f, i4, (maxpmap,)) for f in PM_FIELDS),       # struct pmap
+        ArraySpec("pm_pdirva", i8, (maxpmap,)),
         ArraySpec("pm_cpus", u8, (maxpmap,)),          # CPU bitmask: 64 CPUs need bit 63
         ArraySpec("pmap_glob", i4, (16,)),
         *(ArraySpec(f, i4, (npve,)) for f in ("pv_next", "pv_pmap", "pv_ptp")),
@@ -396,11 +400,22 @@ def pmap_create_boot(seg, owner_tid: int) -> int:
 
 
 def pmap_create(owner_tid: int) -> int:
-    """A new user pmap: PDP from the kernel's reserve, kernel PDEs copied; -1 if no page.
+    """A new user pmap (pmap_create -> pmap_pinit); returns it (-1: no pmap slot).
 
-    The PDP comes from uvm_km_alloc(kernel_map) in the 1.91 code, which may sleep; the
-    caller decides (fork sleeps in "km_alloc1w" and retries).
+    The page directory is uvm_km_alloc(kernel_map, NBPG): a kernel_object page from the
+    kernel reserve, mapped with a plain pmap_enter on the kernel pmap (a kernel pv entry)
+    -- so it may sleep ("km_alloc1w"), which it does before anything else is taken (the
+    caller runs it again after the wakeup), may grow the kernel's page tables, and may
+    panic "pmap_enter: no pv entries available".  Then the recursive PDE and the kernel
+    PDEs, copied under pmaps_lock (which freezes nkpde), and LIST_INSERT_HEAD(&pmaps).
     """
+    # pmap_pinit -> uvm_km_alloc(kernel_map): the pmap calls up into UVM for its own
+    # page directory, as in NetBSD (uvm_km imports the pmap, so only at run time)
+    from smp.kern import uvm_km
+    pdva = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, 1, owner=OWN_PDP, obj=-1, off=0)
+    if pdva < 0:
+        subr_prf.panic(P_PINIT)                  # kernel_map out of virtual space
+    pdp = pmap_extract(KERNEL_PMAP, pdva)
     lock.simple_lock(pmaps_lock)
     pm = -1
     for i in range(1, len(shared.pm_inuse)):
@@ -409,16 +424,15 @@ def pmap_create(owner_tid: int) -> int:
             break
     if pm < 0:
         lock.simple_unlock(pmaps_lock)
+        uvm_km.uvm_km_free(pdva, 1)
         return -1
     shared.pm_inuse[pm] = 1
     lock.simple_unlock(pmaps_lock)
-    pdp = _pagealloc_zeroed(OWN_PDP, pm, 0, 0)
-    if pdp < 0:
-        shared.pm_inuse[pm] = 0
-        return -1
-    shared.pg_flags[pdp] &= ~PG_BUSY
+    shared.pg_obj[pdp] = pm                  # (the simulation's owner tag of a PDP)
+    pmap_zero_page(pdp)
     shared.pm_refs[pm] = 1
     shared.pm_pdir[pm] = pdp
+    shared.pm_pdirva[pm] = pdva
     shared.pm_ptphint[pm] = -1
     shared.pm_resident[pm] = 1
     shared.pm_wired[pm] = 0
@@ -441,7 +455,9 @@ def pmap_create(owner_tid: int) -> int:
 
 
 def pmap_destroy(pm: int) -> None:
-    """Drop a reference; the last one releases the pmap (pmap_release)."""
+    """Drop a reference; the last one releases the pmap (pmap_release): off the pmaps list,
+    its PTPs freed, its page directory given back with uvm_km_free(kernel_map) (a page
+    directory made at boot, before kernel_map, is simply freed)."""
     lock.simple_lock(pm_lock + pm)
     shared.pm_refs[pm] -= 1
     refs = shared.pm_refs[pm]
@@ -464,12 +480,18 @@ def pmap_destroy(pm: int) -> None:
         memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
         _free_ptp_page(ptp)
         ptp = nxt
-    pdp = shared.pm_pdir[pm]
+    pdp, pdva = shared.pm_pdir[pm], shared.pm_pdirva[pm]
     shared.pm_pdir[pm] = -1
+    shared.pm_pdirva[pm] = 0
     shared.pm_inuse[pm] = 0
     shared.pm_owner[pm] = -1
     lock.simple_unlock(pm_lock + pm)
-    uvm_pagefree(pdp)
+    if pdva:
+        # (pmap_release -> uvm_km_free(kernel_map): the same upcall as pmap_create's)
+        from smp.kern import uvm_km
+        uvm_km.uvm_km_free(pdva, 1)
+    else:
+        uvm_pagefree(pdp)
 
 
 def _free_ptp_page(ptp: int) -> None:

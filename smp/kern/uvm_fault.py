@@ -38,20 +38,34 @@ protection to enter), which also lists the locks the fault holds so that
 
 from __future__ import annotations
 
-from smp.kern import lock, pmap, subr_prf, uvm_anon, uvm_map, uvm_page, uvm_pdaemon, uvm_vnode
+from smp.kern import (
+    lock,
+    pmap,
+    subr_prf,
+    uvm_anon,
+    uvm_km,
+    uvm_map,
+    uvm_page,
+    uvm_pdaemon,
+    uvm_vnode,
+)
 from smp.kern import uvm as U
 from smp.kern.param import (
     EACCES,
+    EAGAIN,
     EFAULT,
     ENOMEM,
+    KERNEL_PMAP,
     NBPG,
     OWN_ANON,
+    OWN_KMEM,
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
     PMAP_CANFAIL,
     PMAP_WIRED,
     UVM_PGA_ZERO,
+    VM_PROT_READ,
     VM_PROT_WRITE,
     trunc_page,
 )
@@ -75,9 +89,9 @@ from smp.kern.uvm_map import (
 )
 from smp.kern.uvm_page import uvm_pageactivate, uvm_pagealloc, uvm_pagewire
 
-EAGAIN = 35
 WMESG = {name: subr_prf.String(name) for name in (         # wait channel -> string id
     "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
+W_UAO_GETPAGE = subr_prf.String("uao_getpage", late=True)
 HIST_FAULT = subr_prf.UVMHIST_FUNC("uvm_fault")
 H_CALL = subr_prf.Message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
 H_CASE1 = subr_prf.Message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
@@ -360,4 +374,46 @@ def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
     lock.simple_unlock(uvm_page.pageq_lock)
 
 
-__all__ = ["uvm_fault", "FaultInfo", "ENOMEM", "EFAULT", "EACCES"]
+def uvm_fault_wire_kernel(va: int, npages: int) -> None:
+    """uvm_fault_wire(kernel_map, va, va + npages * NBPG): fault in and wire kernel_object
+    pages (a u-area, uvm_fork).  May sleep; the caller runs it again after the wakeup and
+    it goes on with the first page not mapped yet.
+
+    Each page is a fault on kernel_map (the map locked for the fault, as uvm_fault holds
+    it), case 2 on kernel_object: uao_get finds no page and allocates one -- a kernel
+    object, so from the reserve -- or waits "uao_getpage"; then
+    pmap_enter(kernel pmap, ..., PMAP_WIRED | PMAP_CANFAIL): a failure (no pv entry)
+    waits "flt_pmfail2" and refaults.  (The real fault keeps the new page in the object
+    while it waits; here it is freed and allocated again, the same pressure.)
+    """
+    for i in range(npages):
+        v = va + i * NBPG
+        if pmap.pmap_extract(KERNEL_PMAP, v) >= 0:
+            continue                            # wired already (before a sleep)
+        _cnt(counter.faults)
+        lock.simple_lock(uvm_km.kernel_map_lock)
+        lock.simple_lock(uvm_km.kernel_object_lock)
+        pg = uvm_pagealloc(OWN_KMEM, uvm_km.KOBJ_KERNEL, uvm_km.kva_index(v), -1, 0)
+        lock.simple_unlock(uvm_km.kernel_object_lock)
+        if pg < 0:
+            lock.simple_unlock(uvm_km.kernel_map_lock)
+            _cnt(counter.fltnoram)
+            _cnt(counter.uvm_wait)
+            uvm_pdaemon.uvm_wait(W_UAO_GETPAGE)
+        shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
+        shared.pg_wire[pg] = 1
+        rw = VM_PROT_READ | VM_PROT_WRITE
+        if pmap.pmap_enter(KERNEL_PMAP, v, pg, rw, rw | PMAP_WIRED | PMAP_CANFAIL):
+            lock.simple_lock(uvm_km.kernel_object_lock)
+            uvm_page.uvm_pagefree(pg)
+            lock.simple_unlock(uvm_km.kernel_object_lock)
+            lock.simple_unlock(uvm_km.kernel_map_lock)
+            _cnt(counter.pmfail_waits)
+            _cnt(counter.flt_pmfail2)
+            _cnt(counter.uvm_wait)
+            uvm_pdaemon.uvm_wait(WMESG["flt_pmfail2"])
+        lock.simple_unlock(uvm_km.kernel_map_lock)
+
+
+__all__ = ["uvm_fault", "uvm_fault_wire_kernel", "FaultInfo", "ENOMEM", "EFAULT", "EACCES",
+           "EAGAIN"]

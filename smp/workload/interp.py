@@ -32,6 +32,7 @@ CHAN_SLEEP = 0xB100_0000
 W_BARRIER = subr_prf.intern("barrier")
 W_NANOSLEEP = subr_prf.intern("nanoslp")
 MSG_ENOMEM = subr_prf.message("", "pid %d (%s): mmap of %d pages failed: error %d")
+MSG_FORKFAIL = subr_prf.message("", "pid %d (%s): fork failed: error %d")
 KM_KINDS = ("alloc1", "malloc", "malloc_pageable")
 
 
@@ -228,7 +229,9 @@ class ProgramLoad(LoadHooks):
                             prog[b + 3], prog[b + 4])
             elif op == Op.FORK:
                 for _ in range(max(1, prog[b + 2]) - int(reg[1])):
-                    self.kernel.fork1(ci, tid, prog[b + 1])
+                    child = self.kernel.fork1(ci, tid, prog[b + 1])
+                    if child < 0:                # EAGAIN or ENOMEM: no child this time
+                        subr_prf.printf(MSG_FORKFAIL, int(p["pid"]), int(p["name"]), -child)
                     reg[1] += 1                  # a sleep in the next fork keeps these
                 reg[1] = 0
             elif op == Op.KMALLOC:
