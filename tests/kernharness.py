@@ -172,6 +172,20 @@ class Booted:
         self.switch_to(i)
         pmap.pmap_remove(self.pm(i), va, va + npages * NBPG)
 
+    def complete_pageouts(self) -> int:
+        """Let every pageout in flight complete now: the disk interrupt (biodone) and the
+        aiodone daemon's work, on cpu0; returns how many writes completed."""
+        from smp.kern import uvm_pager
+
+        n = int(np.count_nonzero(self.a["aio_state"] == uvm_pager.A_INFLIGHT))
+        uvm_pager.poll_aio(1 << 61)
+        self.ci.take_ipis()
+        uvm_pager.uvm_aio_biodone(0)
+        with pytest.raises(kern_synch.Sleep) as ei:         # aiodoned, till it sleeps
+            uvm_pager.uvm_aiodone_daemon_step(1)
+        lock.simple_unlock(ei.value.interlock)
+        return n
+
     # -- free memory -------------------------------------------------------------------------
 
     def take_page(self) -> int:

@@ -124,7 +124,10 @@ def test_failed_ptp_allocations_without_stealing_make_faults_wait(tmp_path):
     assert summary(out)["status"] == "timeout"        # no fault can ever complete
     c = counters(out)
     assert c["canfail_enomem"] > 0 and c["pmfail_waits"] > 0
-    assert c["canfail_enomem"] == c["pmfail_waits"] == c["pmap_enter"]
+    # the (virtual) time limit halts the CPUs where they are: one may be inside a fault
+    # whose pmap_enter it has counted but not failed yet, or not waited for yet
+    assert c["pmap_enter"] - c["pmfail_waits"] in (0, 1)
+    assert c["canfail_enomem"] - c["pmfail_waits"] in (0, 1)
     assert c["ptp_alloc"] == 0 and c["ptp_steals"] == 0 and c["ptp_steal_fail"] == 0
 
 

@@ -67,6 +67,8 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "lockmgr: lock protocol violation (lock %d)"),
     # issue 10's, declared late (after every earlier entry of every subsystem)
     ("pmap_pinit", "pmap_pinit: kernel_map out of virtual space!"),
+    ("", "pool %s: no room for another page"),
+    ("uvm_aio_aiodone", "  aio %d: %d pages at kva 0x%x, swap %d"),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
     ("", "pid %d (%s): fork failed: error %d"),
@@ -77,7 +79,7 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
 STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "flt_noram1",
            "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get",
            # issue 10's, declared late (after every earlier entry of every subsystem)
-           "ubc_alloc", "uao_getpage",
+           "ubc_alloc", "uao_getpage", "anonget2", "mbpl", "mclpl", "aiodoned",
            # the loads'
            "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [
@@ -87,7 +89,8 @@ LOCK_CLASSES = [
     "pager_map", "anon", "amap", "vm_map", "swap_data_lock", "uvm_anon_lock",
     "pmap_tlb_shootdown_q", "pmap_tlb_shootdown_job_lock", "vnode",
     # issue 10's, after every earlier one
-    "ubc", "kernel_map", "exec_map", "phys_map", "mb_map", "mb_object",
+    "ubc", "kernel_map", "exec_map", "phys_map", "mb_map", "mb_object", "pool",
+    "aiodoned_lock",
 ]
 
 
@@ -112,7 +115,7 @@ def test_lock_classes_and_ids_come_in_the_order_of_earlier_versions():
     firsts = [r.first for r in locks.ranges]
     assert firsts == sorted(firsts) and firsts[:11] == list(range(11))
     counts = {locks.classes[r.klass].name: r.count for r in locks.ranges}
-    assert counts["pmap"] == 6 + 2 and counts["pvh"] == machine.npages
+    assert counts["pmap"] == 6 + 3 and counts["pvh"] == machine.npages
     assert counts["pmap_tlb_shootdown_q"] == machine.ncpu and counts["vnode"] == 8
 
 

@@ -39,7 +39,8 @@ class WouldBlock(Exception):  # noqa: N818 - a control transfer
 def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monkeypatch):
     """Found by the DIAGNOSTIC check (fixed in 4ac0ebc): the lookahead loop of uvm_fault
     read an anon's page without the anon lock, so it could map a page the pagedaemon had
-    just unmapped and was about to free -- a process left mapping a free page."""
+    just unmapped and was about to page out and free -- a process left mapping a free
+    page."""
     with booted() as b:
         va = b.mmap(0, 8)
         for k in range(3):
@@ -49,7 +50,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         lock.simple_lock(uvm_page.pageq_lock)
         uvm_page.uvm_pagedeactivate(victim)
         lock.simple_unlock(uvm_page.pageq_lock)
-        real_put, real_lock = uvm_pdaemon.uvm_pager_put, lock.simple_lock
+        real_alloc, real_lock = uvm_pdaemon.uvm_swap_alloc, lock.simple_lock
         blocked = []
 
         def other_cpu_lock(lk):
@@ -57,8 +58,9 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 raise WouldBlock(lk)
             real_lock(lk)
 
-        def put(pg):
-            # meanwhile on "cpu1": process 0 touches the page next door (case 1A)
+        def swap_alloc():
+            # the page is unmapped and about to go out; meanwhile on "cpu1": process 0
+            # touches the page next door (case 1A)
             monkeypatch.setattr(lock, "simple_lock", other_cpu_lock)
             try:
                 b.fault(0, va + NBPG, write=False)
@@ -70,15 +72,18 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 monkeypatch.setattr(lock, "simple_lock", real_lock)
             b.ci.area["curproc"] = 0
             pmap.pmap_activate(pmap.KERNEL_PMAP)
-            return real_put(pg)
+            return real_alloc()
 
-        monkeypatch.setattr(uvm_pdaemon, "uvm_pager_put", put)
+        monkeypatch.setattr(uvm_pdaemon, "uvm_swap_alloc", swap_alloc)
         an = int(b.a["pg_anon"][victim])
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
             lock.simple_lock(uvm_page.pageq_lock)
-            assert uvm_pdaemon._pageout_anon(victim, True) == "freed"
+            cluster = []
+            assert uvm_pdaemon._pageout_anon(victim, True, cluster) == "queued"
+            assert uvm_pdaemon._put_swap_cluster(cluster) == "paging"
             lock.simple_unlock(uvm_page.pageq_lock)
+            assert b.complete_pageouts() == 1                # written, then freed
         assert blocked == [uvm_anon.an_lock + an]                # the lookahead waits for the anon
         b.forget_lock_order()          # cpu1's fault ran on cpu0's held stack (see above)
         assert b.fault(0, va + NBPG, write=False) == 0   # cpu1 goes on: nothing to map

@@ -18,17 +18,21 @@ from kernharness import (
     wmesg,
 )
 
-from smp.kern import lock, pmap, subr_prf, uvm_km
+from smp.kern import lock, pmap, subr_prf, uvm_km, uvm_map, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
-from smp.kern.kern_proc import SIDL
+from smp.kern.kern_proc import SIDL, SRUN
+from smp.kern.kernel import SLEEPING
 from smp.kern.param import (
     EAGAIN,
     ENOMEM,
     NBPD,
     NBPG,
     PDSLOT_KERN,
+    PG_BUSY,
     PG_M,
+    PG_RELEASED,
     PG_V,
+    PG_WANTED,
     PMAP_CANFAIL,
     UPAGES,
 )
@@ -656,3 +660,98 @@ def test_wiring_the_u_area_waits_in_flt_pmfail2_when_no_pv_entry_can_be_had(monk
         b.release_pv_entries(held)
         b.switch_to(0)
         assert b.kernel.fork1(b.ci, parent, 0) == child and b.check() == []
+
+
+# --- issue 10, item 8: asynchronous, clustered pageout -----------------------------------------
+
+def dirty_inactive(b, n: int) -> tuple[int, list[int]]:
+    """Process 0 writes n pages, which then sit on the inactive queue, dirty."""
+    va = b.mmap(0, n)
+    for k in range(n):
+        assert b.fault(0, va + k * NBPG) == 0
+    pages = [b.anon_page(0, va + k * NBPG) for k in range(n)]
+    lock.simple_lock(uvm_page.pageq_lock)
+    for pg in pages:
+        pmap.pmap_clear_reference(pg)
+        uvm_page.uvm_pagedeactivate(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
+    return va, pages
+
+
+def pagedaemon_pass(b) -> None:
+    b.a["proc"][0]["reg"][0] = 1                     # woken: one pass, then it sleeps
+    with b.as_pagedaemon():
+        pmap.pmap_activate(pmap.KERNEL_PMAP)
+        s = sleeps(uvm_pdaemon.uvm_pageout_step, 0)
+        assert s.chan == U.CHAN_PAGEDAEMON
+
+
+@pytest.mark.parametrize("when", ["aiodone", "rescan"])
+def test_the_pagedaemon_starts_clustered_writes_and_does_not_wait_for_them(when):
+    with booted([f"pageout_free={when}"]) as b:
+        va, pages = dirty_inactive(b, 20)
+        b.free_to(40)                                # freetarg 68: 28 pages wanted
+        before = b.counters()
+        pagedaemon_pass(b)
+        d = b.delta(before)
+        assert d["pageout_clusters"] == 2 and d["pdpageouts"] == 20      # 16 + 4
+        # nothing freed yet but the PTP the unmapped pages emptied
+        assert int(b.ux[U.PAGING]) == 20 and b.free() == 41 and d["ptp_free"] == 1
+        assert all(b.a["pg_flags"][pg] & PG_BUSY for pg in pages)
+        assert b.check() == []
+        before = b.counters()
+        assert b.complete_pageouts() == 2
+        assert int(b.ux[U.PAGING]) == 0 and not any(b.a["pg_flags"][pg] & PG_BUSY
+                                                     for pg in pages)
+        if when == "aiodone":                        # freed by the I/O's completion
+            assert b.free() == 61 and b.delta(before)["pdfreed"] == 20
+        else:                                        # clean, freed by the next pass
+            assert b.free() == 41 and "pdfreed" not in b.delta(before)
+            pagedaemon_pass(b)
+            assert b.free() == 61
+        assert int(b.ux[U.SWPGONLY]) == 20 and b.check() == []
+
+
+def test_a_fault_on_a_page_being_paged_out_waits_for_the_write():
+    """uvmfault_anonget: a busy page (PG_BUSY) is PG_WANTED and slept on ("anonget2");
+    the write's completion wakes the process, which refaults."""
+    with booted(["pageout_free=rescan"]) as b:
+        va, pages = dirty_inactive(b, 4)
+        b.free_to(60)
+        pagedaemon_pass(b)
+        b.switch_to(0)
+        before = b.counters()
+        s = sleeps(b.fault, 0, va, False)
+        assert wmesg(s) == "anonget2" and b.delta(before)["fltpgwait"] == 1
+        assert b.a["pg_flags"][pages[0]] & PG_WANTED and b.held() == 0
+        b.sleep_queue(b.tid(0), s)
+        b.complete_pageouts()
+        assert int(b.a["proc"][b.tid(0)]["stat"]) == SRUN          # woken
+        assert b.fault(0, va, False) == 0 and b.extract(0, va) == pages[0]
+        assert b.check() == []
+
+
+def test_an_anon_freed_while_its_page_is_written_goes_when_the_write_is_done():
+    with booted() as b:
+        va, pages = dirty_inactive(b, 4)
+        b.free_to(60)
+        pagedaemon_pass(b)
+        nfree = int(b.ux[U.NFREEANON])
+        assert uvm_map.uvm_unmap(b.tid(0), va) == 0           # exit, or munmap
+        assert all(b.a["pg_flags"][pg] & PG_RELEASED for pg in pages)
+        assert int(b.ux[U.NFREEANON]) == nfree and b.check() == []   # kept for the I/O
+        b.complete_pageouts()
+        assert int(b.ux[U.NFREEANON]) == nfree + 4 and int(b.ux[U.SWPGINUSE]) == 0
+        assert b.check() == []
+
+
+def test_the_pagedaemon_gives_up_the_big_lock_while_its_writes_are_in_flight():
+    with booted(["biglock=on"]) as b:
+        dirty_inactive(b, 20)
+        b.free_to(40)
+        b.a["proc"][0]["reg"][0] = 1
+        b.ci.area["curproc"] = 0
+        assert b.kernel.run(b.ci, 0) == SLEEPING               # a pass, then asleep
+        assert not lock.lock_held(lock.KERNEL_LOCK_ID) and int(b.ux[U.PAGING]) == 20
+        b.complete_pageouts()
+        assert b.check() == []

@@ -35,6 +35,7 @@ def busy(b) -> dict:
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
             sleeps(uvm_pdaemon.uvm_pageout_step, 0)
+    assert b.complete_pageouts() > 0                     # the writes done, pages freed
     assert b.ux[U.SWPGONLY] > 0
     b.free_to(200)
     k = next(k for k in range(48) if b.anon_page(0, va + k * NBPG) < 0)

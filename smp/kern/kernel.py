@@ -26,13 +26,16 @@ time for the machine's dispatch loop:
 User code runs without the big kernel lock; with ``biglock = on`` the load
 takes it around every kernel entry (``KERNEL_PROC_LOCK`` in trap() and
 syscall() on the i386mp branch), so two CPUs are never in uvm_fault at once.
-Thread 0 is the pagedaemon (``PAGEDAEMON``); user processes are threads
-``FIRST_USER_TID``.. (1..maxproc).
+Thread 0 is the pagedaemon (``PAGEDAEMON``), thread 1 the aiodone daemon
+(``AIODONED``, uvm_pager); user processes are threads ``FIRST_USER_TID``..
+(2..maxproc + 1).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -43,6 +46,7 @@ import numpy as np
 from smp.config import KernelConfig, MachineProfile
 from smp.kern import (
     diagnostic,
+    intr,
     kern_fail,
     kern_synch,
     lock,
@@ -56,6 +60,7 @@ from smp.kern import (
     uvm_km,
     uvm_map,
     uvm_page,
+    uvm_pager,
     uvm_pdaemon,
     uvm_vnode,
 )
@@ -68,10 +73,12 @@ from smp.machine.layout import ArraySpec
 from smp.machine.lockspace import LockSpace
 
 PAGEDAEMON = 0          # thread id of the pagedaemon
-FIRST_USER_TID = 1      # thread id of the load's first process
+AIODONED = 1            # thread id of the aiodone daemon
+FIRST_USER_TID = 2      # thread id of the load's first process
 
 # kglob slots
-KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
+KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED, KG_ATTACHED = range(6)
+BOOT_WAIT_S = 30.0      # how long a CPU waits for the others to attach
 
 MSG_EXIT = subr_prf.Message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
 MSG_FORKFAIL = subr_prf.Message("", "proc: table is full")
@@ -115,6 +122,8 @@ SUBSYSTEMS = (
     Subsystem(uvm_bio, uvm_bio.declare, uvm_bio.format, uvm_bio.attach),  # UBC windows
     Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
     Subsystem(uvm_km, uvm_km.declare_maps, uvm_km.format_maps, None),  # kernel_map, submaps
+    Subsystem(intr, intr.declare, intr.format, intr.attach),       # interrupts, mbuf pools
+    Subsystem(uvm_pager, uvm_pager.declare, uvm_pager.format, uvm_pager.attach),  # pageout I/O
 )
 
 
@@ -130,6 +139,7 @@ class Load(Protocol):
     amap_per_proc: int           # anonymous pages one process may map
     files: list[int]             # the load's files, sizes in pages
     needs_vm: bool               # its processes have address spaces
+    interrupts: list             # its interrupt sources (cpu, period_ns, size, hold_ns)
 
     def declare(self, locks: LockSpace, machine: MachineProfile) -> list[ArraySpec]: ...
     def format(self, seg: Any, kernel: Kernel) -> None: ...
@@ -149,6 +159,7 @@ class LoadHooks:
     files: list[int] = []         # (never mutated: a load declares its own list)
     needs_vm: bool = True
     base: int = 0                 # thread id of its first process (the kernel sets it)
+    interrupts: list = []         # its [[interrupt]] sources (smp.workload.interp.Interrupt)
 
     def forked(self, parent: int, child: int) -> None:
         """``child`` was forked from ``parent`` (its address space is a copy)."""
@@ -178,6 +189,7 @@ class Kernel:
     """The simulated NetBSD kernel: configuration + load, bootable by the machine."""
 
     PAGEDAEMON = PAGEDAEMON
+    AIODONED = AIODONED
 
     def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
                  seed: int = 0):
@@ -229,6 +241,13 @@ class Kernel:
         p["name"] = subr_prf.intern("pagedaemon")
         p["cpu"] = 0
         boot_enqueue(seg, 0, PAGEDAEMON)
+        p = proc[AIODONED]                   # the aiodone daemon, a kernel thread
+        p["pid"] = 3
+        p["stat"] = SRUN
+        p["flag"] = P_SYSTEM
+        p["name"] = uvm_pager.W_AIODONED
+        p["cpu"] = 1 % seg.layout.ncpu
+        boot_enqueue(seg, int(p["cpu"]), AIODONED)
         self.load.format(seg, self)
 
     def newproc(self, seg: Any, local: int, pid: int, name: int, kind: int, cpu: int,
@@ -263,7 +282,9 @@ class Kernel:
         if not (g[KG_STARTED] > 0 and g[KG_LIVE] == 0):
             return False
         cpus = seg.cpus
-        return bool(np.all(cpus["curproc"] < 0) and np.all(cpus["nheld"] == 0))
+        return bool(np.all(cpus["curproc"] < 0) and np.all(cpus["nheld"] == 0)
+                    and not seg.arrays["intr_depth"].any()
+                    and seg.arrays["uvmexp"][uvm.PAGING] == 0)
 
     def progress(self, seg: Any) -> tuple[float, float]:
         return self.load.progress(seg)
@@ -304,6 +325,20 @@ class Kernel:
             if s.attach is not None:
                 s.attach(ci, self)
         self.load.attach(ci)
+        self._boot_barrier(ci)
+
+    def _boot_barrier(self, ci: CPU) -> None:
+        """cpu_boot_secondary: no CPU goes on before every CPU has attached, as the boot
+        processor waits for each application processor to come up.  (Host time only: it
+        adds no scheduling point.  It also keeps a CPU whose worker starts late from
+        joining a lockstep run after the schedule has begun.)"""
+        kglob_off = ci.seg.layout.arrays["kglob"][0]
+        ci.core.fadd64(kglob_off + 8 * KG_ATTACHED, 1)
+        deadline = time.monotonic() + BOOT_WAIT_S
+        while ci.core.load64(kglob_off + 8 * KG_ATTACHED) < ci.ncpu:
+            if ci.halted or time.monotonic() > deadline:
+                return                      # a CPU died on the way: supervision says so
+            os.sched_yield()
 
     def run(self, ci: CPU, tid: int) -> int:
 
@@ -312,11 +347,14 @@ class Kernel:
         p["cpu"] = ci.cpu
         t0 = ci.core.now()
         try:
-            if tid == PAGEDAEMON:
+            if tid == PAGEDAEMON or tid == AIODONED:
                 pmap.pmap_activate(KERNEL_PMAP)
                 if md.biglock:
                     lock.kernel_lock()           # kernel threads ran under the big lock
-                status = uvm_pdaemon.uvm_pageout_step(tid)
+                if tid == PAGEDAEMON:
+                    status = uvm_pdaemon.uvm_pageout_step(tid)
+                else:
+                    status = uvm_pager.uvm_aiodone_daemon_step(tid)
                 self._release_biglock()
             else:
                 pm = shared.vm_pmap[tid]
@@ -466,13 +504,16 @@ class Kernel:
             kern_synch.endtsleep(ci)
 
     def idle(self, ci: CPU) -> bool:
+        """An idle CPU: the primary CPU's clock, and the interrupts due (an idle CPU
+        takes them at once; one asleep in idle_wait when they come due is kicked)."""
         if ci.cpu == 0:
             self._hardclock(ci)
+        intr.at_point()
         return False
 
     def ipi(self, ci: CPU) -> None:
-
-        pmap.pmap_do_tlb_shootdown()
+        """The dispatch loop found IPI bits: the TLB shootdown, device interrupts."""
+        intr.i386_ipi_handler()
 
 
 __all__ = ["Kernel", "Load", "LoadHooks", "RUNNABLE", "SLEEPING", "EXITED"]

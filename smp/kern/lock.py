@@ -43,10 +43,11 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
     pmap_zero_page_lock,            the zerop and csrcp/cdstp windows
       pmap_copy_page_lock
     pager_map, exec_map, phys_map,  kernel VA: leaves, taken (or try-locked) under the
-      kmem_map, mb_map              pv allocator and the pager; kmem_map and mb_map
-                                    also at interrupt level
+      kmem_map, mb_map, pool        pv allocator and the pager; kmem_map, mb_map and
+                                    the mbuf pools also at interrupt level
     swap_data_lock, uvm_anon_lock   swap slots, the anon free list
-    fpageq                          the free page queues (uvm_pagealloc)
+    fpageq, aiodoned_lock           the free page queues (uvm_pagealloc); the pageouts
+                                    in flight and done (uvm_pager)
     pagedaemon_lock                 uvm_wait's interlock
     sched_lock                      wakeup() under any of the above
     pmap_tlb_shootdown_q,           the TLB IPI handler runs wherever a CPU spins
@@ -107,9 +108,9 @@ LOCK_ORDER: list[tuple[str, ...]] = [
     ("pvalloc_lock",),
     ("pmap_zero_page_lock", "pmap_copy_page_lock"),
     ("pager_map", "exec_map", "phys_map"),
-    ("kmem_map", "mb_map"),
+    ("kmem_map", "mb_map", "pool"),
     ("swap_data_lock", "uvm_anon_lock"),
-    ("fpageq",),
+    ("fpageq", "aiodoned_lock"),
     ("pagedaemon_lock",),
     ("sched_lock",),
     ("pmap_tlb_shootdown_q", "pmap_tlb_shootdown_job_lock"),

@@ -271,7 +271,6 @@ def attach(ci, kernel) -> None:
     _physmem_np = ci.seg.arrays["physmem"]
     _pc = PerCPU(ci)
     ci.pmap = _pc
-    ci.core.ipi_handler = pmap_do_tlb_shootdown        # the TLB IPI, while spinning
 
 
 def pmap_addr(pm: int) -> int:
@@ -1307,6 +1306,36 @@ def pmap_clear_reference(pg: int) -> bool:
     return was
 
 
+def pmap_clear_modify(pg: int) -> bool:
+    """Clear PG_M in the attrs and every mapping of ``pg``; returns whether it was set."""
+    was = bool(shared.pvh_attrs[pg] & PG_M)
+    if shared.pvh_list[pg] < 0:
+        shared.pvh_attrs[pg] &= ~PG_M
+        return was
+    lock.spinlockmgr_exclusive(pmap_main_lock)
+    lock.simple_lock(pvh_lock + pg)
+    shared.pvh_attrs[pg] &= ~PG_M
+    mask = 0
+    pve = shared.pvh_list[pg]
+    while pve >= 0:
+        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
+        other = pmap_map_ptes(pm)
+        idx = _pte_index(pm, va, ptp)
+        while True:
+            opte = shared.physmem[idx]
+            if not opte & PG_M or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_M):
+                break
+        if opte & PG_M:
+            was = True
+            mask |= pmap_tlb_shootdown(pm, va, opte)
+        pmap_unmap_ptes(pm, other)
+        pve = shared.pv_next[pve]
+    lock.simple_unlock(pvh_lock + pg)
+    pmap_tlb_shootnow(mask)
+    lock.spinlockmgr_release_exclusive(pmap_main_lock)
+    return was
+
+
 def pmap_is_modified(pg: int) -> bool:
     """PG_M in the attrs or any mapping (pmap_test_attrs(pg, PG_M))."""
     if shared.pvh_attrs[pg] & PG_M:
@@ -1622,7 +1651,9 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
     spins = 0
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
         if _ci.ipi_pending():
-            pmap_do_tlb_shootdown()
+            # (intr: the IPI handler, the TLB's and the devices' -- as the spin loop calls it)
+            from smp.kern import intr
+            intr.i386_ipi_handler()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")
         if _ci.seg.hdr["stop"]:

@@ -70,6 +70,7 @@ CHAN_PAGEDAEMON = 0xC0F0_0008      # &uvm.pagedaemon
 CHAN_PAGING = 0xC0F0_0010          # pager I/O completion (aiodoned)
 CHAN_PAGERMAP = 0xC0F0_0018        # pager_map space
 CHAN_KMEM = 0xC0F0_0020            # kernel VA
+CHAN_PAGE = 0xC100_0000            # + page: who waits for a busy page (PG_WANTED)
 
 shared = SimpleNamespace()         # memoryviews of the segment's arrays, bound by attach()
 pagedaemon_lock = -1               # uvm.pagedaemon_lock (uvm_wait, uvm_pageout), by declare()

@@ -27,6 +27,7 @@ import numpy as np
 
 from smp.kern import lock, pmap
 from smp.kern import uvm as U
+from smp.kern.param import PG_BUSY, PG_RELEASED
 from smp.kern.uvm import shared
 from smp.kern.uvm_page import uvm_pagefree
 from smp.machine.layout import ArraySpec
@@ -95,10 +96,16 @@ def uvm_analloc() -> int:
 def uvm_anfree(an: int) -> None:
     """Free an anon whose last reference is gone (its page and swap slot too).
 
-    => anon unlocked, no amap refers to it any more.
+    => anon unlocked, no amap refers to it any more.  A page being paged out (PG_BUSY)
+    is marked PG_RELEASED instead, and the pageout's completion frees the anon.
     """
     lock.simple_lock(an_lock + an)
     pg = shared.an_page[an]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        # its pageout is in flight: the I/O's completion frees the anon (PG_RELEASED)
+        shared.pg_flags[pg] |= PG_RELEASED
+        lock.simple_unlock(an_lock + an)
+        return
     if pg >= 0:
         pmap.pmap_page_remove(pg)
         shared.an_page[an] = -1

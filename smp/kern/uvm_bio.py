@@ -28,12 +28,14 @@ from __future__ import annotations
 import numpy as np
 
 from smp.kern import kern_synch, lock, pmap, subr_prf, uvm_km, uvm_page, uvm_pdaemon, uvm_vnode
+from smp.kern import uvm as U
 from smp.kern.param import (
     KERNEL_PMAP,
     NBPG,
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
+    PG_WANTED,
     UBC_NWINS,
     UBC_WINSIZE,
     VM_PROT_READ,
@@ -184,6 +186,13 @@ def ubc_rw(tid: int, uobj: int, off: int, npages: int, write: bool, reg) -> None
         lock.simple_lock(lk)
         slot = shared.file_base[uobj] + page
         pg = shared.file_page[slot]
+        if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+            # being written back: wait for the write (the window goes back meanwhile, so
+            # the wakeup may come before we sleep: a tick bounds the wait)
+            shared.pg_flags[pg] |= PG_WANTED
+            lock.simple_unlock(lk)
+            ubc_release(va)
+            kern_synch.ltsleep(U.CHAN_PAGE + pg, W_UBC, _ci.tick_ns)
         mapped = pg >= 0 and pmap.pmap_extract(KERNEL_PMAP, va) == pg
         prot = VM_PROT_READ | (VM_PROT_WRITE if write else 0)
         if not mapped or (write and not pmap.pmap_is_writable(KERNEL_PMAP, va)):

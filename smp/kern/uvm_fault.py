@@ -39,6 +39,7 @@ protection to enter), which also lists the locks the fault holds so that
 from __future__ import annotations
 
 from smp.kern import (
+    kern_synch,
     lock,
     pmap,
     subr_prf,
@@ -62,6 +63,7 @@ from smp.kern.param import (
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
+    PG_WANTED,
     PMAP_CANFAIL,
     PMAP_WIRED,
     UVM_PGA_ZERO,
@@ -92,6 +94,7 @@ from smp.kern.uvm_page import uvm_pageactivate, uvm_pagealloc, uvm_pagewire
 WMESG = {name: subr_prf.String(name) for name in (         # wait channel -> string id
     "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
 W_UAO_GETPAGE = subr_prf.String("uao_getpage", late=True)
+W_ANONGET2 = subr_prf.String("anonget2", late=True)
 HIST_FAULT = subr_prf.UVMHIST_FUNC("uvm_fault")
 H_CALL = subr_prf.Message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
 H_CASE1 = subr_prf.Message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
@@ -223,6 +226,17 @@ def _neighbours(ufi: FaultInfo) -> None:
         lock.simple_unlock(an_lock + an)
 
 
+def _wait_busy(ufi: FaultInfo, pg: int, owner_lock: int, wmesg: int) -> None:
+    """A busy page (its pageout is in flight): PG_WANTED, unlock everything but its
+    owner's lock, which is the sleep's interlock (the I/O's completion takes it before
+    it wakes us, so the wakeup cannot be missed); ReFault after (restart)."""
+    _cnt(counter.fltpgwait)
+    shared.pg_flags[pg] |= PG_WANTED
+    ufi.held.remove(owner_lock)
+    ufi.unlockall()
+    kern_synch.ltsleep(U.CHAN_PAGE + pg, wmesg, 0, owner_lock)
+
+
 def _wait(ufi: FaultInfo, wmesg: str) -> None:
     """Unlock everything and wait for the pagedaemon in ``wmesg`` (restart: ReFault)."""
     ufi.unlockall()
@@ -236,6 +250,8 @@ def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
     lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
     ufi.held.append(an_lock + an)
     pg = shared.an_page[an]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        _wait_busy(ufi, pg, an_lock + an, W_ANONGET2)    # being paged out (uvmfault_anonget)
     if pg < 0:                                   # paged out: swap it in
         pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0)
         if pg < 0:
@@ -349,6 +365,8 @@ def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
     ufi.held.append(lk)
     slot = shared.file_base[uobj] + off
     pg = shared.file_page[slot]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        _wait_busy(ufi, pg, lk, WMESG["uvn_get"])        # being written back
     if pg < 0:
         _cnt(counter.fltget)
         pg = uvm_pagealloc(OWN_UOBJ, uobj, off, -1, 0)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smp.kern import kern_fail, kern_synch, lock, subr_prf
+from smp.kern import intr, kern_fail, kern_synch, lock, subr_prf
 from smp.kern import uvm as U
 from smp.kern.param import (
     OWN_ANON,
@@ -156,6 +156,8 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     """
     if kern_fail.ON and kern_fail.fail("uvm_pagealloc"):
         return -1
+    if intr.due():
+        intr.at_point()             # an interrupt may come in right before (and drain)
     ux = shared.uvmexp
     lock.simple_lock(fpageq_lock)
     free = ux[U.FREE]

@@ -265,6 +265,7 @@ typedef struct {
     struct order_finding *findings;         /* this CPU's findings in the segment */
     uint64_t *findings_count;               /* [0] entries used, [1] overflowed */
     uint32_t findings_cap;
+    uint32_t order_base;          /* held[] below this: an interrupted context (intr_enter) */
 } Core;
 
 static inline uint64_t mono_ns(void)
@@ -632,6 +633,8 @@ static void order_check(Core *c, uint32_t id, uint32_t site)
         struct held *h = &me->held[i];
         if (h->lock == id)
             return;             /* recursion, or locking against myself: not an order */
+        if (i < c->order_base)
+            continue;           /* held by the context an interrupt handler interrupted */
         uint32_t hk = c->locks[h->lock].klass;
         uint32_t hr = hk < MAXCLASS ? c->order_rank[hk] : 0;
         if (!hr || hr < wr || (hk == wk && h->lock < id))
@@ -1236,6 +1239,26 @@ out:
     return r;
 }
 
+/* An interrupt handler starts on this CPU: the locks held so far belong to the context
+ * it interrupted, not to the handler, and are left out of its lock-order checks (as a
+ * real handler runs on its own, at an spl that already excludes those locks' users).
+ * Returns the previous base for intr_exit. */
+static PyObject *Core_intr_enter(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    uint32_t prev = c->order_base;
+    c->order_base = c->me->nheld;
+    return PyLong_FromUnsignedLong(prev);
+}
+
+static PyObject *Core_intr_exit(Core *c, PyObject *arg)
+{
+    unsigned long prev = PyLong_AsUnsignedLong(arg);
+    if (prev == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    c->order_base = (uint32_t)prev;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_now(Core *c, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromUnsignedLongLong(core_now(c));
@@ -1487,6 +1510,11 @@ static PyMethodDef Core_methods[] = {
     FC(futex_wake, "futex_wake(off, n) -> number woken"),
     FC(trace, "trace(msgid, call, *args) -> bool: append a record to this CPU's ring"),
     {"nheld", (PyCFunction)Core_nheld, METH_NOARGS, "number of locks this CPU holds"},
+    {"intr_enter", (PyCFunction)Core_intr_enter, METH_NOARGS,
+     "an interrupt handler starts: held locks so far are not its own (lock order); "
+     "returns the previous base"},
+    {"intr_exit", (PyCFunction)Core_intr_exit, METH_O,
+     "the handler is done: restore the base intr_enter returned"},
     {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
     {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
      "set_delay(klass, site, ns): hold locks of a class longer when taken by site"},

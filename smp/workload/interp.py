@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from smp.kern import kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
+from smp.kern import intr, kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
 from smp.kern.kernel import LoadHooks
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_fault import EAGAIN
@@ -114,9 +114,8 @@ class ProgramLoad(LoadHooks):
         budget = QUANTUM
         pc = int(p["pc"])
         while budget > 0:
-            if ci.ipi_pending():
-                from smp.kern import pmap
-                pmap.pmap_do_tlb_shootdown()
+            if ci.ipi_pending() or intr.due():
+                intr.at_point()                  # interrupts between operations
             b = pc * OPW
             op = prog[b]
             if op == Op.TOUCH:
@@ -130,9 +129,8 @@ class ProgramLoad(LoadHooks):
                 else:
                     t = time.perf_counter_ns() + prog[b + 1]
                     while time.perf_counter_ns() < t:
-                        if ci.ipi_pending():
-                            from smp.kern import pmap
-                            pmap.pmap_do_tlb_shootdown()
+                        if ci.ipi_pending() or intr.due():
+                            intr.at_point()      # user time is interruptible
                 budget -= QUANTUM // 4
                 pc += 1
             elif op == Op.REPEAT or op == Op.DURATION:
