@@ -45,7 +45,7 @@ from smp.machine.trace import NullSink
 from smp.rundir.format import Catalogue
 from smp.rundir.reader import RunDir
 from smp.rundir.writer import RunWriter
-from smp.workload.interp import ProcessKind, ProgramLoad
+from smp.workload.interp import Interrupt, ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
 RW = VM_PROT_READ | VM_PROT_WRITE
@@ -53,14 +53,16 @@ PAGEDAEMON_TID = 0
 KEPT_INVERSION = ("pvalloc_lock", "pmap_tmpptp_lock")   # pv stealing, as in 1.91 (pmap.py)
 
 
-def idle_load(nprocs: int, amap_per_proc: int = 4096, files: Sequence[int] = ()) -> ProgramLoad:
+def idle_load(nprocs: int, amap_per_proc: int = 4096, files: Sequence[int] = (),
+              interrupts: Sequence[Interrupt] = ()) -> ProgramLoad:
     """A load whose processes exist (pmap, map, proc slot) but never run on their own;
-    ``files``: the sizes in pages of the files it declares."""
+    ``files``: the sizes in pages of the files it declares; ``interrupts``: its sources."""
     a = Assembler()
     pc = a.pc
     a.emit(Op.EXIT)
     return ProgramLoad(name="harness", table=a.table(), kinds=[ProcessKind("proc", nprocs, pc)],
-                       maxproc=nprocs, amap_per_proc=amap_per_proc, files=list(files))
+                       maxproc=nprocs, amap_per_proc=amap_per_proc, files=list(files),
+                       interrupts=list(interrupts))
 
 
 def configs(overrides: Sequence[str] = (), machine: str = "tiny", kernel: str = "default"):
@@ -74,10 +76,10 @@ class Booted:
 
     def __init__(self, overrides: Sequence[str] = (), nprocs: int = 3,
                  amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default",
-                 files: Sequence[int] = ()):
+                 files: Sequence[int] = (), interrupts: Sequence[Interrupt] = ()):
         m, k = configs(["ncpu=1", *overrides], machine, kernel)
         self.profile, self.config = m, k
-        self.load = idle_load(nprocs, amap_per_proc, files)
+        self.load = idle_load(nprocs, amap_per_proc, files, interrupts)
         self.kernel = Kernel(k, self.load)
         self.machine = Machine(m, self.kernel, NullSink())
         self.seg = None
@@ -88,6 +90,9 @@ class Booted:
             self.destroy()
             raise
         self.a = self.seg.arrays
+        if interrupts:               # arrivals only when a test makes them (``interrupt``)
+            self.a["isrc"][:, 4] = 1 << 60
+            self.a["intr_glob"][0] = 1 << 60
         self.taken: list[int] = []
         self.nprocs = nprocs
         self._ring_seen = 0
@@ -171,6 +176,18 @@ class Booted:
         """pmap_remove only: the pages stay resident in the amap (as after a steal)."""
         self.switch_to(i)
         pmap.pmap_remove(self.pm(i), va, va + npages * NBPG)
+
+    def interrupt(self, n: int = 1, src: int = 0) -> None:
+        """Make ``n`` arrivals of interrupt source ``src`` due now (its next one far off),
+        as the interrupt controller would post them; the next delivery point serves
+        them."""
+        from smp.kern import intr
+
+        isrc = self.a["isrc"]
+        isrc[src, intr.S_NEXT] = 1 << 60
+        self.a["isrc_pend"][src] += n
+        self.ci.send_ipi(int(isrc[src, intr.S_CPU]), intr.I386_IPI_DEVINTR)
+        self.a["intr_glob"][intr.IG_NEXT_DUE] = 0     # the controller looks at once
 
     def complete_pageouts(self) -> int:
         """Let every pageout in flight complete now: the disk interrupt (biodone) and the

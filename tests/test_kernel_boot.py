@@ -69,6 +69,7 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("pmap_pinit", "pmap_pinit: kernel_map out of virtual space!"),
     ("", "pool %s: no room for another page"),
     ("uvm_aio_aiodone", "  aio %d: %d pages at kva 0x%x, swap %d"),
+    ("", "pid %d: physio of %d pages failed: error %d"),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
     ("", "pid %d (%s): fork failed: error %d"),
@@ -80,6 +81,7 @@ STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "fl
            "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get",
            # issue 10's, declared late (after every earlier entry of every subsystem)
            "ubc_alloc", "uao_getpage", "anonget2", "mbpl", "mclpl", "aiodoned",
+           "vallocwait", "physio",
            # the loads'
            "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [

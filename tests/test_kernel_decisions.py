@@ -18,7 +18,19 @@ from kernharness import (
     wmesg,
 )
 
-from smp.kern import lock, pmap, subr_prf, uvm_km, uvm_map, uvm_page, uvm_pdaemon
+from smp.kern import (
+    intr,
+    kern_exec,
+    kern_physio,
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    uvm_km,
+    uvm_map,
+    uvm_page,
+    uvm_pdaemon,
+)
 from smp.kern import uvm as U
 from smp.kern.kern_proc import SIDL, SRUN
 from smp.kern.kernel import SLEEPING
@@ -44,6 +56,7 @@ from smp.kern.uvm_page import (
     uvm_pagealloc,
     uvm_pagefree,
 )
+from smp.workload.interp import Interrupt
 
 
 def stealable_setup(b, thief: int = 1, victims=(0,), wire=()):
@@ -755,3 +768,173 @@ def test_the_pagedaemon_gives_up_the_big_lock_while_its_writes_are_in_flight():
         assert not lock.lock_held(lock.KERNEL_LOCK_ID) and int(b.ux[U.PAGING]) == 20
         b.complete_pageouts()
         assert b.check() == []
+
+
+# --- issue 10, item 3: interrupts and the mbufs they allocate ----------------------------------
+
+NET1500 = Interrupt(cpu=0, period_ns=10**9, size=1500, hold_ns=10**12)   # an mbuf + a cluster
+
+
+def test_a_packet_takes_an_mbuf_and_a_cluster_from_pool_pages_mapped_with_pmap_kenter_pa():
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        free, kmem = b.free(), int(b.ux[U.KMEMPAGES])
+        before = b.counters()
+        b.interrupt()
+        intr.at_point()                                   # a delivery point: served
+        d = b.delta(before)
+        assert d["intr_allocs"] == 1 and "intr_alloc_fail" not in d
+        # an mbuf pool page (kmem_map, kmem_object) and a cluster pool page (mb_map,
+        # mb_object): kernel objects from the reserve, unmanaged mappings (no pv entry)
+        assert b.free() == free - 2 and int(b.ux[U.KMEMPAGES]) == kmem + 2
+        mva, cva = int(b.a["pool_va"][0][0]), int(b.a["pool_va"][1][0])
+        assert uvm_km.map_of(mva) == uvm_km.KMEM_MAP and uvm_km.map_of(cva) == uvm_km.MB_MAP
+        for va in (mva, cva):
+            pg = pmap.pmap_extract(pmap.KERNEL_PMAP, va)
+            assert int(b.a["pvh_list"][pg]) == -1          # pmap_kenter_pa: no pv entry
+        b.interrupt()                                     # the next one fits in those pages
+        intr.at_point()
+        assert b.free() == free - 2 and b.cnt("intr_allocs") == 2
+        assert b.check() == []
+
+
+def test_an_interrupt_takes_the_kernel_reserve_and_drops_the_packet_at_free_1():
+    """Interrupt-safe kernel objects use the reserve down to free = 1; below it
+    uvm_km_kmemalloc(UVM_KMF_NOWAIT) fails and the handler drops the packet -- it never
+    sleeps."""
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        b.free_to(3)                                      # below reserve_kernel (5)
+        b.interrupt()
+        intr.at_point()
+        assert b.cnt("intr_allocs") == 1 and b.free() == 1
+        b.interrupt(2)                                    # one fits, the next needs a page
+        b.a["pool_nfree"][1][0] = 0                       # (the cluster page used up)
+        b.a["pkt_item"][0, 1, 1] = 0                      # (by a packet a consumer holds)
+        b.a["pkt_ht"][0, 1] += 1
+        intr.at_point()
+        assert b.cnt("intr_alloc_fail") >= 1 and b.free() == 1 and b.held() == 0
+        assert b.check() == []
+
+
+def test_an_interrupt_waits_while_the_cpu_holds_a_lock_its_handler_takes():
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        b.interrupt()
+        lock.simple_lock(uvm_page.fpageq_lock)            # splvm: masked
+        intr.at_point()
+        assert b.cnt("intr_allocs") == 0 and b.ci.ipi_pending()
+        lock.simple_unlock(uvm_page.fpageq_lock)
+        intr.at_point()                                   # the next point serves it
+        assert b.cnt("intr_allocs") == 1
+        assert b.check() == []
+
+
+def test_an_interrupt_between_a_faults_page_and_its_ptp_drains_the_reserve_into_a_steal(
+        monkeypatch):
+    """§13: a fault that got its data page at free = 6 (5 after) takes an interrupt
+    before pmap_enter gets its PTP; the handler's pool pages take free from 5 to 1, where
+    the PTP allocation fails and the 1.91 pmap steals -- the fault itself is held back
+    by the reserve, the interrupt is not."""
+    with booted(["steal=ptp", "biglock=off"], interrupts=[NET1500]) as b:
+        vas, _ = stealable_setup(b, thief=1, victims=(0,))
+        va = b.mmap(1, 4, align=NBPD)                     # a new 4 MiB region: a new PTP
+        b.switch_to(1)
+        b.free_to(6)
+        real = pmap.pmap_get_ptp
+
+        def get_ptp(pm, idx):
+            b.interrupt(6)                                # six packets arrive just now
+            return real(pm, idx)
+
+        monkeypatch.setattr(pmap, "pmap_get_ptp", get_ptp)
+        before = b.counters()
+        assert b.fault(1, va) == 0
+        d = b.delta(before)
+        assert d["intr_allocs"] == 6 and d["ptp_steals"] == 1 and d["flt_przero"] == 1
+        assert b.extract(0, vas[0]) == -1 and b.free() == 1
+        assert b.check() == []
+
+
+# --- issue 10, items 2 and 5: exec and physio ---------------------------------------------
+
+def test_exec_releases_the_old_space_and_maps_text_shared_and_data_private():
+    with booted(files=[32]) as b:
+        tid = b.switch_to(0)
+        old = b.mmap(0, 8)
+        assert b.fault(0, old) == 0
+        kpv, kva = kernel_pv_entries(b), int(b.a["kva_used"].sum())
+        before = b.counters()
+        tva, dva = kern_exec.execve(tid, 0, 16, 8, 2)
+        d = b.delta(before)
+        assert d["execs"] == 1 and "km_allocs" not in d and d["faults"] == 2  # 2 arg pages
+        assert b.extract(0, old) == -1 and int(b.a["vm_nentries"][tid]) == 2
+        assert kernel_pv_entries(b) == kpv and int(b.a["kva_used"].sum()) == kva
+        start, end, prot, flags, *_ = uvm_map.entry(tid, 0)
+        assert (start, end - start) == (tva, 16 * NBPG) and prot == 5       # r-x, shared
+        assert flags & uvm_map.EF_FILE and flags & uvm_map.EF_SHARED
+        _, _, prot, flags, *_ = uvm_map.entry(tid, 1)
+        assert prot == RW and flags & uvm_map.EF_COPY                        # data: private
+        assert b.fault(0, tva, write=False) == 0                             # reads the file
+        b.unmap_keep_pages(0, tva)
+        before = b.counters()
+        free = b.free()
+        assert b.fault(0, tva, write=False) == 0          # resident now: case 2, no page
+        d = b.delta(before)
+        assert d["flt_obj"] == 1 and d["fltlget"] == 1 and "pageins" not in d
+        assert b.free() == free - 1 and d["ptp_alloc"] == 1          # just its PTP again
+        assert b.check() == []
+
+
+def test_exec_that_waits_for_its_argument_pages_goes_on_with_the_same_va():
+    with booted(files=[32]) as b:
+        tid = b.switch_to(0)
+        b.free_to(1)
+        s = sleeps(kern_exec.execve, tid, 0, 16, 0, 4)
+        assert wmesg(s) == "uao_getpage"
+        va = int(b.a["proc"][tid]["execargs"])
+        assert uvm_km.map_of(va) == uvm_km.EXEC_MAP
+        b.free_to(50)
+        b.switch_to(0)
+        kern_exec.execve(tid, 0, 16, 0, 4)
+        assert int(b.a["proc"][tid]["execargs"]) == 0 and b.cnt("execs") == 1
+        assert b.check() == []
+
+
+def test_physio_wires_the_buffer_and_maps_it_into_phys_map_with_a_plain_pmap_enter():
+    with booted() as b:
+        tid = b.switch_to(0)
+        buf = b.mmap(0, 16)
+        kpv = kernel_pv_entries(b)
+        reg = [0, 0, 0, 0]
+        s = sleeps(kern_physio.physio_read, tid, buf, 16, 2, reg)
+        assert wmesg(s) == "physio" and b.cnt("vmapbuf_maps") == 1
+        kva = int(b.a["proc"][tid]["physva"])
+        assert uvm_km.map_of(kva) == uvm_km.PHYS_MAP
+        assert all(pmap.pmap_is_wired(b.pm(0), buf + k * NBPG) for k in range(16))
+        assert kernel_pv_entries(b) == kpv + 16                # PMAP_WIRED, no CANFAIL
+        assert b.check() == []
+        b.switch_to(0)
+        with pytest.raises(kern_synch.Sleep):                  # transfer 1 done, 2 starts
+            kern_physio.physio_read(tid, buf, 16, 2, reg)
+        b.switch_to(0)
+        kern_physio.physio_read(tid, buf, 16, 2, reg)          # transfer 2 done
+        assert int(b.a["proc"][tid]["physva"]) == 0 and kernel_pv_entries(b) == kpv
+        assert not any(pmap.pmap_is_wired(b.pm(0), buf + k * NBPG) for k in range(16))
+        assert b.cnt("vmapbuf_maps") == 2 and b.check() == []
+
+
+def test_a_raw_read_panics_without_pv_entries_when_nothing_can_be_stolen():
+    """Cranor's worry, reached from user space: vmapbuf's pmap_enter passes no
+    PMAP_CANFAIL, so with no pv entry to be had (free <= 1, no stealing) dd panics the
+    kernel."""
+    with booted(["steal=none"]) as b:
+        tid = b.switch_to(0)
+        buf = b.mmap(0, 4)
+        for k in range(4):
+            assert b.fault(0, buf + k * NBPG) == 0            # resident, mapped: no new pv
+        b.free_to(1)
+        b.hold_pv_entries()
+        b.switch_to(0)
+        msg = panics(kern_physio.physio_read, tid, buf, 4, 1, [0, 0, 0, 0])
+        assert msg == "pmap_enter: no pv entries available"

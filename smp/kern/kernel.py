@@ -47,7 +47,9 @@ from smp.config import KernelConfig, MachineProfile
 from smp.kern import (
     diagnostic,
     intr,
+    kern_exec,
     kern_fail,
+    kern_physio,
     kern_synch,
     lock,
     pmap,
@@ -63,6 +65,7 @@ from smp.kern import (
     uvm_pager,
     uvm_pdaemon,
     uvm_vnode,
+    vm_machdep,
 )
 from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
 from smp.kern.param import EAGAIN, ENOMEM, KERNEL_PMAP, UPAGES
@@ -124,6 +127,9 @@ SUBSYSTEMS = (
     Subsystem(uvm_km, uvm_km.declare_maps, uvm_km.format_maps, None),  # kernel_map, submaps
     Subsystem(intr, intr.declare, intr.format, intr.attach),       # interrupts, mbuf pools
     Subsystem(uvm_pager, uvm_pager.declare, uvm_pager.format, uvm_pager.attach),  # pageout I/O
+    Subsystem(kern_exec, None, None, kern_exec.attach),             # execve
+    Subsystem(vm_machdep, None, None, vm_machdep.attach),           # vmapbuf
+    Subsystem(kern_physio, None, None, kern_physio.attach),         # physio
 )
 
 
@@ -404,6 +410,7 @@ class Kernel:
 
         p = ci.md.proc[tid]
         self.load.exited(ci, tid)
+        kern_exec.exit_args(tid)
         if shared.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
         if p["uarea"]:

@@ -25,9 +25,10 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
 
     kernel_lock                     KERNEL_PROC_LOCK around a user fault (i386mp)
     vm_map                          MAPS: the faulting process's map
-    kernel_map                      MAPS: kernel_map (fork holds the parent's map while
+    kernel_map, exec_map            MAPS: kernel_map (fork holds the parent's map while
                                     pmap_pinit allocates from it; pmap_growkernel
-                                    runs under it; the u-area faults on it)
+                                    runs under it; the u-area faults on it), exec_map
+                                    (execve's arguments fault on it)
     amap                            AMAP
     vnode, kernel_object,           UOBJ: one object at a time (ubc: the UBC windows'
       kmem_object, mb_object, ubc   object, which ubc_alloc holds to unmap a window)
@@ -42,7 +43,7 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
     pvalloc_lock                    the pv allocator
     pmap_zero_page_lock,            the zerop and csrcp/cdstp windows
       pmap_copy_page_lock
-    pager_map, exec_map, phys_map,  kernel VA: leaves, taken (or try-locked) under the
+    pager_map, phys_map,            kernel VA: leaves, taken (or try-locked) under the
       kmem_map, mb_map, pool        pv allocator and the pager; kmem_map, mb_map and
                                     the mbuf pools also at interrupt level
     swap_data_lock, uvm_anon_lock   swap slots, the anon free list
@@ -95,7 +96,7 @@ LockError = _atomic.LockError
 LOCK_ORDER: list[tuple[str, ...]] = [
     ("kernel_lock",),
     ("vm_map",),
-    ("kernel_map",),
+    ("kernel_map", "exec_map"),
     ("amap",),
     ("vnode", "kernel_object", "kmem_object", "mb_object", "ubc"),
     ("anon",),
@@ -107,7 +108,7 @@ LOCK_ORDER: list[tuple[str, ...]] = [
     ("pvh",),
     ("pvalloc_lock",),
     ("pmap_zero_page_lock", "pmap_copy_page_lock"),
-    ("pager_map", "exec_map", "phys_map"),
+    ("pager_map", "phys_map"),
     ("kmem_map", "mb_map", "pool"),
     ("swap_data_lock", "uvm_anon_lock"),
     ("fpageq", "aiodoned_lock"),

@@ -393,45 +393,56 @@ def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
 
 
 def uvm_fault_wire_kernel(va: int, npages: int) -> None:
-    """uvm_fault_wire(kernel_map, va, va + npages * NBPG): fault in and wire kernel_object
-    pages (a u-area, uvm_fork).  May sleep; the caller runs it again after the wakeup and
-    it goes on with the first page not mapped yet.
+    """uvm_fault_wire(kernel_map, va, va + npages * NBPG): a u-area (uvm_fork); see
+    uvm_fault_kernel."""
+    uvm_fault_kernel(uvm_km.KERNEL_MAP, va, npages, True)
 
-    Each page is a fault on kernel_map (the map locked for the fault, as uvm_fault holds
+
+def uvm_fault_kernel(m: int, va: int, npages: int, wired: bool) -> None:
+    """Fault kernel_object pages in at ``va`` in kernel map ``m`` (uvm_fault_wire of a
+    u-area on kernel_map; execve's copyin of its arguments into exec_map).  May sleep;
+    the caller runs it again after the wakeup and it goes on with the first page not
+    mapped yet.
+
+    Each page is a fault on the map (its lock held for the fault, as uvm_fault holds
     it), case 2 on kernel_object: uao_get finds no page and allocates one -- a kernel
     object, so from the reserve -- or waits "uao_getpage"; then
-    pmap_enter(kernel pmap, ..., PMAP_WIRED | PMAP_CANFAIL): a failure (no pv entry)
+    pmap_enter(kernel pmap, ..., PMAP_CANFAIL [| PMAP_WIRED]): a failure (no pv entry)
     waits "flt_pmfail2" and refaults.  (The real fault keeps the new page in the object
-    while it waits; here it is freed and allocated again, the same pressure.)
+    while it waits; here it is freed and allocated again, the same pressure.)  The pages
+    stay off the paging queues: a u-area is wired, exec's arguments live only as long
+    as the execve.
     """
+    mlk = uvm_km.map_lock[m]
+    rw = VM_PROT_READ | VM_PROT_WRITE
+    flags = rw | PMAP_CANFAIL | (PMAP_WIRED if wired else 0)
     for i in range(npages):
         v = va + i * NBPG
         if pmap.pmap_extract(KERNEL_PMAP, v) >= 0:
-            continue                            # wired already (before a sleep)
+            continue                            # in already (before a sleep)
         _cnt(counter.faults)
-        lock.simple_lock(uvm_km.kernel_map_lock)
+        lock.simple_lock(mlk)
         lock.simple_lock(uvm_km.kernel_object_lock)
         pg = uvm_pagealloc(OWN_KMEM, uvm_km.KOBJ_KERNEL, uvm_km.kva_index(v), -1, 0)
         lock.simple_unlock(uvm_km.kernel_object_lock)
         if pg < 0:
-            lock.simple_unlock(uvm_km.kernel_map_lock)
+            lock.simple_unlock(mlk)
             _cnt(counter.fltnoram)
             _cnt(counter.uvm_wait)
             uvm_pdaemon.uvm_wait(W_UAO_GETPAGE)
         shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
         shared.pg_wire[pg] = 1
-        rw = VM_PROT_READ | VM_PROT_WRITE
-        if pmap.pmap_enter(KERNEL_PMAP, v, pg, rw, rw | PMAP_WIRED | PMAP_CANFAIL):
+        if pmap.pmap_enter(KERNEL_PMAP, v, pg, rw, flags):
             lock.simple_lock(uvm_km.kernel_object_lock)
             uvm_page.uvm_pagefree(pg)
             lock.simple_unlock(uvm_km.kernel_object_lock)
-            lock.simple_unlock(uvm_km.kernel_map_lock)
+            lock.simple_unlock(mlk)
             _cnt(counter.pmfail_waits)
             _cnt(counter.flt_pmfail2)
             _cnt(counter.uvm_wait)
             uvm_pdaemon.uvm_wait(WMESG["flt_pmfail2"])
-        lock.simple_unlock(uvm_km.kernel_map_lock)
+        lock.simple_unlock(mlk)
 
 
-__all__ = ["uvm_fault", "uvm_fault_wire_kernel", "FaultInfo", "ENOMEM", "EFAULT", "EACCES",
-           "EAGAIN"]
+__all__ = ["uvm_fault", "uvm_fault_wire_kernel", "uvm_fault_kernel", "FaultInfo", "ENOMEM",
+           "EFAULT", "EACCES", "EAGAIN"]

@@ -382,6 +382,12 @@ def uvm_km_free(va: int, npages: int) -> None:
     _unwind(va, npages, npages)
 
 
+def uvm_km_free_wakeup(va: int, npages: int, nva: int) -> None:
+    """uvm_km_free_wakeup: the first ``npages`` pages at ``va`` unmapped and freed, then
+    ``nva`` pages of VA given back, waking whoever waits for VA in that map."""
+    _unwind(va, npages, nva)
+
+
 def _uvm_wait(wmesg: int) -> None:
     """uvm_wait: sleep until the pagedaemon frees memory (never returns: restart)."""
     # uvm_pdaemon's pager maps its pages into pager_map with this module's VA allocator,

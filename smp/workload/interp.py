@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from smp.kern import intr, kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
+from smp.kern import (
+    intr,
+    kern_exec,
+    kern_physio,
+    kern_synch,
+    lock,
+    subr_prf,
+    trap,
+    uvm_km,
+    uvm_map,
+)
 from smp.kern.kernel import LoadHooks
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_fault import EAGAIN
@@ -34,6 +44,17 @@ W_NANOSLEEP = subr_prf.intern("nanoslp")
 MSG_ENOMEM = subr_prf.message("", "pid %d (%s): mmap of %d pages failed: error %d")
 MSG_FORKFAIL = subr_prf.message("", "pid %d (%s): fork failed: error %d")
 KM_KINDS = ("alloc1", "malloc", "malloc_pageable")
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A network interface of the load: packets of ``size`` bytes every ``period_ns`` on
+    ``cpu`` (-1: one such source on every CPU), each freed ``hold_ns`` after it came."""
+
+    cpu: int
+    period_ns: int
+    size: int
+    hold_ns: int
 
 
 @dataclass
@@ -58,6 +79,7 @@ class ProgramLoad(LoadHooks):
     files: list[int] = field(default_factory=list)     # file sizes in pages
     amap_per_proc: int = 1024     # anonymous pages one process may map
     seed: int = 0
+    interrupts: list[Interrupt] = field(default_factory=list)   # [[interrupt]] sources
 
     @property
     def nprocs(self) -> int:
@@ -246,6 +268,13 @@ class ProgramLoad(LoadHooks):
                 reg[2] = 0
             elif op == Op.BARRIER:
                 self._barrier(tid, reg, prog[b + 1], prog[b + 2])
+            elif op == Op.EXEC:
+                self._exec(tid, b)
+            elif op == Op.RAWREAD:
+                base = (tid * NSLOTS + prog[b + 1]) * 2
+                if self.pslot[base]:
+                    kern_physio.physio_read(tid, self.pslot[base], prog[b + 2], prog[b + 3],
+                                            reg)
         finally:
             if big and lock.lock_held(lock.KERNEL_LOCK_ID):
                 lock.kernel_unlock()
@@ -262,6 +291,21 @@ class ProgramLoad(LoadHooks):
             return
         self.pslot[base] = va
         self.pslot[base + 1] = npages
+
+    def _exec(self, tid, b) -> None:
+        """execve: the kernel replaces the address space; the program's regions become the
+        new text and data (every other mmap region is gone)."""
+        prog = self.prog
+        fid, text, data, args, tslot, dslot = (prog[b + k] for k in range(1, 7))
+        tva, dva = kern_exec.execve(tid, fid, text, data, args)
+        n = NSLOTS * 2
+        for i in range(tid * n, (tid + 1) * n):
+            self.pslot[i] = 0
+        base = (tid * NSLOTS + tslot) * 2
+        self.pslot[base], self.pslot[base + 1] = tva, text
+        if dslot >= 0:
+            base = (tid * NSLOTS + dslot) * 2
+            self.pslot[base], self.pslot[base + 1] = dva, data
 
     def _mlock(self, ci, tid, reg, slot, wire, first, count, stride) -> None:
         """mlock/munlock of a whole region, or of every ``stride``-th page of a range.
