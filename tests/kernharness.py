@@ -367,16 +367,18 @@ class CheckedMachine(Machine):
 def run_program(program: Callable[[Assembler], int], nprocs: int, overrides: Sequence[str],
                 machine: str = "tiny", kernel: str = "default", amap_per_proc: int = 4096,
                 time_limit_s: float = 60.0, run_dir: Path | None = None, seed: int = 0,
-                maxproc: int = 0, fail: Sequence[str] = (), lockstep: str | None = None):
+                maxproc: int = 0, fail: Sequence[str] = (), lockstep: str | None = None,
+                interrupts: Sequence[Interrupt] = ()):
     """Boot a real machine (forked CPUs) on a program of ``nprocs`` processes (``maxproc``
-    alive at once, forks included) with failpoints ``fail`` (smp.kern.kern_fail specs),
-    free-running or in ``lockstep`` ("random"/"pct", reproducible by ``seed``); returns
-    (machine, outcome)."""
+    alive at once, forks included) with failpoints ``fail`` (smp.kern.kern_fail specs)
+    and ``interrupts`` sources, free-running or in ``lockstep`` ("random"/"pct",
+    reproducible by ``seed``); returns (machine, outcome)."""
     m, k = configs(overrides, machine, kernel)
     a = Assembler()
     pc = program(a)
     load = ProgramLoad(name="kerntest", table=a.table(), kinds=[ProcessKind("hog", nprocs, pc)],
-                       maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed)
+                       maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed,
+                       interrupts=list(interrupts))
     kern = Kernel(k, load, list(fail), seed=seed)
     with contextlib.ExitStack() as stack:
         if run_dir is None:

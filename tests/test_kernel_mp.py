@@ -206,3 +206,22 @@ def test_a_lockstep_run_ends_when_no_cpu_is_inside_the_kernel():
     assert o.status == "done", o.message
     assert list(mach.violations) == [] and mach.violations.skipped == [], \
         mach.violations.reason
+
+
+@pytest.mark.parametrize("lockstep", [None, "random"], ids=["free", "lockstep"])
+def test_network_interrupts_reach_every_cpu_under_paging_pressure(lockstep):
+    """[[interrupt]] sources on every CPU: packets take mbufs and clusters at interrupt
+    level while the processes page (both schedules); every structure stays consistent and
+    the pools hold exactly the packets' items."""
+    from smp.workload.interp import Interrupt
+
+    net = Interrupt(cpu=-1, period_ns=200_000, size=1500, hold_ns=5_000_000)
+    mach, o = run_program(pager(500, 6, 100), 6, [*MACHINE, "biglock=on"],
+                          amap_per_proc=500, interrupts=[net], lockstep=lockstep, seed=2,
+                          time_limit_s=90.0)
+    assert o.status == "done", o.message
+    assert list(mach.violations) == [] and mach.violations.skipped == []
+    c = counters(o)
+    assert c["intr_allocs"] > 20 and c["pgswapout"] > 0
+    per_cpu = o.kernel["per_cpu_counters"]
+    assert sum(1 for row in per_cpu if row.get("intr_allocs")) >= 2   # not just one CPU

@@ -209,10 +209,15 @@ def spl_allows() -> bool:
     (INTR_CLASSES: NetBSD holds those at splvm, splimp, splbio or splhigh).  A CPU in
     the middle of a fault, holding its map, amap, anon and pmap locks, takes interrupts:
     those locks are taken at spl0 -- unless the handler takes the big lock and the CPU
-    does not hold it already (it would wait for the outermost lock holding others)."""
+    does not hold it already (it would wait for the outermost lock holding others).  A
+    CPU spinning for a lock the handler takes serves it once it has the lock (a nested
+    spin for the same lock would only wait beside the first)."""
     me = _ci.cpu
     if shared.intr_depth[me]:
         return False
+    spin = int(_ci.area["spinning_on"]) - 1
+    if spin >= 0 and (_masks[spin] or (_biglock and spin == lock.KERNEL_LOCK_ID)):
+        return False            # spinning for a lock the handler takes: it waits its turn
     n = _ci.core.nheld()
     if n == 0:
         return True

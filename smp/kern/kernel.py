@@ -15,13 +15,18 @@ version replays byte-identically.  Then the kernel runs threads a slice at a
 time for the machine's dispatch loop:
 
     run(ci, tid):
-        the pagedaemon: one pass of uvm_pageout
+        the pagedaemon: one pass of uvm_pageout; aiodoned: the pageouts done
         a process: load its pmap (pmap_activate), let the load run a slice
         -> RUNNABLE: its quantum is used up; back on the run queue
         -> Sleep:    ltsleep() unwound it; give up the big lock, queue it on its
                      channel, drop the interlock (mi_switch)
         -> Killed:   trap() posted SIGKILL/SIGSEGV: it exits
         -> EXITED:   exit1(): free its address space and its proc slot
+
+Each CPU attaches, then waits for the others (cpu_boot_secondary).  fork1
+and exit1 are NetBSD 1.5's: a proc slot, the u-area's kernel_map VA, the
+page directory from uvm_km_alloc and the u-area wired through faults on
+kernel_map; at exit all of them go back before the proc slot is freed.
 
 User code runs without the big kernel lock; with ``biglock = on`` the load
 takes it around every kernel entry (``KERNEL_PROC_LOCK`` in trap() and

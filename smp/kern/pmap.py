@@ -30,6 +30,22 @@ pmap_enter(pmap, va, pa, prot, flags)       [§4.1]
         none: PMAP_CANFAIL ? ENOMEM : panic("pmap_enter: no pv entries available")
     write the PTE; a changed valid PTE is shot down on every CPU using the pmap
 
+the pv allocator                             [§2.4, as 1.91]
+    pv_freepages / pv_unusedpgs are TAILQs of pv pages; pmap_init's pv_initpage
+    (from kernel_map) sits on pv_unusedpgs until wanted; below PVE_LOWAT free
+    entries a new page is made in advance; a new page needs a kmem_map VA
+    (try-locked) -- kept in pv_cachedva when the page itself cannot be had --
+    and a kmem_object page (kmem_object try-locked) from the reserve; failing
+    that, steal_one walks every managed page from the first for an unwired
+    user mapping.  Freeing above PVE_HIWAT gives an unused page back
+    (pmap_free_pvpage, map try-locked), except for the kernel pmap's entries.
+
+pmap_create / pmap_release                   [§4.7]
+    the page directory comes from uvm_km_alloc(kernel_map) -- a kernel_object
+    page mapped with a plain pmap_enter on the kernel pmap (a kernel pv entry)
+    -- and goes back with uvm_km_free; kernel_map growth beyond the kernel's
+    PTPs calls pmap_growkernel, which may steal a user PTP (§4.6).
+
 pmap_steal_ptp(caller, idx)                  [§4.3, exactly the 1.91 behaviour]
     pmaps_lock for the whole search, from pmaps_hand; the caller's own pmap is
     a candidate (it is locked already); others are only try-locked; a PTP with
@@ -38,7 +54,8 @@ pmap_steal_ptp(caller, idx)                  [§4.3, exactly the 1.91 behaviour]
     moved to the caller's object and zeroed.  The 2000 code flushed only the
     local TLB; ``shootdown_on_steal = on`` also shoots the victim's 4 MiB
     down on every CPU where it is active.  Every steal prints a console line
-    (the printf Sommerfeld added on the i386mp branch).
+    (the printf Sommerfeld added on the i386mp branch).  A stolen pv entry is
+    flushed the same way (1.91: pmap_update_pg when the victim is current).
 
 Choices where the facts are open (NETBSD-FACTS §12):
 * ``pmap_canfail_leak`` (default off): on, a CANFAIL PTP failure returns

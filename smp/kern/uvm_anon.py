@@ -12,8 +12,9 @@ counts anons whose only copy is in swap (page freed after pageout).  When
 with ENOMEM and the process is killed ("out of swap"), and the pagedaemon
 reactivates dirty anonymous pages instead of paging them out.
 
-I/O is synchronous and costs no simulated time: a pageout's pages are
-clean again as soon as the pager returns.
+A pageout is asynchronous (uvm_pager): while it is in flight the page is
+busy, and an anon freed meanwhile keeps it (PG_RELEASED) until the write
+completes and frees both.
 
 Two subsystems of the kernel's tuple come from this file: the anons
 (``declare``: the per-anon locks) and swap (``declare_swap``: the swap map,

@@ -407,9 +407,11 @@ def _unwind(va: int, npages: int, nva: int) -> None:
         pg = pmap.pmap_extract(KERNEL_PMAP, va + i * NBPG)
         if pg >= 0:
             pages.append(pg)
-    if pages and shared.pg_obj[pages[0]] in (KOBJ_KMEM, KOBJ_MB) and \
+    if not pages:
+        pass                                  # nothing mapped yet (the first page failed)
+    elif shared.pg_obj[pages[0]] in (KOBJ_KMEM, KOBJ_MB) and \
             shared.pg_owner[pages[0]] == OWN_KMEM:
-        pmap.pmap_kremove(va, npages)
+        pmap.pmap_kremove(va, npages)         # (no pmap lock: also at interrupt level)
     else:
         pmap.pmap_remove(KERNEL_PMAP, va, va + npages * NBPG)
     for pg in pages:

@@ -18,6 +18,11 @@ lock ``fpageq``:
         and is the pagedaemon
     take the head of the free list; free--
 
+An interrupt that is due is taken at the top of every allocation (it may
+come in "between instructions" there, holding the caller's spl-0 locks), so
+an interrupt handler's own allocations can drain the reserve right before
+the caller's.
+
 So user data pages fail at free <= 5 while PTPs and pv pages (USERESERVE)
 fail only at free <= 1 -- the arithmetic behind Sommerfeld never seeing his
 steal printf (NETBSD-FACTS §5.3).  A refused caller decides whether to sleep
