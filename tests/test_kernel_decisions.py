@@ -830,6 +830,30 @@ def test_an_interrupt_waits_while_the_cpu_holds_a_lock_its_handler_takes():
         assert b.check() == []
 
 
+@pytest.mark.parametrize("spin_on, served", [
+    ("pageq", True),            # a paging-queue lock, taken at spl0: the spinner serves it
+    ("fpageq", False),          # splvm: it waits until the CPU has the lock and gives it up
+])
+def test_a_cpu_spinning_on_a_lock_serves_interrupts_its_handler_allows(spin_on, served):
+    """The atomic core's spin loop calls the IPI handler while the CPU waits for a lock
+    another CPU holds (as it answers TLB shootdowns there); the handler serves the
+    packet unless the lock it waits for is one the handler takes."""
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        lk = {"pageq": uvm_page.pageq_lock, "fpageq": uvm_page.fpageq_lock}[spin_on]
+        b.interrupt()
+        b.ci.area["spinning_on"] = lk + 1                 # (as spin_turn announces it)
+        try:
+            intr.i386_ipi_handler()                       # the spin loop's call
+        finally:
+            b.ci.area["spinning_on"] = 0
+        assert b.cnt("intr_allocs") == (1 if served else 0)
+        assert bool(b.ci.ipi_pending()) == (not served)   # a deferred one is posted again
+        intr.at_point()                                   # out of the spin: served now
+        assert b.cnt("intr_allocs") == 1
+        assert b.check() == []
+
+
 def test_an_interrupt_between_a_faults_page_and_its_ptp_drains_the_reserve_into_a_steal(
         monkeypatch):
     """§13: a fault that got its data page at free = 6 (5 after) takes an interrupt
