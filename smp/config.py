@@ -241,6 +241,27 @@ def _power_of_two_in(lo: int, hi: int) -> _Convert:
     return convert
 
 
+def _choice(*words: str) -> _Convert:
+    def convert(raw: object, where: str) -> str:
+        if isinstance(raw, str) and raw.strip().lower() in words:
+            return raw.strip().lower()
+        raise _bad(f"{where}: expected one of {', '.join(words)}, got {raw!r}")
+    return convert
+
+
+def _duration_ns(lo: int, hi: int) -> _Convert:
+    """A duration such as ``"5ms"``; a bare integer is nanoseconds (how manifests keep it)."""
+    def convert(raw: object, where: str) -> int:
+        value = _as_int(raw) if not isinstance(raw, str) else None
+        if value is None:
+            value = parse_duration(raw, where)    # type: ignore[arg-type]
+        if not lo <= value <= hi:
+            raise _bad(f"{where} = {_show(raw)}: must be from {lo // 1000} us to "
+                       f"{hi // 1_000_000} ms")
+        return value
+    return convert
+
+
 def _physmem(raw: object, where: str) -> int:
     value = parse_size(raw, where) // PAGE_SIZE * PAGE_SIZE  # type: ignore[arg-type]
     if value < _MIN_PHYSMEM:
@@ -306,6 +327,7 @@ class MachineProfile:
     trace_ring: int = 65536     # records per CPU ring
     hz: int = 100
     park_after: int = 256       # spin turns before a lock waiter sleeps on a futex (0: spin)
+    disk_latency: int = 10_000_000   # ns a disk transfer (a pageout cluster) takes
 
     @property
     def npages(self) -> int:
@@ -331,6 +353,15 @@ class KernelConfig:
     PMAP_CANFAIL PTP failure returns early without unlocking, as OpenBSD's 1.63 copy does.
     ``pv_steal_attrs``: whether pv stealing merges the stolen PTE's U/M bits into the page's
     attributes; the 1.91 lineage does not (§2.4 step 4), so a dirty bit can be lost.
+    ``nkpde``: the kernel PTPs locore.s sets up before UVM runs (NKPTP, 4 on i386: 16 MB);
+    the boot-time submaps and every later kernel_map allocation grow it (pmap_growkernel).
+    ``pageout_free``: ``aiodone`` -- a page whose asynchronous pageout completed is freed
+    by the I/O-done processing (NetBSD from late 2001, PG_PAGEOUT); ``rescan`` -- it is
+    only marked clean there and freed by the pagedaemon's next scan (the copy of
+    uvm_pager.c 1.36 of November 2000 that OpenBSD kept).  Which one the January 2001
+    branch had is UNVERIFIED.  ``intr_biglock``: interrupt handlers take the big lock when
+    ``biglock`` is on, as the merged MP code's x86_intlock does; the January 2001
+    branch's choice is UNVERIFIED (NETBSD-FACTS §12 item 6).
     """
 
     name: str = "builtin"
@@ -347,6 +378,9 @@ class KernelConfig:
     freetarg: int = 0             # pages; 0 = auto (uvmpd_tune)
     pmap_canfail_leak: bool = False
     pv_steal_attrs: bool = False
+    nkpde: int = 4                # kernel PTPs locore sets up (i386 NKPTP: 16 MB)
+    pageout_free: str = "aiodone"  # who frees a page once its pageout I/O is done
+    intr_biglock: bool = True     # interrupt handlers take the big lock (with biglock on)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``name``, ``path`` and the ``[kernel]`` keys (``steal`` as ``"ptp,pv"``)."""
@@ -434,6 +468,7 @@ MACHINE_KEYS: dict[str, _Convert] = {
     "trace_ring": _power_of_two_in(64, 4194304),
     "hz": _int_in(10, 10000),
     "park_after": _int_in(0, 1 << 30),
+    "disk_latency": _duration_ns(1_000, 1_000_000_000),
 }
 
 KERNEL_KEYS: dict[str, _Convert] = {
@@ -450,6 +485,9 @@ KERNEL_KEYS: dict[str, _Convert] = {
     "freetarg": _int_in(0, _MAX_PAGES),
     "pmap_canfail_leak": parse_onoff,
     "pv_steal_attrs": parse_onoff,
+    "nkpde": _int_in(4, 255),                 # NKPTP_MIN .. NKPTP_MAX (1024 - 768 - 1)
+    "pageout_free": _choice("aiodone", "rescan"),
+    "intr_biglock": parse_onoff,
 }
 
 # -o accepts unqualified keys, so the two sections must not share one.

@@ -46,7 +46,7 @@ from smp.machine.trace import NullSink
 from smp.rundir.format import Catalogue
 from smp.rundir.reader import RunDir
 from smp.rundir.writer import RunWriter
-from smp.workload.interp import ProcessKind, ProgramLoad
+from smp.workload.interp import Interrupt, ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
 RW = VM_PROT_READ | VM_PROT_WRITE
@@ -54,13 +54,16 @@ PAGEDAEMON_TID = 0
 KEPT_INVERSION = ("pvalloc_lock", "pmap_tmpptp_lock")   # pv stealing, as in 1.91 (pmap.py)
 
 
-def idle_load(nprocs: int, amap_per_proc: int = 4096) -> ProgramLoad:
-    """A load whose processes exist (pmap, map, proc slot) but never run on their own."""
+def idle_load(nprocs: int, amap_per_proc: int = 4096, files: Sequence[int] = (),
+              interrupts: Sequence[Interrupt] = ()) -> ProgramLoad:
+    """A load whose processes exist (pmap, map, proc slot) but never run on their own;
+    ``files``: the sizes in pages of the files it declares; ``interrupts``: its sources."""
     a = Assembler()
     pc = a.pc
     a.emit(Op.EXIT)
     return ProgramLoad(name="harness", table=a.table(), kinds=[ProcessKind("proc", nprocs, pc)],
-                       maxproc=nprocs, amap_per_proc=amap_per_proc)
+                       maxproc=nprocs, amap_per_proc=amap_per_proc, files=list(files),
+                       interrupts=list(interrupts))
 
 
 def configs(overrides: Sequence[str] = (), machine: str = "tiny", kernel: str = "default"):
@@ -73,10 +76,11 @@ class Booted:
     """One booted, unforked machine with the kernel attached to cpu0 in this process."""
 
     def __init__(self, overrides: Sequence[str] = (), nprocs: int = 3,
-                 amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default"):
+                 amap_per_proc: int = 4096, machine: str = "tiny", kernel: str = "default",
+                 files: Sequence[int] = (), interrupts: Sequence[Interrupt] = ()):
         m, k = configs(["ncpu=1", *overrides], machine, kernel)
         self.profile, self.config = m, k
-        self.load = idle_load(nprocs, amap_per_proc)
+        self.load = idle_load(nprocs, amap_per_proc, files, interrupts)
         self.kernel = Kernel(k, self.load)
         self.machine = Machine(m, self.kernel, NullSink())
         self.seg = None
@@ -87,6 +91,9 @@ class Booted:
             self.destroy()
             raise
         self.a = self.seg.arrays
+        if interrupts:               # arrivals only when a test makes them (``interrupt``)
+            self.a["isrc"][:, 4] = 1 << 60
+            self.a["intr_glob"][0] = 1 << 60
         self.taken: list[int] = []
         self.nprocs = nprocs
         self._ring_seen = 0
@@ -171,6 +178,32 @@ class Booted:
         self.switch_to(i)
         pmap.pmap_remove(self.pm(i), va, va + npages * NBPG)
 
+    def interrupt(self, n: int = 1, src: int = 0) -> None:
+        """Make ``n`` arrivals of interrupt source ``src`` due now (its next one far off),
+        as the interrupt controller would post them; the next delivery point serves
+        them."""
+        from smp.kern import intr
+
+        isrc = self.a["isrc"]
+        isrc[src, intr.S_NEXT] = 1 << 60
+        self.a["isrc_pend"][src] += n
+        self.ci.send_ipi(int(isrc[src, intr.S_CPU]), intr.I386_IPI_DEVINTR)
+        self.a["intr_glob"][intr.IG_NEXT_DUE] = 0     # the controller looks at once
+
+    def complete_pageouts(self) -> int:
+        """Let every pageout in flight complete now: the disk interrupt (biodone) and the
+        aiodone daemon's work, on cpu0; returns how many writes completed."""
+        from smp.kern import uvm_pager
+
+        n = int(np.count_nonzero(self.a["aio_state"] == uvm_pager.A_INFLIGHT))
+        uvm_pager.poll_aio(1 << 61)
+        self.ci.take_ipis()
+        uvm_pager.uvm_aio_biodone(0)
+        with pytest.raises(kern_synch.Sleep) as ei:         # aiodoned, till it sleeps
+            uvm_pager.uvm_aiodone_daemon_step(1)
+        lock.simple_unlock(ei.value.interlock)
+        return n
+
     # -- free memory -------------------------------------------------------------------------
 
     def take_page(self) -> int:
@@ -217,7 +250,7 @@ class Booted:
         return held
 
     def release_pv_entries(self, held: list[int]) -> None:
-        pmap.pmap_free_pvs(held)
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, held)
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -335,16 +368,18 @@ class CheckedMachine(Machine):
 def run_program(program: Callable[[Assembler], int], nprocs: int, overrides: Sequence[str],
                 machine: str = "tiny", kernel: str = "default", amap_per_proc: int = 4096,
                 time_limit_s: float = 60.0, run_dir: Path | None = None, seed: int = 0,
-                maxproc: int = 0, fail: Sequence[str] = (), lockstep: str | None = None):
+                maxproc: int = 0, fail: Sequence[str] = (), lockstep: str | None = None,
+                interrupts: Sequence[Interrupt] = ()):
     """Boot a real machine (forked CPUs) on a program of ``nprocs`` processes (``maxproc``
-    alive at once, forks included) with failpoints ``fail`` (smp.kern.kern_fail specs),
-    free-running or in ``lockstep`` ("random"/"pct", reproducible by ``seed``); returns
-    (machine, outcome)."""
+    alive at once, forks included) with failpoints ``fail`` (smp.kern.kern_fail specs)
+    and ``interrupts`` sources, free-running or in ``lockstep`` ("random"/"pct",
+    reproducible by ``seed``); returns (machine, outcome)."""
     m, k = configs(overrides, machine, kernel)
     a = Assembler()
     pc = program(a)
     load = ProgramLoad(name="kerntest", table=a.table(), kinds=[ProcessKind("hog", nprocs, pc)],
-                       maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed)
+                       maxproc=max(nprocs, maxproc), amap_per_proc=amap_per_proc, seed=seed,
+                       interrupts=list(interrupts))
     kern = Kernel(k, load, list(fail), seed=seed)
     with contextlib.ExitStack() as stack:
         if run_dir is None:

@@ -286,6 +286,30 @@ def test_lock_protocol_errors(machine: Callable[..., Segment]) -> None:
     assert_idle(seg, [1, 2, rw])
 
 
+def test_lock_errors_carry_the_lock_and_whether_it_was_our_own(
+        machine: Callable[..., Segment]) -> None:
+    """The kernel turns a LockError into a LOCKDEBUG panic naming the lock: it reads
+    the facts off the exception, never out of its text."""
+    seg = machine(ncpu=1)
+    core = seg.core(0)
+    core.lock(1)
+    with pytest.raises(_atomic.LockError) as ei:
+        core.lock(1)
+    assert ei.value.lock == 1 and ei.value.myself is True
+    core.unlock(1)
+    with pytest.raises(_atomic.LockError) as ei:
+        core.unlock(2)
+    assert ei.value.lock == 2 and ei.value.myself is False
+    rw = 3
+    seg.locks["flags"][rw] = _atomic.LF_RW
+    core.rlock(rw)
+    with pytest.raises(_atomic.LockError) as ei:
+        core.wlock(rw)
+    assert ei.value.lock == rw and ei.value.myself is True
+    core.runlock(rw)
+    assert_idle(seg, [1, 2, rw])
+
+
 def test_held_stack_overflow_leaves_lock_free(machine: Callable[..., Segment]) -> None:
     seg = machine(ncpu=1)
     core = seg.core(0)

@@ -435,7 +435,7 @@ def test_not_utf8(cwd):
     ("[machine]\nhz = true\n",
      "m.toml: machine.hz: expected an integer from 10 to 10000, got True"),
     ("[machine]\nfoo = 1\n", "m.toml: machine.foo: unknown key (known: ncpu, physmem, swap, "
-                             "maxproc, trace_ring, hz, park_after)"),
+                             "maxproc, trace_ring, hz, park_after, disk_latency)"),
     ("[machine]\nncpu = 4\n[kernel]\nsteal = \"none\"\n",
      "m.toml: unknown section [kernel] (expected [machine])"),
     ("ncpu = 4\n[machine]\n", "m.toml: ncpu: key outside the [machine] section"),
@@ -459,10 +459,10 @@ def test_bad_machine_files(cwd, text, expected):
      "k.toml: kernel.freetarg = 50: must be greater than kernel.freemin (50)"),
     ("[kernel]\nbigLock = 1\n", "k.toml: kernel.bigLock: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
     ("[kernel.extra]\nx = 1\n", "k.toml: kernel.extra: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
     ("[machine]\nncpu = 4\n", "k.toml: unknown section [machine] (expected [kernel])"),
 ])
 def test_bad_kernel_files(cwd, text, expected):

@@ -165,9 +165,9 @@ def test_an_invalid_script_exits_2_with_one_clean_line_before_anything_runs(tmp_
     assert r.returncode == 2
     lines = r.stderr.splitlines()
     assert lines == [f"smp: {bad}: process[0].program[0].op: unknown operation 'fly' "
-                     "(expected one of barrier, compute, duration, exit, fork, kfree, "
-                     "kmalloc, mlock, mmap, munlock, munmap, read, repeat, sleep, touch, "
-                     "write)"]
+                     "(expected one of barrier, compute, duration, exec, exit, fork, kfree, "
+                     "kmalloc, mlock, mmap, munlock, munmap, rawread, read, repeat, sleep, "
+                     "touch, write)"]
     assert not out.exists()
 
 

@@ -124,7 +124,10 @@ def test_failed_ptp_allocations_without_stealing_make_faults_wait(tmp_path):
     assert summary(out)["status"] == "timeout"        # no fault can ever complete
     c = counters(out)
     assert c["canfail_enomem"] > 0 and c["pmfail_waits"] > 0
-    assert c["canfail_enomem"] == c["pmfail_waits"] == c["pmap_enter"]
+    # the (virtual) time limit halts the CPUs where they are: one may be inside a fault
+    # whose pmap_enter it has counted but not failed yet, or not waited for yet
+    assert c["pmap_enter"] - c["pmfail_waits"] in (0, 1)
+    assert c["canfail_enomem"] - c["pmfail_waits"] in (0, 1)
     assert c["ptp_alloc"] == 0 and c["ptp_steals"] == 0 and c["ptp_steal_fail"] == 0
 
 
@@ -154,12 +157,17 @@ def test_every_nth_pv_allocation_fails(tmp_path):
 
 def test_a_failed_pv_page_allocation_is_counted(tmp_path):
     out = tmp_path / "run"
-    r = smp(*touch(out, "--fail", "pmap_alloc_pvpage:nth=1"), cwd=tmp_path)
+    big = tmp_path / "touch300.toml"           # more mappings than pv_initpage has entries
+    big.write_text(Path(TOUCH).read_text().replace('"256K"', '"1200K"'))
+    args = touch(out, "--fail", "pmap_alloc_pvpage:nth=1")
+    r = smp(*[str(big) if a == TOUCH else a for a in args], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     c = counters(out)
     assert summary(out)["status"] == "done"
     assert c["pvpage_fail"] == 1 and c["pvpage_alloc"] >= 1
-    assert c["canfail_enomem"] >= 1                  # nothing to steal a pv entry from yet
+    # the first new pv page is a refill below PVE_LOWAT (pmap_init's pv_initpage gave the
+    # first entries): its failure costs no mapping, the next refill succeeds
+    assert c["canfail_enomem"] == 0
 
 
 def test_uvm_pagealloc_failures_raise_fltnoram(tmp_path):

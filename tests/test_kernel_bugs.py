@@ -9,6 +9,11 @@ kernel function), which is what a real second CPU may do at that moment.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+from conftest import smp
 from kernharness import (
     RW,
     booted,
@@ -31,6 +36,8 @@ from smp.machine.trace import NullSink
 from smp.workload.interp import ProcessKind, ProgramLoad
 from smp.workload.program import Assembler, Op
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 class WouldBlock(Exception):  # noqa: N818 - a control transfer
     """The code running as "the other CPU" asked for a lock cpu0 holds: it would wait."""
@@ -39,7 +46,8 @@ class WouldBlock(Exception):  # noqa: N818 - a control transfer
 def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monkeypatch):
     """Found by the DIAGNOSTIC check (fixed in 4ac0ebc): the lookahead loop of uvm_fault
     read an anon's page without the anon lock, so it could map a page the pagedaemon had
-    just unmapped and was about to free -- a process left mapping a free page."""
+    just unmapped and was about to page out and free -- a process left mapping a free
+    page."""
     with booted() as b:
         va = b.mmap(0, 8)
         for k in range(3):
@@ -49,7 +57,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         lock.simple_lock(uvm_page.pageq_lock)
         uvm_page.uvm_pagedeactivate(victim)
         lock.simple_unlock(uvm_page.pageq_lock)
-        real_put, real_lock = uvm_pdaemon.uvm_pager_put, lock.simple_lock
+        real_alloc, real_lock = uvm_pdaemon.uvm_swap_alloc, lock.simple_lock
         blocked = []
 
         def other_cpu_lock(lk):
@@ -57,8 +65,9 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 raise WouldBlock(lk)
             real_lock(lk)
 
-        def put(pg):
-            # meanwhile on "cpu1": process 0 touches the page next door (case 1A)
+        def swap_alloc():
+            # the page is unmapped and about to go out; meanwhile on "cpu1": process 0
+            # touches the page next door (case 1A)
             monkeypatch.setattr(lock, "simple_lock", other_cpu_lock)
             try:
                 b.fault(0, va + NBPG, write=False)
@@ -70,15 +79,18 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
                 monkeypatch.setattr(lock, "simple_lock", real_lock)
             b.ci.area["curproc"] = 0
             pmap.pmap_activate(pmap.KERNEL_PMAP)
-            return real_put(pg)
+            return real_alloc()
 
-        monkeypatch.setattr(uvm_pdaemon, "uvm_pager_put", put)
+        monkeypatch.setattr(uvm_pdaemon, "uvm_swap_alloc", swap_alloc)
         an = int(b.a["pg_anon"][victim])
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
             lock.simple_lock(uvm_page.pageq_lock)
-            assert uvm_pdaemon._pageout_anon(victim, True) == "freed"
+            cluster = []
+            assert uvm_pdaemon._pageout_anon(victim, True, cluster) == "queued"
+            assert uvm_pdaemon._put_swap_cluster(cluster) == "paging"
             lock.simple_unlock(uvm_page.pageq_lock)
+            assert b.complete_pageouts() == 1                # written, then freed
         assert blocked == [uvm_anon.an_lock + an]                # the lookahead waits for the anon
         b.forget_lock_order()          # cpu1's fault ran on cpu0's held stack (see above)
         assert b.fault(0, va + NBPG, write=False) == 0   # cpu1 goes on: nothing to map
@@ -188,7 +200,7 @@ def test_an_internal_error_in_lockstep_mode_is_not_reported_as_done(tmp_path):
 
 
 def test_pageout_without_kernel_va_does_not_sleep_holding_the_page_queues():
-    """Found by these tests (fixed in 5824a3a): with kmem_map's VA used up, uvm_pagermapin
+    """Found by these tests (fixed in 5824a3a): with the pager's VA used up, uvm_pagermapin
     slept inside uvmpd_scan with the page queues locked; the pager now uses its emergency
     window (NetBSD's emergva)."""
     with booted() as b:
@@ -196,7 +208,7 @@ def test_pageout_without_kernel_va_does_not_sleep_holding_the_page_queues():
         for k in range(48):
             assert b.fault(0, va + k * NBPG) == 0
         b.switch_to(0)
-        while uvm_km.uvm_km_valloc(1) >= 0:              # kmem_map VA all taken
+        while uvm_km.uvm_km_valloc(uvm_km.PAGER_MAP, 1) >= 0:   # pager_map VA all taken
             pass
         b.free_to(40)
         for _ in range(2):                               # deactivate, then page out
@@ -237,7 +249,7 @@ def test_sleeps_helper_reports_a_held_lock():
     """(The harness's own check that the bug tests above can fail for the right reason.)"""
     with booted() as b:
         b.free_to(1)
-        s = sleeps(uvm_km.uvm_km_alloc1, 1)
+        s = sleeps(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert s.chan == U.CHAN_FREE and b.held() == 0
 
 
@@ -278,3 +290,64 @@ def test_fork_does_not_make_the_parents_mlocked_pages_copy_on_write():
         b.touch(0, va, write=True)                       # the parent writes its mlocked page
         assert "faults" not in b.delta(before)
         assert b.check() == []
+
+
+# --- issue 10, item 9: "panic: freeing free page" at exit ----------------------------------
+
+SPARSE_FORK = REPO / "tests" / "fixtures" / "workloads" / "sparse-fork.toml"
+
+
+def test_exit_gives_back_the_kernel_buffers_before_a_fork_can_reuse_the_proc_slot(
+        monkeypatch):
+    """exit1 freed the proc slot first and let the load free the process's kernel buffers
+    after: a fork on another CPU took the slot, its short-lived child exited while the
+    dead process was still freeing, and both freed the same pages ("freeing free page",
+    exit1 -> _kfree -> uvm_km_free -> uvm_pagefree).  Now the slot is still in use while
+    exit1 gives things back, so "the other CPU's" fork gets another slot."""
+    with booted(nprocs=4) as b:
+        dying, forker = b.tid(0), b.tid(1)
+        b.switch_to(0)
+        b.load._kmalloc(dying, 0, 4, 0)                    # uvm_km_alloc1, 4 pages
+        assert b.a["pkmem"][dying, 0, 0] != 0
+        b.a["proc"]["stat"][b.tid(2):] = 0                  # free slots for the fork
+        b.a["proc"]["stat"][b.tid(3)] = 0
+        real_exited = b.load.exited
+        forked = []
+
+        def exited(ci, tid):
+            assert int(b.a["proc"][tid]["stat"]) != 0       # the slot is not free yet
+            forked.append(b.kernel.fork1(ci, forker, 0))    # meanwhile on "cpu1"
+            real_exited(ci, tid)
+
+        monkeypatch.setattr(b.load, "exited", exited)
+        b.kernel.exit1(b.ci, dying)
+        assert forked and forked[0] not in (-1, dying)
+        assert int(b.a["proc"][dying]["stat"]) == 0 and not b.a["pkmem"][dying].any()
+        b.switch_to(1)
+        b.kernel.exit1(b.ci, forked[0])                      # the child exits: nothing twice
+        assert b.check() == []
+
+
+def _sparse_fork(tmp_path, seed: int, *limit: str) -> dict:
+    out = tmp_path / f"run{seed}"
+    r = smp("run", str(SPARSE_FORK), "-o", "diagnostic=on", "--seed", str(seed), "--out",
+            str(out), "--quiet", *limit, cwd=tmp_path, timeout=300)
+    s = json.loads((out / "summary.json").read_text())
+    assert r.returncode == 0, (seed, r.returncode, s["message"], r.stderr[-2000:])
+    assert s["status"] in ("done", "timeout")
+    d = s["diagnostic"]
+    assert d["violations"] == [] and d["skipped"] == [], (seed, d)
+    return s
+
+
+def test_the_sparse_fork_reproducer_ends_cleanly_with_diagnostic_on(tmp_path):
+    """The load of issue 10 for 20 s (the full run is the slow test below)."""
+    s = _sparse_fork(tmp_path, 0, "--time-limit", "20s")
+    assert s["kernel_counters"]["counters"]["forks"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_sparse_fork_reproducer_runs_to_its_end_on_seeds_0_to_3(tmp_path, seed):
+    """The reproducer as the issue gives it: 4 CPUs, 90 s limit, seeds 0-3."""
+    _sparse_fork(tmp_path, seed)

@@ -21,9 +21,36 @@ from kernharness import (
     wmesg,
 )
 
-from smp.kern import pmap, subr_prf, uvm_km
+from smp.kern import (
+    intr,
+    kern_exec,
+    kern_physio,
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    uvm_km,
+    uvm_map,
+    uvm_page,
+    uvm_pdaemon,
+)
 from smp.kern import uvm as U
-from smp.kern.param import ENOMEM, NBPD, NBPG, PG_M, PMAP_CANFAIL
+from smp.kern.kern_proc import SIDL, SRUN
+from smp.kern.kernel import SLEEPING
+from smp.kern.param import (
+    EAGAIN,
+    ENOMEM,
+    NBPD,
+    NBPG,
+    PDSLOT_KERN,
+    PG_BUSY,
+    PG_M,
+    PG_RELEASED,
+    PG_V,
+    PG_WANTED,
+    PMAP_CANFAIL,
+    UPAGES,
+)
 from smp.kern.uvm_page import (
     OWN_ANON,
     OWN_PTP,
@@ -32,6 +59,7 @@ from smp.kern.uvm_page import (
     uvm_pagealloc,
     uvm_pagefree,
 )
+from smp.workload.interp import Interrupt
 
 # --- §9.1 the data page: reserve_kernel ------------------------------------------------------
 
@@ -75,14 +103,14 @@ def test_zero_fill_fault_sleeps_flt_noram5_at_reserve_kernel():
         assert int(b.ux[U.NFREEANON]) == nfree_anon         # the new anon was given back
         assert b.free() == 5 and b.extract(0, va) == -1
         assert b.check() == []
-        # one page more: the data page takes 6 -> 5, the PTP (USERESERVE) 5 -> 4 and the
-        # machine's first pv page (kernel reserve, needs 2) 4 -> 3
+        # one page more: the data page takes 6 -> 5, the PTP (USERESERVE) 5 -> 4; the pv
+        # entry comes from pv_initpage, the page pmap_init set aside at boot
         b.free_to(6)
         before = b.counters()
         assert b.fault(0, va) == 0
         d = b.delta(before)
-        assert d["ptp_alloc"] == 1 and d["pvpage_alloc"] == 1 and d["flt_przero"] == 1
-        assert b.free() == 3 and b.extract(0, va) >= 0
+        assert d["ptp_alloc"] == 1 and "pvpage_alloc" not in d and d["flt_przero"] == 1
+        assert b.free() == 4 and b.extract(0, va) >= 0
         assert b.check() == []
 
 
@@ -224,8 +252,10 @@ def test_pv_entries_come_from_the_free_list_then_an_unused_page_then_a_new_page(
         g = b.a["pmap_glob"]
         va = b.mmap(0, 4)
         before = b.counters()
-        assert b.fault(0, va) == 0                          # first pv page of the machine
-        assert b.delta(before)["pvpage_alloc"] == 1
+        assert int(g[pmap.G_PVUNUSED]) == int(g[pmap.G_PVINITPAGE]) == 0   # pmap_init's
+        assert b.fault(0, va) == 0                          # pv_initpage, unused till now
+        assert "pvpage_alloc" not in b.delta(before)
+        assert int(g[pmap.G_PVFREE]) == 0 and int(g[pmap.G_PVUNUSED]) == -1
         assert int(g[pmap.G_NFPVENTS]) == pmap.PVE_PER_PVPAGE - 1
         before = b.counters()
         assert b.fault(0, va + NBPG) == 0                   # a free entry
@@ -297,7 +327,7 @@ def test_kernel_pmap_enter_without_pv_entry_panics_without_pv_stealing():
         b.hold_pv_entries()
         b.free_to(2)                                       # uvm_km_alloc1 gets its page
         before = b.counters()
-        msg = panics(uvm_km.uvm_km_alloc1, 1)
+        msg = panics(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert msg == "pmap_enter: no pv entries available"
         d = b.delta(before)
         assert d["noncanfail_panics"] == 1 and d["pvpage_fail"] == 1
@@ -341,3 +371,559 @@ def test_write_fault_through_the_mmu_sets_pg_m():
         assert b.a["physmem"][pte_idx] & PG_M
         assert b.fault(0, va, write=True) == 0              # re-entering is harmless
         assert b.check() == []
+
+
+# --- issue 10: kernel_map growth, the pv allocator as 1.91, UBC windows -----------------------
+
+def grow_one_ptp(b) -> int:
+    """kernel_map pages up to one past the kernel PTPs grown at boot; returns the count."""
+    g = b.a["kva_glob"]
+    covered = int(g[uvm_km.KV_MAXKADDR])
+    hint = int(b.a["kmap"][uvm_km.KERNEL_MAP, uvm_km.KM_HINT])
+    return covered - hint + 1
+
+
+def test_kernel_map_growth_allocates_a_kernel_ptp_and_gives_its_pde_to_every_pmap():
+    with booted() as b:
+        nk = int(b.a["pmap_glob"][pmap.G_NKPDE])
+        b.switch_to(0)
+        n = grow_one_ptp(b)
+        before = b.counters()
+        va = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, n)
+        assert va > 0 and b.delta(before) == {"growkernel_ptps": 1}
+        assert int(b.a["pmap_glob"][pmap.G_NKPDE]) == nk + 1
+        slot = PDSLOT_KERN + nk
+        phys = b.a["physmem"]
+        kpde = int(phys[int(b.a["pm_pdir"][pmap.KERNEL_PMAP]) * 1024 + slot])
+        assert kpde & PG_V and all(int(phys[int(b.a["pm_pdir"][b.pm(i)]) * 1024 + slot])
+                                   == kpde for i in range(3))
+        uvm_km.uvm_km_vfree(va, n)
+        assert b.check() == []
+
+
+def test_growkernel_steals_a_user_ptp_at_free_1_and_panics_without_stealing():
+    """pmap_growkernel -> pmap_alloc_ptp(kernel pmap, slot, just_try = FALSE): the kernel
+    grows its page tables out of a user pmap's (§4.6), or panics without stealing."""
+    with booted(["steal=ptp"]) as b:
+        vas, _ = stealable_setup(b)
+        b.switch_to(2)
+        n = grow_one_ptp(b)
+        b.free_to(1)
+        b.console()
+        before = b.counters()
+        va = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, n)
+        assert va > 0
+        d = b.delta(before)
+        assert d["growkernel_ptps"] == 1 and d["ptp_steals"] == 1
+        assert b.extract(0, vas[0]) == -1                  # the victim lost its PTP
+        (line,) = b.console()
+        assert "pmap_steal_ptp: stole PTP" in line and "for pmap 0xc0c00000" in line
+        uvm_km.uvm_km_vfree(va, n)
+        assert b.check() == []
+    with booted(["steal=none"]) as b:
+        stealable_setup(b)
+        b.switch_to(2)
+        n = grow_one_ptp(b)
+        b.free_to(1)
+        assert panics(uvm_km.uvm_km_valloc, uvm_km.KERNEL_MAP, n) == \
+            "pmap_growkernel: alloc ptp failed"
+
+
+def test_a_failed_pv_page_keeps_its_kmem_map_va_in_pv_cachedva():
+    """pmap_alloc_pvpage got its VA (kmem_map, try-locked) but no page: 1.91 keeps the VA
+    for the next attempt instead of giving it back."""
+    with booted(["steal=none"]) as b:
+        tva, pg = two_pages_one_ptp(b)
+        g = b.a["pmap_glob"]
+        b.free_to(1)
+        held = b.hold_pv_entries()                         # ... whose refill failed
+        cva = int(g[pmap.G_PVCACHEDVA])
+        assert cva >= 0 and b.a["kva_used"][cva]
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == ENOMEM
+        assert int(g[pmap.G_PVCACHEDVA]) == cva            # the same VA, still cached
+        b.free_to(2)
+        b.switch_to(0)
+        before = b.counters()
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.delta(before)["pvpage_alloc"] == 1
+        p = int(g[pmap.G_PVFREE])                          # the new page, the only one
+        assert int(b.a["pvp_va"][p]) == uvm_km.kva(cva) and int(g[pmap.G_PVCACHEDVA]) == -1
+        b.release_pv_entries(held)
+        assert b.check() == []
+
+
+def test_free_pv_pages_go_back_above_pve_hiwat_but_not_for_the_kernel_pmap():
+    with booted(["steal=none"]) as b:
+        b.switch_to(0)
+        g = b.a["pmap_glob"]
+        held = [pmap.pmap_alloc_pv(b.pm(0), pmap.ALLOCPV_NEED) for _ in range(800)]
+        assert min(held) >= 0 and int(g[pmap.G_NFPVENTS]) < pmap.PVE_HIWAT
+        before = b.counters()
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, held[:400])   # "the pmap is already locked"
+        assert "pvpage_free" not in b.delta(before)
+        pmap.pmap_free_pvs(b.pm(0), held[400:])
+        d = b.delta(before)
+        assert d["pvpage_free"] >= 1 and int(g[pmap.G_NFPVENTS]) <= pmap.PVE_HIWAT + \
+            pmap.PVE_PER_PVPAGE
+        assert b.check() == []
+
+
+def test_pv_stealing_scans_the_pages_from_the_first_on_every_call():
+    """1.91's steal_one walks vm_physmem from index 0 each time, so it takes from the
+    lowest-numbered page with a stealable entry again and again."""
+    with booted(["steal=pv"]) as b:
+        tva, pg = two_pages_one_ptp(b, 0)
+        vva = b.mmap(1, 4)
+        assert b.fault(1, vva) == 0 and b.fault(1, vva + NBPG) == 0
+        lo = min(b.extract(1, vva), b.extract(1, vva + NBPG))
+        lo_va = vva if b.extract(1, vva) == lo else vva + NBPG
+        b.free_to(1)
+        held = b.hold_pv_entries()
+        b.switch_to(0)
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.extract(1, lo_va) == -1                   # the lower page's entry went
+        b.unmap_keep_pages(0, tva)                         # its entry comes back free ...
+        held.append(pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_TRY))
+        b.switch_to(1)
+        lock_free = b.free()
+        b.free_to(lock_free)
+        pmap.pmap_enter(b.pm(1), lo_va, lo, RW, RW | PMAP_CANFAIL)   # ... to the victim
+        b.switch_to(0)
+        before = b.counters()
+        assert pmap.pmap_enter(b.pm(0), tva, pg, RW, RW | PMAP_CANFAIL) == 0
+        assert b.delta(before)["pv_steals"] == 1
+        assert b.extract(1, lo_va) == -1                   # the same page again, not the next
+        b.release_pv_entries([x for x in held if x >= 0])
+        assert b.check() == []
+
+
+def test_ubc_windows_keep_their_mappings_until_reused():
+    """ubc_release keeps a window's mapping; the same piece of the file read again needs no
+    ubc_fault.  Windows are reused least recently released first, and the reused one's
+    old mapping goes (ubc_alloc's pmap_remove)."""
+    from smp.kern import uvm_bio
+
+    with booted(files=[8]) as b:
+        tid = b.switch_to(0)
+        reg = [0]
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 0, 1, False, reg)
+        assert b.delta(before)["ubc_faults"] == 1
+        w0 = uvm_bio.window_va(0)
+        pg = int(b.a["file_page"][0])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == pg       # still mapped
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 0, 1, False, reg)
+        assert "ubc_faults" not in b.delta(before)                  # no fault this time
+        before = b.counters()
+        uvm_bio.ubc_rw(tid, 0, 1, 1, True, reg)                    # same window, next page
+        assert b.delta(before)["ubc_faults"] == 1
+        uvm_bio.ubc_rw(tid, 0, 2, 1, False, reg)                   # takes window 1
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == pg      # window 0 keeps its own
+        # as if every other window had been released since: window 0 is the oldest
+        lock.simple_lock(uvm_bio.ubc_lock)
+        uvm_bio._q_remove(0)
+        head = int(b.a["ubc_glob"][uvm_bio.U_INACT_HEAD])
+        b.a["ubc_qnext"][0], b.a["ubc_qprev"][head] = head, 0
+        b.a["ubc_glob"][uvm_bio.U_INACT_HEAD] = 0
+        lock.simple_unlock(uvm_bio.ubc_lock)
+        uvm_bio.ubc_rw(tid, 0, 4, 1, False, reg)                   # a new piece: window 0
+        assert int(b.a["ubc_obj"][0]) == 0 and int(b.a["ubc_off"][0]) == 4
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0) == int(b.a["file_page"][4])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, w0 + NBPG) == -1   # page 1's went
+        assert b.check() == []
+
+
+# --- issue 10, item 1: fork and exit as in NetBSD 1.5 --------------------------------------
+
+def kernel_pv_entries(b) -> int:
+    a = b.a
+    n = 0
+    for pg in (a["pvh_list"] >= 0).nonzero()[0]:
+        pve = int(a["pvh_list"][pg])
+        while pve >= 0:
+            n += int(a["pv_pmap"][pve]) == pmap.KERNEL_PMAP
+            pve = int(a["pv_next"][pve])
+    return n
+
+
+def free_slots(b, *idx):
+    for i in idx:
+        b.a["proc"]["stat"][b.tid(i)] = 0
+
+
+def test_fork_takes_a_page_directory_and_a_u_area_from_kernel_map_and_exit_gives_them_back():
+    with booted(nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        free, kmem, kpv = b.free(), int(b.ux[U.KMEMPAGES]), kernel_pv_entries(b)
+        before = b.counters()
+        child = b.kernel.fork1(b.ci, parent, 0)
+        assert child == b.tid(2)
+        d = b.delta(before)
+        assert d["forks"] == 1 and d["uarea_allocs"] == 1 and d["km_allocs"] == 1
+        pm = int(b.a["vm_pmap"][child])
+        pdva, uva = int(b.a["pm_pdirva"][pm]), int(b.a["proc"][child]["uarea"])
+        assert pmap.pmap_extract(pmap.KERNEL_PMAP, pdva) == int(b.a["pm_pdir"][pm])
+        assert all(pmap.pmap_extract(pmap.KERNEL_PMAP, uva + k * NBPG) >= 0
+                   for k in range(UPAGES))
+        # PDP + u-area: kernel_object pages with managed (pv) kernel mappings
+        assert b.free() == free - 1 - UPAGES and int(b.ux[U.KMEMPAGES]) == kmem + UPAGES
+        assert kernel_pv_entries(b) == kpv + 1 + UPAGES
+        assert b.check() == []
+        b.switch_to(2)
+        b.kernel.exit1(b.ci, child)
+        assert b.free() == free and kernel_pv_entries(b) == kpv
+        assert int(b.a["proc"][child]["uarea"]) == 0 and int(b.a["pm_inuse"][pm]) == 0
+        assert b.check() == []
+
+
+def test_a_fork_that_must_wait_for_memory_resumes_where_it_stopped():
+    """pmap_pinit's uvm_km_alloc sleeps in "km_alloc1w" at free <= 1 (the page directory
+    is a kernel_object page: the reserve, but not the last page); the child's slot and
+    u-area VA wait with the parent, which goes on with them after the wakeup."""
+    with booted(nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        b.free_to(1)
+        s = sleeps(b.kernel.fork1, b.ci, parent, 0)
+        assert wmesg(s) == "km_alloc1w"
+        child = int(b.a["proc"][parent]["forkchild"]) - 1
+        assert child == b.tid(2) and int(b.a["proc"][child]["stat"]) == SIDL
+        uva = int(b.a["proc"][child]["uarea"])
+        assert uva > 0 and int(b.a["vm_pmap"][child]) == -1
+        b.free_to(20)
+        b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == child
+        assert int(b.a["proc"][child]["uarea"]) == uva and b.cnt("forks") == 1
+        assert int(b.a["proc"][parent]["forkchild"]) == 0 and b.check() == []
+
+
+def test_fork_fails_with_eagain_without_a_proc_slot_and_enomem_without_kernel_va():
+    with booted(nprocs=3) as b:
+        parent = b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == -EAGAIN         # every slot in use
+        assert b.console() == ["proc: table is full"]
+        free_slots(b, 2)
+        km = b.a["kmap"][uvm_km.KERNEL_MAP]
+        lo, hi = int(km[uvm_km.KM_HINT]), int(km[uvm_km.KM_END])
+        used = b.a["kva_used"]
+        was = used[lo:hi].copy()
+        used[lo:hi] = 1                                           # kernel_map full
+        assert b.kernel.fork1(b.ci, parent, 0) == -ENOMEM
+        assert int(b.a["proc"]["stat"][b.tid(2)]) == 0            # the slot went back
+        assert b.cnt("fork_fail") == 2 and b.cnt("forks") == 0
+        used[lo:hi] = was
+        km[uvm_km.KM_HINT] = lo
+        assert b.check() == []
+
+
+def test_wiring_the_u_area_waits_in_flt_pmfail2_when_no_pv_entry_can_be_had(monkeypatch):
+    """uvm_fork's uvm_fault_wire: the u-area's pmap_enter passes PMAP_CANFAIL, so running
+    out of pv entries is a wait, not a panic, even without stealing."""
+    with booted(["steal=none"], nprocs=3) as b:
+        free_slots(b, 2)
+        parent = b.switch_to(0)
+        real = pmap.pmap_alloc_pvpage
+        held = [pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_NEED)]  # pv_initpage in use
+        monkeypatch.setattr(pmap, "pmap_alloc_pvpage", lambda pm, mode: -1)   # no pv page
+        while (pve := pmap.pmap_alloc_pv(pmap.KERNEL_PMAP, pmap.ALLOCPV_TRY)) >= 0:
+            held.append(pve)
+        pmap.pmap_free_pvs(pmap.KERNEL_PMAP, [held.pop()])    # one: the PDP's plain enter
+        s = sleeps(b.kernel.fork1, b.ci, parent, 0)
+        assert wmesg(s) == "flt_pmfail2" and b.cnt("pmfail_waits") == 1
+        child = int(b.a["proc"][parent]["forkchild"]) - 1
+        assert int(b.a["vm_pmap"][child]) >= 0                 # the page directory is there
+        monkeypatch.setattr(pmap, "pmap_alloc_pvpage", real)
+        b.release_pv_entries(held)
+        b.switch_to(0)
+        assert b.kernel.fork1(b.ci, parent, 0) == child and b.check() == []
+
+
+# --- issue 10, item 8: asynchronous, clustered pageout -----------------------------------------
+
+def dirty_inactive(b, n: int) -> tuple[int, list[int]]:
+    """Process 0 writes n pages, which then sit on the inactive queue, dirty."""
+    va = b.mmap(0, n)
+    for k in range(n):
+        assert b.fault(0, va + k * NBPG) == 0
+    pages = [b.anon_page(0, va + k * NBPG) for k in range(n)]
+    lock.simple_lock(uvm_page.pageq_lock)
+    for pg in pages:
+        pmap.pmap_clear_reference(pg)
+        uvm_page.uvm_pagedeactivate(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
+    return va, pages
+
+
+def pagedaemon_pass(b) -> None:
+    b.a["proc"][0]["reg"][0] = 1                     # woken: one pass, then it sleeps
+    with b.as_pagedaemon():
+        pmap.pmap_activate(pmap.KERNEL_PMAP)
+        s = sleeps(uvm_pdaemon.uvm_pageout_step, 0)
+        assert s.chan == U.CHAN_PAGEDAEMON
+
+
+@pytest.mark.parametrize("when", ["aiodone", "rescan"])
+def test_the_pagedaemon_starts_clustered_writes_and_does_not_wait_for_them(when):
+    with booted([f"pageout_free={when}"]) as b:
+        va, pages = dirty_inactive(b, 20)
+        b.free_to(40)                                # freetarg 68: 28 pages wanted
+        before = b.counters()
+        pagedaemon_pass(b)
+        d = b.delta(before)
+        assert d["pageout_clusters"] == 2 and d["pdpageouts"] == 20      # 16 + 4
+        # nothing freed yet but the PTP the unmapped pages emptied
+        assert int(b.ux[U.PAGING]) == 20 and b.free() == 41 and d["ptp_free"] == 1
+        assert all(b.a["pg_flags"][pg] & PG_BUSY for pg in pages)
+        assert b.check() == []
+        before = b.counters()
+        assert b.complete_pageouts() == 2
+        assert int(b.ux[U.PAGING]) == 0 and not any(b.a["pg_flags"][pg] & PG_BUSY
+                                                     for pg in pages)
+        if when == "aiodone":                        # freed by the I/O's completion
+            assert b.free() == 61 and b.delta(before)["pdfreed"] == 20
+        else:                                        # clean, freed by the next pass
+            assert b.free() == 41 and "pdfreed" not in b.delta(before)
+            pagedaemon_pass(b)
+            assert b.free() == 61
+        assert int(b.ux[U.SWPGONLY]) == 20 and b.check() == []
+
+
+def test_a_fault_on_a_page_being_paged_out_waits_for_the_write():
+    """uvmfault_anonget: a busy page (PG_BUSY) is PG_WANTED and slept on ("anonget2");
+    the write's completion wakes the process, which refaults."""
+    with booted(["pageout_free=rescan"]) as b:
+        va, pages = dirty_inactive(b, 4)
+        b.free_to(60)
+        pagedaemon_pass(b)
+        b.switch_to(0)
+        before = b.counters()
+        s = sleeps(b.fault, 0, va, False)
+        assert wmesg(s) == "anonget2" and b.delta(before)["fltpgwait"] == 1
+        assert b.a["pg_flags"][pages[0]] & PG_WANTED and b.held() == 0
+        b.sleep_queue(b.tid(0), s)
+        b.complete_pageouts()
+        assert int(b.a["proc"][b.tid(0)]["stat"]) == SRUN          # woken
+        assert b.fault(0, va, False) == 0 and b.extract(0, va) == pages[0]
+        assert b.check() == []
+
+
+def test_an_anon_freed_while_its_page_is_written_goes_when_the_write_is_done():
+    with booted() as b:
+        va, pages = dirty_inactive(b, 4)
+        b.free_to(60)
+        pagedaemon_pass(b)
+        nfree = int(b.ux[U.NFREEANON])
+        assert uvm_map.uvm_unmap(b.tid(0), va) == 0           # exit, or munmap
+        assert all(b.a["pg_flags"][pg] & PG_RELEASED for pg in pages)
+        assert int(b.ux[U.NFREEANON]) == nfree and b.check() == []   # kept for the I/O
+        b.complete_pageouts()
+        assert int(b.ux[U.NFREEANON]) == nfree + 4 and int(b.ux[U.SWPGINUSE]) == 0
+        assert b.check() == []
+
+
+def test_the_pagedaemon_gives_up_the_big_lock_while_its_writes_are_in_flight():
+    with booted(["biglock=on"]) as b:
+        dirty_inactive(b, 20)
+        b.free_to(40)
+        b.a["proc"][0]["reg"][0] = 1
+        b.ci.area["curproc"] = 0
+        assert b.kernel.run(b.ci, 0) == SLEEPING               # a pass, then asleep
+        assert not lock.lock_held(lock.KERNEL_LOCK_ID) and int(b.ux[U.PAGING]) == 20
+        b.complete_pageouts()
+        assert b.check() == []
+
+
+# --- issue 10, item 3: interrupts and the mbufs they allocate ----------------------------------
+
+NET1500 = Interrupt(cpu=0, period_ns=10**9, size=1500, hold_ns=10**12)   # an mbuf + a cluster
+
+
+def test_a_packet_takes_an_mbuf_and_a_cluster_from_pool_pages_mapped_with_pmap_kenter_pa():
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        free, kmem = b.free(), int(b.ux[U.KMEMPAGES])
+        before = b.counters()
+        b.interrupt()
+        intr.at_point()                                   # a delivery point: served
+        d = b.delta(before)
+        assert d["intr_allocs"] == 1 and "intr_alloc_fail" not in d
+        # an mbuf pool page (kmem_map, kmem_object) and a cluster pool page (mb_map,
+        # mb_object): kernel objects from the reserve, unmanaged mappings (no pv entry)
+        assert b.free() == free - 2 and int(b.ux[U.KMEMPAGES]) == kmem + 2
+        mva, cva = int(b.a["pool_va"][0][0]), int(b.a["pool_va"][1][0])
+        assert uvm_km.map_of(mva) == uvm_km.KMEM_MAP and uvm_km.map_of(cva) == uvm_km.MB_MAP
+        for va in (mva, cva):
+            pg = pmap.pmap_extract(pmap.KERNEL_PMAP, va)
+            assert int(b.a["pvh_list"][pg]) == -1          # pmap_kenter_pa: no pv entry
+        b.interrupt()                                     # the next one fits in those pages
+        intr.at_point()
+        assert b.free() == free - 2 and b.cnt("intr_allocs") == 2
+        assert b.check() == []
+
+
+def test_an_interrupt_takes_the_kernel_reserve_and_drops_the_packet_at_free_1():
+    """Interrupt-safe kernel objects use the reserve down to free = 1; below it
+    uvm_km_kmemalloc(UVM_KMF_NOWAIT) fails and the handler drops the packet -- it never
+    sleeps."""
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        b.free_to(3)                                      # below reserve_kernel (5)
+        b.interrupt()
+        intr.at_point()
+        assert b.cnt("intr_allocs") == 1 and b.free() == 1
+        b.interrupt(2)                                    # one fits, the next needs a page
+        b.a["pool_nfree"][1][0] = 0                       # (the cluster page used up)
+        b.a["pkt_item"][0, 1, 1] = 0                      # (by a packet a consumer holds)
+        b.a["pkt_ht"][0, 1] += 1
+        intr.at_point()
+        assert b.cnt("intr_alloc_fail") >= 1 and b.free() == 1 and b.held() == 0
+        assert b.check() == []
+
+
+def test_an_interrupt_waits_while_the_cpu_holds_a_lock_its_handler_takes():
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        b.interrupt()
+        lock.simple_lock(uvm_page.fpageq_lock)            # splvm: masked
+        intr.at_point()
+        assert b.cnt("intr_allocs") == 0 and b.ci.ipi_pending()
+        lock.simple_unlock(uvm_page.fpageq_lock)
+        intr.at_point()                                   # the next point serves it
+        assert b.cnt("intr_allocs") == 1
+        assert b.check() == []
+
+
+@pytest.mark.parametrize("spin_on, served", [
+    ("pageq", True),            # a paging-queue lock, taken at spl0: the spinner serves it
+    ("fpageq", False),          # splvm: it waits until the CPU has the lock and gives it up
+])
+def test_a_cpu_spinning_on_a_lock_serves_interrupts_its_handler_allows(spin_on, served):
+    """The atomic core's spin loop calls the IPI handler while the CPU waits for a lock
+    another CPU holds (as it answers TLB shootdowns there); the handler serves the
+    packet unless the lock it waits for is one the handler takes."""
+    with booted(interrupts=[NET1500]) as b:
+        b.switch_to(0)
+        lk = {"pageq": uvm_page.pageq_lock, "fpageq": uvm_page.fpageq_lock}[spin_on]
+        b.interrupt()
+        b.ci.area["spinning_on"] = lk + 1                 # (as spin_turn announces it)
+        try:
+            intr.i386_ipi_handler()                       # the spin loop's call
+        finally:
+            b.ci.area["spinning_on"] = 0
+        assert b.cnt("intr_allocs") == (1 if served else 0)
+        assert bool(b.ci.ipi_pending()) == (not served)   # a deferred one is posted again
+        intr.at_point()                                   # out of the spin: served now
+        assert b.cnt("intr_allocs") == 1
+        assert b.check() == []
+
+
+def test_an_interrupt_between_a_faults_page_and_its_ptp_drains_the_reserve_into_a_steal(
+        monkeypatch):
+    """§13: a fault that got its data page at free = 6 (5 after) takes an interrupt
+    before pmap_enter gets its PTP; the handler's pool pages take free from 5 to 1, where
+    the PTP allocation fails and the 1.91 pmap steals -- the fault itself is held back
+    by the reserve, the interrupt is not."""
+    with booted(["steal=ptp", "biglock=off"], interrupts=[NET1500]) as b:
+        vas, _ = stealable_setup(b, thief=1, victims=(0,))
+        va = b.mmap(1, 4, align=NBPD)                     # a new 4 MiB region: a new PTP
+        b.switch_to(1)
+        b.free_to(6)
+        real = pmap.pmap_get_ptp
+
+        def get_ptp(pm, idx):
+            b.interrupt(6)                                # six packets arrive just now
+            return real(pm, idx)
+
+        monkeypatch.setattr(pmap, "pmap_get_ptp", get_ptp)
+        before = b.counters()
+        assert b.fault(1, va) == 0
+        d = b.delta(before)
+        assert d["intr_allocs"] == 6 and d["ptp_steals"] == 1 and d["flt_przero"] == 1
+        assert b.extract(0, vas[0]) == -1 and b.free() == 1
+        assert b.check() == []
+
+
+# --- issue 10, items 2 and 5: exec and physio ---------------------------------------------
+
+def test_exec_releases_the_old_space_and_maps_text_shared_and_data_private():
+    with booted(files=[32]) as b:
+        tid = b.switch_to(0)
+        old = b.mmap(0, 8)
+        assert b.fault(0, old) == 0
+        kpv, kva = kernel_pv_entries(b), int(b.a["kva_used"].sum())
+        before = b.counters()
+        tva, dva = kern_exec.execve(tid, 0, 16, 8, 2)
+        d = b.delta(before)
+        assert d["execs"] == 1 and "km_allocs" not in d and d["faults"] == 2  # 2 arg pages
+        assert b.extract(0, old) == -1 and int(b.a["vm_nentries"][tid]) == 2
+        assert kernel_pv_entries(b) == kpv and int(b.a["kva_used"].sum()) == kva
+        start, end, prot, flags, *_ = uvm_map.entry(tid, 0)
+        assert (start, end - start) == (tva, 16 * NBPG) and prot == 5       # r-x, shared
+        assert flags & uvm_map.EF_FILE and flags & uvm_map.EF_SHARED
+        _, _, prot, flags, *_ = uvm_map.entry(tid, 1)
+        assert prot == RW and flags & uvm_map.EF_COPY                        # data: private
+        assert b.fault(0, tva, write=False) == 0                             # reads the file
+        b.unmap_keep_pages(0, tva)
+        before = b.counters()
+        free = b.free()
+        assert b.fault(0, tva, write=False) == 0          # resident now: case 2, no page
+        d = b.delta(before)
+        assert d["flt_obj"] == 1 and d["fltlget"] == 1 and "pageins" not in d
+        assert b.free() == free - 1 and d["ptp_alloc"] == 1          # just its PTP again
+        assert b.check() == []
+
+
+def test_exec_that_waits_for_its_argument_pages_goes_on_with_the_same_va():
+    with booted(files=[32]) as b:
+        tid = b.switch_to(0)
+        b.free_to(1)
+        s = sleeps(kern_exec.execve, tid, 0, 16, 0, 4)
+        assert wmesg(s) == "uao_getpage"
+        va = int(b.a["proc"][tid]["execargs"])
+        assert uvm_km.map_of(va) == uvm_km.EXEC_MAP
+        b.free_to(50)
+        b.switch_to(0)
+        kern_exec.execve(tid, 0, 16, 0, 4)
+        assert int(b.a["proc"][tid]["execargs"]) == 0 and b.cnt("execs") == 1
+        assert b.check() == []
+
+
+def test_physio_wires_the_buffer_and_maps_it_into_phys_map_with_a_plain_pmap_enter():
+    with booted() as b:
+        tid = b.switch_to(0)
+        buf = b.mmap(0, 16)
+        kpv = kernel_pv_entries(b)
+        reg = [0, 0, 0, 0]
+        s = sleeps(kern_physio.physio_read, tid, buf, 16, 2, reg)
+        assert wmesg(s) == "physio" and b.cnt("vmapbuf_maps") == 1
+        kva = int(b.a["proc"][tid]["physva"])
+        assert uvm_km.map_of(kva) == uvm_km.PHYS_MAP
+        assert all(pmap.pmap_is_wired(b.pm(0), buf + k * NBPG) for k in range(16))
+        assert kernel_pv_entries(b) == kpv + 16                # PMAP_WIRED, no CANFAIL
+        assert b.check() == []
+        b.switch_to(0)
+        with pytest.raises(kern_synch.Sleep):                  # transfer 1 done, 2 starts
+            kern_physio.physio_read(tid, buf, 16, 2, reg)
+        b.switch_to(0)
+        kern_physio.physio_read(tid, buf, 16, 2, reg)          # transfer 2 done
+        assert int(b.a["proc"][tid]["physva"]) == 0 and kernel_pv_entries(b) == kpv
+        assert not any(pmap.pmap_is_wired(b.pm(0), buf + k * NBPG) for k in range(16))
+        assert b.cnt("vmapbuf_maps") == 2 and b.check() == []
+
+
+def test_a_raw_read_panics_without_pv_entries_when_nothing_can_be_stolen():
+    """Cranor's worry, reached from user space: vmapbuf's pmap_enter passes no
+    PMAP_CANFAIL, so with no pv entry to be had (free <= 1, no stealing) dd panics the
+    kernel."""
+    with booted(["steal=none"]) as b:
+        tid = b.switch_to(0)
+        buf = b.mmap(0, 4)
+        for k in range(4):
+            assert b.fault(0, buf + k * NBPG) == 0            # resident, mapped: no new pv
+        b.free_to(1)
+        b.hold_pv_entries()
+        b.switch_to(0)
+        msg = panics(kern_physio.physio_read, tid, buf, 4, 1, [0, 0, 0, 0])
+        assert msg == "pmap_enter: no pv entries available"

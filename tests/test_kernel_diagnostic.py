@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from kernharness import (
     booted,
+    panics,
     sleeps,
     stealable_setup,
     two_pages_one_ptp,
@@ -31,7 +32,7 @@ def busy(b) -> dict:
     wva = b.mmap(2, 4)
     assert b.fault(2, wva, wire=True) == 0
     b.switch_to(2)
-    kva = uvm_km.uvm_km_alloc1(2)
+    kva = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, 2)
     # page some of process 0 out: one pass deactivates, the next pages out
     b.free_to(40)
     for _ in range(2):
@@ -39,6 +40,7 @@ def busy(b) -> dict:
         with b.as_pagedaemon():
             pmap.pmap_activate(pmap.KERNEL_PMAP)
             sleeps(uvm_pdaemon.uvm_pageout_step, 0)
+    assert b.complete_pageouts() > 0                     # the writes done, pages freed
     assert b.ux[U.SWPGONLY] > 0
     b.free_to(200)
     k = next(k for k in range(48) if b.anon_page(0, va + k * NBPG) < 0)
@@ -57,6 +59,7 @@ def test_a_busy_machine_is_consistent():
         assert b.ux[U.SWPGINUSE] > b.ux[U.SWPGONLY] > 0
         assert pmap.pmap_extract(pmap.KERNEL_PMAP, st["kva"]) >= 0
         assert check_invariants(b.seg) == []
+        b.ci.area["curproc"] = -1                        # cpu0 back in its dispatch loop
         r = check_after_run(b.seg)                       # nothing held: the full check
         assert list(r) == [] and r.skipped == [] and r.reason == ""
 
@@ -144,7 +147,7 @@ def damage(name):
         lock.simple_lock(pmap.pvalloc_lock)
 
     def kernel_pte(b, st):
-        b.a["kva_used"][(st["kva"] - pmap.KVA_BASE) // NBPG] = 0
+        b.a["kva_used"][uvm_km.kva_index(st["kva"])] = 0
 
     table = {
         "ptp_wire": (ptp_wire, "ptp wire_count"), "resident": (resident, "pmap stats"),
@@ -230,7 +233,7 @@ def test_a_precondition_not_met_is_a_lock_protocol_violation():
         pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # held: fine
         assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
         lock.simple_unlock(pmap.pvh_lock + pg)
-        pmap.pmap_free_pvs([pve])
+        pmap.pmap_free_pvs(b.pm(0), [pve])
         assert b.held() == 0 and b.check() == []
     with booted(["diagnostic=off"]) as b:
         tva, pg = two_pages_one_ptp(b)
@@ -238,7 +241,23 @@ def test_a_precondition_not_met_is_a_lock_protocol_violation():
         pmap.pmap_enter_pv(pg, pve, b.pm(0), tva, -1)          # not checked
         assert lock.DIAGNOSTIC is False
         assert pmap.pmap_remove_pv(pg, b.pm(0), tva) == pve
-        pmap.pmap_free_pvs([pve])
+        pmap.pmap_free_pvs(b.pm(0), [pve])
+
+
+def test_a_lock_taken_twice_is_a_lockdebug_panic_naming_the_lock(monkeypatch):
+    """A kernel path that re-takes a simple lock it holds: Kernel.run turns the atomic
+    core's LockError into NetBSD's LOCKDEBUG panic, the lock id read off the error."""
+    with booted() as b:
+        tid = b.switch_to(0)
+        lk = pmap.pvalloc_lock
+
+        def step(ci, t):
+            lock.simple_lock(lk)
+            lock.simple_lock(lk)
+
+        monkeypatch.setattr(b.load, "step", step)
+        assert panics(b.kernel.run, b.ci, tid) == \
+            f"simple_lock: locking against myself (lock {lk})"
 
 
 def _pageq_then_anon(an: int) -> None:

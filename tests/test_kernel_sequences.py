@@ -141,10 +141,11 @@ def test_D_kernel_path_km_alloc1_waits_at_free_1():
         b.switch_to(0)
         b.free_to(1)
         before = b.counters()
-        s = sleeps(uvm_km.uvm_km_alloc1, 1)
+        kva = int(b.a["kva_used"].sum())
+        s = sleeps(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert wmesg(s) == "km_alloc1w"
         assert b.delta(before) == {"km_allocs": 1, "km_waits": 1}
-        assert int(b.a["kva_used"].sum()) == 0 and b.check() == []   # VA given back
+        assert int(b.a["kva_used"].sum()) == kva and b.check() == []   # VA given back
 
 
 @pytest.mark.parametrize("steal", ["ptp,pv", "pv"])
@@ -158,7 +159,7 @@ def test_D_kernel_path_91_lineage_steals_a_user_pv_entry(steal):
         b.free_to(2)
         b.console()
         before = b.counters()
-        kva = uvm_km.uvm_km_alloc1(1)
+        kva = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, 1)
         assert kva > 0 and pmap.pmap_extract(pmap.KERNEL_PMAP, kva) >= 0
         d = b.delta(before)
         assert d["pv_steals"] == 1 and d["pvpage_fail"] == 1 and "noncanfail_panics" not in d
@@ -181,7 +182,7 @@ def test_D_kernel_path_panics_no_pv_entries_available(steal, wired):
         b.hold_pv_entries()
         b.free_to(2)
         b.console()
-        msg = panics(uvm_km.uvm_km_alloc1, 1)
+        msg = panics(uvm_km.uvm_km_alloc1, uvm_km.KERNEL_MAP, 1)
         assert msg == "pmap_enter: no pv entries available"
         assert b.console() == ["panic: pmap_enter: no pv entries available"]
         assert b.cnt("noncanfail_panics") == 1

@@ -5,7 +5,8 @@ CPUs in lockstep mode for 100 ms of virtual time, so the slice is the same howev
 the host is; the whole file takes about half a minute on a 2-core host.
 A run must end normally (exit status 0, status ``done`` or ``timeout``) -- none of the
 scripts is meant to panic in its own kernel configuration (``default``: both stealing
-paths) -- and its summary.json must be sane: the counters are there and add up, no stale TLB
+paths) -- with DIAGNOSTIC on finding nothing and skipping nothing, and its summary.json
+must be sane: the counters are there and add up, no stale TLB
 entry was used, the trace lost nothing.  ``-m slow`` runs each script at full length instead.
 """
 
@@ -73,11 +74,14 @@ def test_shipped_script_runs_100ms_of_virtual_time_on_two_cpus_in_lockstep(tmp_p
     not depend on how loaded the host is (a fixed host duration did)."""
     out = tmp_path / "run"
     r = smp("run", name, "--out", str(out), "--quiet", "--lockstep", "--seed", "1",
-            "--time-limit", "100ms", "-o", "ncpu=2", cwd=tmp_path, timeout=180)
+            "--time-limit", "100ms", "-o", "ncpu=2", "-o", "diagnostic=on", cwd=tmp_path,
+            timeout=180)
     s = check_run(name, out, r, ncpu=2, limit_s=None, sliced=True)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["time_limit_s"] == 0.1 and m["overrides"] == ["ncpu=2"]
+    assert m["time_limit_s"] == 0.1 and m["overrides"] == ["ncpu=2", "diagnostic=on"]
     assert m["mode"] == "lockstep"
+    d = s["diagnostic"]                 # a normal end leaves every CPU outside the kernel
+    assert d["violations"] == [] and d["skipped"] == [], d
     if s["status"] == "timeout":
         assert s["schedule"]["virtual_ns"] >= 100_000_000
 

@@ -230,6 +230,37 @@ def test_read_and_write_go_through_ubc_in_pages(tmp_path):
                  row(Op.EXIT)]
 
 
+def test_exec_maps_text_and_data_of_the_file_and_the_old_regions_are_gone(tmp_path):
+    files = file_("sh", "256K")
+    t = rows(tmp_path, MMAP_HEAP,
+             '{ op = "exec", file = "sh", text = "128K", data = "64K", args = "8K" }',
+             '{ op = "touch", region = "text" }', '{ op = "touch", region = "data" }',
+             files=files)
+    assert t[1] == row(Op.EXEC, 0, 32, 16, 2, 1, 2)     # file, text, data, args, slots
+    assert t[2][:2] == [int(Op.TOUCH), 1] and t[3][:2] == [int(Op.TOUCH), 2]
+    # defaults: the whole file is text, no data, one page of arguments
+    t = rows(tmp_path, '{ op = "exec", file = "sh" }', files=files)
+    assert t[0] == row(Op.EXEC, 0, 64, 0, 1, 0, -1)
+
+
+def test_rawread_maps_its_buffer_once_then_reads_into_it(tmp_path):
+    t = rows(tmp_path, '{ op = "rawread", size = "64K", count = 3 }',
+             '{ op = "rawread", size = "64K" }')
+    assert t == [row(Op.MMAP, 0, 16, RW, EF_COPY, -1, 0, 0), row(Op.RAWREAD, 0, 16, 3),
+                 row(Op.RAWREAD, 0, 16, 1), row(Op.EXIT)]
+    t = rows(tmp_path, MMAP_HEAP, '{ op = "rawread", size = "32K", region = "heap" }')
+    assert t[1] == row(Op.RAWREAD, 0, 8, 1)            # into a region of the program's own
+
+
+def test_interrupt_tables_are_the_loads_network_interfaces(tmp_path):
+    p = write(tmp_path, '[[interrupt]]\nkind = "net"\nrate = 2000\nsize = "1500"\n'
+                        '[[interrupt]]\nkind = "net"\nrate = 100.5\nsize = "8K"\ncpu = 1\n'
+                        'hold = "2ms"\n' + script())
+    got = load_script(str(p)).load.interrupts
+    assert [(i.cpu, i.period_ns, i.size, i.hold_ns) for i in got] == [
+        (-1, 500 * US, 1500, 10 * MS), (1, round(S / 100.5), 8192, 2 * MS)]
+
+
 def test_compute_and_sleep_in_nanoseconds(tmp_path):
     t = rows(tmp_path, '{ op = "compute", time = "2ms" }', '{ op = "sleep", time = "1.5s" }',
              '{ op = "compute", time = 0.25 }', '{ op = "sleep", time = "50us" }')
@@ -415,7 +446,7 @@ F8 = file_("src", "32K")                          # 8 pages
 BAD = [
     # (id, script text, key path (None: the whole file), what the message says was expected)
     ("unknown op", script('{ op = "fly" }'), "process[0].program[0].op",
-     "unknown operation 'fly' (expected one of barrier, compute, duration, exit, fork"),
+     "unknown operation 'fly' (expected one of barrier, compute, duration, exec, exit, fork"),
     ("missing op", script('{ region = "heap" }'), "process[0].program[0].op",
      "missing (expected one of barrier"),
     ("unknown key", script('{ op = "mmap", region = "heap", sise = "4K" }'),
@@ -593,7 +624,8 @@ BAD = [
      "expected an integer from 1 to 65536, got 0"),
     ("synthetic is not a table", "synthetic = 1\n", "synthetic", "expected a table, got int"),
     ("unknown section", "[proces]\nprogram = []\n", None,
-     "unknown section or key 'proces' (expected [run], [[file]], [[process]] or [synthetic])"),
+     "unknown section or key 'proces' (expected [run], [[file]], [[interrupt]], [[process]] "
+     "or [synthetic])"),
     ("unknown top-level key", "machine = 'tiny'\n" + script(), None,
      "unknown section or key 'machine'"),
     ("malformed TOML", "[[process]\nprogram = []\n", None, "malformed TOML: "),
@@ -605,6 +637,38 @@ BAD = [
      "no load: expected [[process]] tables (or [synthetic])"),
     ("empty file", "", None, "no load"),
     ("no processes", "process = []\n", "process", "expected [[process]] tables"),
+    ("exec of an unknown file", script('{ op = "exec", file = "sh" }'),
+     "process[0].program[0].file", "no [[file]] named 'sh'"),
+    ("exec beyond the file", script('{ op = "exec", file = "src", text = 6, data = 4 }',
+                                    files=F8),
+     "process[0].program[0]", "text and data are pages 0..10 of file 'src', which has 8"),
+    ("exec arguments beyond NCARGS", script('{ op = "exec", file = "src", args = "512K" }',
+                                            files=F8),
+     "process[0].program[0].args", "more than NCARGS"),
+    ("a region used after exec", script(MMAP_HEAP, '{ op = "exec", file = "src" }',
+                                        '{ op = "touch", region = "heap" }', files=F8),
+     "process[0].program[2].region", "region 'heap' is not mapped"),
+    ("rawread beyond MAXPHYS", script('{ op = "rawread", size = "1M" }'),
+     "process[0].program[0].size", "more than MAXPHYS"),
+    ("rawread into too small a region",
+     script(MMAP_HEAP, '{ op = "rawread", size = "128K", region = "heap" }'),
+     "process[0].program[1].size", "more than region 'heap'"),
+    ("interrupt of an unknown kind", '[[interrupt]]\nkind = "disk"\nrate = 1\nsize = 1\n'
+     + script(), "interrupt[0].kind", "expected one of net, got 'disk'"),
+    ("interrupt rate zero", '[[interrupt]]\nkind = "net"\nrate = 0\nsize = "1K"\n'
+     + script(), "interrupt[0].rate", "expected interrupts per second from 1 to 1000000"),
+    ("interrupt packet too big", '[[interrupt]]\nkind = "net"\nrate = 10\nsize = "64K"\n'
+     + script(), "interrupt[0].size", "more than a packet's 8192 bytes"),
+    ("interrupt on no such cpu", '[[interrupt]]\nkind = "net"\nrate = 10\nsize = "1K"\n'
+     'cpu = 64\n' + script(), "interrupt[0].cpu", "expected an integer from 0 to 63"),
+    ("interrupt without a size", '[[interrupt]]\nkind = "net"\nrate = 10\n' + script(),
+     "interrupt[0].size", "missing (required)"),
+    ("interrupt with an unknown key", '[[interrupt]]\nkind = "net"\nrate = 10\n'
+     'size = "1K"\nirq = 3\n' + script(), "interrupt[0].irq", "unknown key"),
+    ("interrupt is not a list", 'interrupt = 1\n' + script(), "interrupt",
+     "expected [[interrupt]] tables"),
+    ("interrupts with the synthetic load", '[[interrupt]]\nkind = "net"\nrate = 1\n'
+     'size = 1\n[synthetic]\n', None, "[synthetic] and [[interrupt]] cannot be combined"),
 ]
 
 

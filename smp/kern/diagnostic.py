@@ -76,8 +76,16 @@ slots anons hold (none leaked); ``swpgonly`` is the number of anons with a
 swap slot and no resident page.  File pages are where their object's page
 table says.
 
+**Pageouts and pools.**  ``uvmexp.paging`` counts the pages of the writes in
+flight, each a busy anon or file page; an anon freed while its page was being
+written keeps it (PG_RELEASED) until the write completes.  Every page of the
+mbuf and cluster pools is a kernel page mapped at its VA, and its items in use
+are the ones the packets hold.
+
 **Quiescence.**  After a clean stop no lock word is held and no CPU is
-waiting for a TLB-shootdown acknowledgement.
+waiting for a TLB-shootdown acknowledgement.  A stop is clean when every CPU
+is outside the kernel: between threads in its dispatch loop (done, idle, or
+halted there by lockstep's end), holding no lock.
 
 A run that ended in a panic (or a CPU stopped while spinning inside the
 kernel) stops mid-operation, and many of these relations are legitimately
@@ -96,11 +104,11 @@ from typing import Any
 
 import numpy as np
 
-from smp.kern import pmap, uvm_anon, uvm_page
+from smp.kern import intr, pmap, uvm_anon, uvm_page, uvm_pager
 from smp.kern import uvm as U
 from smp.kern.param import (
+    KERNBASE,
     KERNEL_PMAP,
-    KVA_BASE,
     NBPG,
     OWN_ANON,
     OWN_FREE,
@@ -113,8 +121,10 @@ from smp.kern.param import (
     OWNER_NAMES,
     PDSLOT_KERN,
     PDSLOT_PTE,
+    PG_BUSY,
     PG_FRAME,
     PG_PVLIST,
+    PG_RELEASED,
     PG_RW,
     PG_V,
     PG_W,
@@ -124,8 +134,11 @@ from smp.kern.pmap import (
     G_NFPVENTS,
     G_NKPDE,
     G_PMAPS,
+    G_PVCACHEDVA,
     G_PVFREE,
+    G_PVFREE_TAIL,
     G_PVUNUSED,
+    G_PVUNUSED_TAIL,
     PVE_PER_PVPAGE,
     PVL_FREE,
     PVL_NONE,
@@ -227,7 +240,10 @@ def check_after_run(seg: Any, locks: LockSpace | None = None) -> Report:
         n = int(c["nheld"])
         held.update(int(h) for h in c["held"]["lock"][:n])
         state = int(c["state"])
-        if n or state not in (_atomic.CS_DONE, _atomic.CS_OFFLINE, _atomic.CS_IDLE):
+        # inside the kernel: holding a lock, running a thread, or spinning (a lockstep
+        # halt stops the CPUs waiting for the turn wherever they are, and one that was
+        # between threads in its dispatch loop has left nothing half done)
+        if n or int(c["curproc"]) >= 0 or state in (_atomic.CS_SPINNING, _atomic.CS_PANIC):
             dirty.append(f"cpu{i} ({_state_name(state)}, {n} locks held)")
             # Python's finally clauses (pmap_enter, pmap_remove) drop the pmap locks while
             # a halt unwinds the CPU, so the pmap it was changing may look unlocked: leave
@@ -276,9 +292,55 @@ def _run(ctx: _Ctx) -> list[str]:
     _check_mappings(ctx, maps)
     _check_pv_allocator(ctx, maps)
     _check_anons(ctx)
+    _check_pageouts(ctx)
+    _check_pools(ctx, maps)
     if ctx.full:
         _check_quiescent(ctx)
     return ctx.finish()
+
+
+def _check_pageouts(ctx: _Ctx) -> None:
+    """The pageouts in flight (uvm_pager): uvmexp.paging counts their pages, each busy."""
+    a = ctx.a
+    if ctx.locked(uvm_pager.aiodoned_lock):
+        return
+    st, n = a["aio_state"], a["aio_n"]
+    live = st != uvm_pager.A_FREE
+    if int(ctx.ux[U.PAGING]) != int(n[live].sum()):
+        ctx.bad("pageout", f"uvmexp.paging {int(ctx.ux[U.PAGING])}, pages in writes "
+                f"{int(n[live].sum())}")
+    if not ctx.full:
+        return
+    for w in np.nonzero(live)[0]:
+        for pg in a["aio_pages"][w][:int(n[w])]:
+            if not a["pg_flags"][pg] & PG_BUSY or a["pg_owner"][pg] not in (OWN_ANON, OWN_UOBJ):
+                ctx.bad("pageout", f"write {int(w)}: page {_pa(int(pg))} not a busy anon or "
+                        "file page")
+
+
+def _check_pools(ctx: _Ctx, maps: _Maps) -> None:
+    """The mbuf pools (intr): every pool page is a kernel page mapped at its VA, and its
+    items in use are the packets' that name it."""
+    a = ctx.a
+    if not ctx.full:
+        return
+    for pp in (intr.MBPOOL, intr.MCLPOOL):
+        vas, nfree = a["pool_va"][pp], a["pool_nfree"][pp]
+        items = a["pkt_item"][:, :, 0] if pp == intr.MBPOOL else a["pkt_item"][:, :, 1:]
+        held = np.bincount(items[items >= 0].ravel(), minlength=len(vas))[:len(vas)]
+        for k in np.nonzero(vas != 0)[0]:
+            used = intr.ITEMS_PER_PAGE[pp] - int(nfree[k])
+            if used != int(held[k]):
+                ctx.bad("pools", f"pool {pp} page {int(k)}: {used} items in use, packets "
+                        f"hold {int(held[k])}")
+            if KERNEL_PMAP in maps.checked:
+                va = int(vas[k])
+                hit = np.nonzero((maps.pmap == KERNEL_PMAP) & (maps.va == va))[0]
+                if not len(hit) or a["pg_owner"][int(maps.pte[hit[0]]) >> 12] != OWN_KMEM:
+                    ctx.bad("pools", f"pool {pp} page {int(k)} at 0x{va:08x} is not a "
+                            "mapped kernel page")
+        for k in np.nonzero((vas == 0) & (held > 0))[0]:
+            ctx.bad("pools", f"pool {pp}: packets hold items of page {int(k)}, not in the pool")
 
 
 # --- page queues -------------------------------------------------------------------------
@@ -580,13 +642,13 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
     if KERNEL_PMAP in maps.checked:
         kva = a["kva_used"]
         kv = maps.va[~user]
-        vi = (kv - KVA_BASE) // NBPG
+        vi = (kv - KERNBASE) // NBPG
         outside = (vi < 0) | (vi >= len(kva))
         for v in kv[outside]:
-            ctx.bad("kva", f"kernel mapping at 0x{int(v):08x} outside kmem_map")
+            ctx.bad("kva", f"kernel mapping at 0x{int(v):08x} outside kernel_map")
         vi = vi[~outside]
         for v in vi[kva[vi] == 0]:
-            ctx.bad("kva", f"kernel mapping at 0x{int(KVA_BASE + int(v) * NBPG):08x} in "
+            ctx.bad("kva", f"kernel mapping at 0x{int(KERNBASE + int(v) * NBPG):08x} in "
                     "unallocated kernel VA")
     # managed PTEs <-> pv entries
     pvs = _pv_lists(ctx)
@@ -676,15 +738,25 @@ def _check_pv_allocator(ctx: _Ctx, maps: _Maps) -> None:
                         f"expected an unmanaged mapping of {_pa(pg)}")
     if total != int(g[G_NFPVENTS]):
         ctx.bad("pv pages", f"pv_nfpvents {int(g[G_NFPVENTS])}, free entries {total}")
-    for head, tag, name in ((G_PVFREE, PVL_FREE, "pv_freepages"),
-                            (G_PVUNUSED, PVL_UNUSED, "pv_unusedpgs")):
+    for head, tail, tag, name in ((G_PVFREE, G_PVFREE_TAIL, PVL_FREE, "pv_freepages"),
+                                  (G_PVUNUSED, G_PVUNUSED_TAIL, PVL_UNUSED, "pv_unusedpgs")):
         lst = _walk(ctx, name, int(g[head]), a["pvp_next"], a["pvp_prev"], npvp)
+        if int(g[tail]) != (lst[-1] if lst else -1):
+            ctx.bad("pv pages", f"{name}: tail {int(g[tail])}, last page "
+                    f"{lst[-1] if lst else -1}")
         for p in lst:
             if int(pvl[p]) != tag:
                 ctx.bad("pv pages", f"pv page {p} on {name} tagged {int(pvl[p])}")
         if len(lst) != int(np.count_nonzero(pvl == tag)):
             ctx.bad("pv pages", f"{name}: {len(lst)} pages listed, "
                     f"{int(np.count_nonzero(pvl == tag))} tagged")
+    cva = int(g[G_PVCACHEDVA])
+    if cva >= 0 and (cva >= len(a["kva_used"]) or not a["kva_used"][cva]):
+        ctx.bad("pv pages", f"pv_cachedva 0x{KERNBASE + cva * NBPG:08x} is not allocated "
+                "kernel VA")
+    if cva >= 0 and KERNEL_PMAP in maps.checked and \
+            np.any(maps.va[maps.pmap == KERNEL_PMAP] == KERNBASE + cva * NBPG):
+        ctx.bad("pv pages", f"pv_cachedva 0x{KERNBASE + cva * NBPG:08x} is mapped")
     npv = int(np.count_nonzero(pvp_pg >= 0))
     if ctx.full and npv != int(ctx.ux[U.PVPAGES]):
         ctx.bad("pv pages", f"{npv} pv pages, uvmexp.pvpages {int(ctx.ux[U.PVPAGES])}")
@@ -708,6 +780,11 @@ def _check_anons(ctx: _Ctx) -> None:
     a, ux = ctx.a, ctx.ux
     an_ref, an_page, an_sw, an_next = a["an_ref"], a["an_page"], a["an_swslot"], a["an_next"]
     nanon = len(an_ref)
+    # anons freed while their page was being paged out: the I/O's completion frees them
+    flags = a["pg_flags"]
+    released = (an_ref <= 0) & (an_page >= 0) & \
+        ((flags[np.where(an_page >= 0, an_page, 0)] & (PG_BUSY | PG_RELEASED))
+         == (PG_BUSY | PG_RELEASED))
     if not ctx.locked(uvm_anon.uvm_anon_lock):
         free = _walk(ctx, "anon free list", int(a["amap_glob"][0]), an_next, None, nanon)
         if len(free) != int(ux[U.NFREEANON]):
@@ -720,7 +797,7 @@ def _check_anons(ctx: _Ctx) -> None:
         if ctx.full:
             onfree = np.zeros(nanon, bool)
             onfree[fa] = True
-            for an in np.nonzero(~onfree & (an_ref <= 0))[0]:
+            for an in np.nonzero(~onfree & (an_ref <= 0) & ~released)[0]:
                 ctx.bad("anons", f"anon {int(an)} has no reference and is not free (leaked)")
     if not ctx.locked(uvm_anon.swap_data_lock):
         used = int(np.count_nonzero(a["swap_used"][:max(1, int(ux[U.SWPAGES]))]))
@@ -766,7 +843,7 @@ def _check_anons(ctx: _Ctx) -> None:
                       strict=True):
         ctx.bad("anons", f"anon {an}: page {_pa(pg)} owned by {OWNER_NAMES[owner[pg]]}, "
                 f"pg_anon {int(pg_anon[pg])}")
-    for an in np.nonzero(~live & (an_page >= 0))[0]:
+    for an in np.nonzero(~live & (an_page >= 0) & ~released)[0]:
         ctx.bad("anons", f"unreferenced anon {int(an)} keeps page {_pa(int(an_page[an]))}")
     ap = np.nonzero(owner == OWN_ANON)[0]
     back = pg_anon[ap]
@@ -776,7 +853,7 @@ def _check_anons(ctx: _Ctx) -> None:
     for pg in ap[badp]:
         ctx.bad("anons", f"anon page {_pa(int(pg))}: pg_anon {int(pg_anon[pg])} does not name it")
     # swap slots
-    holders = np.nonzero(live & (an_sw > 0))[0]
+    holders = np.nonzero((live | released) & (an_sw > 0))[0]
     sl = an_sw[holders].astype(np.int64) - 1
     dup = [int(s) for s, n in Counter(sl.tolist()).items() if n > 1]
     for s in dup:

@@ -39,4 +39,8 @@ PROC_DTYPE = np.dtype([
     ("nsleep", "<u8"),
     ("nrun", "<u8"),
     ("rtime_ns", "<u8"),      # time spent running on a CPU
+    ("uarea", "<i8"),         # kernel VA of the u-area (p_addr), 0 none
+    ("forkchild", "<i4"),     # a child this process is still forking: its thread id + 1
+    ("execargs", "<i8"),      # exec_map VA of the arguments an execve is copying, 0 none
+    ("physva", "<i8"),        # phys_map VA of a physio transfer in flight, 0 none
 ])

@@ -15,7 +15,7 @@ version replays byte-identically.  Then the kernel runs threads a slice at a
 time for the machine's dispatch loop:
 
     run(ci, tid):
-        the pagedaemon: one pass of uvm_pageout
+        the pagedaemon: one pass of uvm_pageout; aiodoned: the pageouts done
         a process: load its pmap (pmap_activate), let the load run a slice
         -> RUNNABLE: its quantum is used up; back on the run queue
         -> Sleep:    ltsleep() unwound it; give up the big lock, queue it on its
@@ -23,17 +23,24 @@ time for the machine's dispatch loop:
         -> Killed:   trap() posted SIGKILL/SIGSEGV: it exits
         -> EXITED:   exit1(): free its address space and its proc slot
 
+Each CPU attaches, then waits for the others (cpu_boot_secondary).  fork1
+and exit1 are NetBSD 1.5's: a proc slot, the u-area's kernel_map VA, the
+page directory from uvm_km_alloc and the u-area wired through faults on
+kernel_map; at exit all of them go back before the proc slot is freed.
+
 User code runs without the big kernel lock; with ``biglock = on`` the load
 takes it around every kernel entry (``KERNEL_PROC_LOCK`` in trap() and
 syscall() on the i386mp branch), so two CPUs are never in uvm_fault at once.
-Thread 0 is the pagedaemon (``PAGEDAEMON``); user processes are threads
-``FIRST_USER_TID``.. (1..maxproc).
+Thread 0 is the pagedaemon (``PAGEDAEMON``), thread 1 the aiodone daemon
+(``AIODONED``, uvm_pager); user processes are threads ``FIRST_USER_TID``..
+(2..maxproc + 1).
 """
 
 from __future__ import annotations
 
-import re
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -44,7 +51,10 @@ import numpy as np
 from smp.config import KernelConfig, MachineProfile
 from smp.kern import (
     diagnostic,
+    intr,
+    kern_exec,
     kern_fail,
+    kern_physio,
     kern_synch,
     lock,
     pmap,
@@ -57,26 +67,29 @@ from smp.kern import (
     uvm_km,
     uvm_map,
     uvm_page,
+    uvm_pager,
     uvm_pdaemon,
     uvm_vnode,
+    vm_machdep,
 )
 from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
-from smp.kern.param import KERNEL_PMAP
+from smp.kern.param import EAGAIN, ENOMEM, KERNEL_PMAP, UPAGES
 from smp.kern.uvm import counter, shared
 from smp.machine.boot import Declaration
 from smp.machine.cpu import CPU, EXITED, RUNNABLE, SLEEPING, boot_enqueue
-from smp.machine.layout import CPU_STRIDE, ArraySpec
+from smp.machine.layout import ArraySpec
 from smp.machine.lockspace import LockSpace
 
 PAGEDAEMON = 0          # thread id of the pagedaemon
-FIRST_USER_TID = 1      # thread id of the load's first process
+AIODONED = 1            # thread id of the aiodone daemon
+FIRST_USER_TID = 2      # thread id of the load's first process
 
 # kglob slots
-KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED = range(5)
+KG_LIVE, KG_NEXTPID, KG_STARTED, KG_EXITED, KG_KILLED, KG_ATTACHED = range(6)
+BOOT_WAIT_S = 30.0      # how long a CPU waits for the others to attach
 
 MSG_EXIT = subr_prf.Message("exit1", "pid %d (%s) exited on cpu%d", "hist", "prochist")
 MSG_FORKFAIL = subr_prf.Message("", "proc: table is full")
-W_FORK = subr_prf.String("km_alloc1w")
 P_LOCKDEBUG = subr_prf.Message("", "simple_lock: locking against myself (lock %d)", "panic")
 P_LOCKPROTO = subr_prf.Message("", "lockmgr: lock protocol violation (lock %d)", "panic")
 HIST_EXIT = subr_prf.UVMHIST_FUNC("exit1")
@@ -114,17 +127,30 @@ SUBSYSTEMS = (
     Subsystem(uvm_anon, uvm_anon.declare_swap, None, None),         # swap, the anon free list
     Subsystem(pmap, pmap.declare_tlb, None, None),                  # TLB-shootdown queues
     Subsystem(uvm_vnode, uvm_vnode.declare, uvm_vnode.format, None),  # files
-    Subsystem(uvm_bio, None, None, uvm_bio.attach),                 # read/write through UBC
+    Subsystem(uvm_bio, uvm_bio.declare, uvm_bio.format, uvm_bio.attach),  # UBC windows
     Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
+    Subsystem(uvm_km, uvm_km.declare_maps, uvm_km.format_maps, None),  # kernel_map, submaps
+    Subsystem(intr, intr.declare, intr.format, intr.attach),       # interrupts, mbuf pools
+    Subsystem(uvm_pager, uvm_pager.declare, uvm_pager.format, uvm_pager.attach),  # pageout I/O
+    Subsystem(kern_exec, None, None, kern_exec.attach),             # execve
+    Subsystem(vm_machdep, None, None, vm_machdep.attach),           # vmapbuf
+    Subsystem(kern_physio, None, None, kern_physio.attach),         # physio
 )
 
 
 class Load(Protocol):
-    """What a load (a load script's interpreter) gives the kernel."""
+    """What a load (a load script's interpreter) gives the kernel.
+
+    The hooks after ``summary`` have defaults in :class:`LoadHooks`, which every load
+    inherits, so the kernel calls them without probing the load for them.
+    """
 
     name: str
     nprocs: int
-    amap_per_proc: int
+    amap_per_proc: int           # anonymous pages one process may map
+    files: list[int]             # the load's files, sizes in pages
+    needs_vm: bool               # its processes have address spaces
+    interrupts: list             # its interrupt sources (cpu, period_ns, size, hold_ns)
 
     def declare(self, locks: LockSpace, machine: MachineProfile) -> list[ArraySpec]: ...
     def format(self, seg: Any, kernel: Kernel) -> None: ...
@@ -132,6 +158,29 @@ class Load(Protocol):
     def step(self, ci: CPU, tid: int) -> int: ...
     def progress(self, seg: Any) -> tuple[float, float]: ...
     def summary(self, seg: Any) -> dict: ...
+    def forked(self, parent: int, child: int) -> None: ...
+    def exited(self, ci: CPU, tid: int) -> None: ...
+    def killed(self, ci: CPU, tid: int) -> None: ...
+
+
+class LoadHooks:
+    """The defaults of a load's optional hooks and sizes (see :class:`Load`)."""
+
+    amap_per_proc: int = 16
+    files: list[int] = []         # (never mutated: a load declares its own list)
+    needs_vm: bool = True
+    base: int = 0                 # thread id of its first process (the kernel sets it)
+    interrupts: list = []         # its [[interrupt]] sources (smp.workload.interp.Interrupt)
+
+    def forked(self, parent: int, child: int) -> None:
+        """``child`` was forked from ``parent`` (its address space is a copy)."""
+
+    def exited(self, ci: CPU, tid: int) -> None:
+        """Thread ``tid`` is exiting (=> before its proc slot is freed): the load lets go
+        of what it keeps for it (exit1's fdfree and friends)."""
+
+    def killed(self, ci: CPU, tid: int) -> None:
+        """Thread ``tid`` got a fatal signal (=> sched_lock held); it exits next."""
 
 
 class PerCPU:
@@ -151,6 +200,7 @@ class Kernel:
     """The simulated NetBSD kernel: configuration + load, bootable by the machine."""
 
     PAGEDAEMON = PAGEDAEMON
+    AIODONED = AIODONED
 
     def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
                  seed: int = 0):
@@ -161,8 +211,8 @@ class Kernel:
         self.failspecs = list(failspecs)
         self.failpoints, self.delays = kern_fail.parse(self.failspecs)
         self.seed = seed
-        self.files: list[int] = list(getattr(load, "files", []))   # sizes in pages
-        self.amap_per_proc = getattr(load, "amap_per_proc", 16)
+        self.files: list[int] = list(load.files)       # sizes in pages
+        self.amap_per_proc = load.amap_per_proc
 
     # -- parent side -----------------------------------------------------------
 
@@ -202,6 +252,13 @@ class Kernel:
         p["name"] = subr_prf.intern("pagedaemon")
         p["cpu"] = 0
         boot_enqueue(seg, 0, PAGEDAEMON)
+        p = proc[AIODONED]                   # the aiodone daemon, a kernel thread
+        p["pid"] = 3
+        p["stat"] = SRUN
+        p["flag"] = P_SYSTEM
+        p["name"] = uvm_pager.W_AIODONED
+        p["cpu"] = 1 % seg.layout.ncpu
+        boot_enqueue(seg, int(p["cpu"]), AIODONED)
         self.load.format(seg, self)
 
     def newproc(self, seg: Any, local: int, pid: int, name: int, kind: int, cpu: int,
@@ -220,14 +277,25 @@ class Kernel:
         g[KG_LIVE] += 1
         g[KG_STARTED] += 1
         g[KG_NEXTPID] = max(g[KG_NEXTPID], pid + 1)
-        if getattr(self.load, "needs_vm", True):
+        if self.load.needs_vm:
             pm = pmap.pmap_create_boot(seg, tid)
             uvm_map.vmspace_init_boot(seg, tid, pm)
         boot_enqueue(seg, cpu, tid)
 
     def finished(self, seg: Any) -> bool:
+        """The load has ended (every process it started has exited) and the machine is
+        quiet: no CPU is running a thread (the pagedaemon's pass, a last exit) or holds
+        a lock.  The machine stops the CPUs right after, so waiting for the quiet moment
+        is what lets a normal end leave every CPU outside the kernel, and the DIAGNOSTIC
+        checks after the run check everything (lockstep: the CPU that asks halts the
+        machine at once; free-running: the CPUs leave at their next dispatch)."""
         g = seg.arrays["kglob"]
-        return g[KG_STARTED] > 0 and g[KG_LIVE] == 0
+        if not (g[KG_STARTED] > 0 and g[KG_LIVE] == 0):
+            return False
+        cpus = seg.cpus
+        return bool(np.all(cpus["curproc"] < 0) and np.all(cpus["nheld"] == 0)
+                    and not seg.arrays["intr_depth"].any()
+                    and seg.arrays["uvmexp"][uvm.PAGING] == 0)
 
     def progress(self, seg: Any) -> tuple[float, float]:
         return self.load.progress(seg)
@@ -262,14 +330,26 @@ class Kernel:
     def cpu_attach(self, ci: CPU) -> None:
 
         ci.core.stats_on = self.stats_on
-        off = ci.seg.layout.cpu_off + ci.cpu * CPU_STRIDE
-        ci.area_ipi = ci.seg.shm.buf[off:off + 8].cast("Q")
         ci.md = PerCPU(ci, self)
         ci.tick_ns = 1_000_000_000 // self.machine.hz
         for s in SUBSYSTEMS:
             if s.attach is not None:
                 s.attach(ci, self)
         self.load.attach(ci)
+        self._boot_barrier(ci)
+
+    def _boot_barrier(self, ci: CPU) -> None:
+        """cpu_boot_secondary: no CPU goes on before every CPU has attached, as the boot
+        processor waits for each application processor to come up.  (Host time only: it
+        adds no scheduling point.  It also keeps a CPU whose worker starts late from
+        joining a lockstep run after the schedule has begun.)"""
+        kglob_off = ci.seg.layout.arrays["kglob"][0]
+        ci.core.fadd64(kglob_off + 8 * KG_ATTACHED, 1)
+        deadline = time.monotonic() + BOOT_WAIT_S
+        while ci.core.load64(kglob_off + 8 * KG_ATTACHED) < ci.ncpu:
+            if ci.halted or time.monotonic() > deadline:
+                return                      # a CPU died on the way: supervision says so
+            os.sched_yield()
 
     def run(self, ci: CPU, tid: int) -> int:
 
@@ -278,11 +358,14 @@ class Kernel:
         p["cpu"] = ci.cpu
         t0 = ci.core.now()
         try:
-            if tid == PAGEDAEMON:
+            if tid == PAGEDAEMON or tid == AIODONED:
                 pmap.pmap_activate(KERNEL_PMAP)
                 if md.biglock:
                     lock.kernel_lock()           # kernel threads ran under the big lock
-                status = uvm_pdaemon.uvm_pageout_step(tid)
+                if tid == PAGEDAEMON:
+                    status = uvm_pdaemon.uvm_pageout_step(tid)
+                else:
+                    status = uvm_pager.uvm_aiodone_daemon_step(tid)
                 self._release_biglock()
             else:
                 pm = shared.vm_pmap[tid]
@@ -294,16 +377,13 @@ class Kernel:
             status = SLEEPING
         except lock.LockError as e:
             # LOCKDEBUG: a lock protocol violation is a kernel panic, as in NetBSD
-            m = re.search(r"lock (\d+)", str(e))
-            subr_prf.panic(P_LOCKDEBUG if "myself" in str(e) else P_LOCKPROTO,
-                           int(m[1]) if m else -1)
+            subr_prf.panic(P_LOCKDEBUG if e.myself else P_LOCKPROTO, e.lock)
             raise                                    # (panic does not return)
         except trap.Killed:
             self._release_biglock()
             lock.simple_lock(ci.sched_lock)
             shared.np["kglob"][KG_KILLED] += 1
-            if hasattr(self.load, "killed"):
-                self.load.killed(ci, tid)        # => sched_lock held
+            self.load.killed(ci, tid)            # => sched_lock held
             lock.simple_unlock(ci.sched_lock)
             status = EXITED
         finally:
@@ -322,11 +402,25 @@ class Kernel:
         return status
 
     def exit1(self, ci: CPU, tid: int) -> None:
-        """A process exits: its address space goes, then its proc slot."""
+        """A process exits (exit1, then the reaper's uvm_exit): what the load keeps for it
+        (its files, its kernel buffers), its address space, then its proc slot.
+
+        Everything is given back *before* the slot is freed: a fork on another CPU may
+        take the slot the moment it is, and the new process must not find (and free a
+        second time) what the dead one held -- the "freeing free page" panic of
+        issue 10, where a recycled slot's child exited while its predecessor was still
+        freeing its kernel buffers.  NetBSD frees a proc only when it is reaped, after
+        uvm_exit.
+        """
 
         p = ci.md.proc[tid]
+        self.load.exited(ci, tid)
+        kern_exec.exit_args(tid)
         if shared.vm_pmap[tid] >= 0:
             uvm_map.uvmspace_free(tid)
+        if p["uarea"]:
+            uvm_km.uvm_km_free(int(p["uarea"]), UPAGES)   # uvm_exit: the u-area goes too
+            p["uarea"] = 0
         subr_prf.UVMHIST_LOG(MSG_EXIT, subr_prf.UVMHIST_CALLED(HIST_EXIT), int(p["pid"]),
                              int(p["name"]), ci.cpu)
         shared.cnt[ci.cnt_base + counter.exits] += 1    # before the load can look finished
@@ -338,33 +432,57 @@ class Kernel:
         p["pid"] = 0
         p["stat"] = 0
         lock.simple_unlock(ci.sched_lock)
-        if hasattr(self.load, "exited"):
-            self.load.exited(ci, tid)
 
     def fork1(self, ci: CPU, parent: int, pc: int) -> int:
-        """Create a child of ``parent`` that starts at program counter ``pc``."""
+        """Create a child of ``parent`` that starts at program counter ``pc`` (fork1 and
+        uvm_fork of NetBSD 1.5); returns the child's thread id, or -EAGAIN / -ENOMEM.
 
+            a proc slot; none free (nprocs >= maxproc): tablefull("proc"), EAGAIN
+            the u-area's VA: uvm_km_valloc(kernel_map, USPACE); none: ENOMEM
+            -- from here on the fork cannot fail --
+            uvmspace_fork: pmap_create (the page directory from uvm_km_alloc, which may
+                sleep) and a copy of the parent's map
+            uvm_fork: uvm_fault_wire(kernel_map, u-area) -- UPAGES kernel_object pages,
+                each faulted in and wired (may sleep: "uao_getpage", "flt_pmfail2")
+            the child is runnable
+
+        A sleep on the way keeps what was done in the child's proc row (it is SIDL, and
+        the parent's ``forkchild`` names it), so the parent's fork, run again after the
+        wakeup, goes on where it stopped, as the real parent does when it wakes.
+        """
         proc = ci.md.proc
-        lock.simple_lock(ci.sched_lock)
-        child = -1
-        stat = proc["stat"]
-        free = np.nonzero(stat[FIRST_USER_TID:] == 0)[0]
-        if len(free):
-            child = FIRST_USER_TID + int(free[0])
-            proc[child]["stat"] = SIDL
-        lock.simple_unlock(ci.sched_lock)
+        pp = proc[parent]
+        child = int(pp["forkchild"]) - 1
         if child < 0:
-            pp = proc[parent]
-            subr_prf.printf(MSG_FORKFAIL)                 # tablefull("proc")
-            return -1
-        pm = pmap.pmap_create(child)
-        if pm < 0:
-            proc[child]["stat"] = 0
-            uvm_pdaemon.uvm_wait(W_FORK)     # the PDP comes from uvm_km_alloc: it may sleep
-        uvm_map.uvmspace_fork(parent, child, pm)
-        if hasattr(self.load, "forked"):
+            lock.simple_lock(ci.sched_lock)
+            free = np.nonzero(proc["stat"][FIRST_USER_TID:] == 0)[0]
+            if len(free):
+                child = FIRST_USER_TID + int(free[0])
+                proc[child]["stat"] = SIDL
+                proc[child]["uarea"] = 0
+                shared.vm_pmap[child] = -1
+            lock.simple_unlock(ci.sched_lock)
+            if child < 0:
+                subr_prf.printf(MSG_FORKFAIL)                 # tablefull("proc")
+                shared.cnt[ci.cnt_base + counter.fork_fail] += 1
+                return -EAGAIN
+            uva = uvm_km.uvm_km_valloc(uvm_km.KERNEL_MAP, UPAGES)
+            if uva < 0:
+                lock.simple_lock(ci.sched_lock)
+                proc[child]["stat"] = 0
+                lock.simple_unlock(ci.sched_lock)
+                shared.cnt[ci.cnt_base + counter.fork_fail] += 1
+                return -ENOMEM
+            proc[child]["uarea"] = uva
+            pp["forkchild"] = child + 1
+        cp = proc[child]
+        if shared.vm_pmap[child] < 0:
+            pm = pmap.pmap_create(child)             # may sleep: the fork resumes here
+            uvm_map.uvmspace_fork(parent, child, pm)
             self.load.forked(parent, child)
-        pp, cp = proc[parent], proc[child]
+        uvm_fault.uvm_fault_wire_kernel(int(cp["uarea"]), UPAGES)      # may sleep too
+        shared.cnt[ci.cnt_base + counter.uarea_allocs] += 1
+        pp["forkchild"] = 0
         lock.simple_lock(ci.sched_lock)
         g = shared.np["kglob"]
         cp["pid"] = g[KG_NEXTPID]
@@ -398,24 +516,30 @@ class Kernel:
             kern_synch.endtsleep(ci)
 
     def idle(self, ci: CPU) -> bool:
+        """An idle CPU: the primary CPU's clock, and the interrupts due (an idle CPU
+        takes them at once; one asleep in idle_wait when they come due is kicked)."""
         if ci.cpu == 0:
             self._hardclock(ci)
+        intr.at_point()
         return False
 
     def ipi(self, ci: CPU) -> None:
+        """The dispatch loop found IPI bits: the TLB shootdown, device interrupts."""
+        intr.i386_ipi_handler()
 
-        pmap.pmap_do_tlb_shootdown()
 
-
-__all__ = ["Kernel", "Load", "RUNNABLE", "SLEEPING", "EXITED"]
+__all__ = ["Kernel", "Load", "LoadHooks", "RUNNABLE", "SLEEPING", "EXITED"]
 
 
 def _number_catalogue() -> None:
     """Give the subsystems' console messages and wait channels their ids, in the order of
-    SUBSYSTEMS, then the kernel's own (see the module docstring)."""
-    for module in dict.fromkeys(s.module for s in SUBSYSTEMS):
+    SUBSYSTEMS, then the kernel's own (see the module docstring); then, in the same
+    order, the entries declared ``late`` (after the January 2001 ids were pinned)."""
+    modules = [*dict.fromkeys(s.module for s in SUBSYSTEMS), sys.modules[__name__]]
+    for module in modules:
         subr_prf.number(module)
-    subr_prf.number(sys.modules[__name__])
+    for module in modules:
+        subr_prf.number(module, late=True)
 
 
 _number_catalogue()

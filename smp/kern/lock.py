@@ -25,9 +25,13 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
 
     kernel_lock                     KERNEL_PROC_LOCK around a user fault (i386mp)
     vm_map                          MAPS: the faulting process's map
+    kernel_map, exec_map            MAPS: kernel_map (fork holds the parent's map while
+                                    pmap_pinit allocates from it; pmap_growkernel
+                                    runs under it; the u-area faults on it), exec_map
+                                    (execve's arguments fault on it)
     amap                            AMAP
-    vnode, kernel_object,           UOBJ: one object at a time
-      kmem_object
+    vnode, kernel_object,           UOBJ: one object at a time (ubc: the UBC windows'
+      kmem_object, mb_object, ubc   object, which ubc_alloc holds to unmap a window)
     anon                            ANON
     pageq                           PAGE QUEUES (NetBSD's pagedaemon calls the pmap
                                     with them held; ours drops them first)
@@ -39,10 +43,12 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
     pvalloc_lock                    the pv allocator
     pmap_zero_page_lock,            the zerop and csrcp/cdstp windows
       pmap_copy_page_lock
-    pager_map, kmem_map             kernel VA: leaves, taken (or try-locked) under the
-                                    pv allocator and the pager
+    pager_map, phys_map,            kernel VA: leaves, taken (or try-locked) under the
+      kmem_map, mb_map, pool        pv allocator and the pager; kmem_map, mb_map and
+                                    the mbuf pools also at interrupt level
     swap_data_lock, uvm_anon_lock   swap slots, the anon free list
-    fpageq                          the free page queues (uvm_pagealloc)
+    fpageq, aiodoned_lock           the free page queues (uvm_pagealloc); the pageouts
+                                    in flight and done (uvm_pager)
     pagedaemon_lock                 uvm_wait's interlock
     sched_lock                      wakeup() under any of the above
     pmap_tlb_shootdown_q,           the TLB IPI handler runs wherever a CPU spins
@@ -69,7 +75,9 @@ finding a run reports.
 ``KASSERT_LOCKED(id)`` turns a "=> caller holds ..." precondition into a check:
 call it as ``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(id)``, one test when
 DIAGNOSTIC is off.  A failed assertion is a lock protocol violation
-(``LockError``), which the kernel turns into a LOCKDEBUG panic.
+(``LockError``), which the kernel turns into a LOCKDEBUG panic.  Every
+LockError carries its facts as attributes: ``lock`` (the lock id) and
+``myself`` (a CPU asking again for a lock it holds).
 """
 
 from __future__ import annotations
@@ -88,8 +96,9 @@ LockError = _atomic.LockError
 LOCK_ORDER: list[tuple[str, ...]] = [
     ("kernel_lock",),
     ("vm_map",),
+    ("kernel_map", "exec_map"),
     ("amap",),
-    ("vnode", "kernel_object", "kmem_object"),
+    ("vnode", "kernel_object", "kmem_object", "mb_object", "ubc"),
     ("anon",),
     ("pageq",),
     ("pmap_main_lock",),
@@ -99,10 +108,10 @@ LOCK_ORDER: list[tuple[str, ...]] = [
     ("pvh",),
     ("pvalloc_lock",),
     ("pmap_zero_page_lock", "pmap_copy_page_lock"),
-    ("pager_map",),
-    ("kmem_map",),
+    ("pager_map", "phys_map"),
+    ("kmem_map", "mb_map", "pool"),
     ("swap_data_lock", "uvm_anon_lock"),
-    ("fpageq",),
+    ("fpageq", "aiodoned_lock"),
     ("pagedaemon_lock",),
     ("sched_lock",),
     ("pmap_tlb_shootdown_q", "pmap_tlb_shootdown_job_lock"),
@@ -188,7 +197,9 @@ def KASSERT_LOCKED(lk: int) -> None:  # noqa: N802 - NetBSD's name
     => only called when DIAGNOSTIC is on (``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(x)``).
     """
     if not lock_held(lk):
-        raise LockError(f"KASSERT_LOCKED: lock {lk} not held")
+        e = LockError(f"KASSERT_LOCKED: lock {lk} not held")
+        e.lock, e.myself = lk, False          # as the atomic core's own LockErrors carry
+        raise e
 
 
 def findings(seg, locks: LockSpace) -> tuple[list[dict], int]:

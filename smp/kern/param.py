@@ -35,9 +35,23 @@ VM_MIN_KERNEL_ADDRESS = KERNBASE
 VM_MAX_KERNEL_ADDRESS = APTE_BASE
 NKPTP = 4                                    # kernel PTPs at boot (16 MB)
 NKPTP_MAX = 1024 - PDSLOT_KERN - 1
-KVA_BASE = KERNBASE + 16 * 1024 * 1024       # kmem_map starts above the kernel image
-NKVA = 8192                                  # kmem_map's pages (32 MiB); then "emergva"
+NKVA = (VM_MAX_KERNEL_ADDRESS - KERNBASE) // NBPG   # pages of kernel VA (kernel_map)
 KERNEL_PMAP = 0                              # pmap_kernel(): pmap 0 (never on the pmaps list)
+
+# kernel_map at boot (uvm_km.py): the kernel image, then the submaps carved from it
+KIMAGE = 4 * 1024 * 1024          # text, data, bss and the boot-time tables (assumed)
+NKMEMPAGES_MIN = (8 * 1024 * 1024) // NBPG     # kmem_map: physmem / 4, clamped (kmeminit)
+NKMEMPAGES_MAX = (128 * 1024 * 1024) // NBPG
+PAGER_MAP_SIZE = 4 * 1024 * 1024  # uvm_pager.c
+MAXBSIZE = 64 * 1024              # the largest I/O: a pageout cluster, the emergency window
+NCARGS = 256 * 1024               # exec_map holds 16 argument areas of NCARGS
+USRIOSIZE = 300                   # phys_map's pages (VM_PHYS_SIZE)
+NMBCLUSTERS = 1024                # mb_map: clusters of MCLBYTES
+MCLBYTES = 2048
+MSIZE = 256                       # an mbuf
+UBC_NWINS = 1024                  # UBC windows of UBC_WINSIZE bytes (uvm_bio.c)
+UBC_WINSIZE = 8192
+UPAGES = 2                        # a process's u-area (PCB and kernel stack)
 
 # PTE bits (i386 pte.h)
 PG_V = 0x001
@@ -71,6 +85,7 @@ UVM_PGA_ZERO = 0x2
 ENOMEM = 12
 EFAULT = 14
 EACCES = 13
+EAGAIN = 35
 
 
 def pdei(va: int) -> int:

@@ -30,6 +30,22 @@ pmap_enter(pmap, va, pa, prot, flags)       [§4.1]
         none: PMAP_CANFAIL ? ENOMEM : panic("pmap_enter: no pv entries available")
     write the PTE; a changed valid PTE is shot down on every CPU using the pmap
 
+the pv allocator                             [§2.4, as 1.91]
+    pv_freepages / pv_unusedpgs are TAILQs of pv pages; pmap_init's pv_initpage
+    (from kernel_map) sits on pv_unusedpgs until wanted; below PVE_LOWAT free
+    entries a new page is made in advance; a new page needs a kmem_map VA
+    (try-locked) -- kept in pv_cachedva when the page itself cannot be had --
+    and a kmem_object page (kmem_object try-locked) from the reserve; failing
+    that, steal_one walks every managed page from the first for an unwired
+    user mapping.  Freeing above PVE_HIWAT gives an unused page back
+    (pmap_free_pvpage, map try-locked), except for the kernel pmap's entries.
+
+pmap_create / pmap_release                   [§4.7]
+    the page directory comes from uvm_km_alloc(kernel_map) -- a kernel_object
+    page mapped with a plain pmap_enter on the kernel pmap (a kernel pv entry)
+    -- and goes back with uvm_km_free; kernel_map growth beyond the kernel's
+    PTPs calls pmap_growkernel, which may steal a user PTP (§4.6).
+
 pmap_steal_ptp(caller, idx)                  [§4.3, exactly the 1.91 behaviour]
     pmaps_lock for the whole search, from pmaps_hand; the caller's own pmap is
     a candidate (it is locked already); others are only try-locked; a PTP with
@@ -38,7 +54,8 @@ pmap_steal_ptp(caller, idx)                  [§4.3, exactly the 1.91 behaviour]
     moved to the caller's object and zeroed.  The 2000 code flushed only the
     local TLB; ``shootdown_on_steal = on`` also shoots the victim's 4 MiB
     down on every CPU where it is active.  Every steal prints a console line
-    (the printf Sommerfeld added on the i386mp branch).
+    (the printf Sommerfeld added on the i386mp branch).  A stolen pv entry is
+    flushed the same way (1.91: pmap_update_pg when the victim is current).
 
 Choices where the facts are open (NETBSD-FACTS §12):
 * ``pmap_canfail_leak`` (default off): on, a CANFAIL PTP failure returns
@@ -78,10 +95,9 @@ from smp.kern.param import (
     ENOMEM,
     KERNBASE,
     KERNEL_PMAP,
-    KVA_BASE,
     NBPD,
     NBPG,
-    NKVA,
+    NKPTP_MAX,
     OWN_KPTP,
     OWN_PDP,
     OWN_PTP,
@@ -110,6 +126,7 @@ from smp.kern.param import (
 )
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_page import (
+    OWNER_COUNTER,
     memq_insert_tail,
     memq_remove,
     uvm_pagealloc,
@@ -128,12 +145,16 @@ I386_IPI_TLB = 0x8
 ALLOCPV_NEED, ALLOCPV_TRY, ALLOCPV_NONEED = 0, 1, 2
 PMAP_KVA = 0xC0C0_0000          # where struct pmaps "live", for addresses in messages
 
-# pmap_glob slots
-G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS = range(7)
+# pmap_glob slots: the pmaps list and its steal hand, nkpde, the pv allocator's lists (head,
+# tail), its free count, the number of pmaps, pv_cachedva (a page index of kmem_map, -1 none),
+# pv_initpage (a pv page number, -1 once freed)
+(G_PMAPS, G_HAND, G_NKPDE, G_PVFREE, G_PVUNUSED, G_NFPVENTS, G_NPMAPS, G_PVFREE_TAIL,
+ G_PVUNUSED_TAIL, G_PVCACHEDVA, G_PVINITPAGE) = range(11)
 # pvp_list values
 PVL_NONE, PVL_FREE, PVL_UNUSED = 0, 1, 2
 PM_FIELDS = ("pm_inuse", "pm_refs", "pm_pdir", "pm_ptphint", "pm_resident", "pm_wired",
              "pm_memq_head", "pm_memq_tail", "pm_npages", "pm_next", "pm_prev", "pm_owner")
+# pm_pdirva: the page directory's kernel VA (0: made at boot, before kernel_map)
 
 Message = subr_prf.Message
 MSG_STEAL = Message("", "pmap_steal_ptp: stole PTP pa 0x%08x (va 0x%08x) from pmap %p "
@@ -148,6 +169,8 @@ P_NOKPTP = Message("pmap_enter", "pmap_enter: missing kernel PTP!", "panic")
 P_MISMATCH = Message("pmap_steal_ptp", "pmap_steal_ptp: PTP mismatch!", "panic")
 P_UNMANAGED = Message("pmap_get_ptp", "pmap_get_ptp: unmanaged user PTP", "panic")
 P_GROW = Message("pmap_growkernel", "pmap_growkernel: alloc ptp failed", "panic")
+P_PINIT = Message("pmap_pinit", "pmap_pinit: kernel_map out of virtual space!", "panic",
+                  late=True)
 P_BUSYPTP = Message("pmap_release", "pmap_release: busy page table page", "panic")
 P_NOPVLIST = Message("pmap_remove_ptes",
                      "pmap_remove_ptes: managed page without PG_PVLIST for 0x%lx", "panic")
@@ -189,6 +212,7 @@ def declare(kernel, locks) -> list[ArraySpec]:
         ArraySpec("pvh_list", i4, (npages,)),
         ArraySpec("pvh_attrs", i4, (npages,)),
         *(ArraySpec(f, i4, (maxpmap,)) for f in PM_FIELDS),       # struct pmap
+        ArraySpec("pm_pdirva", i8, (maxpmap,)),
         ArraySpec("pm_cpus", u8, (maxpmap,)),          # CPU bitmask: 64 CPUs need bit 63
         ArraySpec("pmap_glob", i4, (16,)),
         *(ArraySpec(f, i4, (npve,)) for f in ("pv_next", "pv_pmap", "pv_ptp")),
@@ -221,9 +245,10 @@ def declare_tlb(kernel, locks) -> list[ArraySpec]:
 
 
 def format(seg, kernel) -> None:
-    """Boot (pmap_bootstrap, pmap_init): no pv entries anywhere, the kernel pmap."""
+    """Boot (pmap_bootstrap): no pv entries anywhere, the kernel pmap with the ``nkpde``
+    kernel PTPs locore set up (the submaps grow more: uvm_km.format_maps)."""
     seg.arrays["pvh_list"][:] = -1
-    pmap_bootstrap(seg, NKVA + 1)          # + the pager's emergency window
+    pmap_bootstrap(seg, kernel.config.nkpde)
 
 
 class PerCPU:
@@ -232,7 +257,6 @@ class PerCPU:
     def __init__(self, ci):
         self.tlb: dict[int, tuple] = {}     # vpn -> (pg, pg_version, ptp, ptp_version, rw)
         self.cpu = ci.cpu
-        self.pv_steal_hand = 0              # where this CPU's next pv-steal scan starts
 
 
 _ci = None
@@ -264,7 +288,6 @@ def attach(ci, kernel) -> None:
     _physmem_np = ci.seg.arrays["physmem"]
     _pc = PerCPU(ci)
     ci.pmap = _pc
-    ci.core.ipi_handler = pmap_do_tlb_shootdown        # the TLB IPI, while spinning
 
 
 def pmap_addr(pm: int) -> int:
@@ -285,8 +308,8 @@ def _stat_add(pm: int, arr, d: int) -> None:
 
 # --- boot ----------------------------------------------------------------------
 
-def pmap_bootstrap(seg, nkva_pages: int) -> None:
-    """Boot (parent): the kernel pmap, its PDP and enough kernel PTPs for kmem_map."""
+def pmap_bootstrap(seg, nkpde: int) -> None:
+    """Boot (parent): the kernel pmap, its PDP and the ``nkpde`` kernel PTPs of locore."""
     a = seg.arrays
     a["pm_ptphint"][:] = -1
     a["pm_memq_head"][:] = -1
@@ -296,6 +319,7 @@ def pmap_bootstrap(seg, nkva_pages: int) -> None:
     a["pm_owner"][:] = -1
     g = a["pmap_glob"]
     g[G_PMAPS] = g[G_HAND] = g[G_PVFREE] = g[G_PVUNUSED] = -1
+    g[G_PVFREE_TAIL] = g[G_PVUNUSED_TAIL] = g[G_PVCACHEDVA] = g[G_PVINITPAGE] = -1
     for f in ("pv_next", "pv_pmap", "pv_ptp"):
         a[f][:] = -1
     a["pvp_pg"][:] = -1
@@ -311,13 +335,30 @@ def pmap_bootstrap(seg, nkva_pages: int) -> None:
     a["pm_cpus"][KERNEL_PMAP] = (1 << seg.layout.ncpu) - 1      # active everywhere
     phys = a["physmem"]
     phys[pdp * 1024 + PDSLOT_PTE] = (pdp << 12) | PG_V | PG_RW
-    need = -(-(KVA_BASE + nkva_pages * NBPG - KERNBASE) // NBPD)
-    for i in range(need):
-        ptp = _boot_page(seg, OWN_KPTP, KERNEL_PMAP, PDSLOT_KERN + i)
-        phys[pdp * 1024 + PDSLOT_KERN + i] = (ptp << 12) | PG_V | PG_RW
+    g[G_NKPDE] = 0
+    pmap_growkernel_boot(seg, KERNBASE + min(nkpde, NKPTP_MAX) * NBPD)
+
+
+def pmap_growkernel_boot(seg, maxkvaddr: int) -> int:
+    """pmap_growkernel before any CPU runs (parent): kernel PTPs from the free list to cover
+    ``maxkvaddr``, their PDEs copied into every pmap; returns the VA now covered."""
+    a = seg.arrays
+    g = a["pmap_glob"]
+    phys = a["physmem"]
+    kpdir = int(a["pm_pdir"][KERNEL_PMAP]) * 1024
+    need = min(-(-(maxkvaddr - KERNBASE) // NBPD), NKPTP_MAX)
+    while g[G_NKPDE] < need:
+        slot = PDSLOT_KERN + int(g[G_NKPDE])
+        ptp = _boot_page(seg, OWN_KPTP, KERNEL_PMAP, slot)
+        phys[kpdir + slot] = (ptp << 12) | PG_V | PG_RW
         a["pg_wire"][ptp] = 1
         a["pm_resident"][KERNEL_PMAP] += 1
-    g[G_NKPDE] = need
+        pm = int(g[G_PMAPS])
+        while pm >= 0:
+            phys[int(a["pm_pdir"][pm]) * 1024 + slot] = phys[kpdir + slot]
+            pm = int(a["pm_next"][pm])
+        g[G_NKPDE] += 1
+    return KERNBASE + int(g[G_NKPDE]) * NBPD
 
 
 def _boot_page(seg, owner: int, obj: int, off: int) -> int:
@@ -336,7 +377,7 @@ def _boot_page(seg, owner: int, obj: int, off: int) -> int:
     a["pg_off"][pg] = off
     ux = a["uvmexp"]
     ux[U.FREE] -= 1
-    ux[U.PDPPAGES if owner == OWN_PDP else U.PTPPAGES] += 1
+    ux[OWNER_COUNTER[owner]] += 1
     a["physmem"][pg * 1024:(pg + 1) * 1024] = 0
     return pg
 
@@ -375,11 +416,22 @@ def pmap_create_boot(seg, owner_tid: int) -> int:
 
 
 def pmap_create(owner_tid: int) -> int:
-    """A new user pmap: PDP from the kernel's reserve, kernel PDEs copied; -1 if no page.
+    """A new user pmap (pmap_create -> pmap_pinit); returns it (-1: no pmap slot).
 
-    The PDP comes from uvm_km_alloc(kernel_map) in the 1.91 code, which may sleep; the
-    caller decides (fork sleeps in "km_alloc1w" and retries).
+    The page directory is uvm_km_alloc(kernel_map, NBPG): a kernel_object page from the
+    kernel reserve, mapped with a plain pmap_enter on the kernel pmap (a kernel pv entry)
+    -- so it may sleep ("km_alloc1w"), which it does before anything else is taken (the
+    caller runs it again after the wakeup), may grow the kernel's page tables, and may
+    panic "pmap_enter: no pv entries available".  Then the recursive PDE and the kernel
+    PDEs, copied under pmaps_lock (which freezes nkpde), and LIST_INSERT_HEAD(&pmaps).
     """
+    # pmap_pinit -> uvm_km_alloc(kernel_map): the pmap calls up into UVM for its own
+    # page directory, as in NetBSD (uvm_km imports the pmap, so only at run time)
+    from smp.kern import uvm_km
+    pdva = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, 1, owner=OWN_PDP, obj=-1, off=0)
+    if pdva < 0:
+        subr_prf.panic(P_PINIT)                  # kernel_map out of virtual space
+    pdp = pmap_extract(KERNEL_PMAP, pdva)
     lock.simple_lock(pmaps_lock)
     pm = -1
     for i in range(1, len(shared.pm_inuse)):
@@ -388,16 +440,15 @@ def pmap_create(owner_tid: int) -> int:
             break
     if pm < 0:
         lock.simple_unlock(pmaps_lock)
+        uvm_km.uvm_km_free(pdva, 1)
         return -1
     shared.pm_inuse[pm] = 1
     lock.simple_unlock(pmaps_lock)
-    pdp = _pagealloc_zeroed(OWN_PDP, pm, 0, 0)
-    if pdp < 0:
-        shared.pm_inuse[pm] = 0
-        return -1
-    shared.pg_flags[pdp] &= ~PG_BUSY
+    shared.pg_obj[pdp] = pm                  # (the simulation's owner tag of a PDP)
+    pmap_zero_page(pdp)
     shared.pm_refs[pm] = 1
     shared.pm_pdir[pm] = pdp
+    shared.pm_pdirva[pm] = pdva
     shared.pm_ptphint[pm] = -1
     shared.pm_resident[pm] = 1
     shared.pm_wired[pm] = 0
@@ -420,7 +471,9 @@ def pmap_create(owner_tid: int) -> int:
 
 
 def pmap_destroy(pm: int) -> None:
-    """Drop a reference; the last one releases the pmap (pmap_release)."""
+    """Drop a reference; the last one releases the pmap (pmap_release): off the pmaps list,
+    its PTPs freed, its page directory given back with uvm_km_free(kernel_map) (a page
+    directory made at boot, before kernel_map, is simply freed)."""
     lock.simple_lock(pm_lock + pm)
     shared.pm_refs[pm] -= 1
     refs = shared.pm_refs[pm]
@@ -443,12 +496,18 @@ def pmap_destroy(pm: int) -> None:
         memq_remove(shared.pm_memq_head, shared.pm_memq_tail, pm, ptp)
         _free_ptp_page(ptp)
         ptp = nxt
-    pdp = shared.pm_pdir[pm]
+    pdp, pdva = shared.pm_pdir[pm], shared.pm_pdirva[pm]
     shared.pm_pdir[pm] = -1
+    shared.pm_pdirva[pm] = 0
     shared.pm_inuse[pm] = 0
     shared.pm_owner[pm] = -1
     lock.simple_unlock(pm_lock + pm)
-    uvm_pagefree(pdp)
+    if pdva:
+        # (pmap_release -> uvm_km_free(kernel_map): the same upcall as pmap_create's)
+        from smp.kern import uvm_km
+        uvm_km.uvm_km_free(pdva, 1)
+    else:
+        uvm_pagefree(pdp)
 
 
 def _free_ptp_page(ptp: int) -> None:
@@ -678,15 +737,49 @@ def _pv_unlink(pg: int, prev: int, pve: int) -> None:
     shared.pv_next[pve] = -1
 
 
+# pv_freepages and pv_unusedpgs are TAILQs: (head, tail) slots of pmap_glob
+_PVQ = {PVL_FREE: (G_PVFREE, G_PVFREE_TAIL), PVL_UNUSED: (G_PVUNUSED, G_PVUNUSED_TAIL)}
+
+
 def _pvp_list_remove(p: int) -> None:
-    _list_remove(shared.pvp_next, shared.pvp_prev,
-                 G_PVFREE if shared.pvp_list[p] == PVL_FREE else G_PVUNUSED, p)
+    """TAILQ_REMOVE of pv page ``p`` from the list it is on (=> pvalloc_lock)."""
+    head, tail = _PVQ[shared.pvp_list[p]]
+    g = shared.pmap_glob
+    n, pr = shared.pvp_next[p], shared.pvp_prev[p]
+    if pr < 0:
+        g[head] = n
+    else:
+        shared.pvp_next[pr] = n
+    if n < 0:
+        g[tail] = pr
+    else:
+        shared.pvp_prev[n] = pr
+    shared.pvp_next[p] = shared.pvp_prev[p] = -1
     shared.pvp_list[p] = PVL_NONE
 
 
-def _pvp_list_insert(p: int, which: int) -> None:
-    _list_insert_head(shared.pvp_next, shared.pvp_prev,
-                      G_PVFREE if which == PVL_FREE else G_PVUNUSED, p)
+def _pvp_list_insert(p: int, which: int, at_tail: bool = False) -> None:
+    """TAILQ_INSERT_HEAD (or _TAIL) of pv page ``p`` on pv_freepages or pv_unusedpgs."""
+    head, tail = _PVQ[which]
+    g = shared.pmap_glob
+    if at_tail:
+        t = g[tail]
+        shared.pvp_prev[p] = t
+        shared.pvp_next[p] = -1
+        if t < 0:
+            g[head] = p
+        else:
+            shared.pvp_next[t] = p
+        g[tail] = p
+    else:
+        h = g[head]
+        shared.pvp_next[p] = h
+        shared.pvp_prev[p] = -1
+        if h < 0:
+            g[tail] = p
+        else:
+            shared.pvp_prev[h] = p
+        g[head] = p
     shared.pvp_list[p] = which
 
 
@@ -705,17 +798,18 @@ def _pv_take(p: int) -> int:
 
 
 def pmap_alloc_pv(pm: int, mode: int) -> int:
-    """A free pv entry, or -1 (pmap_alloc_pv: free list, else pmap_alloc_pvpage)."""
+    """A free pv entry, or -1 (pmap_alloc_pv: the first page of pv_freepages; below
+    PVE_LOWAT free entries or with none, pmap_alloc_pvpage)."""
     if kern_fail.ON and kern_fail.fail("pmap_alloc_pv"):
         return -1
     lock.simple_lock(pvalloc_lock)
     p = shared.pmap_glob[G_PVFREE]
-    if p >= 0:
-        pve = _pv_take(p)
-        if shared.pmap_glob[G_NFPVENTS] < PVE_LOWAT:
+    pve = _pv_take(p) if p >= 0 else -1
+    if shared.pmap_glob[G_NFPVENTS] < PVE_LOWAT or pve < 0:
+        if pve < 0:
+            pve = pmap_alloc_pvpage(pm, ALLOCPV_TRY if mode == ALLOCPV_TRY else ALLOCPV_NEED)
+        else:
             pmap_alloc_pvpage(pm, ALLOCPV_NONEED)     # refill the cache in advance
-    else:
-        pve = pmap_alloc_pvpage(pm, mode)
     lock.simple_unlock(pvalloc_lock)
     return pve
 
@@ -723,13 +817,17 @@ def pmap_alloc_pv(pm: int, mode: int) -> int:
 def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     """A new pv page (=> pvalloc_lock held); returns an entry if one is wanted.
 
-    1. an entirely unused pv page;  2. kmem_map VA (never waiting) + a page from the
-    kernel reserve with kmem_object only try-locked;  3. pv stealing (NEED, steal pv).
+    1. an entirely unused pv page (moved to pv_freepages);  2. a kmem_map VA -- the one
+    kept in pv_cachedva from an earlier failure, else uvm_km_kmemalloc(kmem_map,
+    kmem_object, NBPG, UVM_KMF_TRYLOCK|UVM_KMF_VALLOC) -- and a page from the kernel
+    reserve with kmem_object only try-locked; a failure after the VA was had keeps it in
+    pv_cachedva for the next call;  3. steal_one: pv stealing (ALLOCPV_NEED, steal pv).
     """
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(pvalloc_lock)
-    if mode != ALLOCPV_NONEED and shared.pmap_glob[G_PVUNUSED] >= 0:
-        p = shared.pmap_glob[G_PVUNUSED]
+    g = shared.pmap_glob
+    if mode != ALLOCPV_NONEED and g[G_PVUNUSED] >= 0:
+        p = g[G_PVUNUSED]
         _pvp_list_remove(p)
         _pvp_list_insert(p, PVL_FREE)
         return _pv_take(p)
@@ -737,11 +835,13 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     # in NetBSD): uvm_km maps its memory with pmap_enter, so it imports the pmap, and the
     # pmap can name uvm_km only once both are loaded.
     from smp.kern import uvm_km
-    p = -1
     pg = -1
-    va = -1 if kern_fail.ON and kern_fail.fail("pmap_alloc_pvpage") else \
-        uvm_km.uvm_km_valloc_try(1)
-    if va >= 0 and not kern_fail.trylock_fails("pmap_alloc_pvpage") and \
+    p = -1
+    if g[G_PVCACHEDVA] < 0 and not (kern_fail.ON and kern_fail.fail("pmap_alloc_pvpage")):
+        va = uvm_km.uvm_km_valloc(uvm_km.KMEM_MAP, 1, trylock=True)
+        if va >= 0:
+            g[G_PVCACHEDVA] = uvm_km.kva_index(va)
+    if g[G_PVCACHEDVA] >= 0 and not kern_fail.trylock_fails("pmap_alloc_pvpage") and \
             lock.simple_lock_try(uvm_km.kmem_object_lock):
         for i in range(len(shared.pvp_pg)):
             if shared.pvp_pg[i] < 0:
@@ -751,46 +851,84 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
             pg = uvm_pagealloc(OWN_PVPAGE, p, 0, -1, UVM_PGA_USERESERVE)
         lock.simple_unlock(uvm_km.kmem_object_lock)
     if pg < 0:
-        if va >= 0:
-            uvm_km.uvm_km_vfree(va, 1)
         _cnt(counter.pvpage_fail)
         if mode == ALLOCPV_NEED and _steal_pv:
             return _steal_one_pv(pm)
         return -1
+    va = uvm_km.kva(g[G_PVCACHEDVA])
+    g[G_PVCACHEDVA] = -1
     shared.pg_flags[pg] &= ~PG_BUSY
     shared.pg_wire[pg] = 1
     pmap_kenter_pa(va, pg, VM_PROT_WRITE)
+    _cnt(counter.pvpage_alloc)
+    return pmap_add_pvpage(p, pg, va, mode != ALLOCPV_NONEED)
+
+
+def pmap_add_pvpage(p: int, pg: int, va: int, need_entry: bool) -> int:
+    """Carve pv page ``p`` (page ``pg`` at ``va``) into entries: all free and the page on the
+    tail of pv_unusedpgs, or all but one (returned) and on the tail of pv_freepages
+    (=> pvalloc_lock held, or boot)."""
     shared.pvp_pg[p] = pg
     shared.pvp_va[p] = va
-    base = p * PVE_PER_PVPAGE       # pmap_add_pvpage: carve the page into entries
-    for j in range(PVE_PER_PVPAGE - 1):
+    base = p * PVE_PER_PVPAGE
+    nfree = PVE_PER_PVPAGE - 1 if need_entry else PVE_PER_PVPAGE
+    for j in range(nfree - 1):
         shared.pv_next[base + j] = base + j + 1
         shared.pv_pmap[base + j] = -1
-    shared.pv_next[base + PVE_PER_PVPAGE - 1] = -1
+    shared.pv_next[base + nfree - 1] = -1
+    shared.pv_pmap[base + nfree - 1] = -1
     shared.pvp_free[p] = base
-    shared.pvp_nfree[p] = PVE_PER_PVPAGE
-    shared.pmap_glob[G_NFPVENTS] += PVE_PER_PVPAGE
-    _pvp_list_insert(p, PVL_FREE)
-    _cnt(counter.pvpage_alloc)
-    if mode == ALLOCPV_NONEED:
+    shared.pvp_nfree[p] = nfree
+    shared.pmap_glob[G_NFPVENTS] += nfree
+    _pvp_list_insert(p, PVL_FREE if need_entry else PVL_UNUSED, at_tail=True)
+    if not need_entry:
         return -1
-    return _pv_take(p)
+    pve = base + PVE_PER_PVPAGE - 1
+    shared.pv_next[pve] = -1
+    return pve
+
+
+def pmap_init_boot(seg, va: int) -> None:
+    """pmap_init: the bootstrap pv page, "pv_initpage", from kernel_map (parent, boot).
+
+    Its entries let the kernel come up before kmem_map exists; mapped before
+    pmap_initialized, so it carries no pv entry of its own.  It sits on pv_unusedpgs
+    until the entries are wanted, and pmap_free_pvpage may give it back to kernel_map
+    like any other (pv_initpage is then NULL)."""
+    a = seg.arrays
+    pg = _boot_page(seg, OWN_PVPAGE, 0, 0)
+    kpdir = int(a["pm_pdir"][KERNEL_PMAP]) * 1024
+    ptp = int(a["physmem"][kpdir + pdei(va)]) >> 12
+    a["physmem"][ptp * 1024 + ptei(va)] = (pg << 12) | PG_V | PG_RW | PG_G
+    a["pm_resident"][KERNEL_PMAP] += 1
+    a["pg_wire"][pg] = 1
+    g = a["pmap_glob"]
+    base = 0
+    a["pvp_pg"][0], a["pvp_va"][0] = pg, va
+    a["pv_next"][base:base + PVE_PER_PVPAGE - 1] = np.arange(base + 1, base + PVE_PER_PVPAGE)
+    a["pv_next"][base + PVE_PER_PVPAGE - 1] = -1
+    a["pv_pmap"][base:base + PVE_PER_PVPAGE] = -1
+    a["pvp_free"][0], a["pvp_nfree"][0] = base, PVE_PER_PVPAGE
+    g[G_NFPVENTS] = PVE_PER_PVPAGE
+    a["pvp_next"][0] = a["pvp_prev"][0] = -1
+    a["pvp_list"][0] = PVL_UNUSED
+    g[G_PVUNUSED] = g[G_PVUNUSED_TAIL] = 0
+    g[G_PVINITPAGE] = 0
 
 
 def _steal_one_pv(pm: int) -> int:
-    """steal_one: walk every managed page for a stealable pv entry (pmap_try_steal_pv).
+    """steal_one: walk every managed page, from the first, for a stealable pv entry
+    (pmap_try_steal_pv), as 1.91 does on every call.
 
     => pvalloc_lock held; pvh locks and victim pmap locks are only try-locked.
     """
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(pvalloc_lock)
-    npages = len(shared.pvh_list)
-    start = _pc.pv_steal_hand
-    for k in range(npages):
-        pg = (start + k) % npages
-        if shared.pvh_list[pg] < 0 or not lock.simple_lock_try(pvh_lock + pg):
+    heads = shared.pvh_list
+    for pg in range(len(heads)):
+        if heads[pg] < 0 or not lock.simple_lock_try(pvh_lock + pg):
             continue
-        prev, pve = -1, shared.pvh_list[pg]
+        prev, pve = -1, heads[pg]
         got = -1
         while pve >= 0:
             if _try_steal_pv(pg, pve, pm):
@@ -800,7 +938,6 @@ def _steal_one_pv(pm: int) -> int:
             prev, pve = pve, shared.pv_next[pve]
         lock.simple_unlock(pvh_lock + pg)
         if got >= 0:
-            _pc.pv_steal_hand = pg + 1
             _cnt(counter.pv_steals)
             return got
     _cnt(counter.pv_steal_fail)
@@ -811,7 +948,10 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
     """pmap_try_steal_pv: take one unwired user mapping's pv entry (=> pvh lock held).
 
     The stolen PTE's U/M bits are not merged into attrs (as in the 1.91 code, unless
-    ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.
+    ``pv_steal_attrs``), and its PTP is not freed even if it drops to 1.  The 1.91 code
+    invalidates the mapping only in this CPU's TLB (pmap_update_pg when the victim is
+    the current pmap); ``shootdown_on_steal`` also shoots it down on the other CPUs, as
+    for a stolen PTP.
     """
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(pvh_lock + pg)
@@ -834,37 +974,91 @@ def _try_steal_pv(pg: int, pve: int, thief: int) -> bool:
         shared.pvh_attrs[pg] |= opte & (PG_U | PG_M)
     shared.pm_resident[vpm] -= 1
     shared.pg_wire[ptp] -= 1
-    mask = pmap_tlb_shootdown(vpm, va, opte)
+    if _shootdown_on_steal:
+        mask = pmap_tlb_shootdown(vpm, va, opte)
+    else:
+        mask = 0
+        if vpm == shared.cpu_pmap[_ci.cpu]:
+            _pc.tlb.pop(va >> 12, None)          # pmap_update_pg: this CPU only
     lock.simple_unlock(pm_lock + vpm)
     pmap_tlb_shootnow(mask)
     subr_prf.printf(MSG_STEAL_PV, pmap_addr(vpm), va, pg << 12, pmap_addr(thief))
     return True
 
 
-def pmap_free_pv(pve: int) -> None:
-    """Return one entry to its pv page (=> pvalloc_lock held)."""
+def _free_pv_doit(pve: int) -> None:
+    """Return one entry to its pv page (pmap_free_pv_doit, => pvalloc_lock held): a full
+    page that gets a free entry goes to the head of pv_freepages, a page whose entries
+    are all free to the head of pv_unusedpgs."""
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(pvalloc_lock)
     p = pve // PVE_PER_PVPAGE
+    shared.pmap_glob[G_NFPVENTS] += 1
+    shared.pvp_nfree[p] += 1
+    if shared.pvp_nfree[p] == 1:
+        _pvp_list_insert(p, PVL_FREE)
     shared.pv_pmap[pve] = -1
     shared.pv_next[pve] = shared.pvp_free[p]
     shared.pvp_free[p] = pve
-    shared.pvp_nfree[p] += 1
-    shared.pmap_glob[G_NFPVENTS] += 1
-    if shared.pvp_nfree[p] == 1:
-        _pvp_list_insert(p, PVL_FREE)
-    elif shared.pvp_nfree[p] == PVE_PER_PVPAGE:
+    if shared.pvp_nfree[p] == PVE_PER_PVPAGE:
         _pvp_list_remove(p)
         _pvp_list_insert(p, PVL_UNUSED)
 
 
-def pmap_free_pvs(pves: list[int]) -> None:
+def pmap_free_pv(pm: int, pve: int) -> None:
+    """Free one pv entry of ``pm``'s (pmap_free_pv)."""
+    pmap_free_pvs(pm, [pve])
+
+
+def pmap_free_pvs(pm: int, pves: list[int]) -> None:
+    """Free pv entries of ``pm``'s mappings; above PVE_HIWAT free entries an unused pv page
+    goes back to kmem_map (pmap_free_pvpage) -- unless ``pm`` is the kernel pmap, whose
+    lock... is not held here, but 1.91 skips it all the same ("the pmap is already
+    locked")."""
     if not pves:
         return
     lock.simple_lock(pvalloc_lock)
     for pve in pves:
-        pmap_free_pv(pve)
+        _free_pv_doit(pve)
+    g = shared.pmap_glob
+    if g[G_NFPVENTS] > PVE_HIWAT and g[G_PVUNUSED] >= 0 and pm != KERNEL_PMAP:
+        pmap_free_pvpage()
     lock.simple_unlock(pvalloc_lock)
+
+
+def pmap_free_pvpage() -> None:
+    """Give the first unused pv page back (=> pvalloc_lock held, pv_unusedpgs not empty).
+
+    Only if its map's lock can be had at once (vm_map_lock_try: kernel_map for
+    pv_initpage, kmem_map for the others); else it stays for a later call.  The page is
+    an interrupt-safe kmem_object page: uvm_unmap_remove takes it out with pmap_kremove
+    and frees it (uvm_km_pgremove_intrsafe), protected by splvm, not by the object lock.
+    """
+    if lock.DIAGNOSTIC:
+        lock.KASSERT_LOCKED(pvalloc_lock)
+    # (pmap_free_pvpage -> uvm_unmap_remove, the same upcall as in pmap_alloc_pvpage)
+    from smp.kern import uvm_km
+    g = shared.pmap_glob
+    p = g[G_PVUNUSED]
+    m = uvm_km.KERNEL_MAP if p == g[G_PVINITPAGE] else uvm_km.KMEM_MAP
+    if not lock.simple_lock_try(uvm_km.map_lock[m]):
+        return
+    _pvp_list_remove(p)
+    va, pg = shared.pvp_va[p], shared.pvp_pg[p]
+    pmap_kremove(va, 1)
+    uvm_km.vfree_locked(m, va, 1)
+    lock.simple_unlock(uvm_km.map_lock[m])
+    base = p * PVE_PER_PVPAGE
+    for j in range(base, base + PVE_PER_PVPAGE):
+        shared.pv_next[j] = -1
+    shared.pvp_free[p] = -1
+    shared.pvp_nfree[p] = 0
+    shared.pvp_pg[p] = -1
+    g[G_NFPVENTS] -= PVE_PER_PVPAGE
+    if p == g[G_PVINITPAGE]:
+        g[G_PVINITPAGE] = -1
+    uvm_pagefree(pg)
+    _cnt(counter.pvpage_free)
 
 
 # --- pmap_enter ------------------------------------------------------------------
@@ -1013,7 +1207,7 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
             subr_prf.panic(P_NOPVLIST, va)
         if ptp >= 0 and shared.pg_wire[ptp] <= 1:
             break
-    pmap_free_pvs(pves)
+    pmap_free_pvs(pm, pves)
     _cnt(counter.pmap_remove)
     return mask
 
@@ -1096,7 +1290,7 @@ def pmap_page_remove(pg: int) -> None:
     pmap_tlb_shootnow(mask)
     for ptp in empty:
         _free_ptp_page(ptp)
-    pmap_free_pvs(pves)
+    pmap_free_pvs(-1, pves)
     lock.spinlockmgr_release_exclusive(pmap_main_lock)
 
 
@@ -1119,6 +1313,36 @@ def pmap_clear_reference(pg: int) -> bool:
             if not opte & PG_U or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_U):
                 break
         if opte & PG_U:
+            was = True
+            mask |= pmap_tlb_shootdown(pm, va, opte)
+        pmap_unmap_ptes(pm, other)
+        pve = shared.pv_next[pve]
+    lock.simple_unlock(pvh_lock + pg)
+    pmap_tlb_shootnow(mask)
+    lock.spinlockmgr_release_exclusive(pmap_main_lock)
+    return was
+
+
+def pmap_clear_modify(pg: int) -> bool:
+    """Clear PG_M in the attrs and every mapping of ``pg``; returns whether it was set."""
+    was = bool(shared.pvh_attrs[pg] & PG_M)
+    if shared.pvh_list[pg] < 0:
+        shared.pvh_attrs[pg] &= ~PG_M
+        return was
+    lock.spinlockmgr_exclusive(pmap_main_lock)
+    lock.simple_lock(pvh_lock + pg)
+    shared.pvh_attrs[pg] &= ~PG_M
+    mask = 0
+    pve = shared.pvh_list[pg]
+    while pve >= 0:
+        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
+        other = pmap_map_ptes(pm)
+        idx = _pte_index(pm, va, ptp)
+        while True:
+            opte = shared.physmem[idx]
+            if not opte & PG_M or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_M):
+                break
+        if opte & PG_M:
             was = True
             mask |= pmap_tlb_shootdown(pm, va, opte)
         pmap_unmap_ptes(pm, other)
@@ -1226,6 +1450,35 @@ def pmap_extract(pm: int, va: int) -> int:
     return pg
 
 
+def pmap_wired_vas(pm: int, sva: int, eva: int) -> list[int]:
+    """The VAs in [sva, eva) whose mapping has PG_W (a peek, like pmap_is_wired, over a
+    range: a 4 MiB block without a PTP is skipped at once)."""
+    out: list[int] = []
+    pdir = shared.pm_pdir[pm] << 10
+    phys = _physmem_np
+    va = sva
+    while va < eva:
+        blk_end = min(eva, (va & ~(NBPD - 1)) + NBPD)
+        pde = shared.physmem[pdir + pdei(va)]
+        if pde & PG_V and pdei(va) != PDSLOT_PTE:
+            base = (pde >> 12) << 10
+            lo, hi = ptei(va), ptei(blk_end - 1) + 1
+            ptes = phys[base + lo: base + hi]
+            for i in np.nonzero((ptes & (PG_V | PG_W)) == (PG_V | PG_W))[0]:
+                out.append(va + (int(i) << 12))
+        va = blk_end
+    return out
+
+
+def pmap_is_writable(pm: int, va: int) -> bool:
+    """Does a valid mapping at ``va`` allow writes (PG_RW; a peek, like pmap_is_wired)?"""
+    pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
+    if not pde & PG_V:
+        return False
+    pte = shared.physmem[((pde >> 12) << 10) + ptei(va)]
+    return bool(pte & PG_V and pte & PG_RW)
+
+
 # --- the kernel pmap ------------------------------------------------------------------
 
 def pmap_kenter_pa(va: int, pg: int, prot: int) -> None:
@@ -1257,15 +1510,24 @@ def pmap_kremove(va: int, npages: int) -> None:
 
 
 def pmap_growkernel(maxkvaddr: int) -> int:
-    """Grow the kernel's PTPs to cover ``maxkvaddr``; push the PDEs into every pmap."""
-    need = -(-(maxkvaddr - KERNBASE) // NBPD)
+    """Grow the kernel's PTPs to cover ``maxkvaddr``; push the PDEs into every pmap.
+
+    Called by kernel_map allocations (uvm_map's PMAP_GROWKERNEL hook, kernel_map
+    locked).  Each new kernel PTP is pmap_alloc_ptp(kernel pmap, slot, just_try =
+    FALSE): a page from the reserve (USERESERVE), else -- with ``steal`` ptp -- a PTP
+    stolen from some user pmap, else panic("pmap_growkernel: alloc ptp failed").
+    """
+    need = min(-(-(maxkvaddr - KERNBASE) // NBPD), NKPTP_MAX)
     if need <= shared.pmap_glob[G_NKPDE]:
         return KERNBASE + shared.pmap_glob[G_NKPDE] * NBPD
     lock.simple_lock(pm_lock + KERNEL_PMAP)
     kpdir = shared.pm_pdir[KERNEL_PMAP] << 10
     while shared.pmap_glob[G_NKPDE] < need:
         slot = PDSLOT_KERN + shared.pmap_glob[G_NKPDE]
-        ptp = _pagealloc_zeroed(OWN_KPTP, KERNEL_PMAP, slot, UVM_PGA_USERESERVE)
+        if kern_fail.ON and kern_fail.fail("pmap_alloc_ptp"):
+            ptp = -1
+        else:
+            ptp = _pagealloc_zeroed(OWN_KPTP, KERNEL_PMAP, slot, UVM_PGA_USERESERVE)
         if ptp < 0 and _steal_ptp:
             ptp = pmap_steal_ptp(KERNEL_PMAP, slot)
             if ptp >= 0:
@@ -1274,6 +1536,7 @@ def pmap_growkernel(maxkvaddr: int) -> int:
         if ptp < 0:
             lock.simple_unlock(pm_lock + KERNEL_PMAP)
             subr_prf.panic(P_GROW)
+        _cnt(counter.growkernel_ptps)
         shared.pg_flags[ptp] &= ~PG_BUSY
         shared.pg_wire[ptp] = 1
         shared.physmem[kpdir + slot] = (ptp << 12) | PG_V | PG_RW
@@ -1393,13 +1656,25 @@ def pmap_tlb_shootnow(mask: int) -> None:
 
 
 def _shootnow_wait(off: int, mask: int, hook) -> None:
+    """Spin until every CPU of ``mask`` has acknowledged (pmap_tlb_shootnow's wait).
+
+    A CPU that has left the machine at a normal end of the run (it stopped in its
+    dispatch loop: CS_DONE) will never run again, so neither will its TLB: it counts as
+    having acknowledged.  Without this, a CPU still finishing a system call when the
+    run ends would wait for a CPU that is gone and be halted inside the kernel, and
+    the DIAGNOSTIC check after the run would have to skip what it held.
+    """
     deadline = None
     spins = 0
     while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
-        if _ci.area["ipi_pending"]:
-            pmap_do_tlb_shootdown()
+        if _ci.ipi_pending():
+            # (intr: the IPI handler, the TLB's and the devices' -- as the spin loop calls it)
+            from smp.kern import intr
+            intr.i386_ipi_handler()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")
+        if _ci.seg.hdr["stop"]:
+            _ack_stopped_cpus(off, mask)
         if hook is not None:
             hook()
             continue
@@ -1410,6 +1685,18 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
                 deadline = time.monotonic() + 10.0
             elif time.monotonic() > deadline:
                 subr_prf.panic(P_RENDEZVOUS, _core.load64(off) & mask)
+
+
+def _ack_stopped_cpus(off: int, mask: int) -> None:
+    """Acknowledge for the CPUs of ``mask`` that have stopped (see _shootnow_wait)."""
+    state = _ci.seg.cpus["state"]
+    left = _core.load64(off) & mask
+    c = 0
+    while left:
+        if left & 1 and int(state[c]) == _atomic.CS_DONE:
+            _core.and64(off, ~(1 << c) & MASK64)
+        left >>= 1
+        c += 1
 
 
 def pmap_do_tlb_shootdown() -> None:

@@ -53,34 +53,47 @@ _hist_calls_off = 0
 
 
 class Message:
-    """A console message or UVMHIST record of a kernel subsystem, until ``number``."""
+    """A console message or UVMHIST record of a kernel subsystem, until ``number``.
 
-    __slots__ = ("fn", "fmt", "kind", "hist")
+    ``late``: declared after the ids of the January 2001 kernel were pinned; numbered
+    after every earlier entry (see ``number``), so those ids stay what they were.
+    """
 
-    def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = ""):
+    __slots__ = ("fn", "fmt", "kind", "hist", "late")
+
+    def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = "",
+                 late: bool = False):
         self.fn, self.fmt, self.kind, self.hist = fn, fmt, kind, hist
+        self.late = late
 
     def __repr__(self) -> str:
         return f"Message({self.fn!r}, {self.fmt!r}) (not numbered: see subr_prf.number)"
 
 
 class String:
-    """A string-table entry (a wait channel's name) of a kernel subsystem, until ``number``."""
+    """A string-table entry (a wait channel's name) of a kernel subsystem, until ``number``;
+    ``late`` as for Message."""
 
-    __slots__ = ("s",)
+    __slots__ = ("s", "late")
 
-    def __init__(self, s: str):
+    def __init__(self, s: str, late: bool = False):
         self.s = s
+        self.late = late
 
     def __repr__(self) -> str:
         return f"String({self.s!r}) (not numbered: see subr_prf.number)"
 
 
-def number(module: ModuleType) -> None:
+def number(module: ModuleType, late: bool = False) -> None:
     """Give the ``Message``/``String`` declarations of ``module`` their ids, in the order
     the module defines them, replacing each (a module attribute, or a value of a
-    module-level dict) by its id.  Entries numbered before are left alone."""
+    module-level dict) by its id.  Entries numbered before are left alone, and so are the
+    ``late`` ones unless ``late`` is given: the kernel numbers every module once for its
+    original entries, then once more for the late ones, so an entry added to a module
+    in the middle of the tuple does not move the ids of the modules after it."""
     def entry_id(v: object) -> object:
+        if isinstance(v, (Message, String)) and v.late != late:
+            return v
         if isinstance(v, Message):
             return message(v.fn, v.fmt, v.kind, v.hist)
         if isinstance(v, String):

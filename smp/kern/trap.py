@@ -2,7 +2,7 @@
 
 A simulated process touching a page goes through what the hardware does:
 
-    take pending interrupts first (the TLB-shootdown IPI)
+    take pending interrupts first (the TLB-shootdown IPI, device interrupts)
     TLB hit -> done (setting PG_M on the first write through the entry)
     miss -> walk the current pmap's page tables without locks: PDE, then PTE;
             valid and permitted -> set PG_U (and PG_M) with a locked cmpxchg,
@@ -23,7 +23,7 @@ through the page tables.
 
 from __future__ import annotations
 
-from smp.kern import lock, pmap, subr_prf
+from smp.kern import intr, lock, pmap, subr_prf
 from smp.kern.param import ENOMEM, PG_M, PG_RW, PG_U, PG_V, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_fault import uvm_fault
@@ -61,8 +61,8 @@ def memref(tid: int, va: int, write: bool) -> None:
     cb = ci.cnt_base
     cnt = shared.cnt
     cnt[cb + counter.memrefs] += 1
-    if ci.area_ipi[0]:
-        pmap.pmap_do_tlb_shootdown()
+    if ci.ipi_pending() or intr.due():
+        intr.at_point()                      # interrupts and IPIs between instructions
     tlb = ci.pmap.tlb
     vpn = va >> 12
     e = tlb.get(vpn)

@@ -58,6 +58,9 @@ COUNTERS = [
     "noncanfail_panics", "oom_kills", "stale_tlb", "tlb_hits", "tlb_misses", "tlb_shootdowns",
     "tlb_ipis", "tlb_fullflush", "memrefs", "uvm_wait", "km_allocs", "km_waits",
     "pagermapin", "ubc_faults", "pmap_enter", "pmap_remove", "ptp_alloc", "ptp_free",
+    # issue 10: the reserve's other consumers
+    "growkernel_ptps", "pvpage_free", "execs", "uarea_allocs", "intr_allocs",
+    "intr_alloc_fail", "vmapbuf_maps", "pageout_clusters", "fork_fail",
 ]
 counter = SimpleNamespace(**{n: i for i, n in enumerate(COUNTERS)})   # column of cnt[cpu]
 
@@ -67,6 +70,7 @@ CHAN_PAGEDAEMON = 0xC0F0_0008      # &uvm.pagedaemon
 CHAN_PAGING = 0xC0F0_0010          # pager I/O completion (aiodoned)
 CHAN_PAGERMAP = 0xC0F0_0018        # pager_map space
 CHAN_KMEM = 0xC0F0_0020            # kernel VA
+CHAN_PAGE = 0xC100_0000            # + page: who waits for a busy page (PG_WANTED)
 
 shared = SimpleNamespace()         # memoryviews of the segment's arrays, bound by attach()
 pagedaemon_lock = -1               # uvm.pagedaemon_lock (uvm_wait, uvm_pageout), by declare()

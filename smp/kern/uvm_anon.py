@@ -12,8 +12,9 @@ counts anons whose only copy is in swap (page freed after pageout).  When
 with ENOMEM and the process is killed ("out of swap"), and the pagedaemon
 reactivates dirty anonymous pages instead of paging them out.
 
-I/O is synchronous and costs no simulated time: a pageout's pages are
-clean again as soon as the pager returns.
+A pageout is asynchronous (uvm_pager): while it is in flight the page is
+busy, and an anon freed meanwhile keeps it (PG_RELEASED) until the write
+completes and frees both.
 
 Two subsystems of the kernel's tuple come from this file: the anons
 (``declare``: the per-anon locks) and swap (``declare_swap``: the swap map,
@@ -27,6 +28,7 @@ import numpy as np
 
 from smp.kern import lock, pmap
 from smp.kern import uvm as U
+from smp.kern.param import PG_BUSY, PG_RELEASED
 from smp.kern.uvm import shared
 from smp.kern.uvm_page import uvm_pagefree
 from smp.machine.layout import ArraySpec
@@ -95,10 +97,16 @@ def uvm_analloc() -> int:
 def uvm_anfree(an: int) -> None:
     """Free an anon whose last reference is gone (its page and swap slot too).
 
-    => anon unlocked, no amap refers to it any more.
+    => anon unlocked, no amap refers to it any more.  A page being paged out (PG_BUSY)
+    is marked PG_RELEASED instead, and the pageout's completion frees the anon.
     """
     lock.simple_lock(an_lock + an)
     pg = shared.an_page[an]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        # its pageout is in flight: the I/O's completion frees the anon (PG_RELEASED)
+        shared.pg_flags[pg] |= PG_RELEASED
+        lock.simple_unlock(an_lock + an)
+        return
     if pg >= 0:
         pmap.pmap_page_remove(pg)
         shared.an_page[an] = -1

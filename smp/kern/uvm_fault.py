@@ -38,20 +38,36 @@ protection to enter), which also lists the locks the fault holds so that
 
 from __future__ import annotations
 
-from smp.kern import lock, pmap, subr_prf, uvm_anon, uvm_map, uvm_page, uvm_pdaemon, uvm_vnode
+from smp.kern import (
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    uvm_anon,
+    uvm_km,
+    uvm_map,
+    uvm_page,
+    uvm_pdaemon,
+    uvm_vnode,
+)
 from smp.kern import uvm as U
 from smp.kern.param import (
     EACCES,
+    EAGAIN,
     EFAULT,
     ENOMEM,
+    KERNEL_PMAP,
     NBPG,
     OWN_ANON,
+    OWN_KMEM,
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
+    PG_WANTED,
     PMAP_CANFAIL,
     PMAP_WIRED,
     UVM_PGA_ZERO,
+    VM_PROT_READ,
     VM_PROT_WRITE,
     trunc_page,
 )
@@ -75,9 +91,10 @@ from smp.kern.uvm_map import (
 )
 from smp.kern.uvm_page import uvm_pageactivate, uvm_pagealloc, uvm_pagewire
 
-EAGAIN = 35
 WMESG = {name: subr_prf.String(name) for name in (         # wait channel -> string id
     "flt_noram1", "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get")}
+W_UAO_GETPAGE = subr_prf.String("uao_getpage", late=True)
+W_ANONGET2 = subr_prf.String("anonget2", late=True)
 HIST_FAULT = subr_prf.UVMHIST_FUNC("uvm_fault")
 H_CALL = subr_prf.Message("uvm_fault", "(map=%p, vaddr=0x%x, ft=%d, at=%d)", "hist", "maphist")
 H_CASE1 = subr_prf.Message("uvm_fault", "  case 1 fault: anon=0x%x", "hist", "maphist")
@@ -209,6 +226,17 @@ def _neighbours(ufi: FaultInfo) -> None:
         lock.simple_unlock(an_lock + an)
 
 
+def _wait_busy(ufi: FaultInfo, pg: int, owner_lock: int, wmesg: int) -> None:
+    """A busy page (its pageout is in flight): PG_WANTED, unlock everything but its
+    owner's lock, which is the sleep's interlock (the I/O's completion takes it before
+    it wakes us, so the wakeup cannot be missed); ReFault after (restart)."""
+    _cnt(counter.fltpgwait)
+    shared.pg_flags[pg] |= PG_WANTED
+    ufi.held.remove(owner_lock)
+    ufi.unlockall()
+    kern_synch.ltsleep(U.CHAN_PAGE + pg, wmesg, 0, owner_lock)
+
+
 def _wait(ufi: FaultInfo, wmesg: str) -> None:
     """Unlock everything and wait for the pagedaemon in ``wmesg`` (restart: ReFault)."""
     ufi.unlockall()
@@ -222,6 +250,8 @@ def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
     lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
     ufi.held.append(an_lock + an)
     pg = shared.an_page[an]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        _wait_busy(ufi, pg, an_lock + an, W_ANONGET2)    # being paged out (uvmfault_anonget)
     if pg < 0:                                   # paged out: swap it in
         pg = uvm_pagealloc(OWN_ANON, -1, 0, an, 0)
         if pg < 0:
@@ -335,6 +365,8 @@ def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
     ufi.held.append(lk)
     slot = shared.file_base[uobj] + off
     pg = shared.file_page[slot]
+    if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
+        _wait_busy(ufi, pg, lk, WMESG["uvn_get"])        # being written back
     if pg < 0:
         _cnt(counter.fltget)
         pg = uvm_pagealloc(OWN_UOBJ, uobj, off, -1, 0)
@@ -360,4 +392,57 @@ def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
     lock.simple_unlock(uvm_page.pageq_lock)
 
 
-__all__ = ["uvm_fault", "FaultInfo", "ENOMEM", "EFAULT", "EACCES"]
+def uvm_fault_wire_kernel(va: int, npages: int) -> None:
+    """uvm_fault_wire(kernel_map, va, va + npages * NBPG): a u-area (uvm_fork); see
+    uvm_fault_kernel."""
+    uvm_fault_kernel(uvm_km.KERNEL_MAP, va, npages, True)
+
+
+def uvm_fault_kernel(m: int, va: int, npages: int, wired: bool) -> None:
+    """Fault kernel_object pages in at ``va`` in kernel map ``m`` (uvm_fault_wire of a
+    u-area on kernel_map; execve's copyin of its arguments into exec_map).  May sleep;
+    the caller runs it again after the wakeup and it goes on with the first page not
+    mapped yet.
+
+    Each page is a fault on the map (its lock held for the fault, as uvm_fault holds
+    it), case 2 on kernel_object: uao_get finds no page and allocates one -- a kernel
+    object, so from the reserve -- or waits "uao_getpage"; then
+    pmap_enter(kernel pmap, ..., PMAP_CANFAIL [| PMAP_WIRED]): a failure (no pv entry)
+    waits "flt_pmfail2" and refaults.  (The real fault keeps the new page in the object
+    while it waits; here it is freed and allocated again, the same pressure.)  The pages
+    stay off the paging queues: a u-area is wired, exec's arguments live only as long
+    as the execve.
+    """
+    mlk = uvm_km.map_lock[m]
+    rw = VM_PROT_READ | VM_PROT_WRITE
+    flags = rw | PMAP_CANFAIL | (PMAP_WIRED if wired else 0)
+    for i in range(npages):
+        v = va + i * NBPG
+        if pmap.pmap_extract(KERNEL_PMAP, v) >= 0:
+            continue                            # in already (before a sleep)
+        _cnt(counter.faults)
+        lock.simple_lock(mlk)
+        lock.simple_lock(uvm_km.kernel_object_lock)
+        pg = uvm_pagealloc(OWN_KMEM, uvm_km.KOBJ_KERNEL, uvm_km.kva_index(v), -1, 0)
+        lock.simple_unlock(uvm_km.kernel_object_lock)
+        if pg < 0:
+            lock.simple_unlock(mlk)
+            _cnt(counter.fltnoram)
+            _cnt(counter.uvm_wait)
+            uvm_pdaemon.uvm_wait(W_UAO_GETPAGE)
+        shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
+        shared.pg_wire[pg] = 1
+        if pmap.pmap_enter(KERNEL_PMAP, v, pg, rw, flags):
+            lock.simple_lock(uvm_km.kernel_object_lock)
+            uvm_page.uvm_pagefree(pg)
+            lock.simple_unlock(uvm_km.kernel_object_lock)
+            lock.simple_unlock(mlk)
+            _cnt(counter.pmfail_waits)
+            _cnt(counter.flt_pmfail2)
+            _cnt(counter.uvm_wait)
+            uvm_pdaemon.uvm_wait(WMESG["flt_pmfail2"])
+        lock.simple_unlock(mlk)
+
+
+__all__ = ["uvm_fault", "uvm_fault_wire_kernel", "uvm_fault_kernel", "FaultInfo", "ENOMEM",
+           "EFAULT", "EACCES", "EAGAIN"]

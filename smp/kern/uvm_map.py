@@ -160,7 +160,9 @@ def uvm_unmap(tid: int, va: int) -> int:
     drop = []
     if base >= 0:
         lock.simple_lock(amap_lock + tid)
-        for s in range(base, base + (end - start) // NBPG):
+        npg = (end - start) // NBPG
+        for k in np.nonzero(shared.np["amap_slot"][base:base + npg] >= 0)[0].tolist():
+            s = base + k
             an = shared.amap_slot[s]
             if an >= 0:
                 shared.amap_slot[s] = -1
@@ -188,10 +190,7 @@ def uvm_unmap(tid: int, va: int) -> int:
 def _wired_pages(pm: int, start: int, end: int) -> list[int]:
     """Pages this pmap maps wired in [start, end) -- a shared (COW) anon page another
     process wired is not ours to unwire."""
-    pages = []
-    for v in range(start, end, NBPG):
-        if pmap.pmap_is_wired(pm, v):
-            pages.append(pmap.pmap_extract(pm, v))
+    pages = [pmap.pmap_extract(pm, v) for v in pmap.pmap_wired_vas(pm, start, end)]
     return [pg for pg in pages if pg >= 0]
 
 
@@ -238,9 +237,8 @@ def set_wired(tid: int, va: int, wired: bool) -> int:
     if flags & EF_WIRED:
         pm = shared.vm_pmap[tid]
         pages = _wired_pages(pm, start, end)
-        for v in range(start, end, NBPG):
-            if pmap.pmap_is_wired(pm, v):
-                pmap.pmap_unwire(pm, v)
+        for v in pmap.pmap_wired_vas(pm, start, end):
+            pmap.pmap_unwire(pm, v)
         _unwire(pages)
     return 0
 
@@ -258,15 +256,16 @@ def uvmspace_fork(parent: int, child: int, child_pm: int) -> None:
         if base >= 0:
             cbase = child * amap_per_proc + shared.vm_aused[child]
             shared.vm_aused[child] += npg
-            for k in range(npg):
+            slots = shared.np["amap_slot"]
+            slots[cbase:cbase + npg] = -1
+            for k in np.nonzero(slots[base:base + npg] >= 0)[0].tolist():
                 an = shared.amap_slot[base + k]
-                if an >= 0 and pmap.pmap_is_wired(ppm, start + k * NBPG):
-                    an = -1      # a wired page is the parent's alone (see the docstring)
+                if pmap.pmap_is_wired(ppm, start + k * NBPG):
+                    continue     # a wired page is the parent's alone (see the docstring)
                 shared.amap_slot[cbase + k] = an
-                if an >= 0:
-                    lock.simple_lock(uvm_anon.an_lock + an)
-                    shared.an_ref[an] += 1
-                    lock.simple_unlock(uvm_anon.an_lock + an)
+                lock.simple_lock(uvm_anon.an_lock + an)
+                shared.an_ref[an] += 1
+                lock.simple_unlock(uvm_anon.an_lock + an)
             if flags & EF_COPY:
                 pmap.pmap_protect(ppm, start, end, prot & ~2 | VM_PROT_READ, skip_wired=True)
         b = entry_index(child, i)

@@ -18,6 +18,11 @@ lock ``fpageq``:
         and is the pagedaemon
     take the head of the free list; free--
 
+An interrupt that is due is taken at the top of every allocation (it may
+come in "between instructions" there, holding the caller's spl-0 locks), so
+an interrupt handler's own allocations can drain the reserve right before
+the caller's.
+
 So user data pages fail at free <= 5 while PTPs and pv pages (USERESERVE)
 fail only at free <= 1 -- the arithmetic behind Sommerfeld never seeing his
 steal printf (NETBSD-FACTS §5.3).  A refused caller decides whether to sleep
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smp.kern import kern_fail, kern_synch, lock, subr_prf
+from smp.kern import intr, kern_fail, kern_synch, lock, subr_prf
 from smp.kern import uvm as U
 from smp.kern.param import (
     OWN_ANON,
@@ -55,7 +60,7 @@ from smp.kern.param import (
 from smp.kern.uvm import counter, shared
 from smp.machine.layout import ArraySpec
 
-_OWNER_COUNTER = {OWN_ANON: U.ANONPAGES, OWN_UOBJ: U.FILEPAGES, OWN_PTP: U.PTPPAGES,
+OWNER_COUNTER = {OWN_ANON: U.ANONPAGES, OWN_UOBJ: U.FILEPAGES, OWN_PTP: U.PTPPAGES,
                   OWN_PVPAGE: U.PVPAGES, OWN_KMEM: U.KMEMPAGES, OWN_PDP: U.PDPPAGES,
                   OWN_KPTP: U.PTPPAGES}
 _PAGE_TABLE = (OWN_PTP, OWN_PDP, OWN_KPTP)        # the pmap zeroes these itself
@@ -156,6 +161,8 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     """
     if kern_fail.ON and kern_fail.fail("uvm_pagealloc"):
         return -1
+    if intr.due():
+        intr.at_point()             # an interrupt may come in right before (and drain)
     ux = shared.uvmexp
     lock.simple_lock(fpageq_lock)
     free = ux[U.FREE]
@@ -173,7 +180,7 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     _q_remove(Q_FREE, pg)
     ux[U.FREE] = free - 1
     shared.pg_pq[pg] = PQ_NONE
-    c = _OWNER_COUNTER.get(owner)
+    c = OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] += 1                              # uvmexp counts: under fpageq, like free
     lock.simple_unlock(fpageq_lock)
@@ -210,7 +217,7 @@ def uvm_pagefree(pg: int) -> None:
     shared.pg_flags[pg] = 0
     shared.pg_version[pg] += 1
     lock.simple_lock(fpageq_lock)
-    c = _OWNER_COUNTER.get(owner)
+    c = OWNER_COUNTER.get(owner)
     if c is not None:
         ux[c] -= 1
     _q_insert_tail(Q_FREE, pg)

@@ -1,26 +1,34 @@
-"""The pagedaemon and uvm_wait (uvm_pdaemon.c [PD39]) and the pager's mappings (uvm_pager.c).
+"""The pagedaemon and uvm_wait (uvm_pdaemon.c [PD39]).
 
 uvm_wait(wmsg): a thread that cannot get memory wakes the pagedaemon and
 sleeps on ``&uvmexp.free`` with ``pagedaemon_lock`` as interlock (so the
 pagedaemon's wakeup cannot be missed).  The pagedaemon itself never sleeps
-there: it prints "pagedaemon: deadlock detected!" and naps for hz/8.
+there: with no pageout in flight it prints "pagedaemon: deadlock detected!"
+and naps for hz/8.
 
-uvm_pageout (a kernel thread, one pass per wakeup):
-    sleep on &uvm.pagedaemon until uvm_pagealloc or uvm_wait wakes us; pdwoke++
+uvm_pageout (a kernel thread, one pass per wakeup; with ``biglock`` it runs
+under the big lock and gives it up whenever it sleeps):
+    sleep on &uvm.pagedaemon until uvm_pagealloc, uvm_wait or aiodoned wakes
+        us; pdwoke++
     inactarg = max((active + inactive) / 3, freetarg + 1)
     if free < freetarg or inactive < inactarg: uvmpd_scan()
-    if free > reserve_kernel: wakeup(&uvmexp.free)   (every uvm_wait sleeper,
-                                                      flt_pmfail* included)
+    if free > reserve_kernel or nothing is being paged out: wakeup(&uvmexp.free)
+        (every uvm_wait sleeper, flt_pmfail* included)
+    pool_drain: one pool gives its idle pages back
 
-uvmpd_scan: walk the inactive queue (oldest first) until free >= freetarg:
+uvmpd_scan: walk the inactive queue (oldest first) until free + paging (the
+pages whose pageout is in flight) reaches freetarg:
+    busy (being written) or wired -> skip
     referenced since it was deactivated (pmap_clear_reference) -> reactivate
     anon page: try-lock the anon (the pagedaemon holds the page queues, the
-        reverse of the fault path's order); unmap it (pmap_page_remove); if it
-        is dirty or has no swap copy it needs a pageout: a swap slot, then the
-        pager maps it into pager_map with a plain pmap_enter on the kernel
-        pmap (no PMAP_CANFAIL: uvm_pagermapin), writes, unmaps; swap full ->
-        reactivate (at most UVMPD_NUMDIRTYREACTS = 16 per pass); then free it
-    file page: unmap; dirty -> write it back the same way; free it
+        reverse of the fault path's order); unmap it (pmap_page_remove); clean
+        with a copy in swap -> free it; else a swap slot (none: reactivate, at
+        most UVMPD_NUMDIRTYREACTS = 16 per pass), PG_BUSY, into the swap
+        cluster; a full cluster (MAXBSIZE) is written
+    file page: unmap; clean -> free it; dirty -> written with its cluster
+    (the writes are asynchronous, uvm_pager: pages are freed when the I/O is
+    done, by aiodoned or by a later pass; a write that finds no pager VA ends
+    the pass)
 then deactivate active pages (oldest first, after clearing their reference
 bits) until inactive reaches inactarg.
 """
@@ -28,26 +36,24 @@ bits) until inactive reaches inactarg.
 from __future__ import annotations
 
 from smp.kern import (
+    intr,
     kern_fail,
     kern_synch,
     lock,
     pmap,
     subr_prf,
     uvm_anon,
-    uvm_km,
     uvm_page,
+    uvm_pager,
     uvm_vnode,
 )
 from smp.kern import uvm as U
 from smp.kern.param import (
-    KERNEL_PMAP,
-    NBPG,
     OWN_ANON,
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
-    PMAP_WIRED,
-    VM_PROT_READ,
+    PG_WANTED,
 )
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_anon import swpgonly_add, uvm_swap_alloc
@@ -62,6 +68,7 @@ from smp.kern.uvm_page import (
 )
 
 UVMPD_NUMDIRTYREACTS = 16
+MAXCLUSTER = uvm_pager.MAXCLUSTER
 PAGEDAEMON_NAP = 100_000_000       # ns; see uvm_pageout_step
 W_PGDAEMON = subr_prf.String("pgdaemon")
 W_FREE = subr_prf.String("uvm_wait")
@@ -91,7 +98,7 @@ def uvm_wait(wmesg: int) -> None:
 
     => caller holds no locks.
     """
-    if _ci.area["curproc"] == _pagedaemon_tid:
+    if _ci.area["curproc"] == _pagedaemon_tid and shared.uvmexp[U.PAGING] == 0:
         subr_prf.printf(MSG_DEADLOCK)
         kern_synch.ltsleep(U.CHAN_FREE, wmesg, _ci.tick_ns * 100 // 8)
     lock.simple_lock(U.pagedaemon_lock)
@@ -132,12 +139,16 @@ def _pass() -> None:
     lock.simple_unlock(uvm_page.pageq_lock)
     if ux[U.FREE] > ux[U.RESERVE_KERN] or ux[U.PAGING] == 0:
         kern_synch.wakeup(U.CHAN_FREE)
+    intr.pool_drain()
 
 
 def uvmpd_scan() -> None:
-    """Free inactive pages until free >= freetarg, then refill the inactive queue.
+    """Free inactive pages until free + paging >= freetarg, then refill the inactive queue.
 
-    => page queues locked (dropped around each pageout, as the I/O would).
+    => page queues locked (dropped around each page's work and each write started).
+    Dirty anonymous pages are gathered into a swap cluster, written MAXCLUSTER at a time
+    (and what is left at the end of the scan); a dirty file page is written with its
+    cluster at once.  Writes are asynchronous (uvm_pager): the pass does not wait.
     """
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
@@ -147,7 +158,9 @@ def uvmpd_scan() -> None:
     pg = shared.uvmq[Q_INACTIVE]
     scanned = 0
     limit = ux[U.INACTIVE]
-    while pg >= 0 and ux[U.FREE] < ux[U.FREETARG] and scanned < limit:
+    cluster: list[int] = []
+    while pg >= 0 and ux[U.FREE] + ux[U.PAGING] + len(cluster) < ux[U.FREETARG] and \
+            scanned < limit:
         nxt = shared.pg_next[pg]
         scanned += 1
         _cnt(counter.pdscans)
@@ -157,14 +170,20 @@ def uvmpd_scan() -> None:
             continue
         owner = shared.pg_owner[pg]
         if owner == OWN_ANON:
-            r = _pageout_anon(pg, dirtyreacts < UVMPD_NUMDIRTYREACTS)
+            r = _pageout_anon(pg, dirtyreacts < UVMPD_NUMDIRTYREACTS, cluster)
         elif owner == OWN_UOBJ:
             r = _pageout_file(pg)
         else:
             r = "skip"
         if r == "react":
             dirtyreacts += 1
+        if len(cluster) == MAXCLUSTER:
+            r = _put_swap_cluster(cluster)
+        if r == "nova":                           # no VA to start a write: end the pass
+            break
         pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_INACTIVE else shared.uvmq[Q_INACTIVE]
+    if cluster:
+        _put_swap_cluster(cluster)
     # refill the inactive queue from the oldest active pages
     pg = shared.uvmq[Q_ACTIVE]
     while pg >= 0 and ux[U.INACTIVE] < ux[U.INACTARG]:
@@ -188,8 +207,9 @@ def _reactivate(pg: int) -> str:
     return "react"
 
 
-def _pageout_anon(pg: int, may_react: bool) -> str:
-    """Try to free one inactive anon page (=> page queues locked)."""
+def _pageout_anon(pg: int, may_react: bool, cluster: list[int]) -> str:
+    """One inactive anon page (=> page queues locked): freed if clean with a swap copy,
+    else given a swap slot, made busy and added to ``cluster``."""
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     an = shared.pg_anon[pg]
@@ -207,31 +227,59 @@ def _pageout_anon(pg: int, may_react: bool) -> str:
         pmap.pmap_page_remove(pg)
         dirty = not shared.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg) or \
             not shared.an_swslot[an]
-        if dirty:
-            slot = shared.an_swslot[an] - 1
-            if slot < 0:
-                slot = uvm_swap_alloc()
-            if slot < 0:                          # swap full: keep it
-                if not may_react:
-                    return "busy"                 # UVMPD_NUMDIRTYREACTS used up this pass
-                return _reactivate(pg)
-            shared.an_swslot[an] = slot + 1
-            uvm_pager_put(pg)
-            _cnt(counter.pgswapout)
-            _cnt(counter.pdpageouts)
-        shared.pvh_attrs[pg] = 0
-        shared.an_page[an] = -1
-        swpgonly_add(1)
-        uvm_pagefree(pg)
-        _cnt(counter.pdfreed)
-        return "freed"
+        if not dirty:                             # clean, its data in swap: free it
+            shared.pvh_attrs[pg] = 0
+            shared.an_page[an] = -1
+            swpgonly_add(1)
+            uvm_pagefree(pg)
+            _cnt(counter.pdfreed)
+            return "freed"
+        slot = shared.an_swslot[an] - 1
+        if slot < 0:
+            slot = uvm_swap_alloc()
+        if slot < 0:                              # swap full: keep it
+            if not may_react:
+                return "busy"                     # UVMPD_NUMDIRTYREACTS used up this pass
+            return _reactivate(pg)
+        shared.an_swslot[an] = slot + 1
+        shared.pg_flags[pg] = (shared.pg_flags[pg] | PG_BUSY) & ~PG_CLEAN
+        cluster.append(pg)
+        _cnt(counter.pgswapout)
+        return "queued"
     finally:
         lock.simple_unlock(uvm_anon.an_lock + an)
         lock.simple_lock(uvm_page.pageq_lock)
 
 
+def _put_swap_cluster(cluster: list[int]) -> str:
+    """Start writing the gathered anon pages (=> page queues locked; dropped meanwhile)."""
+    pages = list(cluster)
+    cluster.clear()
+    lock.simple_unlock(uvm_page.pageq_lock)
+    try:
+        if uvm_pager.uvm_pager_put(pages):
+            return "paging"
+        for pg in pages:                          # no VA for the write: they stay dirty
+            an = shared.pg_anon[pg]
+            lock.simple_lock(uvm_anon.an_lock + an)
+            _unbusy(pg)
+            lock.simple_unlock(uvm_anon.an_lock + an)
+        return "nova"
+    finally:
+        lock.simple_lock(uvm_page.pageq_lock)
+
+
+def _unbusy(pg: int) -> None:
+    """Clear PG_BUSY of a page we made busy, waking whoever waits (=> its owner locked)."""
+    f = shared.pg_flags[pg]
+    if f & PG_WANTED:
+        kern_synch.wakeup(U.CHAN_PAGE + pg)
+    shared.pg_flags[pg] = f & ~(PG_BUSY | PG_WANTED)
+
+
 def _pageout_file(pg: int) -> str:
-    """Free one inactive file page, writing it back if dirty (=> page queues locked)."""
+    """One inactive file page (=> page queues locked): freed if clean, else written with
+    the dirty inactive pages of its MAXBSIZE block (uvm_mk_pcluster)."""
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     obj = shared.pg_obj[pg]
@@ -240,45 +288,53 @@ def _pageout_file(pg: int) -> str:
         _cnt(counter.pdbusy)
         return "busy"
     lock.simple_unlock(uvm_page.pageq_lock)
+    locked = True
     try:
         if pmap.pmap_clear_reference(pg):
             return _reactivate(pg)
         pmap.pmap_page_remove(pg)
-        if not shared.pg_flags[pg] & PG_CLEAN or pmap.pmap_is_modified(pg):
-            uvm_pager_put(pg)
-            _cnt(counter.pdpageouts)
-        shared.file_page[shared.file_base[obj] + shared.pg_off[pg]] = -1
-        shared.pvh_attrs[pg] = 0
-        uvm_pagefree(pg)
-        _cnt(counter.pdfreed)
-        return "freed"
-    finally:
+        if shared.pg_flags[pg] & PG_CLEAN and not pmap.pmap_is_modified(pg):
+            shared.file_page[shared.file_base[obj] + shared.pg_off[pg]] = -1
+            shared.pvh_attrs[pg] = 0
+            uvm_pagefree(pg)
+            _cnt(counter.pdfreed)
+            return "freed"
+        pages = _mk_pcluster(obj, pg)
         lock.simple_unlock(lk)
+        locked = False
+        if uvm_pager.uvm_pager_put(pages):
+            return "paging"
+        lock.simple_lock(lk)
+        locked = True
+        for p in pages:
+            _unbusy(p)
+        return "nova"
+    finally:
+        if locked:
+            lock.simple_unlock(lk)
         lock.simple_lock(uvm_page.pageq_lock)
 
 
-def uvm_pager_put(pg: int) -> None:
-    """Write one page: map it for the I/O (uvm_pagermapin), "write", unmap, mark clean."""
-    va = uvm_pagermapin(pg, VM_PROT_READ)
-    shared.pg_flags[pg] |= PG_CLEAN
-    uvm_pagermapout(va)
-
-
-def uvm_pagermapin(pg: int, prot: int) -> int:
-    """Map a page into pager_map: a plain pmap_enter on the kernel pmap (no PMAP_CANFAIL)."""
-    _cnt(counter.pagermapin)
-    lock.simple_lock(uvm_km.pager_map_lock)
-    va = uvm_km.uvm_km_valloc(1)
-    if va < 0:
-        # pager_map is full: the pagedaemon (our only pager) uses the emergency
-        # window rather than sleep with the page's anon locked ("emergva")
-        va = uvm_km.emergva()
-    lock.simple_unlock(uvm_km.pager_map_lock)
-    pmap.pmap_enter(KERNEL_PMAP, va, pg, prot, PMAP_WIRED | prot)
-    return va
-
-
-def uvm_pagermapout(va: int) -> None:
-    pmap.pmap_remove(KERNEL_PMAP, va, va + NBPG)
-    if va != uvm_km.emergva():
-        uvm_km.uvm_km_vfree(va, 1)
+def _mk_pcluster(obj: int, pg: int) -> list[int]:
+    """uvm_mk_pcluster for a vnode: ``pg`` and its dirty, inactive, unbusy neighbours in
+    the MAXBSIZE block around it (=> the object locked); all busy, unmapped, in file
+    order."""
+    off = shared.pg_off[pg]
+    lo = off - off % MAXCLUSTER
+    hi = min(lo + MAXCLUSTER, shared.file_size[obj])
+    base = shared.file_base[obj]
+    pages = []
+    for o in range(lo, hi):
+        p = shared.file_page[base + o]
+        if p < 0:
+            continue
+        if p != pg:
+            f = shared.pg_flags[p]
+            if f & PG_BUSY or shared.pg_pq[p] != PQ_INACTIVE or shared.pg_wire[p]:
+                continue
+            pmap.pmap_page_remove(p)
+            if f & PG_CLEAN and not pmap.pmap_is_modified(p):
+                continue
+        shared.pg_flags[p] = (shared.pg_flags[p] | PG_BUSY) & ~PG_CLEAN
+        pages.append(p)
+    return pages

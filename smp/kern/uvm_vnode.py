@@ -5,8 +5,9 @@ pages are ``file_page[file_base[f] + off]`` (-1 when not resident), filled
 by the fault handler's ``pgo_get`` (``uvn_get``), by read()/write() through
 UBC windows (uvm_bio), and emptied by the pagedaemon.  Each object is
 guarded by its vnode's lock, one of ``NVNODE`` locks picked by the object's
-number (``vnode_lock + f % NVNODE``); I/O is synchronous and costs no
-simulated time.
+number (``vnode_lock + f % NVNODE``).  Reads are synchronous and cost no
+simulated time; the pagedaemon's writes are clustered and asynchronous
+(uvm_pager), the pages busy until the disk is done.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@
 #include <frameobject.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -188,6 +189,34 @@ struct order_finding {        /* 32 bytes: one lock-order violation, counted */
 static PyObject *HaltedError;     /* raised in a CPU when the machine halts */
 static PyObject *LockError;       /* lock protocol violation (LOCKDEBUG) */
 
+/* Raise LockError about lock id: the message, and the facts as attributes of the
+ * exception object (``lock``: the id; ``myself``: a CPU re-taking a lock it holds),
+ * so the kernel never has to parse them back out of the text.  Returns -1. */
+static int lock_error(uint32_t id, int myself, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (msg == NULL)
+        return -1;
+    PyObject *exc = PyObject_CallOneArg(LockError, msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return -1;
+    PyObject *lk = PyLong_FromUnsignedLong(id);
+    if (lk == NULL || PyObject_SetAttrString(exc, "lock", lk) < 0 ||
+        PyObject_SetAttrString(exc, "myself", myself ? Py_True : Py_False) < 0) {
+        Py_XDECREF(lk);
+        Py_DECREF(exc);
+        return -1;
+    }
+    Py_DECREF(lk);
+    PyErr_SetObject(LockError, exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
 typedef struct {
     uint32_t *keys;               /* hash: key -> slot index + 1 (0 empty) */
     uint64_t *kv;
@@ -255,6 +284,7 @@ typedef struct {
     struct order_finding *findings;         /* this CPU's findings in the segment */
     uint64_t *findings_count;               /* [0] entries used, [1] overflowed */
     uint32_t findings_cap;
+    uint32_t order_base;          /* held[] below this: an interrupted context (intr_enter) */
 } Core;
 
 static inline uint64_t mono_ns(void)
@@ -948,7 +978,7 @@ static int pop_held(Core *c, uint32_t id, uint32_t mode, struct held *out, uint6
         if (me->held[i].lock == id && me->held[i].mode == mode)
             break;
     if (i < 0) {
-        PyErr_Format(LockError, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
+        lock_error(id, 0, "cpu%d: unlocking lock %u it does not hold", c->cpu, id);
         return -1;
     }
     *out = me->held[i];
@@ -990,6 +1020,8 @@ static void order_check(Core *c, uint32_t id, uint32_t site)
         struct held *h = &me->held[i];
         if (h->lock == id)
             return;             /* recursion, or locking against myself: not an order */
+        if (i < c->order_base)
+            continue;           /* held by the context an interrupt handler interrupted */
         uint32_t hk = c->locks[h->lock].klass;
         uint32_t hr = hk < MAXCLASS ? c->order_rank[hk] : 0;
         if (!hr || hr < wr || (hk == wk && h->lock < id))
@@ -1042,8 +1074,8 @@ static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t
     if (check_id(c, args, nargs, id))
         return -1;
     if (((c->locks[*id].flags & LF_RW) != 0) != want_rw) {
-        PyErr_Format(LockError, want_rw ? "lock %u is not a reader/writer lock"
-                                        : "lock %u is a reader/writer lock", *id);
+        lock_error(*id, 0, want_rw ? "lock %u is not a reader/writer lock"
+                                  : "lock %u is a reader/writer lock", *id);
         return -1;
     }
     if (acquire && __atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED) &&
@@ -1052,7 +1084,7 @@ static int check_lock(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t
         return -1;
     }
     if (acquire && c->me->nheld >= MAXHELD) {
-        PyErr_Format(LockError, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
+        lock_error(*id, 0, "cpu%d: more than %d locks held", c->cpu, MAXHELD);
         return -1;
     }
     return 0;
@@ -1101,7 +1133,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                 c->slots[stat_slot_for(c, id, site, M_EXCL)].acq++;
             Py_RETURN_NONE;
         }
-        PyErr_Format(LockError, "simple_lock: locking against myself (lock %u)", id);
+        lock_error(id, 1, "simple_lock: locking against myself (lock %u)", id);
         return NULL;
     }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -1173,7 +1205,7 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
     if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine) {
-        PyErr_Format(LockError, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
+        lock_error(id, 0, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
         return NULL;
     }
     if (lw->recurse) {
@@ -1212,8 +1244,8 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: shared request by the exclusive holder (lock %u)",
-                     id);
+        lock_error(id, 1, "spinlockmgr: shared request by the exclusive holder (lock %u)",
+                   id);
         return NULL;
     }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -1290,13 +1322,13 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if ((s & RW_WRITER) && (s & RW_CPU_MASK) == (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: locking against myself (lock %u)", id);
+        lock_error(id, 1, "spinlockmgr: locking against myself (lock %u)", id);
         return NULL;
     }
     for (uint32_t i = 0; i < c->me->nheld; i++)
         if (c->me->held[i].lock == id) {
-            PyErr_Format(LockError, "spinlockmgr: exclusive request by a shared holder "
-                         "(lock %u): would wait for itself", id);
+            lock_error(id, 1, "spinlockmgr: exclusive request by a shared holder "
+                       "(lock %u): would wait for itself", id);
             return NULL;
         }
     uint64_t t0 = c->stats_on ? core_now(c) : 0;
@@ -1365,7 +1397,7 @@ static PyObject *Core_wunlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     struct lock_word *lw = &c->locks[id];
     uint32_t s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
     if (!(s & RW_WRITER) || (s & RW_CPU_MASK) != (uint32_t)c->cpu + 1) {
-        PyErr_Format(LockError, "spinlockmgr: release of lock %u not held exclusively", id);
+        lock_error(id, 0, "spinlockmgr: release of lock %u not held exclusively", id);
         return NULL;
     }
     struct held h;
@@ -1642,6 +1674,26 @@ out:
     PyBuffer_Release(&ranks);
     PyBuffer_Release(&sers);
     return r;
+}
+
+/* An interrupt handler starts on this CPU: the locks held so far belong to the context
+ * it interrupted, not to the handler, and are left out of its lock-order checks (as a
+ * real handler runs on its own, at an spl that already excludes those locks' users).
+ * Returns the previous base for intr_exit. */
+static PyObject *Core_intr_enter(Core *c, PyObject *Py_UNUSED(ignored))
+{
+    uint32_t prev = c->order_base;
+    c->order_base = c->me->nheld;
+    return PyLong_FromUnsignedLong(prev);
+}
+
+static PyObject *Core_intr_exit(Core *c, PyObject *arg)
+{
+    unsigned long prev = PyLong_AsUnsignedLong(arg);
+    if (prev == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    c->order_base = (uint32_t)prev;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Core_now(Core *c, PyObject *Py_UNUSED(ignored))
@@ -2080,6 +2132,11 @@ static PyMethodDef Core_methods[] = {
     {"ls_end", (PyCFunction)Core_ls_end, METH_VARARGS,
      "ls_end(kind, why): record why the run ends, halt the machine, raise Halted"},
     {"nheld", (PyCFunction)Core_nheld, METH_NOARGS, "number of locks this CPU holds"},
+    {"intr_enter", (PyCFunction)Core_intr_enter, METH_NOARGS,
+     "an interrupt handler starts: held locks so far are not its own (lock order); "
+     "returns the previous base"},
+    {"intr_exit", (PyCFunction)Core_intr_exit, METH_O,
+     "the handler is done: restore the base intr_enter returned"},
     {"now", (PyCFunction)Core_now, METH_NOARGS, "nanoseconds since boot"},
     {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
      "set_delay(klass, site, ns): hold locks of a class longer when taken by site"},

@@ -17,7 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from smp.kern import kern_synch, lock, subr_prf, trap, uvm_km, uvm_map
+from smp.kern import (
+    intr,
+    kern_exec,
+    kern_physio,
+    kern_synch,
+    lock,
+    subr_prf,
+    trap,
+    uvm_km,
+    uvm_map,
+)
+from smp.kern.kernel import LoadHooks
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
 from smp.kern.uvm_fault import EAGAIN
 from smp.machine.cpu import CPU, EXITED, RUNNABLE
@@ -31,7 +42,19 @@ CHAN_SLEEP = 0xB100_0000
 W_BARRIER = subr_prf.intern("barrier")
 W_NANOSLEEP = subr_prf.intern("nanoslp")
 MSG_ENOMEM = subr_prf.message("", "pid %d (%s): mmap of %d pages failed: error %d")
+MSG_FORKFAIL = subr_prf.message("", "pid %d (%s): fork failed: error %d")
 KM_KINDS = ("alloc1", "malloc", "malloc_pageable")
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A network interface of the load: packets of ``size`` bytes every ``period_ns`` on
+    ``cpu`` (-1: one such source on every CPU), each freed ``hold_ns`` after it came."""
+
+    cpu: int
+    period_ns: int
+    size: int
+    hold_ns: int
 
 
 @dataclass
@@ -46,7 +69,7 @@ class ProcessKind:
 
 
 @dataclass
-class ProgramLoad:
+class ProgramLoad(LoadHooks):
     """A compiled load script: program table, process kinds, sizes."""
 
     name: str
@@ -56,6 +79,7 @@ class ProgramLoad:
     files: list[int] = field(default_factory=list)     # file sizes in pages
     amap_per_proc: int = 1024     # anonymous pages one process may map
     seed: int = 0
+    interrupts: list[Interrupt] = field(default_factory=list)   # [[interrupt]] sources
 
     @property
     def nprocs(self) -> int:
@@ -66,7 +90,7 @@ class ProgramLoad:
     def declare(self, locks: Any, machine: Any) -> list[ArraySpec]:
         i8, i4 = np.dtype("<i8"), np.dtype("<i4")
         self.names = [subr_prf.intern(k.name) for k in self.kinds]
-        n = getattr(self, "base", 0) + self.maxproc      # indexed by thread id
+        n = self.base + self.maxproc      # indexed by thread id
         return [
             ArraySpec("prog", i8, self.table.shape),
             ArraySpec("pslot", i8, (n, NSLOTS, 2)),
@@ -112,9 +136,8 @@ class ProgramLoad:
         budget = QUANTUM
         pc = int(p["pc"])
         while budget > 0:
-            if ci.area_ipi[0]:
-                from smp.kern import pmap
-                pmap.pmap_do_tlb_shootdown()
+            if ci.ipi_pending() or intr.due():
+                intr.at_point()                  # interrupts between operations
             b = pc * OPW
             op = prog[b]
             if op == Op.TOUCH:
@@ -128,9 +151,8 @@ class ProgramLoad:
                 else:
                     t = time.perf_counter_ns() + prog[b + 1]
                     while time.perf_counter_ns() < t:
-                        if ci.area_ipi[0]:
-                            from smp.kern import pmap
-                            pmap.pmap_do_tlb_shootdown()
+                        if ci.ipi_pending() or intr.due():
+                            intr.at_point()      # user time is interruptible
                 budget -= QUANTUM // 4
                 pc += 1
             elif op == Op.REPEAT or op == Op.DURATION:
@@ -227,7 +249,9 @@ class ProgramLoad:
                             prog[b + 3], prog[b + 4])
             elif op == Op.FORK:
                 for _ in range(max(1, prog[b + 2]) - int(reg[1])):
-                    self.kernel.fork1(ci, tid, prog[b + 1])
+                    child = self.kernel.fork1(ci, tid, prog[b + 1])
+                    if child < 0:                # EAGAIN or ENOMEM: no child this time
+                        subr_prf.printf(MSG_FORKFAIL, int(p["pid"]), int(p["name"]), -child)
                     reg[1] += 1                  # a sleep in the next fork keeps these
                 reg[1] = 0
             elif op == Op.KMALLOC:
@@ -244,6 +268,13 @@ class ProgramLoad:
                 reg[2] = 0
             elif op == Op.BARRIER:
                 self._barrier(tid, reg, prog[b + 1], prog[b + 2])
+            elif op == Op.EXEC:
+                self._exec(tid, b)
+            elif op == Op.RAWREAD:
+                base = (tid * NSLOTS + prog[b + 1]) * 2
+                if self.pslot[base]:
+                    kern_physio.physio_read(tid, self.pslot[base], prog[b + 2], prog[b + 3],
+                                            reg)
         finally:
             if big and lock.lock_held(lock.KERNEL_LOCK_ID):
                 lock.kernel_unlock()
@@ -260,6 +291,21 @@ class ProgramLoad:
             return
         self.pslot[base] = va
         self.pslot[base + 1] = npages
+
+    def _exec(self, tid, b) -> None:
+        """execve: the kernel replaces the address space; the program's regions become the
+        new text and data (every other mmap region is gone)."""
+        prog = self.prog
+        fid, text, data, args, tslot, dslot = (prog[b + k] for k in range(1, 7))
+        tva, dva = kern_exec.execve(tid, fid, text, data, args)
+        n = NSLOTS * 2
+        for i in range(tid * n, (tid + 1) * n):
+            self.pslot[i] = 0
+        base = (tid * NSLOTS + tslot) * 2
+        self.pslot[base], self.pslot[base + 1] = tva, text
+        if dslot >= 0:
+            base = (tid * NSLOTS + dslot) * 2
+            self.pslot[base], self.pslot[base + 1] = dva, data
 
     def _mlock(self, ci, tid, reg, slot, wire, first, count, stride) -> None:
         """mlock/munlock of a whole region, or of every ``stride``-th page of a range.
@@ -309,9 +355,10 @@ class ProgramLoad:
         if not free:
             return
         if kind == 0:
-            va = uvm_km.uvm_km_alloc1(npages)
+            va = uvm_km.uvm_km_alloc1(uvm_km.KERNEL_MAP, npages)
         else:
-            va = uvm_km.uvm_km_kmemalloc(npages, intrsafe=(kind == 1))
+            va = uvm_km.uvm_km_kmemalloc(uvm_km.KMEM_MAP, uvm_km.KOBJ_KMEM, npages) if kind == 1 \
+                else uvm_km.uvm_km_kmemalloc(uvm_km.KERNEL_MAP, uvm_km.KOBJ_KERNEL, npages)
         if va > 0:
             k = self._k(tid, free[0])
             self.kmem[k], self.kmem[k + 1], self.kmem[k + 2] = va, npages, slot

@@ -27,6 +27,11 @@ Operations (``Op`` codes, arguments in brackets):
     REPEAT    [count, end_pc]  ... END [begin_pc]
     BARRIER   [id, n]                 wait until n processes have arrived
     DURATION  [ns, end_pc] ... END    repeat the block until ns have passed
+    EXEC      [file, text pages, data pages, arg pages, text slot, data slot]
+              execve: the old address space goes; text (read-only, shared) and
+              data (private) map the file's first pages
+    RAWREAD   [slot, npages, count]   physio: count reads of npages from a raw
+              disk into the buffer region (vslock, vmapbuf into phys_map)
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Op(enum.IntEnum):
     END = 15
     BARRIER = 16
     DURATION = 17
+    EXEC = 18
+    RAWREAD = 19
 
 
 def mix(*vals: int) -> int:

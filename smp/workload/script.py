@@ -14,6 +14,11 @@ See ``workloads/README.md`` for the language with an example per operation.
     name = "src"
     size = "4M"
 
+    [[interrupt]]                  # optional: a network interface on every CPU
+    kind = "net"
+    rate = 2000                    # packets a second
+    size = "1500"                  # bytes each (an mbuf, a cluster)
+
     [[process]]
     name = "cc1"
     count = 8
@@ -207,7 +212,15 @@ OP_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "repeat": ({"count", "body"}, {"count", "body"}),
     "duration": ({"time", "body"}, {"time", "body"}),
     "barrier": ({"name", "count"}, {"name"}),
+    "exec": ({"file", "text", "data", "args"}, {"file"}),
+    "rawread": ({"size", "count", "region"}, {"size"}),
 }
+EXEC_REGIONS = ("text", "data")         # the regions exec maps (named so in the program)
+RAWBUF = "rawread buffer"               # the buffer dd mallocs (a region no script can name)
+MAX_RAWREAD = 256 * 1024                # MAXPHYS: physio moves at most this at once
+NCARGS = 256 * 1024
+MAX_PACKET = 8192                       # an mbuf and up to 4 clusters
+INTERRUPT_KINDS = ("net",)
 
 
 class _Compiler:
@@ -442,6 +455,54 @@ class _Compiler:
             self.unbounded_forks = True
         self.asm.end()
 
+    def _op_exec(self, t, w, regions, private, mult, depth, seen):
+        """execve: the program's mmap regions are gone; text and data map the file."""
+        ck = self.ck
+        fname = ck.str(t, "file", w)
+        if fname not in self.files:
+            raise ck.bad(f"{w}.file", f"no [[file]] named {fname!r}")
+        fid, fsize = self.files[fname]
+        text = ck.pages(t, "text", w, fsize, lo=1)
+        data = ck.pages(t, "data", w, 0)
+        if text + data > fsize:
+            raise ck.bad(w, f"text and data are pages 0..{text + data} of file {fname!r}, "
+                         f"which has {fsize}")
+        args = ck.pages(t, "args", w, 1, lo=1)
+        if args * PAGE > NCARGS:
+            raise ck.bad(f"{w}.args", f"{t['args']!r} is more than NCARGS (256 KiB)")
+        for r in regions.values():
+            if r[1] == "mmap":
+                r[3] = False                     # the old address space is released
+        tslot = self._region(regions, EXEC_REGIONS[0], w, "mmap", create=text)
+        dslot = self._region(regions, EXEC_REGIONS[1], w, "mmap", create=data) if data else -1
+        private[0] += data
+        self.asm.emit(Op.EXEC, fid, text, data, args, tslot, dslot)
+
+    def _op_rawread(self, t, w, regions, private, mult, depth, seen):
+        """physio from a raw disk into the buffer (dd if=/dev/rwd0d bs=SIZE count=N)."""
+        ck = self.ck
+        npages = ck.pages(t, "size", w, lo=1)
+        if npages * PAGE > MAX_RAWREAD:
+            raise ck.bad(f"{w}.size", f"{t['size']!r} is more than MAXPHYS (64 pages)")
+        count = ck.int(t, "count", w, 1, 10**9, 1)
+        if "region" in t:
+            name = ck.str(t, "region", w)
+            slot = self._region(regions, name, w, "mmap")
+            if regions[name][2] < npages:
+                raise ck.bad(f"{w}.size", f"{t['size']!r} is more than region {name!r}")
+        else:
+            r = regions.get(RAWBUF)
+            if r is None or not r[3] or r[2] < npages:
+                if r is not None and r[3]:
+                    self.asm.emit(Op.MUNMAP, r[0])
+                    r[3] = False
+                slot = self._region(regions, RAWBUF, w, "mmap", create=npages)
+                private[0] += npages
+                self.asm.emit(Op.MMAP, slot, npages, PROTS["rw"], _ef_copy(), -1, 0, 0)
+            else:
+                slot = r[0]
+        self.asm.emit(Op.RAWREAD, slot, npages, count)
+
     def _op_barrier(self, t, w, regions, private, mult, depth, seen):
         name = self.ck.str(t, "name", w)
         if name not in self.barriers:
@@ -484,9 +545,9 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
         raise BadInput(f"{shown}: malformed TOML: nested too deeply") from None
     ck = _Checker(shown)
     for key in doc:
-        if key not in ("run", "synthetic", "process", "file"):
+        if key not in ("run", "synthetic", "process", "file", "interrupt"):
             raise BadInput(f"{shown}: unknown section or key {key!r} (expected [run], "
-                           "[[file]], [[process]] or [synthetic])")
+                           "[[file]], [[interrupt]], [[process]] or [synthetic])")
     run = ck.table(doc.get("run", {}), "run")
     ck.keys(run, "run", {"machine", "kernel", "time_limit", "description", "fail"})
     fail = run.get("fail", [])
@@ -505,6 +566,8 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
     if "synthetic" in doc:
         if "process" in doc:
             raise BadInput(f"{shown}: [synthetic] and [[process]] cannot be combined")
+        if "interrupt" in doc:
+            raise BadInput(f"{shown}: [synthetic] and [[interrupt]] cannot be combined")
         load = _synthetic(ck, doc["synthetic"], stem)
     elif "process" in doc:
         load = _programs(ck, doc, stem)
@@ -513,6 +576,40 @@ def _parse(stem: str, shown: str, text: str, raw: bytes) -> LoadScript:
     return LoadScript(name=stem, path=shown, text=text,
                       sha256=hashlib.sha256(raw).hexdigest(), machine=machine, kernel=kernel,
                       time_limit_s=limit, load=load, fail=list(fail))
+
+
+def _ef_copy() -> int:
+    from smp.kern.uvm_map import EF_COPY
+    return EF_COPY
+
+
+def _interrupts(ck: _Checker, doc: dict) -> list:
+    """The ``[[interrupt]]`` tables: network interfaces (kind "net")."""
+    from smp.workload.interp import Interrupt
+
+    tables = doc.get("interrupt", [])
+    if not isinstance(tables, list):
+        raise ck.bad("interrupt", "expected [[interrupt]] tables")
+    out = []
+    for i, t in enumerate(tables):
+        w = f"interrupt[{i}]"
+        t = ck.table(t, w)
+        ck.keys(t, w, {"kind", "rate", "size", "cpu", "hold"}, {"kind", "rate", "size"})
+        ck.str(t, "kind", w, INTERRUPT_KINDS)
+        rate = t["rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or \
+                not 1 <= rate <= 1_000_000:
+            raise ck.bad(f"{w}.rate", f"expected interrupts per second from 1 to 1000000, "
+                         f"got {rate!r}")
+        size = ck.size(t, "size", w, lo=1)
+        if size > MAX_PACKET:
+            raise ck.bad(f"{w}.size", f"{t['size']!r} is more than a packet's {MAX_PACKET} "
+                         "bytes (an mbuf and 4 clusters)")
+        cpu = ck.int(t, "cpu", w, 0, 63, -1)
+        hold = ck.duration(t, "hold", w, 10_000_000)
+        out.append(Interrupt(cpu=cpu, period_ns=max(1, round(1e9 / rate)), size=size,
+                             hold_ns=hold))
+    return out
 
 
 def _synthetic(ck: _Checker, syn: Any, name: str):
@@ -581,4 +678,5 @@ def _programs(ck: _Checker, doc: dict, name: str):
     initial = sum(k.count for k in kinds)
     maxproc = initial + (10**9 if comp.unbounded_forks else comp.forks)
     return ProgramLoad(name=name, table=comp.asm.table(), kinds=kinds, maxproc=maxproc,
-                       files=sizes, amap_per_proc=max(16, comp.max_private))
+                       files=sizes, amap_per_proc=max(16, comp.max_private),
+                       interrupts=_interrupts(ck, doc))

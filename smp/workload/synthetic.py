@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from smp.kern import kern_synch, lock, subr_prf
+from smp.kern.kernel import LoadHooks
 from smp.machine.cpu import CPU, EXITED, RUNNABLE
 from smp.machine.layout import ArraySpec
 from smp.machine.lockspace import LockSpace
@@ -44,7 +45,7 @@ WMESG = subr_prf.intern("handoff")
 
 
 @dataclass
-class SyntheticLoad:
+class SyntheticLoad(LoadHooks):
     """Parameters of the synthetic load (the ``[synthetic]`` table of a load script)."""
 
     name: str = "synthetic"
