@@ -292,10 +292,15 @@ class Kernel:
         g = seg.arrays["kglob"]
         if not (g[KG_STARTED] > 0 and g[KG_LIVE] == 0):
             return False
+        return self.quiet(seg) and seg.arrays["uvmexp"][uvm.PAGING] == 0
+
+    def quiet(self, seg: Any) -> bool:
+        """No CPU is running a thread, holding a lock or serving an interrupt: every CPU is
+        outside the kernel (lockstep stops here after its time limit; pageouts may still
+        be in flight, as when a free-running run stops)."""
         cpus = seg.cpus
         return bool(np.all(cpus["curproc"] < 0) and np.all(cpus["nheld"] == 0)
-                    and not seg.arrays["intr_depth"].any()
-                    and seg.arrays["uvmexp"][uvm.PAGING] == 0)
+                    and not seg.arrays["intr_depth"].any())
 
     def progress(self, seg: Any) -> tuple[float, float]:
         return self.load.progress(seg)

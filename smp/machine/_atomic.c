@@ -612,7 +612,7 @@ static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
 
 enum { LS_RANDOM, LS_PCT, LS_PB };
 enum { ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
-       ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT,
+       ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT, ST_STOPPING,
        LS_NSTATE = 16 };
 enum { END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK };
 #define LS_NCHANGE 16
@@ -620,6 +620,7 @@ enum { END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK };
 #define LS_PB_STALL 20000         /* pb: points without progress before it turns random */
 #define LS_PB_SLICE 1000000       /* pb: virtual ns of turn before a lock-free point yields */
 #define LS_TURN_NS 5000000        /* a waiter looks at the halt word this often */
+#define LS_STOP_NS 1000000000ull  /* after the time limit: virtual ns to reach a quiet point */
 
 static inline struct cpu_area *cpu_of(Core *c, int i)
 {
@@ -763,8 +764,16 @@ static int ls_step(Core *c, int who, uint64_t cost)
     uint64_t vclock = __atomic_add_fetch(&c->hdr->vclock, cost, __ATOMIC_RELAXED);
     uint64_t points = st[ST_POINTS] + 1;
     st[ST_POINTS] = points;
-    if (st[ST_LIMIT] && vclock >= st[ST_LIMIT])
-        return ls_end(c, END_TIME_LIMIT, "time limit reached");
+    if (st[ST_LIMIT] && vclock >= st[ST_LIMIT]) {
+        /* the time limit: as in a free-running run, the CPUs finish what they are doing
+         * in the kernel and stop at their next dispatch, where the last one to get
+         * there halts the machine (ls_finish); a machine that finds no quiet point
+         * within LS_STOP_NS of virtual time is halted where it is */
+        if (!st[ST_STOPPING])
+            st[ST_STOPPING] = vclock;
+        else if (vclock - st[ST_STOPPING] > LS_STOP_NS)
+            return ls_end(c, END_TIME_LIMIT, "time limit reached");
+    }
     if (points - st[ST_LASTPROG] > st[ST_BOUND])
         return ls_end(c, END_LIVELOCK, "livelock");
     if (cpu_of(c, who)->state == CS_SPINNING && points % 64 == 0) {
@@ -1869,6 +1878,8 @@ static PyObject *Core_ls_finish(Core *c, PyObject *Py_UNUSED(ignored))
 {
     if (ls_ready(c))
         return NULL;
+    if (c->ls_st[ST_STOPPING] && !c->ls_st[ST_END])
+        c->ls_st[ST_END] = END_TIME_LIMIT;    /* the quiet point after the time limit */
     ls_finish(c);
     Py_RETURN_NONE;
 }
@@ -2237,6 +2248,7 @@ PyMODINIT_FUNC PyInit__atomic(void)
     C("ST_PIN", ST_PIN);
     C("ST_HANDOFFS", ST_HANDOFFS);
     C("ST_TURN_AT", ST_TURN_AT);
+    C("ST_STOPPING", ST_STOPPING);
     C("LS_PB_SLICE", LS_PB_SLICE);
 #undef C
     return m;

@@ -49,6 +49,7 @@ from smp.machine.lockstep import (
     end_report,
     format_lockstep,
     lockstep_arrays,
+    release_host_core,
 )
 from smp.machine.schedule import FREE, Schedule
 from smp.machine.segment import Segment
@@ -68,7 +69,8 @@ class KernelImage(Kernel, Protocol):
 
     ``declare`` (before the segment exists: locks, arrays, the message catalogue),
     ``format`` (the segment exists, no CPU runs), then while the run goes on
-    ``finished`` (has the load ended?) and ``progress`` (for the progress bar), and on
+    ``finished`` (has the load ended?), ``quiet`` (is every CPU outside the kernel? a
+    lockstep run past its time limit stops there) and ``progress`` (for the progress bar), and on
     the stopped machine ``audit`` (DIAGNOSTIC checks; {} when off) and ``summary``.
     ``stats_on`` says whether the CPUs keep lock statistics.
     """
@@ -78,6 +80,7 @@ class KernelImage(Kernel, Protocol):
     def declare(self, machine: Any, locks: LockSpace) -> Declaration: ...
     def format(self, seg: Segment) -> None: ...
     def finished(self, seg: Segment) -> bool: ...
+    def quiet(self, seg: Segment) -> bool: ...
     def progress(self, seg: Segment) -> tuple[float, float]: ...
     def audit(self, seg: Segment) -> dict: ...
     def summary(self, seg: Segment) -> dict: ...
@@ -234,6 +237,8 @@ class Machine:
                                         samples)
             finally:
                 seg.destroy()
+                if self.lockstep:
+                    release_host_core(getattr(seg, "name", ""))
                 if mp_logging:
                     _uninstall_worker_logging()
                 if status != "interrupted":       # after Ctrl-C, stay deaf until exit

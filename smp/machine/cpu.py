@@ -205,11 +205,17 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
     hdr = ci.seg.hdr
     while not ci.halted and not hdr["stop"]:
         area["heartbeat"] += 1
-        if ls is not None and kernel.finished(ci.seg):
+        stopping = ls is not None and ls.stopping()
+        if ls is not None and (kernel.finished(ci.seg) or stopping and kernel.quiet(ci.seg)):
             ls.finish()                      # the end is a scheduling decision too
             break
         if area["ipi_pending"]:
             kernel.ipi(ci)
+        if stopping:                         # past the time limit: no new thread
+            area["state"] = _atomic.CS_IDLE
+            ls.point(IDLE_VTICK)
+            area["state"] = _atomic.CS_RUNNING
+            continue
         ci._kick_seen = core.fadd32(kick_off, 0)
         tid = ci.remrunqueue()
         if tid is None:

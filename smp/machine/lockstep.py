@@ -60,14 +60,16 @@ DEPTH = 3                         # pct change points / pb preemptions per run
 STRATEGY_CODES = {"random": _atomic.LS_RANDOM, "pct": _atomic.LS_PCT, "pb": _atomic.LS_PB}
 MASK64 = (1 << 64) - 1
 (ST_RNG, ST_POINTS, ST_SWITCHES, ST_PROGRESS, ST_LASTPROG, ST_LIMIT, ST_DEPTHLEFT,
- ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) = range(14)
+ ST_BOUND, ST_END, ST_NCYCLE, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT,
+ ST_STOPPING) = range(15)
 NSTATE = 16
 # why a lockstep run ended (ls_state[ST_END]); the parent words it, naming locks
 END_NONE, END_TIME_LIMIT, END_DEADLOCK, END_LIVELOCK = range(4)
 # the C scheduler reads the same slots
-assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT) == (
+assert (NSTATE, ST_POINTS, ST_LASTPROG, ST_DEPTH, ST_PIN, ST_HANDOFFS, ST_TURN_AT,
+        ST_STOPPING) == (
     _atomic.LS_NSTATE, _atomic.ST_POINTS, _atomic.ST_LASTPROG, _atomic.ST_DEPTH,
-    _atomic.ST_PIN, _atomic.ST_HANDOFFS, _atomic.ST_TURN_AT)
+    _atomic.ST_PIN, _atomic.ST_HANDOFFS, _atomic.ST_TURN_AT, _atomic.ST_STOPPING)
 
 PIN_ENV = "SMP_LOCKSTEP_PIN"      # "auto" (default), "off", or a host core number
 PROXY_ENV = "SMP_LOCKSTEP_PROXY"  # "off": every spin turn is a real hand-over (to compare)
@@ -181,6 +183,11 @@ class Lockstep:
         """The load is done: halt the machine deterministically, from the turn holder."""
         self.core.ls_finish()
 
+    def stopping(self) -> bool:
+        """The time limit has passed: CPUs take no new thread, and the first to find the
+        machine quiet (no thread running, no lock held) halts it."""
+        return bool(self.state[ST_STOPPING])
+
 
 # -- pinning: one host core per lockstep run -------------------------------------------
 
@@ -255,6 +262,26 @@ def _claim_core(run_name: str, allowed: list[int]) -> int:
         f.truncate()
         f.write("".join(f"{n} {c} {p}\n" for n, c, p in claims))
     return best
+
+
+def release_host_core(run_name: str) -> None:
+    """Parent, after the run's segment is gone: drop our claim (and claims of runs whose
+    segments are gone); the last run out removes the registry, so a run leaves nothing
+    behind in the temp directory."""
+    import fcntl
+
+    path = _registry_path()
+    with contextlib.suppress(OSError), open(path, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        keep = [line for line in f.read().splitlines()
+                if len(parts := line.split()) == 3 and parts[0] != run_name
+                and os.path.exists(os.path.join("/dev/shm", parts[0]))]
+        if not keep:
+            os.unlink(path)                  # under the lock: a later run starts afresh
+            return
+        f.seek(0)
+        f.truncate()
+        f.write("".join(line + "\n" for line in keep))
 
 
 def _host_cores(allowed: list[int], ours: set[int]) -> tuple[dict[int, int], dict[int, int]]:
