@@ -599,7 +599,9 @@ def pmap_alloc_ptp(pm: int, idx: int, just_try: bool = False) -> int:
     if ptp < 0:
         if just_try or not _steal_ptp:
             return -1
+        t0 = _ci.core.now()
         ptp = pmap_steal_ptp(pm, idx)
+        _cnt(counter.steal_ns, _ci.core.now() - t0)
         if ptp < 0:
             return -1
         pmap_zero_page(ptp)           # stolen pages arrive dirty
@@ -853,7 +855,10 @@ def pmap_alloc_pvpage(pm: int, mode: int) -> int:
     if pg < 0:
         _cnt(counter.pvpage_fail)
         if mode == ALLOCPV_NEED and _steal_pv:
-            return _steal_one_pv(pm)
+            t0 = _ci.core.now()
+            pv = _steal_one_pv(pm)
+            _cnt(counter.steal_ns, _ci.core.now() - t0)
+            return pv
         return -1
     va = uvm_km.kva(g[G_PVCACHEDVA])
     g[G_PVCACHEDVA] = -1
@@ -1066,6 +1071,7 @@ def pmap_free_pvpage() -> None:
 def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
     """Map ``va`` in ``pm`` to page ``pg``; 0, or ENOMEM with PMAP_CANFAIL (else panic)."""
     _cnt(counter.pmap_enter)
+    t0 = _ci.core.now()          # pmap_enter_ns: what share of it stealing takes
     if va >= VM_MAX_KERNEL_ADDRESS:
         subr_prf.panic(P_TOOBIG)
     if PTE_BASE <= va < KERNBASE or va >= APTE_BASE:
@@ -1162,6 +1168,7 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
         if not leave_locked:
             pmap_unmap_ptes(pm, other)
             lock.spinlockmgr_release_shared(pmap_main_lock)
+        _cnt(counter.pmap_enter_ns, _ci.core.now() - t0)
 
 
 # --- removal ------------------------------------------------------------------------

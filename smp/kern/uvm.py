@@ -61,6 +61,9 @@ COUNTERS = [
     # issue 10: the reserve's other consumers
     "growkernel_ptps", "pvpage_free", "execs", "uarea_allocs", "intr_allocs",
     "intr_alloc_fail", "vmapbuf_maps", "pageout_clusters", "fork_fail",
+    # issue 11: time (core clock: host ns free-running, virtual ns in lockstep) spent in
+    # pmap_enter and, inside pmap_alloc_ptp / pmap_alloc_pvpage, in the steal functions
+    "pmap_enter_ns", "steal_ns",
 ]
 counter = SimpleNamespace(**{n: i for i, n in enumerate(COUNTERS)})   # column of cnt[cpu]
 

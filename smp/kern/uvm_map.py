@@ -218,6 +218,16 @@ def unwire_pages(tid: int, vas: list[int]) -> None:
         lock.simple_unlock(uvm_page.pageq_lock)
 
 
+def entry_protection(tid: int, va: int) -> int:
+    """The protection of the entry holding ``va`` (0: none), the access type
+    uvm_map_pageable hands uvm_fault_wire in 1.5 (``entry->protection``)."""
+    lock.simple_lock(vm_map_lock + tid)
+    i = uvm_map_lookup(tid, va)
+    prot = shared.vm_entry[entry_index(tid, i) + E_PROT] if i >= 0 else 0
+    lock.simple_unlock(vm_map_lock + tid)
+    return prot
+
+
 def set_wired(tid: int, va: int, wired: bool) -> int:
     """Mark the entry at ``va`` wired or not (mlock/munlock; faulting is the caller's)."""
     lock.simple_lock(vm_map_lock + tid)

@@ -333,11 +333,14 @@ class ProgramLoad(LoadHooks):
             return
         if whole:
             uvm_map.set_wired(tid, va, True)
+        # uvm_map_pageable (1.5) calls uvm_fault_wire with the entry's protection: a
+        # read-only mapping wires with read faults (no copy-on-write, no new page)
+        access = uvm_map.entry_protection(tid, va) & (VM_PROT_READ | VM_PROT_WRITE)
         i = int(reg[0])
         while i < len(pages):                    # uvm_fault_wire: fault every page in
             reg[0] = i
             v = va + pages[i] * NBPG
-            r = uvm_fault(tid, v, VM_PROT_READ | VM_PROT_WRITE, wire=True)
+            r = uvm_fault(tid, v, access, wire=True)
             if r == EAGAIN:
                 break                            # mlock fails: wiredmax reached
             if r:
