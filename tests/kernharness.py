@@ -262,9 +262,11 @@ class Booted:
         c = self.a["cnt"].sum(axis=0)
         return {n: int(c[i]) for i, n in enumerate(U.COUNTERS)}
 
-    def delta(self, before: dict[str, int]) -> dict[str, int]:
+    def delta(self, before: dict[str, int], times: bool = False) -> dict[str, int]:
+        """The counters that changed; the ``*_ns`` ones (times, not events) with ``times``."""
         now = self.counters()
-        return {k: now[k] - before[k] for k in now if now[k] != before[k]}
+        return {k: now[k] - before[k] for k in now
+                if now[k] != before[k] and (times or not k.endswith("_ns"))}
 
     def console(self) -> list[str]:
         """New console lines of cpu0 since the last call, without the time stamp."""

@@ -141,8 +141,10 @@ def test_ptp_steal_takes_a_victims_ptp_and_leaves_it_consistent():
         b.free_to(1)                                        # PTPs refused: free <= 1
         before = b.counters()
         assert b.fault(1, tva) == 0
-        d = b.delta(before)
+        d = b.delta(before, times=True)
         assert d["ptp_steals"] == 1 and d["flt_anon"] == 1 and "fltnoram" not in d
+        # issue 11: the steal's time is counted, and it is part of pmap_enter's
+        assert 0 < d["steal_ns"] < d["pmap_enter_ns"]
         assert b.free() == 1                                 # no page was allocated
         (line,) = b.console()
         assert line == (f"pmap_steal_ptp: stole PTP pa 0x{ptp << 12:08x} (va 0x{vas[0]:08x}) "
