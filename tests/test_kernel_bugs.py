@@ -256,7 +256,7 @@ def test_sleeps_helper_reports_a_held_lock():
 def test_a_64_cpu_machine_boots_and_its_last_cpu_runs_a_pmap():
     with booted(["ncpu=64", "physmem=64M"]) as b:
         ci = CPU(b.seg, 63, b.machine.sched_lock, b.machine.decl.nthreads)
-        b.kernel.cpu_attach(ci)                          # cpu63 from now on
+        b.kernel.cpu_attach(ci, wait_for_others=False)   # cpu63 from now on
         b.ci = ci
         b.switch_to(0)                                   # pmap_activate: pm_cpus |= 1 << 63
         assert int(b.a["pm_cpus"][b.pm(0)]) == 1 << 63

@@ -332,7 +332,7 @@ class Kernel:
 
     # -- CPU side --------------------------------------------------------------
 
-    def cpu_attach(self, ci: CPU) -> None:
+    def cpu_attach(self, ci: CPU, wait_for_others: bool = True) -> None:
 
         ci.core.stats_on = self.stats_on
         ci.md = PerCPU(ci, self)
@@ -341,7 +341,8 @@ class Kernel:
             if s.attach is not None:
                 s.attach(ci, self)
         self.load.attach(ci)
-        self._boot_barrier(ci)
+        if wait_for_others:          # (a CPU a test drives by hand has no others to meet)
+            self._boot_barrier(ci)
 
     def _boot_barrier(self, ci: CPU) -> None:
         """cpu_boot_secondary: no CPU goes on before every CPU has attached, as the boot

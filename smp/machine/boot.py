@@ -181,7 +181,7 @@ class Machine:
         """CPU ``cpu`` of a booted (unforked) machine, run by this very process: the
         kernel attached, the run queue emptied (tests drive the kernel by hand)."""
         ci = CPU(seg, cpu, self.sched_lock, self.decl.nthreads)
-        self.kernel.cpu_attach(ci)
+        self.kernel.cpu_attach(ci, wait_for_others=False)
         while ci.remrunqueue() is not None:
             pass
         return ci
