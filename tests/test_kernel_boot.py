@@ -6,7 +6,10 @@ kernel gives its console messages, wait channels and locks must not move when it
 is reorganised: they come from the order of ``smp.kern.kernel.SUBSYSTEMS`` (not from the
 order Python imports modules in), and these tests pin the numbering of the January 2001
 kernel.  A new message or lock is fine at the end of the last subsystem that has one;
-anywhere else it renumbers every later one and old runs no longer replay.
+anywhere else it renumbers every later one and old runs no longer replay.  An entry a
+later change adds to a subsystem in the middle of the tuple is declared ``late``
+(``subr_prf.Message(..., late=True)``): the kernel numbers the late entries after all
+the others, so the earlier ids stay.
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "proc: table is full"),
     ("", "simple_lock: locking against myself (lock %d)"),
     ("", "lockmgr: lock protocol violation (lock %d)"),
+    # issue 14's boot console (smp.kern.autoconf), declared late
+    ("", "Copyright (c) 1996, 1997, 1998, 1999, 2000"),
+    ("", "    The NetBSD Foundation, Inc.  All rights reserved."),
+    ("", "Copyright (c) 1982, 1986, 1989, 1991, 1993"),
+    ("", "    The Regents of the University of California.  All rights reserved."),
+    ("", "NetBSD 1.5 (%s) #0: simulated by smp"),
+    ("", "    smp@%s:/usr/src/sys/arch/i386/compile/%s"),
+    ("", "total memory = %d %s"),
+    ("", "avail memory = %d %s"),
+    ("", "mainbus0 (root)"),
+    ("", "cpu%d at mainbus0: apid %d (boot processor)"),
+    ("", "cpu%d at mainbus0: apid %d (application processor)"),
+    ("", "cpu%d: Intel Pentium Pro (686-class), a simulated CPU"),
+    ("", "swap: wd0b: %d %s (%d pages)"),
+    ("", "swap: no swap device"),
+    ("", "boot device: wd0"),
+    ("", "root on wd0a dumps on wd0b"),
+    ("", "syncing disks... done"),
+    ("", "rebooting..."),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
     ("synth_step", "injected panic in pid %d at iteration %d"),
@@ -69,8 +91,11 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "synth: pid %d (%s): %d iterations, %d handoff sleeps"),
 ]
 STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "flt_noram1",
-           "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get", "barrier",
-           "nanoslp", "handoff"]
+           "flt_noram3", "flt_noram5", "flt_pmfail1", "flt_pmfail2", "uvn_get",
+           # issue 14's boot console: format_bytes units, declared late
+           "bytes", "KB", "MB", "GB", "TB",
+           # the loads'
+           "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [
     "sched_lock", "kernel_lock", "fpageq", "pageq", "pagedaemon_lock", "pmap_main_lock",
     "pmaps_lock", "pvalloc_lock", "pmap_tmpptp_lock", "pmap_zero_page_lock",
@@ -90,6 +115,9 @@ def test_the_catalogue_keeps_the_ids_old_run_directories_were_written_with():
     assert [(m["id"], m["fn"], m["fmt"]) for m in cat["messages"]] == \
         [(i, fn, fmt) for i, (fn, fmt) in enumerate(MESSAGES)]
     assert cat["strings"] == STRINGS
+    # the boot console's lines say so in the catalogue (smp compare shows them apart)
+    boot = [m["id"] for m in cat["messages"] if m.get("tag") == "boot"]
+    assert boot == list(range(35, 53))
 
 
 def test_lock_classes_and_ids_come_in_the_order_of_earlier_versions():

@@ -43,6 +43,7 @@ import numpy as np
 
 from smp.config import KernelConfig, MachineProfile
 from smp.kern import (
+    autoconf,
     diagnostic,
     kern_fail,
     kern_synch,
@@ -116,6 +117,7 @@ SUBSYSTEMS = (
     Subsystem(uvm_vnode, uvm_vnode.declare, uvm_vnode.format, None),  # files
     Subsystem(uvm_bio, None, None, uvm_bio.attach),                 # read/write through UBC
     Subsystem(uvm_fault, None, None, uvm_fault.attach),             # the fault handler
+    Subsystem(autoconf, None, autoconf.format, None),               # the boot console
 )
 
 
@@ -224,6 +226,19 @@ class Kernel:
             pm = pmap.pmap_create_boot(seg, tid)
             uvm_map.vmspace_init_boot(seg, tid, pm)
         boot_enqueue(seg, cpu, tid)
+
+    def startup(self, seg: Any, cnputc: Callable[..., bool]) -> None:
+        """main() on the boot processor once the segment is formatted and before the APs
+        start: the boot messages (smp.kern.autoconf), printed through ``cnputc``, CPU 0's
+        ring writer (the machine's boot console)."""
+        with subr_prf.console(cnputc):
+            autoconf.startup(seg, self)
+
+    def shutdown(self, seg: Any, cnputc: Callable[..., bool]) -> None:
+        """cpu_reboot() after the run ended normally or at its time limit, every CPU
+        stopped: ``syncing disks... done``, ``rebooting...`` (smp.kern.autoconf)."""
+        with subr_prf.console(cnputc):
+            autoconf.cpu_reboot(seg, self)
 
     def finished(self, seg: Any) -> bool:
         g = seg.arrays["kglob"]
@@ -412,10 +427,13 @@ __all__ = ["Kernel", "Load", "RUNNABLE", "SLEEPING", "EXITED"]
 
 def _number_catalogue() -> None:
     """Give the subsystems' console messages and wait channels their ids, in the order of
-    SUBSYSTEMS, then the kernel's own (see the module docstring)."""
-    for module in dict.fromkeys(s.module for s in SUBSYSTEMS):
+    SUBSYSTEMS, then the kernel's own (see the module docstring); then, in the same
+    order, the entries declared ``late`` (after the January 2001 ids were pinned)."""
+    modules = [*dict.fromkeys(s.module for s in SUBSYSTEMS), sys.modules[__name__]]
+    for module in modules:
         subr_prf.number(module)
-    subr_prf.number(sys.modules[__name__])
+    for module in modules:
+        subr_prf.number(module, late=True)
 
 
 _number_catalogue()

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import numpy as np
@@ -53,36 +55,52 @@ _hist_calls_off = 0
 
 
 class Message:
-    """A console message or UVMHIST record of a kernel subsystem, until ``number``."""
+    """A console message or UVMHIST record of a kernel subsystem, until ``number``.
 
-    __slots__ = ("fn", "fmt", "kind", "hist")
+    ``late``: declared after the ids of the January 2001 kernel were pinned; numbered
+    after every earlier entry (see ``number``), so those ids stay what they were.
+    ``tag``: a class of console line the tools treat apart ("boot": the boot and
+    shutdown messages of :mod:`smp.kern.autoconf`); recorded in the catalogue.
+    """
 
-    def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = ""):
+    __slots__ = ("fn", "fmt", "kind", "hist", "late", "tag")
+
+    def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = "",
+                 late: bool = False, tag: str = ""):
         self.fn, self.fmt, self.kind, self.hist = fn, fmt, kind, hist
+        self.late = late
+        self.tag = tag
 
     def __repr__(self) -> str:
         return f"Message({self.fn!r}, {self.fmt!r}) (not numbered: see subr_prf.number)"
 
 
 class String:
-    """A string-table entry (a wait channel's name) of a kernel subsystem, until ``number``."""
+    """A string-table entry (a wait channel's name) of a kernel subsystem, until ``number``;
+    ``late`` as for Message."""
 
-    __slots__ = ("s",)
+    __slots__ = ("s", "late")
 
-    def __init__(self, s: str):
+    def __init__(self, s: str, late: bool = False):
         self.s = s
+        self.late = late
 
     def __repr__(self) -> str:
         return f"String({self.s!r}) (not numbered: see subr_prf.number)"
 
 
-def number(module: ModuleType) -> None:
+def number(module: ModuleType, late: bool = False) -> None:
     """Give the ``Message``/``String`` declarations of ``module`` their ids, in the order
     the module defines them, replacing each (a module attribute, or a value of a
-    module-level dict) by its id.  Entries numbered before are left alone."""
+    module-level dict) by its id.  Entries numbered before are left alone, and so are the
+    ``late`` ones unless ``late`` is given: the kernel numbers every module once for its
+    original entries, then once more for the late ones, so an entry added to a module
+    in the middle of the tuple does not move the ids of the modules after it."""
     def entry_id(v: object) -> object:
+        if isinstance(v, (Message, String)) and v.late != late:
+            return v
         if isinstance(v, Message):
-            return message(v.fn, v.fmt, v.kind, v.hist)
+            return message(v.fn, v.fmt, v.kind, v.hist, v.tag)
         if isinstance(v, String):
             return intern(v.s)
         return v
@@ -95,10 +113,10 @@ def number(module: ModuleType) -> None:
             setattr(module, name, entry_id(v))
 
 
-def message(fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
+def message(fn: str, fmt: str, kind: str = "printf", hist: str = "", tag: str = "") -> int:
     """Declare a console message (or a UVMHIST record, ``kind="hist"``); returns its id."""
     _check_open(fmt)
-    return CATALOGUE.add(fn, fmt, kind, hist)
+    return CATALOGUE.add(fn, fmt, kind, hist, tag)
 
 
 def intern(s: str) -> int:
@@ -138,6 +156,20 @@ def attach(ci: CPU, kernel) -> None:
     _trace = ci.core.trace
     HIST_ON = bool(kernel.config.hist)
     _hist_calls_off = ci.seg.layout.arrays["uvmhist_calls"][0]
+
+
+@contextmanager
+def console(trace: Callable[..., bool]) -> Iterator[None]:
+    """Bind printf to ``trace`` (a ring writer with ``Core.trace``'s signature) while no
+    CPU runs: the boot CPU's console in the parent, before the APs start (``main()``) and
+    after every CPU has stopped (``cpu_reboot()``).  The binding before is restored."""
+    global _trace
+    old = _trace
+    _trace = trace
+    try:
+        yield
+    finally:
+        _trace = old
 
 
 def printf(msgid: int, *args: int) -> None:
