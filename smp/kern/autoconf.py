@@ -75,7 +75,7 @@ S_UNITS = {u: subr_prf.String(u, late=True) for u in ("bytes", "KB", "MB", "GB",
 
 def format_bytes(n: int) -> tuple[int, str]:
     """NetBSD's format_bytes(): divide by 1024 (rounding) while the number has six digits
-    or more; 32 MB is "32768 KB", 256 MB "262144 KB", 1 GB "1024 MB"."""
+    or more; 32 MB is "32768 KB", 256 MB "256 MB", 1 GB "1024 MB"."""
     units = list(S_UNITS)
     i = 0
     while n >= 100000 and i < len(units) - 1:

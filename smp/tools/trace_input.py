@@ -639,17 +639,18 @@ def _parse_smp(text: str, n: int) -> tuple:
 # The boot and shutdown messages of a NetBSD console, as mined templates read (numbers are
 # <NUM>, paths <PATH>): what smp.kern.autoconf prints, and what a real i386 dmesg of the
 # time shows besides (autoconfiguration's "dev0 at parent0", the CPU identification).
-BOOT_TEXT = re.compile(r"""^(?:
-    Copyright\ \(c\)\ | \s+The\ NetBSD\ Foundation,\ | \s+The\ Regents\ of\ the\ University
-  | NetBSD\ <NUM>\S*\ \( | \s+\S+@\S+:<PATH>$
-  | (?:total|avail|real)\ mem(?:ory)?\ =\  | using\ <NUM>\ buffers\ containing\ 
-  | mainbus<NUM>\ \(root\) | [a-z]+<NUM>[a-z]?\ at\ [a-z]+<NUM>
-  | cpu<NUM>:\ .*\(<NUM>-class\) | cpu<NUM>:\ .*,\ id\ <HEX>$ | cpu<NUM>:\ apic\ clock\ 
-  | cpu<NUM>:\ (?:starting$|CPU\ <NUM>\ running$) | ioapic<NUM>:\  | BIOS<NUM>\ rev\.\ 
-  | [a-z]+<NUM>:\ .*\ bytes/sect\ 
-  | swap:\  | boot\ device:\  | root\ on\  | root\ file\ system\ type:\ 
-  | syncing\ disks | rebooting | dumping\ to\ 
-)""", re.X)
+_BOOT_STARTS = (
+    r"Copyright \(c\) ", r"\s+The NetBSD Foundation, ", r"\s+The Regents of the University",
+    r"NetBSD <NUM>\S* \(", r"\s+\S+@\S+:<PATH>$",
+    r"(?:total|avail|real) mem(?:ory)? = ", r"using <NUM> buffers containing ",
+    r"mainbus<NUM> \(root\)", r"[a-z]+<NUM>[a-z]? at [a-z]+<NUM>",
+    r"cpu<NUM>: .*\(<NUM>-class\)", r"cpu<NUM>: .*, id <HEX>$", r"cpu<NUM>: apic clock ",
+    r"cpu<NUM>: (?:starting|CPU <NUM> running)$", r"ioapic<NUM>: ", r"BIOS<NUM> rev\. ",
+    r"[a-z]+<NUM>: .* bytes/sect ",
+    r"swap: ", r"boot device: ", r"root on ", r"root file system type: ",
+    r"syncing disks", r"rebooting", r"dumping to ",
+)
+BOOT_TEXT = re.compile("^(?:" + "|".join(_BOOT_STARTS) + ")")
 
 
 def boot_text(template: str) -> bool:
