@@ -190,3 +190,28 @@ def test_catalogue_json_keeps_the_boot_tag_and_omits_an_empty_one():
     back = Catalogue.from_json(json.loads(json.dumps(d)))
     assert back.message(boot).tag == "boot" and back.message(plain).tag == ""
     assert back.tagged("boot")[boot] and not back.tagged("boot")[plain]
+
+
+def test_the_sequence_view_skips_boot_lines_but_numbers_lines_as_console_log(tmp_path):
+    def log(total_kb: int, ncpu: int, run: list[str]) -> list[str]:
+        boot = [x.replace("avail memory = *", f"avail memory = {total_kb - 64} KB")
+                for x in boot_block(ncpu, total_kb=total_kb)]
+        return [f"[    0.000000] cpu0: {x}" for x in boot] + run + \
+            [f"[    0.400000] cpu0: {x}" for x in SHUTDOWN]
+
+    steal = ("[    0.100000] cpu1: pmap_steal_ptp: stole PTP pa 0x01a3c000 from pmap "
+             "0xc0d1e000 va 0x08400000")
+    kill = "[    0.200000] cpu0: UVM: pid 100 (cc1), uid 0 killed: out of swap"
+    kill2 = "[    0.300000] cpu1: UVM: pid 101 (cc1), uid 0 killed: out of swap"
+    fail = "[    0.300000] cpu1: pmap_enter: get ptp failed"
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("\n".join(log(32768, 2, [steal, kill, fail])) + "\n")
+    b.write_text("\n".join(log(16384, 3, [steal, kill, kill2, fail])) + "\n")
+    r = smp("compare", str(a), str(b), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # 16 boot lines in A, 18 in B: the runs agree on their first two lines after them
+    assert "A and B agree on 2 line(s); first divergence at A:19 B:21 (lines differ)" \
+        in r.stdout
+    assert "      A:17 B:19  [    0.100000] cpu1: pmap_steal_ptp" in r.stdout
+    assert "resync at A:19 B:22" in r.stdout
+    assert a.read_text().splitlines()[18] == fail and b.read_text().splitlines()[20] == kill2

@@ -807,7 +807,11 @@ def _seq_text(s: compare_seq.SeqResult) -> list[str]:
     if s.identical:
         out.append(f"  identical: {s.n_a} lines agree (timestamps and boot lines aside)")
         return out
-    wa = len(str(max(s.n_a, s.n_b, 1))) + 2
+    # line numbers count the boot lines the sequence skipped: size the column by them
+    shown = [i + 1 for d in s.divergences for i in (
+        *(i for i, _, _ in d.before + d.after), *(j for _, j, _ in d.before + d.after),
+        *(i for i, _ in d.a_lines + d.b_lines))]
+    wa = len(str(max(s.n_a, s.n_b, 1, *shown))) + 2
     def tag(i: int | None, side: str) -> str:
         return (f"{side}:{i + 1}" if i is not None else "").ljust(wa + 1)
     for k, d in enumerate(s.divergences):
