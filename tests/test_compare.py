@@ -515,14 +515,24 @@ def test_fail_on_gates_a_regression_check(tmp_path, capsys):
     d = json.loads(out)
     assert [f["condition"] for f in d["fail_on"]] == ["only-in-b", "panic"]
     assert err.splitlines() == [
-        "smp compare: --fail-on only-in-b: 4 template(s) only in B: "
-        "'pmap_enter: get ptp failed' and 3 more",
+        "smp compare: --fail-on only-in-b: 3 template(s) only in B: "
+        "'pmap_enter: get ptp failed' and 2 more",
         "smp compare: --fail-on panic: B panicked (1 panic record(s))"]
     onlies = [r["only"] for r in d["rows"]]
-    # the compile directory (.../compile/MP vs .../compile/MP-NOSTEAL) is a path: one
-    # template on both sides
-    assert onlies[:8] == ["b"] * 4 + ["a"] * 4
-    assert set(onlies[8:]) == {None}
+    # the version line (MP vs MP-NOSTEAL) and A's clean shutdown are boot lines: not
+    # templates only in one log, but the boot section's differences
+    assert onlies[:4] == ["b"] * 3 + ["a"]
+    assert set(onlies[4:]) == {None}
+    assert not any("NetBSD" in r["template"] or "rebooting" in r["template"]
+                   for r in d["rows"])
+    assert d["boot"]["diff"] == [
+        {"side": "a", "text": "NetBSD 1.5Q (MP) #3: Tue Jan  2 21:14:07 EST 2001"},
+        {"side": "a", "text": "    sommerfeld@orchard:/usr/src/sys/arch/i386/compile/MP"},
+        {"side": "b", "text": "NetBSD 1.5Q (MP-NOSTEAL) #4: Wed Jan  3 09:02:51 EST 2001"},
+        {"side": "b",
+         "text": "    sommerfeld@orchard:/usr/src/sys/arch/i386/compile/MP-NOSTEAL"},
+        {"side": "a", "text": "syncing disks... done"},
+        {"side": "a", "text": "rebooting..."}]
     # the other direction: nothing new in B, no panic in B
     rc, _, err = smp_main(capsys, LOGS / "netbsd-2001-nosteal.log",
                           LOGS / "netbsd-2001-nosteal.log", "--fail-on",

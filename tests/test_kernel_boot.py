@@ -70,6 +70,25 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "pool %s: no room for another page"),
     ("uvm_aio_aiodone", "  aio %d: %d pages at kva 0x%x, swap %d"),
     ("", "pid %d: physio of %d pages failed: error %d"),
+    # issue 14's boot console (smp.kern.autoconf), declared late
+    ("", "Copyright (c) 1996, 1997, 1998, 1999, 2000"),
+    ("", "    The NetBSD Foundation, Inc.  All rights reserved."),
+    ("", "Copyright (c) 1982, 1986, 1989, 1991, 1993"),
+    ("", "    The Regents of the University of California.  All rights reserved."),
+    ("", "NetBSD 1.5 (%s) #0: simulated by smp"),
+    ("", "    smp@%s:/usr/src/sys/arch/i386/compile/%s"),
+    ("", "total memory = %d %s"),
+    ("", "avail memory = %d %s"),
+    ("", "mainbus0 (root)"),
+    ("", "cpu%d at mainbus0: apid %d (boot processor)"),
+    ("", "cpu%d at mainbus0: apid %d (application processor)"),
+    ("", "cpu%d: Intel Pentium Pro (686-class), a simulated CPU"),
+    ("", "swap: wd0b: %d %s (%d pages)"),
+    ("", "swap: no swap device"),
+    ("", "boot device: wd0"),
+    ("", "root on wd0a dumps on wd0b"),
+    ("", "syncing disks... done"),
+    ("", "rebooting..."),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
     ("", "pid %d (%s): fork failed: error %d"),
@@ -82,6 +101,8 @@ STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "fl
            # issue 10's, declared late (after every earlier entry of every subsystem)
            "ubc_alloc", "uao_getpage", "anonget2", "mbpl", "mclpl", "aiodoned",
            "vallocwait", "physio",
+           # issue 14's boot console: format_bytes units, declared late
+           "bytes", "KB", "MB", "GB", "TB",
            # the loads'
            "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [
@@ -106,6 +127,10 @@ def test_the_catalogue_keeps_the_ids_old_run_directories_were_written_with():
     assert [(m["id"], m["fn"], m["fmt"]) for m in cat["messages"]] == \
         [(i, fn, fmt) for i, (fn, fmt) in enumerate(MESSAGES)]
     assert cat["strings"] == STRINGS
+    # the boot console's lines say so in the catalogue (smp compare shows them apart)
+    boot = [m["id"] for m in cat["messages"] if m.get("tag") == "boot"]
+    first = MESSAGES.index(("", "Copyright (c) 1996, 1997, 1998, 1999, 2000"))
+    assert boot == list(range(first, first + 18)) and first + 18 <= len(MESSAGES)
 
 
 def test_lock_classes_and_ids_come_in_the_order_of_earlier_versions():

@@ -55,6 +55,15 @@ def digest(run: Path) -> str:
     return h.hexdigest()
 
 
+def boot_lines(console: bytes) -> list[str]:
+    """The boot console's lines (smp.kern.autoconf): the boot, up to where root is, and
+    the shutdown at the end."""
+    lines = console.decode().splitlines()
+    end = next(i for i, x in enumerate(lines) if x.endswith("root on wd0a dumps on wd0b"))
+    assert lines[-1].endswith("cpu0: rebooting..."), lines[-2:]
+    return lines[:end + 1] + lines[-2:]
+
+
 def first_line_with(run: Path, needle: str) -> str:
     return next((x for x in (run / "console.log").read_text().splitlines() if needle in x), "")
 
@@ -88,6 +97,12 @@ def test_same_seed_twice_gives_byte_identical_logs_and_replay_agrees(tmp_path, l
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"replay of {a}: identical" in r.stdout
     assert outputs(c) == oa
+    # the boot console: on CPU 0 at virtual time 0, one cpuN line per CPU, the same in
+    # every run and replay of the seed
+    boot = boot_lines(oa["console.log"])
+    assert boot[0] == "[    0.000000] cpu0: Copyright (c) 1996, 1997, 1998, 1999, 2000"
+    assert sum("at mainbus0: apid" in x for x in boot) == ncpu
+    assert boot == boot_lines(ob["console.log"]) == boot_lines(outputs(c)["console.log"])
     m = json.loads((c / "manifest.json").read_text())
     assert m["mode"] == "lockstep" and m["seed"] == 6 and m["machine"]["ncpu"] == ncpu
 
@@ -141,7 +156,9 @@ def test_the_time_limit_of_a_lockstep_run_is_virtual_time(tmp_path):
     assert r.returncode == 0, r.stderr
     s = summary(a)
     assert s["status"] == "timeout" and "virtual time limit of 0.005 s" in s["message"]
-    assert 5_000_000 <= s["schedule"]["virtual_ns"] < 5_100_000
+    # past the limit the CPUs finish the fault they are in (no new operation, no new
+    # thread) and the machine stops when every CPU is outside the kernel
+    assert 5_000_000 <= s["schedule"]["virtual_ns"] < 6_000_000
     assert json.loads((a / "lockstat.json").read_text())["elapsed_ns"] == \
         s["schedule"]["virtual_ns"]
     # (replaying a time-limited run: test_after_a_virtual_time_limit_no_cpu_runs_on_...)

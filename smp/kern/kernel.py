@@ -50,6 +50,7 @@ import numpy as np
 
 from smp.config import KernelConfig, MachineProfile
 from smp.kern import (
+    autoconf,
     diagnostic,
     intr,
     kern_exec,
@@ -135,6 +136,7 @@ SUBSYSTEMS = (
     Subsystem(kern_exec, None, None, kern_exec.attach),             # execve
     Subsystem(vm_machdep, None, None, vm_machdep.attach),           # vmapbuf
     Subsystem(kern_physio, None, None, kern_physio.attach),         # physio
+    Subsystem(autoconf, None, autoconf.format, None),               # the boot console
 )
 
 
@@ -281,6 +283,19 @@ class Kernel:
             pm = pmap.pmap_create_boot(seg, tid)
             uvm_map.vmspace_init_boot(seg, tid, pm)
         boot_enqueue(seg, cpu, tid)
+
+    def startup(self, seg: Any, cnputc: Callable[..., bool]) -> None:
+        """main() on the boot processor once the segment is formatted and before the APs
+        start: the boot messages (smp.kern.autoconf), printed through ``cnputc``, CPU 0's
+        ring writer (the machine's boot console)."""
+        with subr_prf.console(cnputc):
+            autoconf.startup(seg, self)
+
+    def shutdown(self, seg: Any, cnputc: Callable[..., bool]) -> None:
+        """cpu_reboot() after the run ended normally or at its time limit, every CPU
+        stopped: ``syncing disks... done``, ``rebooting...`` (smp.kern.autoconf)."""
+        with subr_prf.console(cnputc):
+            autoconf.cpu_reboot(seg, self)
 
     def finished(self, seg: Any) -> bool:
         """The load has ended (every process it started has exited) and the machine is

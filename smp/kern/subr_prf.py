@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import numpy as np
@@ -57,14 +59,17 @@ class Message:
 
     ``late``: declared after the ids of the January 2001 kernel were pinned; numbered
     after every earlier entry (see ``number``), so those ids stay what they were.
+    ``tag``: a class of console line the tools treat apart ("boot": the boot and
+    shutdown messages of :mod:`smp.kern.autoconf`); recorded in the catalogue.
     """
 
-    __slots__ = ("fn", "fmt", "kind", "hist", "late")
+    __slots__ = ("fn", "fmt", "kind", "hist", "late", "tag")
 
     def __init__(self, fn: str, fmt: str, kind: str = "printf", hist: str = "",
-                 late: bool = False):
+                 late: bool = False, tag: str = ""):
         self.fn, self.fmt, self.kind, self.hist = fn, fmt, kind, hist
         self.late = late
+        self.tag = tag
 
     def __repr__(self) -> str:
         return f"Message({self.fn!r}, {self.fmt!r}) (not numbered: see subr_prf.number)"
@@ -95,7 +100,7 @@ def number(module: ModuleType, late: bool = False) -> None:
         if isinstance(v, (Message, String)) and v.late != late:
             return v
         if isinstance(v, Message):
-            return message(v.fn, v.fmt, v.kind, v.hist)
+            return message(v.fn, v.fmt, v.kind, v.hist, v.tag)
         if isinstance(v, String):
             return intern(v.s)
         return v
@@ -108,10 +113,10 @@ def number(module: ModuleType, late: bool = False) -> None:
             setattr(module, name, entry_id(v))
 
 
-def message(fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
+def message(fn: str, fmt: str, kind: str = "printf", hist: str = "", tag: str = "") -> int:
     """Declare a console message (or a UVMHIST record, ``kind="hist"``); returns its id."""
     _check_open(fmt)
-    return CATALOGUE.add(fn, fmt, kind, hist)
+    return CATALOGUE.add(fn, fmt, kind, hist, tag)
 
 
 def intern(s: str) -> int:
@@ -151,6 +156,20 @@ def attach(ci: CPU, kernel) -> None:
     _trace = ci.core.trace
     HIST_ON = bool(kernel.config.hist)
     _hist_calls_off = ci.seg.layout.arrays["uvmhist_calls"][0]
+
+
+@contextmanager
+def console(trace: Callable[..., bool]) -> Iterator[None]:
+    """Bind printf to ``trace`` (a ring writer with ``Core.trace``'s signature) while no
+    CPU runs: the boot CPU's console in the parent, before the APs start (``main()``) and
+    after every CPU has stopped (``cpu_reboot()``).  The binding before is restored."""
+    global _trace
+    old = _trace
+    _trace = trace
+    try:
+        yield
+    finally:
+        _trace = old
 
 
 def printf(msgid: int, *args: int) -> None:

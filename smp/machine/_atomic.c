@@ -1864,7 +1864,9 @@ static PyObject *Core_ls_progress(Core *c, PyObject *Py_UNUSED(ignored))
     if (ls_ready(c))
         return NULL;
     c->ls_st[ST_LASTPROG] = c->ls_st[ST_POINTS];
-    Py_RETURN_NONE;
+    if (c->ls_st[ST_STOPPING])        /* past the time limit: end the slice here */
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
 }
 
 static PyObject *Core_ls_wait_turn(Core *c, PyObject *Py_UNUSED(ignored))
@@ -2135,7 +2137,8 @@ static PyMethodDef Core_methods[] = {
        "strategy, vtick): run the lockstep scheduler at every scheduling point"),
     FC(ls_point, "ls_point([cost]): a lockstep scheduling point passing cost ns (default vtick)"),
     {"ls_progress", (PyCFunction)Core_ls_progress, METH_NOARGS,
-     "lockstep: the load made progress (livelock watch)"},
+     "lockstep: the load made progress (livelock watch); True once past the time limit "
+     "(the slice should end)"},
     {"ls_wait_turn", (PyCFunction)Core_ls_wait_turn, METH_NOARGS,
      "lockstep: wait until this CPU holds the turn (Halted if the machine halts)"},
     {"ls_finish", (PyCFunction)Core_ls_finish, METH_NOARGS,

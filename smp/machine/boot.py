@@ -8,15 +8,19 @@
  2. Boot: plan the layout, create the segment, format lock words, let the
     kernel format its arrays (free lists, pmaps, ...) -- all in the parent,
     before any CPU exists, like a kernel's ``main()`` before it starts the APs.
- 3. Start the CPUs: fork one worker per CPU (``smp.machine.cpu.worker_main``).
+ 3. Start the CPUs: the kernel prints its boot messages on CPU 0's console
+    (``kernel.startup``: the BSP's ``main()`` before the APs start), then one worker
+    per CPU is forked (``smp.machine.cpu.worker_main``).
  4. Supervise: drain the trace rings into the run directory, update the
     progress bar, sample host figures (psutil), and watch for the end: the
     kernel says the load is finished, a CPU panicked, a worker died (seen
     within one poll interval, 0.1 s), a time limit passed, or Ctrl-C.
  5. Halt: set the halt word; CPUs stop at their next dispatch, spin turn or
     idle tick; stragglers are killed after a grace period so nothing hangs.
- 6. Collect: final drain, lock statistics, the kernel's counters, each CPU's
-    last words and held locks -- then unlink the segment, whatever happened.
+ 6. Collect: after a normal end or the time limit, the kernel's shutdown messages
+    on CPU 0's console (``kernel.shutdown``: ``cpu_reboot()``); final drain, lock
+    statistics, the kernel's counters, each CPU's last words and held locks -- then
+    unlink the segment, whatever happened.
 
 The machine never imports the kernel: the kernel object is handed in.
 """
@@ -27,6 +31,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import connection
 from typing import Any, Protocol
@@ -68,17 +73,22 @@ class KernelImage(Kernel, Protocol):
     """What ``Machine`` calls on a kernel, in the parent (``Kernel`` has the CPU side).
 
     ``declare`` (before the segment exists: locks, arrays, the message catalogue),
-    ``format`` (the segment exists, no CPU runs), then while the run goes on
-    ``finished`` (has the load ended?), ``quiet`` (is every CPU outside the kernel? a
-    lockstep run past its time limit stops there) and ``progress`` (for the progress bar), and on
-    the stopped machine ``audit`` (DIAGNOSTIC checks; {} when off) and ``summary``.
-    ``stats_on`` says whether the CPUs keep lock statistics.
+    ``format`` (the segment exists, no CPU runs), ``startup`` (the boot messages, printed
+    through ``cnputc``: CPU 0's ring writer, ``Core.trace``'s signature), then while the
+    run goes on ``finished`` (has the load ended?), ``quiet`` (is every CPU outside the
+    kernel? a lockstep run past its time limit stops there) and ``progress`` (for the
+    progress bar), and on the stopped machine ``shutdown`` (after a normal end or the time
+    limit: the shutdown messages), ``audit`` (DIAGNOSTIC checks; {} when off) and
+    ``summary``.  ``startup`` and ``shutdown`` are optional.  ``stats_on`` says whether
+    the CPUs keep lock statistics.
     """
 
     stats_on: bool
 
     def declare(self, machine: Any, locks: LockSpace) -> Declaration: ...
     def format(self, seg: Segment) -> None: ...
+    def startup(self, seg: Segment, cnputc: Callable[..., bool]) -> None: ...
+    def shutdown(self, seg: Segment, cnputc: Callable[..., bool]) -> None: ...
     def finished(self, seg: Segment) -> bool: ...
     def quiet(self, seg: Segment) -> bool: ...
     def progress(self, seg: Segment) -> tuple[float, float]: ...
@@ -220,6 +230,7 @@ class Machine:
         try:
             mp_logging = _install_worker_logging()
             drainer = Drainer(seg, self.sink, self.decl.catalogue)
+            self._console(seg, drainer, "startup")
             self._start_cpus(seg, procs)
             drainer.start_thread()
             status, message = self._supervise(seg, procs, drainer, t0, samples)
@@ -233,8 +244,14 @@ class Machine:
                 seg.halt()
                 self._stop_workers(procs)
                 elapsed = time.monotonic() - t0
+                vclock = int(seg.hdr["vclock"])
+                if status in ("done", "timeout") and drainer is not None \
+                        and all(p.exitcode is not None for p in procs):
+                    if self.lockstep:          # the shutdown sorts after every record
+                        seg.hdr["vclock"] = vclock + 1
+                    self._console(seg, drainer, "shutdown")
                 outcome = self._collect(seg, procs, drainer, status, message, elapsed,
-                                        samples)
+                                        samples, vclock)
             finally:
                 seg.destroy()
                 if self.lockstep:
@@ -244,6 +261,25 @@ class Machine:
                 if status != "interrupted":       # after Ctrl-C, stay deaf until exit
                     _restore(old)
         return outcome
+
+    def _console(self, seg: Segment, drainer: Drainer, hook: str) -> None:
+        """Let the kernel print on CPU 0's console while no CPU runs (``startup`` before
+        the CPUs start, ``shutdown`` after they stopped): the records go into CPU 0's
+        ring through its atomic core, stamped by the machine's clock (virtual time in
+        lockstep); a full ring is drained first, so nothing waits and nothing drops."""
+        fn = getattr(self.kernel, hook, None)
+        if fn is None:
+            return
+        core = seg.core(0)
+        core.lockstep = self.lockstep
+        rings, cap = seg.rings, self.ring_capacity
+
+        def cnputc(msgid: int, call: int, *args: int) -> bool:
+            if int(rings["head"][0]) - int(rings["tail"][0]) >= cap:
+                drainer.drain()
+            return core.trace(msgid, call, *args)
+
+        fn(seg, cnputc)
 
     def _start_cpus(self, seg: Segment, procs: list) -> None:
         """Fork one worker per CPU (the APs start; the parent is the BSP's firmware)."""
@@ -383,7 +419,7 @@ class Machine:
     # -- collect ---------------------------------------------------------------
 
     def _collect(self, seg: Segment, procs: list, drainer, status: str, message: str,
-                 elapsed: float, samples: dict) -> RunOutcome:
+                 elapsed: float, samples: dict, vclock: int) -> RunOutcome:
         trace = drainer.close() if drainer is not None else {}
         cpus = []
         sites = seg.site_names()
@@ -416,7 +452,6 @@ class Machine:
         if trace.get("error") and status in ("done", "timeout"):
             status, message = "write-error", f"trace: {trace['error']}"
         exit_code = int(exit_for(status))
-        vclock = int(seg.hdr["vclock"])
         lockstat = collect_lockstat(seg, self.locks,
                                     vclock if self.lockstep else int(elapsed * 1e9))
         try:

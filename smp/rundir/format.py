@@ -58,6 +58,8 @@ EVENTS_HDR_DTYPE = np.dtype(
 assert EVENTS_HDR_DTYPE.itemsize == EVENTS_HDR_SIZE
 
 KINDS = ("printf", "panic", "hist")
+TAGS = ("", "boot")            # Message.tag: "boot" = a boot or shutdown console line
+TAG_BOOT = "boot"
 # numeric kind codes, so a batch of records can be split by kind with one numpy gather
 KIND_PRINTF, KIND_PANIC, KIND_HIST = 0, 1, 2
 _KIND_CODE = {"printf": KIND_PRINTF, "panic": KIND_PANIC, "hist": KIND_HIST}
@@ -73,6 +75,11 @@ class Message:
 
     ``kind`` is "printf" (console), "panic" or "hist" (a UVMHIST record, hist.log only);
     ``hist`` names the history ("maphist", "pdhist", ...) for kind "hist", else "".
+    ``tag`` classes a console line for the tools: "boot" for the boot and shutdown
+    messages (copyright, version, memory, autoconfiguration, ``syncing disks``), which
+    describe the machine and kernel configuration rather than what the run did;
+    "" for the rest.  (Written to catalogue.json only when set, so catalogues without
+    boot messages read as before, and readers that predate it ignore it.)
     """
 
     id: int
@@ -80,6 +87,7 @@ class Message:
     fmt: str
     kind: str = "printf"
     hist: str = ""
+    tag: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, int) or not 0 <= self.id <= MAX_MSGID:
@@ -90,6 +98,8 @@ class Message:
             raise ValueError(f"message {self.id}: kind {self.kind!r} is not one of {KINDS}")
         if (self.kind == "hist") != bool(self.hist):
             raise ValueError(f"message {self.id}: a history name goes with kind 'hist' only")
+        if self.tag not in TAGS:
+            raise ValueError(f"message {self.id}: tag {self.tag!r} is not one of {TAGS}")
 
 
 # ---------------------------------------------------------------- C printf
@@ -323,12 +333,13 @@ class Catalogue:
         self._kinds = None
 
     # -- building (the kernel's side)
-    def add(self, fn: str, fmt: str, kind: str = "printf", hist: str = "") -> int:
+    def add(self, fn: str, fmt: str, kind: str = "printf", hist: str = "",
+            tag: str = "") -> int:
         """Register a message and return its id (the next free one)."""
         if count_args(fmt) > NARGS:
             raise ValueError(f"{fn}: format {fmt!r} takes more than {NARGS} arguments")
         msgid = max(self._by_id, default=-1) + 1
-        self._insert(Message(msgid, fn, fmt, kind, hist))
+        self._insert(Message(msgid, fn, fmt, kind, hist, tag))
         return msgid
 
     def intern(self, s: str) -> int:
@@ -361,6 +372,14 @@ class Catalogue:
                 k[m.id] = _KIND_CODE[m.kind]
             self._kinds = k
         return self._kinds
+
+    def tagged(self, tag: str = TAG_BOOT) -> np.ndarray:
+        """For every possible msgid: does its message carry ``tag``? (unknown ids: no)"""
+        t = np.zeros(MAX_MSGID + 1, bool)
+        for m in self._by_id.values():
+            if m.tag == tag:
+                t[m.id] = True
+        return t
 
     # -- rendering
     def _renderer(self, msgid: int) -> _Compiled | None:
@@ -400,7 +419,7 @@ class Catalogue:
     def to_json(self) -> dict:
         return {
             "schema": CATALOGUE_SCHEMA,
-            "messages": [asdict(m) for m in self.messages],
+            "messages": [_message_json(m) for m in self.messages],
             "strings": list(self.strings),
         }
 
@@ -414,7 +433,8 @@ class Catalogue:
                            f"this smp reads {CATALOGUE_SCHEMA}")
         try:
             msgs = [Message(int(m["id"]), m["fn"], m["fmt"], m.get("kind", "printf"),
-                            m.get("hist", "")) for m in d.get("messages", [])]
+                            m.get("hist", ""), m.get("tag", ""))
+                    for m in d.get("messages", [])]
             strings = d.get("strings", [])
             if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
                 raise ValueError("strings must be a list of strings")
@@ -434,6 +454,13 @@ class Catalogue:
         except ValueError as e:
             raise BadInput(f"{path}: catalogue is not valid JSON: {e}") from None
         return cls.from_json(d, str(path))
+
+
+def _message_json(m: Message) -> dict:
+    d = asdict(m)
+    if not m.tag:
+        del d["tag"]           # as catalogues were before tags existed
+    return d
 
 
 # ---------------------------------------------------------------- lines

@@ -27,7 +27,19 @@ Output, in order:
    ``delta-abs``);
 3. ``--per-cpu``: the same table per CPU;
 4. the sequence view (one run per side): the first divergence with context on both sides,
-   and where the logs re-synchronize (:mod:`smp.tools.compare_seq`).
+   and where the logs re-synchronize (:mod:`smp.tools.compare_seq`);
+5. the boot lines: identical on both sides, or what differs (``-`` A, ``+`` B).
+
+Boot lines -- the kernel's boot and shutdown messages (copyright, version line, ``total
+memory``, ``avail memory``, ``cpuN at mainbus0``, ``boot device``, ``syncing disks``,
+``rebooting``; tagged ``boot`` in a run's catalogue, recognised by their wording in a text
+log) -- say which machine and kernel booted, not what the run did.  They are kept out of
+the template table, the per-CPU table and the sequence view (whose line numbers still
+count them, so they match console.log), and shown in their own section instead: two
+runs on machines of different ``physmem`` differ in ``total memory`` there, as a
+difference of the configuration, never as a changed template or a divergence.  Two runs
+of one configuration have identical boot lines; a run that panicked, deadlocked or lost
+a CPU has no shutdown lines, which the section shows too.
 
 Tests (``--test``): ``utest`` (Mann-Whitney U over the per-run values; the default when both
 sides have at least two runs), ``binom`` (conditional binomial test of the pooled counts,
@@ -38,13 +50,16 @@ same work whatever the kernel), per simulated second with ``--rate``.
 ``--json`` prints one JSON object (``"schema": 1``).  ``--fail-on`` turns findings into exit
 status 1 for CI: ``only-in-a``, ``only-in-b``, ``only`` (either), ``panic`` (a panic in B),
 ``dropped`` (B lost records), ``significant`` (a row with q < alpha), ``changed`` (any count
-differs), ``diverged`` (the sequence view found a divergence).  Exit status: 0 fine, 1 a
+differs), ``diverged`` (the sequence view found a divergence), ``boot`` (the boot lines
+differ: the two sides booted different machines or kernels, or one did not shut down).
+None of the others looks at boot lines.  Exit status: 0 fine, 1 a
 ``--fail-on`` condition held (named on stderr), 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
@@ -57,11 +72,11 @@ from smp.errors import BadInput
 from smp.rundir.reader import dig
 from smp.tools import compare_seq, compare_stats, trace_input, trace_mask
 from smp.tools.trace import emit
-from smp.tools.trace_input import Log
+from smp.tools.trace_input import Log, SeqSource
 
 SCHEMA = 1
 FAIL_ON = ("only-in-a", "only-in-b", "only", "panic", "dropped", "significant", "changed",
-           "diverged")
+           "diverged", "boot")
 TESTS = ("auto", "utest", "binom", "none")
 
 
@@ -211,6 +226,7 @@ class Result:
     seq: compare_seq.SeqResult | None
     notes: list[str]
     n_templates: tuple[int, int]
+    boot: BootView | None = None
     fail: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -225,6 +241,7 @@ class Result:
             "rows": [r.to_json() for r in self.rows],
             "per_cpu": None if self.per_cpu is None else [r.to_json() for r in self.per_cpu],
             "sequence": None if self.seq is None else self.seq.to_json(),
+            "boot": None if self.boot is None else self.boot.to_json(),
             "notes": self.notes,
             "fail_on": [{"condition": c, "why": w} for c, w in self.fail],
         }
@@ -272,8 +289,11 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
             ids.append(g)
         local.append(np.array(ids + [0], np.int64))  # + a spare slot for empty logs
     G = len(gtext)
-    gid_of = [loc[lg.tid] if lg.n else np.zeros(0, np.int64)
-              for loc, lg in zip(local, logs_a + logs_b, strict=True)]
+    # boot lines are the configuration's, not the experiment's: counted nowhere
+    keep = [~lg.boot_mask() for lg in logs_a + logs_b]
+    gid_of = [loc[lg.tid][k] if lg.n else np.zeros(0, np.int64)
+              for loc, lg, k in zip(local, logs_a + logs_b, keep, strict=True)]
+    cpu_of = [lg.cpu[k] for lg, k in zip(logs_a + logs_b, keep, strict=True)]
     counts = _counts(gid_of, G)
     ca, cb = counts[:na], counts[na:]
     dur_a = [lg.duration for lg in logs_a]
@@ -288,11 +308,10 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
     n_templates = (int(np.count_nonzero(ca.sum(0))), int(np.count_nonzero(cb.sum(0))))
     cpu_rows = None
     if per_cpu:
-        cpus = sorted({int(c) for lg in logs_a + logs_b for c in np.unique(lg.cpu)})
+        cpus = sorted({int(c) for co in cpu_of for c in np.unique(co)})
         cpu_rows = []
         for c in cpus:
-            m = _counts([g[lg.cpu == c] for g, lg in zip(gid_of, logs_a + logs_b,
-                                                          strict=True)], G)
+            m = _counts([g[co == c] for g, co in zip(gid_of, cpu_of, strict=True)], G)
             cpu_rows.extend(_rows(m[:na], m[na:], dur_a, dur_b, gtext, c, test, alpha, basis,
                                   fdr=False))
         _fdr(cpu_rows, alpha)
@@ -300,9 +319,12 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
     seq_result = None
     if seq and na == 1 and nb == 1:
         A, B = logs_a[0], logs_b[0]
-        seq_result = compare_seq.sequence(A.seq(local[0]), B.seq(local[1]),
+        ka, kb = np.flatnonzero(keep[0]), np.flatnonzero(keep[1])
+        seq_result = compare_seq.sequence(_lines(A.seq(local[0]), ka),
+                                          _lines(B.seq(local[1]), kb),
                                           divergences=divergences, context=context,
                                           window=window)
+        _renumber(seq_result, ka, kb, A.n, B.n)
         modes = {dig(lg.manifest, "mode", want=str) for lg in (A, B)}
         seeds = {dig(lg.manifest, "seed", want=int) for lg in (A, B)}
         if "free" in modes:
@@ -318,8 +340,122 @@ def compare(logs_a: list[Log], logs_b: list[Log], *, test: str = "auto", alpha: 
                      f"smp trace --all output)")
     for lg in logs_a + logs_b:
         notes.extend(f"{lg.source}: {n}" for n in lg.notes)
+    boot = boot_view(logs_a, logs_b)
+    if boot.a.lines and not boot.b.lines or boot.b.lines and not boot.a.lines:
+        notes.append(f"only {'A' if boot.a.lines else 'B'} has boot lines (a run made before "
+                     f"the boot console, or a log without its boot?)")
     return Result(logs_a, logs_b, "exact" if exact else "mined", test, basis, alpha, rows,
-                  cpu_rows, seq_result, notes, n_templates)
+                  cpu_rows, seq_result, notes, n_templates, boot)
+
+
+# ---------------------------------------------------------------- boot lines
+
+
+@dataclass
+class BootSide:
+    lines: list[str]             # the first run's boot lines (message text)
+    agree: bool                  # every run of the side has the same boot lines
+    runs: int
+
+    def to_json(self) -> dict:
+        return {"lines": self.lines, "runs_agree": self.agree, "runs": self.runs}
+
+
+@dataclass
+class BootView:
+    """The boot lines of both sides (module docstring) and how they differ."""
+
+    a: BootSide
+    b: BootSide
+    diff: list[tuple[str, str]]  # ("-", A's line) / ("+", B's line), in diff order
+
+    @property
+    def identical(self) -> bool:
+        return not self.diff
+
+    def to_json(self) -> dict:
+        return {"a": self.a.to_json(), "b": self.b.to_json(), "identical": self.identical,
+                "diff": [{"side": "a" if op == "-" else "b", "text": t}
+                         for op, t in self.diff]}
+
+
+def boot_view(logs_a: list[Log], logs_b: list[Log]) -> BootView:
+    """Boot lines per side (the first run's; ``agree`` whether the other runs of the side
+    have the same) and a line diff of A's against B's."""
+    def side(logs: list[Log]) -> BootSide:
+        each = [lg.boot_lines() for lg in logs]
+        return BootSide(each[0] if each else [], all(x == each[0] for x in each), len(each))
+
+    a, b = side(logs_a), side(logs_b)
+    diff: list[tuple[str, str]] = []
+    sm = difflib.SequenceMatcher(None, a.lines, b.lines, autojunk=False)
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op != "equal":
+            diff += [("-", t) for t in a.lines[i1:i2]] + [("+", t) for t in b.lines[j1:j2]]
+    return BootView(a, b, diff)
+
+
+class _Lines(SeqSource):
+    """The lines ``idx`` of a sequence source, as a sequence of their own (the sequence
+    view without the boot lines)."""
+
+    def __init__(self, src: SeqSource, idx: np.ndarray):
+        self.src, self.idx, self.n = src, idx, len(idx)
+
+    def raw(self) -> np.ndarray:
+        return self.src.raw()[self.idx]
+
+    def start(self, origin: int) -> None:
+        self.src.start(int(self.idx[origin]) if origin < self.n else self.src.n)
+
+    def _span(self, lo: int, hi: int) -> tuple[int, int, np.ndarray]:
+        ulo, uhi = int(self.idx[lo]), int(self.idx[hi - 1]) + 1
+        return ulo, uhi, self.idx[lo:hi] - ulo
+
+    def keys(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        if hi <= lo:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ulo, uhi, sel = self._span(lo, hi)
+        full, blind = self.src.keys(ulo, uhi)
+        return full[sel], blind[sel]
+
+    def full_keys(self, lo: int, hi: int) -> np.ndarray:
+        if hi <= lo:
+            return np.zeros(0, np.int64)
+        ulo, uhi, sel = self._span(lo, hi)
+        return self.src.full_keys(ulo, uhi)[sel]
+
+    def text(self, i: int) -> str:
+        return self.src.text(int(self.idx[i]))
+
+    def alias_counts(self) -> dict:
+        return self.src.alias_counts()
+
+
+def _lines(src: SeqSource, idx: np.ndarray) -> SeqSource:
+    return src if len(idx) == src.n else _Lines(src, idx)
+
+
+def _renumber(res: compare_seq.SeqResult, ka: np.ndarray, kb: np.ndarray, na: int,
+              nb: int) -> None:
+    """Line numbers of the sequence without boot lines -> line numbers of the logs."""
+    if len(ka) == na and len(kb) == nb:
+        return
+
+    def fa(i: int) -> int:
+        return int(ka[i]) if i < len(ka) else na
+
+    def fb(j: int) -> int:
+        return int(kb[j]) if j < len(kb) else nb
+
+    for d in res.divergences:
+        d.a, d.b = fa(d.a), fb(d.b)
+        d.before = [(fa(i), fb(j), t) for i, j, t in d.before]
+        d.after = [(fa(i), fb(j), t) for i, j, t in d.after]
+        d.a_lines = [(fa(i), t) for i, t in d.a_lines]
+        d.b_lines = [(fb(j), t) for j, t in d.b_lines]
+        if d.resync is not None:
+            d.resync = (fa(d.resync[0]), fb(d.resync[1]))
 
 
 def _counts(gids: list[np.ndarray], G: int) -> np.ndarray:
@@ -422,6 +558,10 @@ def evaluate_fail_on(res: Result, conds: Sequence[str]) -> list[tuple[str, str]]
             ch = [r for r in res.rows if r.a != r.b]
             if ch:
                 out.append((c, f"{len(ch)} template count(s) differ: {first(ch)}"))
+        if c == "boot" and res.boot is not None and not res.boot.identical:
+            op, text = res.boot.diff[0]
+            out.append((c, f"the boot lines differ ({len(res.boot.diff)} line(s); first: "
+                           f"{'A' if op == '-' else 'B'} '{text.strip()}')"))
         if c == "diverged" and res.seq is not None and res.seq.divergences:
             d0 = res.seq.divergences[0]
             out.append((c, f"the logs diverge at A line {d0.a + 1}, B line {d0.b + 1} "
@@ -618,7 +758,9 @@ def render_text(res: Result, top: int | None = None) -> str:
     if res.rows:
         out += _table(res.rows, res, top, cpu=False)
     else:
-        out.append("(no records on either side)")
+        out.append("(no records on either side)" if not res.boot or not (
+            res.boot.a.lines or res.boot.b.lines) else
+            "(no records on either side besides the boot lines)")
     if res.per_cpu is not None:
         out += ["", "per CPU (cpu - = no CPU in the line):"]
         out += _table(res.per_cpu, res, top, cpu=True)
@@ -629,9 +771,27 @@ def render_text(res: Result, top: int | None = None) -> str:
             out.append("  aliases in the stretch compared: " + "; ".join(
                 f"{side.upper()} {al[side]['addresses']} addresses, {al[side]['pids']} pids, "
                 f"{al[side]['substitutions']} substitutions" for side in ("a", "b")))
+    if res.boot is not None and (res.boot.a.lines or res.boot.b.lines):
+        out += [""] + _boot_text(res.boot)
     if res.notes:
         out += [""] + [f"note: {n}" for n in res.notes]
     return "\n".join(out) + "\n"
+
+
+def _boot_text(bv: BootView) -> list[str]:
+    a, b = bv.a, bv.b
+    head = (f"boot lines (the machine and kernel that booted; not in the tables or the "
+            f"sequence): {len(a.lines)} in A, {len(b.lines)} in B")
+    out = [head]
+    if bv.identical:
+        out.append("  identical")
+    else:
+        out += [f"  {op} {'A' if op == '-' else 'B'}  {t}" for op, t in bv.diff]
+    for side, label in ((a, "A"), (b, "B")):
+        if not side.agree:
+            out.append(f"  the {side.runs} runs of {label} do not all have the same boot lines "
+                       f"(shown: the first run's)")
+    return out
 
 
 def _srcs(logs: list[Log]) -> str:
@@ -645,9 +805,13 @@ def _seq_text(s: compare_seq.SeqResult) -> list[str]:
             "per run):")
     out = [head]
     if s.identical:
-        out.append(f"  identical: {s.n_a} lines agree (timestamps aside)")
+        out.append(f"  identical: {s.n_a} lines agree (timestamps and boot lines aside)")
         return out
-    wa = len(str(max(s.n_a, s.n_b, 1))) + 2
+    # line numbers count the boot lines the sequence skipped: size the column by them
+    shown = [i + 1 for d in s.divergences for i in (
+        *(i for i, _, _ in d.before + d.after), *(j for _, j, _ in d.before + d.after),
+        *(i for i, _ in d.a_lines + d.b_lines))]
+    wa = len(str(max(s.n_a, s.n_b, 1, *shown))) + 2
     def tag(i: int | None, side: str) -> str:
         return (f"{side}:{i + 1}" if i is not None else "").ljust(wa + 1)
     for k, d in enumerate(s.divergences):

@@ -17,7 +17,15 @@ message; templates are mined from the message
 Both give a :class:`Log`: per line a time (ns, -1 when unknown), a CPU (-1 when unknown)
 and a template id; a list of :class:`Template`; the header facts; and a
 :class:`SeqSource` for the sequence view (keys with aliases, alias-blind keys, display
-text).  Malformed input -- an unreadable or binary file, a truncated ``events.bin``, a bad
+text).
+
+*Boot lines* -- the kernel's boot and shutdown messages (copyright, version, memory,
+autoconfiguration, ``boot device``, ``syncing disks``, ``rebooting``) -- describe the
+machine and the kernel configuration, not what the run did.  A run directory's
+catalogue tags them (``"tag": "boot"``, :mod:`smp.kern.autoconf`); in a text log they
+are recognised by their NetBSD wording (:data:`BOOT_TEXT`).  ``Template.boot`` says
+which templates they are, and :meth:`Log.boot_mask` / :meth:`Log.boot_lines` give the
+lines.  Malformed input -- an unreadable or binary file, a truncated ``events.bin``, a bad
 ``catalogue.json`` or ``manifest.json`` -- raises :class:`~smp.errors.BadInput` naming
 the file.
 """
@@ -54,6 +62,7 @@ class Template:
     text: str
     kind: str = "printf"  # printf | panic | hist | unknown
     fn: str = ""
+    boot: bool = False    # a boot or shutdown message (module docstring)
 
 
 @dataclass
@@ -82,6 +91,16 @@ class Log:
         """How many panic records/lines."""
         kinds = np.array([t.kind == "panic" for t in self.templates] + [False], bool)
         return int(np.count_nonzero(kinds[self.tid])) if self.n else 0
+
+    def boot_mask(self) -> np.ndarray:
+        """Per line: is it a boot line (a template with ``boot`` set)?"""
+        if not self.n:
+            return np.zeros(0, bool)
+        return np.array([t.boot for t in self.templates] + [False], bool)[self.tid]
+
+    def boot_lines(self) -> list[str]:  # pragma: no cover - abstract
+        """The boot lines' message texts, in order (no timestamp, no ``cpuN:`` column)."""
+        raise NotImplementedError
 
     def seq(self, gid: np.ndarray) -> SeqSource:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -305,7 +324,8 @@ class RunLog(Log):
         for m in cat.messages:
             lut[m.id] = len(templates)
             templates.append(Template(("exact", m.kind, m.hist, m.fn, m.fmt),
-                                      _template_text(m), m.kind, m.fn or head_fn(m.fmt)))
+                                      _template_text(m), m.kind, m.fn or head_fn(m.fmt),
+                                      m.tag == runfmt.TAG_BOOT))
             slots.append(slot_classes(m.fmt))
         msgid = records["msgid"]
         unknown = np.unique(msgid[lut[msgid] < 0]) if len(records) else []
@@ -331,6 +351,11 @@ class RunLog(Log):
         """
         return render_records(self.records if idx is None else self.records[idx], self.cat,
                               style)
+
+    def boot_lines(self) -> list[str]:
+        cat = self.cat
+        return [cat.render_message(int(r["msgid"]), r["args"].tolist())
+                for r in self.records[self.boot_mask()]]
 
     def as_text(self) -> TextLog:
         """The same run as a text log (console lines, UVMHIST lines for hist records), for
@@ -611,6 +636,28 @@ def _parse_smp(text: str, n: int) -> tuple:
     return t, cpu, bodies, rests
 
 
+# The boot and shutdown messages of a NetBSD console, as mined templates read (numbers are
+# <NUM>, paths <PATH>): what smp.kern.autoconf prints, and what a real i386 dmesg of the
+# time shows besides (autoconfiguration's "dev0 at parent0", the CPU identification).
+_BOOT_STARTS = (
+    r"Copyright \(c\) ", r"\s+The NetBSD Foundation, ", r"\s+The Regents of the University",
+    r"NetBSD <NUM>\S* \(", r"\s+\S+@\S+:<PATH>$",
+    r"(?:total|avail|real) mem(?:ory)? = ", r"using <NUM> buffers containing ",
+    r"mainbus<NUM> \(root\)", r"[a-z]+<NUM>[a-z]? at [a-z]+<NUM>",
+    r"cpu<NUM>: .*\(<NUM>-class\)", r"cpu<NUM>: .*, id <HEX>$", r"cpu<NUM>: apic clock ",
+    r"cpu<NUM>: (?:starting|CPU <NUM> running)$", r"ioapic<NUM>: ", r"BIOS<NUM> rev\. ",
+    r"[a-z]+<NUM>: .* bytes/sect ",
+    r"swap: ", r"boot device: ", r"root on ", r"root file system type: ",
+    r"syncing disks", r"rebooting", r"dumping to ",
+)
+BOOT_TEXT = re.compile("^(?:" + "|".join(_BOOT_STARTS) + ")")
+
+
+def boot_text(template: str) -> bool:
+    """Is a mined template (a text log's) a boot or shutdown message?"""
+    return BOOT_TEXT.match(template) is not None
+
+
 class TextLog(Log):
     """A text log with mined templates."""
 
@@ -618,6 +665,7 @@ class TextLog(Log):
         t, cpu, bodies, rests = cols
         self.text_lines = lines
         self.rests = rests
+        self.bodies = bodies
         mined: dict[str, int] = {}
         tid, self.mined = trace_mask.mine(bodies, mined)
         texts = sorted(mined, key=mined.get)
@@ -627,7 +675,7 @@ class TextLog(Log):
             if text.startswith(HIST_MARK):
                 kind, text = "hist", text[len(HIST_MARK):]
             templates.append(Template(("mined", kind, text), text or "(empty line)", kind,
-                                      head_fn(text)))
+                                      head_fn(text), kind == "printf" and boot_text(text)))
         super().__init__(source=source, exact=False, format=fmt, time_ns=t, cpu=cpu,
                          tid=tid.astype(np.int32), templates=templates)
         stamped = t[t >= 0]
@@ -643,6 +691,10 @@ class TextLog(Log):
             return list(self.text_lines)
         tl = self.text_lines
         return [tl[i] for i in idx.tolist()]
+
+    def boot_lines(self) -> list[str]:
+        b = self.bodies
+        return [b[i] for i in np.flatnonzero(self.boot_mask()).tolist()]
 
     def seq(self, gid: np.ndarray) -> SeqSource:
         return _TextSeq(self)

@@ -188,7 +188,8 @@ class ProgramLoad(LoadHooks):
             p["pc"] = pc
             reg[0] = 0
             if ci.lockstep is not None:
-                ci.lockstep.progress()
+                if ci.lockstep.progress():
+                    break                       # past the time limit: back to dispatch
                 ci.lockstep.point()             # an operation boundary
         p["pc"] = pc
         return RUNNABLE
@@ -220,8 +221,8 @@ class ProgramLoad(LoadHooks):
             reg[0] = i                           # a sleep restarts at this reference
             memref(tid, va0 + page * NBPG, bool(write))
             i += 1
-            if ls is not None:
-                ls.progress()
+            if ls is not None and ls.progress():
+                budget = 0                       # past the time limit: end the slice
             budget -= 1
             if budget <= 0 and i < total:
                 reg[0] = i

@@ -108,7 +108,8 @@ class SyntheticLoad(LoadHooks):
             if self.compute_ns:
                 if ci.lockstep is not None:
                     ci.lockstep.point(self.compute_ns)
-                    ci.lockstep.progress()
+                    if ci.lockstep.progress():
+                        break                          # past the time limit
                 else:
                     t = time.perf_counter_ns() + self.compute_ns
                     while time.perf_counter_ns() < t:
