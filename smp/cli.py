@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="The January 2001 experiment: run a matrix of load "
                        "scripts, kernel configurations and seeds, and print one table.")
     e.add_argument("scripts", nargs="*", help="load scripts (default: heavy-mp ptp-hog "
-                   "kmem-storm fork-churn)")
+                   "wired-ptp net-storm raw-dd kmem-storm)")
     e.add_argument("-c", "--config", action="append", default=[], metavar="KEY=V[,KEY=V]",
                    help="a kernel configuration cell, e.g. 'steal=none biglock=off' "
                    "(repeatable; default: steal {ptp,pv|none} x biglock {on|off})")

@@ -53,7 +53,9 @@ from smp.rundir.format import EXPERIMENT_SCHEMA
 from smp.rundir.reader import dig, finished_run
 from smp.tools.sweep import Finished, Task, default_jobs, make_pool  # noqa: F401 - cli
 
-DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "kmem-storm", "fork-churn"]
+# Sommerfeld's load, then the adversaries (each names the path it drives), then Cranor's
+# kernel callers
+DEFAULT_SCRIPTS = ["heavy-mp", "ptp-hog", "wired-ptp", "net-storm", "raw-dd", "kmem-storm"]
 DEFAULT_CONFIGS = [
     ("steal=ptp,pv biglock=on", ["steal=ptp,pv", "biglock=on"]),
     ("steal=ptp,pv biglock=off", ["steal=ptp,pv", "biglock=off"]),
