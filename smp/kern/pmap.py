@@ -1301,14 +1301,17 @@ def pmap_page_remove(pg: int) -> None:
     lock.spinlockmgr_release_exclusive(pmap_main_lock)
 
 
-def pmap_clear_reference(pg: int) -> bool:
-    """Clear PG_U in the attrs and every mapping of ``pg``; returns whether it was set."""
-    was = bool(shared.pvh_attrs[pg] & PG_U)
-    if shared.pvh_list[pg] < 0 and not was:
-        return False
+def pmap_change_attrs(pg: int, bit: int) -> bool:
+    """pmap_change_attrs(pg, 0, ~bit) of 1.91: clear ``bit`` (PG_U or PG_M) in the page's
+    attrs and in every mapping of it, shooting down the TLBs that may cache it; returns
+    whether it was set anywhere."""
+    was = bool(shared.pvh_attrs[pg] & bit)
+    if shared.pvh_list[pg] < 0:
+        shared.pvh_attrs[pg] &= ~bit
+        return was
     lock.spinlockmgr_exclusive(pmap_main_lock)
     lock.simple_lock(pvh_lock + pg)
-    shared.pvh_attrs[pg] &= ~PG_U
+    shared.pvh_attrs[pg] &= ~bit
     mask = 0
     pve = shared.pvh_list[pg]
     while pve >= 0:
@@ -1317,9 +1320,9 @@ def pmap_clear_reference(pg: int) -> bool:
         idx = _pte_index(pm, va, ptp)
         while True:
             opte = shared.physmem[idx]
-            if not opte & PG_U or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_U):
+            if not opte & bit or _core.cas32(_phys_off + 4 * idx, opte, opte & ~bit):
                 break
-        if opte & PG_U:
+        if opte & bit:
             was = True
             mask |= pmap_tlb_shootdown(pm, va, opte)
         pmap_unmap_ptes(pm, other)
@@ -1330,12 +1333,14 @@ def pmap_clear_reference(pg: int) -> bool:
     return was
 
 
+def pmap_clear_reference(pg: int) -> bool:
+    """Clear PG_U in the attrs and every mapping of ``pg``; returns whether it was set."""
+    return pmap_change_attrs(pg, PG_U)
+
+
 def pmap_clear_modify(pg: int) -> bool:
     """Clear PG_M in the attrs and every mapping of ``pg``; returns whether it was set."""
-    was = bool(shared.pvh_attrs[pg] & PG_M)
-    if shared.pvh_list[pg] < 0:
-        shared.pvh_attrs[pg] &= ~PG_M
-        return was
+    return pmap_change_attrs(pg, PG_M)
     lock.spinlockmgr_exclusive(pmap_main_lock)
     lock.simple_lock(pvh_lock + pg)
     shared.pvh_attrs[pg] &= ~PG_M
