@@ -25,7 +25,8 @@ Targets (issue 12, stated for a quiet host; here ratios to the empty-loop anchor
 benchlib.REFERENCE_NS, 30 ns): the default run <= 30 s and never at its time limit, the
 experiment at 6.25 s a run (issue 12: 48 runs in <= 5 minutes; the 24 runs of one seed:
 150 s) with none at its limit, 50 ptp-hog seeds explored in <= 10 minutes (12 s of wall
-per seed; the default load's seeds are bigger, so the row shows how far that is).  The quick variant's rows carry no targets.
+per seed; the default load's seeds are bigger, so the row shows how far that is).  The
+quick variant's rows carry no targets.
 """
 
 from __future__ import annotations
