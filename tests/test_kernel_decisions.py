@@ -692,6 +692,33 @@ def test_the_pagedaemon_starts_clustered_writes_and_does_not_wait_for_them(when)
         assert int(b.ux[U.SWPGONLY]) == 20 and b.check() == []
 
 
+def test_a_pageout_started_during_another_cpus_poll_stays_due(monkeypatch):
+    """intr.poll scans the sources and the writes in flight, then publishes the earliest
+    due time.  A write started by another CPU after the scan (uvm_pager's set_due) must
+    stay due: a plain store of the scan's result once made it never complete, and the
+    processes waiting for its pages slept until the run's time limit."""
+    from smp.kern import uvm_pager
+
+    with booted() as b:
+        g = b.a["intr_glob"]
+        assert int(g[intr.IG_NEXT_DUE]) == intr.NEVER         # nothing due, no sources
+        g[intr.IG_NEXT_DUE] = 0                                  # something is due now
+        later = b.ci.core.now() + 10**9
+        real = uvm_pager.poll_aio
+
+        def scan_then_another_cpu_starts_a_write(now):
+            r = real(now)                                        # (nothing in flight)
+            intr.set_due(later)                                  # the other CPU's write
+            return r
+
+        monkeypatch.setattr(uvm_pager, "poll_aio", scan_then_another_cpu_starts_a_write)
+        intr.poll()
+        assert int(g[intr.IG_NEXT_DUE]) == later
+        monkeypatch.setattr(uvm_pager, "poll_aio", real)
+        intr.poll()                                              # nobody interferes:
+        assert int(g[intr.IG_NEXT_DUE]) == intr.NEVER            # the scan's result
+
+
 def test_a_fault_on_a_page_being_paged_out_waits_for_the_write():
     """uvmfault_anonget: a busy page (PG_BUSY) is PG_WANTED and slept on ("anonget2");
     the write's completion wakes the process, which refaults."""

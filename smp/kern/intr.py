@@ -157,6 +157,13 @@ def due() -> bool:
 def poll() -> None:
     """Post every interrupt that is due to its CPU (any CPU may do it for any other)."""
     now = _ci.core.now()
+    off = _glob_off + 8 * IG_NEXT_DUE
+    # take the due time down to NEVER before the scan: a due time another CPU sets from
+    # now on (set_due: a pageout started after our scan) is then below it, and kept
+    while True:
+        cur = _ci.core.load64(off)
+        if _ci.core.cas64(off, cur, NEVER):
+            break
     isrc = shared.np["isrc"]
     nxt = NEVER
     for s in range(nsrc):
@@ -175,7 +182,13 @@ def poll() -> None:
     # (uvm_pager) the pageout I/Os in flight: each completes on its own CPU
     from smp.kern import uvm_pager  # uvm_pager imports this module for its clock
     nxt = min(nxt, uvm_pager.poll_aio(now))
-    shared.intr_glob[IG_NEXT_DUE] = nxt
+    # publish it without losing what another CPU set meanwhile: a plain store here once
+    # left a pageout's completion never due, and the processes waiting for its pages
+    # asleep until the run's time limit
+    while True:
+        cur = _ci.core.load64(off)
+        if _ci.core.cas64(off, cur, min(cur, nxt)):
+            return
 
 
 def set_due(t: int) -> None:

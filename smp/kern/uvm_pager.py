@@ -117,7 +117,6 @@ def uvm_pager_put(pages: list[int]) -> bool:
     lock.simple_lock(aiodoned_lock)
     states = shared.np["aio_state"]
     a = int(np.argmin(states))                 # a free record (there is one per VA slot)
-    shared.aio_state[a] = A_INFLIGHT
     shared.aio_n[a] = len(pages)
     row = shared.np["aio_pages"][a]
     row[:] = -1
@@ -126,6 +125,9 @@ def uvm_pager_put(pages: list[int]) -> bool:
     due = _ci.core.now() + _latency
     shared.aio_due[a] = due
     shared.aio_cpu[a] = (_ci.cpu + 1) % _ci.ncpu     # "on another CPU's interrupt"
+    # in flight last: any CPU's intr.poll reads the record without our lock, and must not
+    # see the state before the due time (a stale one would complete the write at once)
+    shared.aio_state[a] = A_INFLIGHT
     shared.uvmexp[U.PAGING] += len(pages)
     lock.simple_unlock(aiodoned_lock)
     intr.set_due(due)
