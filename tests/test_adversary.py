@@ -59,7 +59,7 @@ def test_every_adversary_load_says_which_path_it_drives_citing_netbsd():
 
 # -- the short versions: a 16 MiB machine -------------------------------------------------
 
-SHORT = ["-o", "physmem=16M", "--time-limit", "40s", "--seed", "0"]
+SHORT = ["-o", "physmem=16M", "--time-limit", "12s", "--seed", "0"]
 
 
 def test_ptp_hog_steals_ptps_from_user_read_faults_short(tmp_path):
