@@ -1341,28 +1341,6 @@ def pmap_clear_reference(pg: int) -> bool:
 def pmap_clear_modify(pg: int) -> bool:
     """Clear PG_M in the attrs and every mapping of ``pg``; returns whether it was set."""
     return pmap_change_attrs(pg, PG_M)
-    lock.spinlockmgr_exclusive(pmap_main_lock)
-    lock.simple_lock(pvh_lock + pg)
-    shared.pvh_attrs[pg] &= ~PG_M
-    mask = 0
-    pve = shared.pvh_list[pg]
-    while pve >= 0:
-        pm, va, ptp = shared.pv_pmap[pve], shared.pv_va[pve], shared.pv_ptp[pve]
-        other = pmap_map_ptes(pm)
-        idx = _pte_index(pm, va, ptp)
-        while True:
-            opte = shared.physmem[idx]
-            if not opte & PG_M or _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_M):
-                break
-        if opte & PG_M:
-            was = True
-            mask |= pmap_tlb_shootdown(pm, va, opte)
-        pmap_unmap_ptes(pm, other)
-        pve = shared.pv_next[pve]
-    lock.simple_unlock(pvh_lock + pg)
-    pmap_tlb_shootnow(mask)
-    lock.spinlockmgr_release_exclusive(pmap_main_lock)
-    return was
 
 
 def pmap_is_modified(pg: int) -> bool:
