@@ -243,13 +243,7 @@ def _claim_core(run_name: str, allowed: list[int]) -> int:
     with open(_registry_path(), "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        claims = []
-        for line in f.read().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                name, core, pid = parts[0], int(parts[1]), int(parts[2])
-                if os.path.exists(os.path.join("/dev/shm", name)):
-                    claims.append((name, core, pid))
+        claims = _live_claims(f.read())
         runs = dict.fromkeys(allowed, 0)
         for _, core, _ in claims:
             if core in runs:
@@ -258,10 +252,26 @@ def _claim_core(run_name: str, allowed: list[int]) -> int:
         best = min(allowed, key=lambda c: (runs[c], pinned[c], running[c], c))
         if run_name:
             claims.append((run_name, best, mine))
-        f.seek(0)
-        f.truncate()
-        f.write("".join(f"{n} {c} {p}\n" for n, c, p in claims))
+        _write_claims(f, claims)
     return best
+
+
+def _live_claims(text: str, but: str = "") -> list[tuple[str, int, int]]:
+    """The registry's claims (run, core, pid) whose runs' segments still exist, but
+    ``but``'s."""
+    claims = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and \
+                parts[0] != but and os.path.exists(os.path.join("/dev/shm", parts[0])):
+            claims.append((parts[0], int(parts[1]), int(parts[2])))
+    return claims
+
+
+def _write_claims(f, claims: list[tuple[str, int, int]]) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write("".join(f"{n} {c} {p}\n" for n, c, p in claims))
 
 
 def release_host_core(run_name: str) -> None:
@@ -273,15 +283,11 @@ def release_host_core(run_name: str) -> None:
     path = _registry_path()
     with contextlib.suppress(OSError), open(path, "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        keep = [line for line in f.read().splitlines()
-                if len(parts := line.split()) == 3 and parts[0] != run_name
-                and os.path.exists(os.path.join("/dev/shm", parts[0]))]
+        keep = _live_claims(f.read(), but=run_name)
         if not keep:
             os.unlink(path)                  # under the lock: a later run starts afresh
             return
-        f.seek(0)
-        f.truncate()
-        f.write("".join(line + "\n" for line in keep))
+        _write_claims(f, keep)
 
 
 def _host_cores(allowed: list[int], ours: set[int]) -> tuple[dict[int, int], dict[int, int]]:
