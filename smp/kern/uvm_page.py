@@ -33,7 +33,10 @@ the ones it allocates itself (``pmap_zero_page``); zeroing any other page
 
 Paging queues (active, inactive) are guarded by the page-queue lock
 ``pageq``; ``uvm_pageactivate``/``uvm_pagedeactivate``/``uvm_pagewire``
-move pages between them as in NetBSD.
+move pages between them as in NetBSD.  The pagedaemon moves pages holding
+only ``pageq``, not their owners' locks, so ``uvm_pagefree`` of an anon or
+object page is called with ``pageq`` held (NetBSD 1.5: "caller must lock
+page queues"; uvm_anfree takes them "to lock out pagedaemon").
 """
 
 from __future__ import annotations
