@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,28 @@ def smp(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProc
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def smp_background(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    """``python -m smp ARGS`` in the background, for tests that interrupt it: Ctrl-C
+    reaches it whatever this test process inherited.
+
+    A shell without job control (a CI script's ``pytest ... &``) starts a background job
+    with SIGINT ignored, the job's children inherit that through exec, and ``smp run``
+    keeps an ignored SIGINT ignored, as a background job should (``Machine.run``) -- so
+    a Ctrl-C test run by such a job saw its run ignore the signal.  A handler of our own
+    while the child is made is reset to the default by its exec."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "smp", *args], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **kw)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(autouse=True)

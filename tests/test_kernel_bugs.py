@@ -226,6 +226,56 @@ def test_pageout_without_kernel_va_does_not_sleep_holding_the_page_queues():
         assert b.cnt("pgswapout") > 0 and b.check() == []
 
 
+def test_an_anon_freed_while_the_pagedaemon_deactivates_its_page_waits_for_the_page_queues(
+        monkeypatch):
+    """The rare "freeing free page" panic (uvm_unmap -> uvm_anfree -> uvm_pagefree) of
+    test_fork_and_copy_on_write_under_pressure_biglock_off: uvm_pagefree read the page's
+    queue without the page queues locked.  Caught between the pagedaemon's
+    _dequeue_paging and its insert on the inactive queue (pg_pq PQ_NONE, no lock
+    operation in between, so lockstep never interleaves there), a munmap on another CPU
+    put the page on the free list while it went on the inactive queue too -- both lists
+    corrupt, the page later handed out twice.  NetBSD 1.5's uvm_anfree locks the page
+    queues around uvm_pagefree ("lock out pagedaemon"), as uvm_pagefree requires."""
+    with booted() as b:
+        va = b.mmap(0, 1)
+        assert b.fault(0, va) == 0
+        pg = b.extract(0, va)
+        an = int(b.a["pg_anon"][pg])
+        assert b.a["pg_pq"][pg] == uvm_page.PQ_ACTIVE
+        real_insert, real_lock = uvm_page._q_insert_tail, lock.simple_lock
+        blocked = []
+
+        def other_cpu_lock(lk):
+            if lock.lock_held(lk):                       # held by the pagedaemon, not us
+                raise WouldBlock(lk)
+            real_lock(lk)
+
+        def insert_tail(q, p):
+            if q == uvm_page.Q_INACTIVE and p == pg and not blocked:
+                # off the active queue, not yet on the inactive one; meanwhile on "cpu1":
+                # process 0's munmap, its anon's last reference
+                monkeypatch.setattr(lock, "simple_lock", other_cpu_lock)
+                try:
+                    uvm_map.uvm_unmap(b.tid(0), va)
+                    blocked.append(None)
+                except WouldBlock as e:
+                    blocked.append(e.args[0])
+                    lock.simple_unlock(uvm_anon.an_lock + an)   # (cpu1 would keep spinning)
+                finally:
+                    monkeypatch.setattr(lock, "simple_lock", real_lock)
+            real_insert(q, p)
+
+        monkeypatch.setattr(uvm_page, "_q_insert_tail", insert_tail)
+        with b.as_pagedaemon():                          # uvmpd_scan refills the inactive queue
+            lock.simple_lock(uvm_page.pageq_lock)
+            uvm_page.uvm_pagedeactivate(pg)
+            lock.simple_unlock(uvm_page.pageq_lock)
+        assert blocked == [uvm_page.pageq_lock], "uvm_pagefree did not wait for the queues"
+        b.forget_lock_order()          # cpu1's munmap ran on cpu0's held stack (see above)
+        uvm_anon.uvm_anfree(an)                          # cpu1 goes on: the page is freed
+        assert b.a["pg_pq"][pg] == uvm_page.PQ_FREE and b.check() == []
+
+
 def test_a_childs_munmap_does_not_unwire_its_parents_mlocked_page():
     """Found by these tests (fixed in 5824a3a): uvm_unmap unwired every wired page of the
     range, also a COW-shared page the parent had mlocked, which then became pageable

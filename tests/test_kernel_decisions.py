@@ -67,7 +67,9 @@ def try_alloc(owner: int, flags: int) -> bool:
     pg = uvm_pagealloc(owner, -1 if owner == OWN_ANON else 0, 0, -1, flags)
     if pg < 0:
         return False
+    lock.simple_lock(uvm_page.pageq_lock)          # (uvm_pagefree's caller holds them)
     uvm_pagefree(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
     return True
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO, cpu_workers, gone, segments_of, smp, wait_for
+from conftest import REPO, cpu_workers, gone, segments_of, smp, smp_background, wait_for
 
 from smp.errors import Exit
 from smp.machine.segment import leaked_segments
@@ -369,9 +369,8 @@ def test_a_dead_cpu_has_its_own_exit_status_and_the_message_says_it_once(tmp_pat
 def test_interrupted_status_says_why_once(tmp_path):
     script = tmp_path / "s.toml"
     script.write_text(SLOW)
-    p = subprocess.Popen([sys.executable, "-m", "smp", "run", str(script), "--out",
-                          str(tmp_path / "r"), "-q"], cwd=tmp_path, env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = smp_background("run", str(script), "--out", str(tmp_path / "r"), "-q",
+                       cwd=tmp_path)                     # (Ctrl-C reaches it: conftest)
     try:
         wait_for(lambda: (tmp_path / "r" / "console.log").exists(), what="boot")
         p.send_signal(signal.SIGINT)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cpu_workers, smp
+from conftest import cpu_workers, smp, smp_background
 
 from smp.errors import Exit
 from smp.rundir import format as fmt
@@ -88,11 +88,8 @@ def test_lockstat_counts_every_acquisition(tmp_path):
 
 
 def start_run(script_path: Path, out: Path, cwd: Path) -> subprocess.Popen:
-    """`smp run` in the background, for tests that interrupt it."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "smp", "run", str(script_path), "--out",
-                             str(out), "-q"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """`smp run` in the background, for tests that interrupt it (Ctrl-C reaches it)."""
+    return smp_background("run", str(script_path), "--out", str(out), "-q", cwd=cwd)
 
 
 def wait_console(out: Path, needle: str, n: int, timeout: float = 60) -> None:
@@ -151,6 +148,55 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path):
     assert "Traceback" not in stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert (out / "console.log").read_text().count("started on cpu") == 4
+
+
+@pytest.fixture
+def sigint_ignored():
+    """This test process ignores SIGINT, as a background job of a shell without job
+    control does (how the Ctrl-C tests once failed in a CI rehearsal)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_reaches_a_run_started_by_a_background_job(tmp_path, sigint_ignored):
+    """The Ctrl-C tests do not depend on how the test session was started."""
+    p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
+    out = tmp_path / "run"
+    proc = start_run(p, out, tmp_path)
+    try:
+        wait_console(out, "started on cpu", 4)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_run_that_inherits_an_ignored_sigint_keeps_ignoring_it(tmp_path, sigint_ignored):
+    """What those tests ran into, on purpose: a background job's run is deaf to the
+    terminal's Ctrl-C (Machine.run keeps SIG_IGN) and stops on SIGTERM."""
+    p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "smp", "run", str(p), "--out", str(out),
+                             "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_console(out, "started on cpu", 4)
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.5)                               # ignored
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["status"], s["message"]) == ("interrupted", "SIGTERM")
 
 
 def test_a_simulated_panic_stops_every_cpu_and_names_the_held_locks(tmp_path):

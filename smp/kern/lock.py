@@ -34,7 +34,8 @@ Written once, here, outermost first, as uvm_fault.c's header states the fault's
       kmem_object, mb_object, ubc   object, which ubc_alloc holds to unmap a window)
     anon                            ANON
     pageq                           PAGE QUEUES (NetBSD's pagedaemon calls the pmap
-                                    with them held; ours drops them first)
+                                    with them held; ours drops them first); held
+                                    around uvm_pagefree of an anon or object page
     pmap_main_lock                  the pmap: shared map-to-head, exclusive head-to-map
     pmap                            the pmap, and the current one, lower id first
     pmaps_lock                      pmap_steal_ptp's search (its victims: try-locks)

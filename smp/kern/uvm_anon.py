@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smp.kern import lock, pmap
+from smp.kern import lock, pmap, uvm_page
 from smp.kern import uvm as U
 from smp.kern.param import PG_BUSY, PG_RELEASED
 from smp.kern.uvm import shared
@@ -109,8 +109,10 @@ def uvm_anfree(an: int) -> None:
         return
     if pg >= 0:
         pmap.pmap_page_remove(pg)
+        lock.simple_lock(uvm_page.pageq_lock)       # lock out the pagedaemon
         shared.an_page[an] = -1
         uvm_pagefree(pg)
+        lock.simple_unlock(uvm_page.pageq_lock)
     elif shared.an_swslot[an]:
         _swpgonly(-1)
     if shared.an_swslot[an]:

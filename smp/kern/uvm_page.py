@@ -33,7 +33,10 @@ the ones it allocates itself (``pmap_zero_page``); zeroing any other page
 
 Paging queues (active, inactive) are guarded by the page-queue lock
 ``pageq``; ``uvm_pageactivate``/``uvm_pagedeactivate``/``uvm_pagewire``
-move pages between them as in NetBSD.
+move pages between them as in NetBSD.  The pagedaemon moves pages holding
+only ``pageq``, not their owners' locks, so ``uvm_pagefree`` of an anon or
+object page is called with ``pageq`` held (NetBSD 1.5: "caller must lock
+page queues"; uvm_anfree takes them "to lock out pagedaemon").
 """
 
 from __future__ import annotations
@@ -197,19 +200,28 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
 
 
 def uvm_pagefree(pg: int) -> None:
-    """Return a page to the free list (=> caller holds its object/anon lock)."""
+    """Return a page to the free list.
+
+    => caller holds its object/anon lock and, for a pageable page (an anon's or a file
+       object's), the page queues, as NetBSD 1.5's uvm_pagefree requires ("caller must
+       lock page queues"; uvm_anfree takes them "to lock out pagedaemon"): the page's
+       queue is read under them.  Read without them, it could be caught in the middle of
+       the pagedaemon's uvm_pagedeactivate (off the active queue, pg_pq PQ_NONE, not yet
+       on the inactive one), and the page went on the free list while it went on the
+       inactive queue too.  Other pages (page tables, pv pages, kernel memory) are never
+       on a paging queue.
+    """
     pq = shared.pg_pq[pg]
     if pq == PQ_FREE:
         subr_prf.panic(P_DOUBLE_FREE, pg << 12)
     ux = shared.uvmexp
     owner = shared.pg_owner[pg]
-    wired_data = shared.pg_wire[pg] and owner in (OWN_ANON, OWN_UOBJ)
-    if pq in (PQ_ACTIVE, PQ_INACTIVE) or wired_data:
-        lock.simple_lock(pageq_lock)
+    if owner in (OWN_ANON, OWN_UOBJ):
+        if lock.DIAGNOSTIC:
+            lock.KASSERT_LOCKED(pageq_lock)
         _dequeue_paging(pg)
-        if wired_data:
+        if shared.pg_wire[pg]:
             ux[U.WIRED] -= 1
-        lock.simple_unlock(pageq_lock)
     shared.pg_owner[pg] = OWN_FREE
     shared.pg_obj[pg] = -1
     shared.pg_anon[pg] = -1

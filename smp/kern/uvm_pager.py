@@ -36,7 +36,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from smp.kern import intr, kern_synch, lock, pmap, subr_prf, uvm_anon, uvm_km, uvm_vnode
+from smp.kern import (
+    intr,
+    kern_synch,
+    lock,
+    pmap,
+    subr_prf,
+    uvm_anon,
+    uvm_km,
+    uvm_page,
+    uvm_vnode,
+)
 from smp.kern import uvm as U
 from smp.kern.param import (
     KERNEL_PMAP,
@@ -281,7 +291,9 @@ def _page_done(pg: int) -> int:
     else:
         shared.file_page[shared.file_base[obj] + shared.pg_off[pg]] = -1
     shared.pvh_attrs[pg] = 0
+    lock.simple_lock(uvm_page.pageq_lock)
     uvm_pagefree(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
     lock.simple_unlock(lk)
     return 1
 

@@ -231,7 +231,7 @@ def _pageout_anon(pg: int, may_react: bool, cluster: list[int]) -> str:
             shared.pvh_attrs[pg] = 0
             shared.an_page[an] = -1
             swpgonly_add(1)
-            uvm_pagefree(pg)
+            _pagefree(pg)
             _cnt(counter.pdfreed)
             return "freed"
         slot = shared.an_swslot[an] - 1
@@ -249,6 +249,14 @@ def _pageout_anon(pg: int, may_react: bool, cluster: list[int]) -> str:
     finally:
         lock.simple_unlock(uvm_anon.an_lock + an)
         lock.simple_lock(uvm_page.pageq_lock)
+
+
+def _pagefree(pg: int) -> None:
+    """uvm_pagefree of a page we took from the inactive queue (=> its owner locked): with
+    the page queues, which NetBSD's scan holds throughout and ours dropped for the pmap."""
+    lock.simple_lock(uvm_page.pageq_lock)
+    uvm_pagefree(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
 
 
 def _put_swap_cluster(cluster: list[int]) -> str:
@@ -296,7 +304,7 @@ def _pageout_file(pg: int) -> str:
         if shared.pg_flags[pg] & PG_CLEAN and not pmap.pmap_is_modified(pg):
             shared.file_page[shared.file_base[obj] + shared.pg_off[pg]] = -1
             shared.pvh_attrs[pg] = 0
-            uvm_pagefree(pg)
+            _pagefree(pg)
             _cnt(counter.pdfreed)
             return "freed"
         pages = _mk_pcluster(obj, pg)
