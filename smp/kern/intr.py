@@ -22,7 +22,8 @@ device interrupts -- if the CPU's priority allows.  A CPU that holds a lock (oth
 the big lock) stands for one at raised spl: NetBSD raises the spl before it takes a
 lock an interrupt handler might take (splvm for kmem_map, splimp for mbufs, splbio),
 so an interrupt waits; so does one that arrives while the CPU is already serving one.
-What waits keeps its pending count and bit, and is served at a later delivery point.
+What waits keeps its pending count and is served at a later delivery point where the
+priority allows (the CPU's ``_ipending``, as i386's ipending is served at spllower).
 
 The network handler (ether input: MGETHDR, then MCLGET for a packet larger than an
 mbuf's MHLEN) takes an mbuf from the mbuf pool and clusters from the cluster pool.  An
@@ -70,6 +71,11 @@ MSG_POOLFULL = subr_prf.Message("", "pool %s: no room for another page", late=Tr
 _ci = None
 _on = False                      # any source declared (a one-attribute test at each point)
 _biglock = False
+# i386's ipending: device interrupts this CPU's priority held back, served where it may
+# take them (at_point), not by re-posting the IPI -- a CPU spinning for a lock the handler
+# takes cannot take them until its spin ends, and a re-posted IPI made every spin turn
+# call the handler again (three quarters of a net-storm run's host time, biglock on)
+_ipending = False
 S_MBPL = subr_prf.String("mbpl", late=True)            # the pools' names, for messages
 S_MCLPL = subr_prf.String("mclpl", late=True)
 pool_lock = -1                   # pool_lock + pool: the pool's pr_slock (declare)
@@ -127,8 +133,9 @@ _masks = None                    # by lock id: held, it masks interrupts
 
 
 def attach(ci, kernel) -> None:
-    global _ci, _on, _biglock, _masks, _isrc_off, _pend_off, _glob_off
+    global _ci, _on, _biglock, _masks, _isrc_off, _pend_off, _glob_off, _ipending
     _ci = ci
+    _ipending = False
     _on = nsrc > 0
     _biglock = kernel.config.biglock and kernel.config.intr_biglock
     space = kernel.lockspace
@@ -150,8 +157,9 @@ def _cnt(idx: int, n: int = 1) -> None:
 # --- arrival: the interrupt controller ---------------------------------------------------
 
 def due() -> bool:
-    """Is something due?  One shared read and the clock (=> a delivery point)."""
-    return _ci.core.now() >= shared.intr_glob[IG_NEXT_DUE]
+    """Is something due, or held back?  One shared read and the clock (=> a delivery
+    point)."""
+    return _ipending or _ci.core.now() >= shared.intr_glob[IG_NEXT_DUE]
 
 
 def poll() -> None:
@@ -208,13 +216,13 @@ _isrc_off = _pend_off = _glob_off = 0
 def i386_ipi_handler() -> None:
     """This CPU's IPI and interrupt word: the TLB shootdown, then the device interrupts its
     priority allows (see the module docstring); what must wait is posted again."""
+    global _ipending
     bits = _ci.take_ipis()
     # (pmap's handler acknowledges this CPU's queued invalidations whatever the bits)
     from smp.kern import pmap  # pmap imports this module for the handler it installs
     pmap.pmap_do_tlb_shootdown()
-    if bits & I386_IPI_DEVINTR:
-        if not intr_service():
-            _ci.send_ipi(_ci.cpu, I386_IPI_DEVINTR)
+    if bits & I386_IPI_DEVINTR or _ipending:
+        _ipending = not intr_service()
 
 
 def spl_allows() -> bool:
@@ -275,10 +283,13 @@ def intr_service() -> bool:
 
 def at_point() -> None:
     """A delivery point of the CPU itself (memref, an operation, the dispatch loop)."""
-    if due():
+    global _ipending
+    if _ci.core.now() >= shared.intr_glob[IG_NEXT_DUE]:
         poll()
     if _ci.ipi_pending():
         i386_ipi_handler()
+    elif _ipending:
+        _ipending = not intr_service()      # (spllower: what was held back, if it may now)
 
 
 # --- the network stack: packets, mbufs, clusters -----------------------------------------------

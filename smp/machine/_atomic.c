@@ -42,6 +42,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+/* The caller's code object without materialising a frame object (caller_site) */
+#define Py_BUILD_CORE 1
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+#define SMP_FAST_CODE 1
+#endif
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -172,6 +179,8 @@ struct seg_hdr {              /* the segment's first 4096 bytes */
     uint64_t vclock;          /* virtual clock (lockstep mode) */
     uint32_t stop;            /* non-zero: CPUs leave their dispatch loops (normal end) */
     uint32_t pad;
+    uint64_t tsc_boot;        /* the time-stamp counter at boot ... */
+    uint64_t tsc_mult;        /* ... and ns per tick in 32.32 fixed point; 0: no usable TSC */
 };
 
 struct order_finding {        /* 32 bytes: one lock-order violation, counted */
@@ -274,6 +283,8 @@ typedef struct {
     uint32_t *site_vals;
     uint32_t site_cap;
     uint32_t site_used;
+    uint64_t last_site_key;       /* the last cached code object looked up ... */
+    uint32_t last_site;           /* ... and its site: lock() and unlock() of one function */
     uint32_t overflow_slot;
     int ndelays;                  /* fault injection: extra hold time per class/site */
     uint64_t delay_ns[MAXCLASS];
@@ -300,6 +311,30 @@ static inline uint64_t core_now(Core *c)
 {
     if (c->lockstep)
         return __atomic_load_n(&c->hdr->vclock, __ATOMIC_RELAXED);
+    return mono_ns() - c->hdr->boot_ns;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#define HAVE_TSC 1
+#endif
+
+/* The clock of lock statistics (wait and hold times: only differences are used).
+ * clock_gettime costs ~50 ns on these hosts and a lock pair reads the clock twice,
+ * so free mode reads the time-stamp counter (~20 ns) when the host kernel trusts it
+ * (see tsc_calibrate), converted with the segment's calibration.  Trace records and
+ * Core.now() keep CLOCK_MONOTONIC; lockstep keeps the virtual clock. */
+static inline uint64_t stat_now(Core *c)
+{
+    if (c->lockstep)
+        return __atomic_load_n(&c->hdr->vclock, __ATOMIC_RELAXED);
+#ifdef HAVE_TSC
+    uint64_t mult = c->hdr->tsc_mult;
+    if (mult) {
+        uint64_t d = __rdtsc() - c->hdr->tsc_boot;
+        return (uint64_t)(((unsigned __int128)d * mult) >> 32);
+    }
+#endif
     return mono_ns() - c->hdr->boot_ns;
 }
 
@@ -366,16 +401,35 @@ out:
  * half full, further functions take the (slow, correct) registry path. */
 static uint32_t caller_site(Core *c)
 {
+#ifdef SMP_FAST_CODE
+    /* PyEval_GetFrame() would allocate a frame object for every kernel function that
+     * takes a lock (3.11 creates them lazily); the interpreter frame names the code */
+    _PyInterpreterFrame *fr = PyThreadState_GET()->cframe->current_frame;
+    if (fr == NULL)
+        return 0;
+    PyCodeObject *co = fr->f_code;     /* borrowed: the cache takes its own reference */
+    const int owned = 0;
+#else
     PyFrameObject *f = PyEval_GetFrame();
     if (f == NULL)
         return 0;
     PyCodeObject *co = PyFrame_GetCode(f);
+    const int owned = 1;
+#endif
     uint64_t key = (uint64_t)(uintptr_t)co;
+    if (key == c->last_site_key) {
+        if (owned)
+            Py_DECREF(co);
+        return c->last_site;
+    }
     uint32_t mask = c->site_cap - 1;
     uint32_t i = (uint32_t)mix64(key) & mask;
     for (;;) {
         if (c->site_keys[i] == key) {
-            Py_DECREF(co);
+            if (owned)
+                Py_DECREF(co);
+            c->last_site_key = key;
+            c->last_site = c->site_vals[i];
             return c->site_vals[i];
         }
         if (c->site_keys[i] == 0)
@@ -389,10 +443,12 @@ static uint32_t caller_site(Core *c)
     }
     uint32_t id = site_register(c, key, name);
     if (c->site_used < c->site_cap / 2) {
-        c->site_keys[i] = key;          /* the reference from PyFrame_GetCode is kept */
+        if (!owned)
+            Py_INCREF(co);              /* kept: the address is never reused while cached */
+        c->site_keys[i] = key;
         c->site_vals[i] = id;
         c->site_used++;
-    } else {
+    } else if (owned) {
         Py_DECREF(co);
     }
     return id;
@@ -934,7 +990,7 @@ static int acquired(Core *c, uint32_t id, uint32_t mode, uint32_t site, uint64_t
         int bounce = prev != 0 && prev != mine;
         s->acq++;
         s->bounces += bounce;
-        t = core_now(c);
+        t = stat_now(c);
         if (spins) {
             uint64_t w = t - t0;
             s->contended++;
@@ -994,7 +1050,7 @@ static int pop_held(Core *c, uint32_t id, uint32_t mode, struct held *out, uint6
     for (int j = i; j < (int)me->nheld - 1; j++)
         me->held[j] = me->held[j + 1];
     __atomic_store_n(&me->nheld, me->nheld - 1, __ATOMIC_RELEASE);
-    *t = (c->stats_on && out->slot != UINT32_MAX) ? core_now(c) : 0;
+    *t = (c->stats_on && out->slot != UINT32_MAX) ? stat_now(c) : 0;
     return 0;
 }
 
@@ -1145,7 +1201,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         lock_error(id, 1, "simple_lock: locking against myself (lock %u)", id);
         return NULL;
     }
-    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint64_t t0 = c->stats_on ? stat_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
     uint32_t saved_spin = c->me->spinning_on;     /* an IPI handler may spin too */
@@ -1257,7 +1313,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                    id);
         return NULL;
     }
-    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint64_t t0 = c->stats_on ? stat_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
     uint32_t saved = c->me->state;
@@ -1340,7 +1396,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
                        "(lock %u): would wait for itself", id);
             return NULL;
         }
-    uint64_t t0 = c->stats_on ? core_now(c) : 0;
+    uint64_t t0 = c->stats_on ? stat_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
     uint64_t spins = 0;
     uint32_t saved = c->me->state;
@@ -2178,8 +2234,37 @@ static PyObject *mod_monotonic_ns(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(mono_ns());
 }
 
+/* (tsc_boot, tsc_mult) for a segment's header: the counter now and ns per tick in
+ * 32.32 fixed point, measured against CLOCK_MONOTONIC over `ns` nanoseconds; (0, 0)
+ * where there is no counter or the host kernel does not keep it invariant (then lock
+ * statistics read CLOCK_MONOTONIC).  The caller decides whether the host's TSC is
+ * trusted (constant_tsc and nonstop_tsc, and the kernel's clocksource is tsc). */
+static PyObject *mod_tsc_calibrate(PyObject *m, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+#ifdef HAVE_TSC
+    if (ns <= 0)
+        ns = 1;
+    uint64_t m0 = mono_ns(), t0 = __rdtsc(), m1, t1;
+    do {
+        m1 = mono_ns();
+        t1 = __rdtsc();
+    } while (m1 - m0 < (uint64_t)ns);
+    if (t1 <= t0)
+        return Py_BuildValue("(KK)", 0ULL, 0ULL);
+    uint64_t mult = (uint64_t)((((unsigned __int128)(m1 - m0)) << 32) / (t1 - t0));
+    return Py_BuildValue("(KK)", (unsigned long long)__rdtsc(), (unsigned long long)mult);
+#else
+    return Py_BuildValue("(KK)", 0ULL, 0ULL);
+#endif
+}
+
 static PyMethodDef mod_methods[] = {
     {"monotonic_ns", mod_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC in nanoseconds"},
+    {"tsc_calibrate", mod_tsc_calibrate, METH_O,
+     "tsc_calibrate(ns) -> (tsc_boot, tsc_mult): the lock statistics' clock"},
     {NULL},
 };
 

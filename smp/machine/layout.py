@@ -26,7 +26,8 @@ MAGIC = 0x534D505F5345474D  # "SMP_SEGM"
 
 HDR_DTYPE = np.dtype(
     [("magic", "<u8"), ("boot_ns", "<u8"), ("halt", "<u4"), ("panic_cpu", "<u4"),
-     ("vclock", "<u8"), ("stop", "<u4"), ("pad", "<u4")]
+     ("vclock", "<u8"), ("stop", "<u4"), ("pad", "<u4"), ("tsc_boot", "<u8"),
+     ("tsc_mult", "<u8")]
 )
 LOCK_DTYPE = np.dtype(
     [("state", "<u4"), ("klass", "<u4"), ("flags", "<u4"), ("last_cpu", "<u4"),
