@@ -286,9 +286,9 @@ def test_a_lockstep_run_with_probabilistic_failpoints_replays_byte_identical(tmp
 
 
 def test_probabilistic_failpoints_draw_from_the_seed(tmp_path):
-    runs = [tmp_path / f"seed{s}" for s in range(3)]
+    runs = [tmp_path / f"seed{s}" for s in range(2)]       # two at a time: one round
     results = smp_all(*[["run", TOUCH, "--lockstep", "--seed", str(s), "--fail",
                          "uvm_pagealloc:p=0.2", "--out", str(d), "-q"]
                         for s, d in enumerate(runs)], cwd=tmp_path)
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    assert len({counters(d)["fltnoram"] for d in runs}) >= 2
+    assert len({counters(d)["fltnoram"] for d in runs}) == 2

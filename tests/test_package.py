@@ -34,10 +34,18 @@ def wheel_venv(tmp_path_factory) -> Path:
         pytest.skip(f"cannot build a wheel here: {r.stderr.strip()[-300:]}")
     wheel = next((d / "dist").glob("smp-*.whl"))
     venv = d / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, timeout=300)
+    # without a pip of its own (ensurepip takes ~7 s): this pip installs into it
+    # (--python, pip >= 22.3); an older pip gets the venv's own
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                        "install", "--no-deps", "-q", str(wheel)], capture_output=True,
+                       text=True, timeout=300)
+    if r.returncode != 0:
+        subprocess.run([str(venv / "bin" / "python"), "-m", "ensurepip", "-q"], check=True,
+                       timeout=300)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
+                        "-q", str(wheel)], check=True, timeout=300)
     return venv
 
 
@@ -57,7 +65,7 @@ def test_a_wheel_installed_in_a_fresh_venv_lists_and_runs_from_an_unrelated_dire
     assert r.returncode == 0, r.stderr
     assert "i386mp-4" in r.stdout and "netbsd-2001-i386mp" in r.stdout
     assert "heavy-mp" in r.stdout and "ptp-hog" in r.stdout
-    r = in_venv(wheel_venv, "smp", "run", "--time-limit", "3s", "--out", "run", "-q",
+    r = in_venv(wheel_venv, "smp", "run", "--time-limit", "1s", "--out", "run", "-q",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((tmp_path / "run" / fmt.SUMMARY_FILE).read_text())
