@@ -74,10 +74,17 @@ from smp.kern.param import (
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc, uvm_anfree
 from smp.kern.uvm_map import (
+    E_ADVICE,
+    E_AMAP,
+    E_END,
+    E_FLAGS,
+    E_PROT,
+    E_START,
+    E_UOBJ,
+    E_UOFF,
     EF_COPY,
     EF_FILE,
     EF_WIRED,
-    NF,
     UVMADVICE,
     entry_index,
     uvm_map_lookup,
@@ -164,10 +171,12 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
         ufi.unlockall()
         return EFAULT
     b = entry_index(tid, i)
-    (ufi.start, ufi.end, prot, ufi.flags, base, ufi.uobj, ufi.uoff,
-     ufi.advice) = shared.vm_entry[b:b + NF].tolist()
-    ufi.prot = ufi.enter_prot = prot
-    ufi.amap = base
+    ent = shared.vm_entry                       # (a slice of a memoryview costs more)
+    ufi.start, ufi.end = ent[b + E_START], ent[b + E_END]
+    ufi.prot = ufi.enter_prot = prot = ent[b + E_PROT]
+    ufi.flags = ent[b + E_FLAGS]
+    ufi.amap = base = ent[b + E_AMAP]
+    ufi.uobj, ufi.uoff, ufi.advice = ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
     if access & ~prot:
         ufi.unlockall()
         return EACCES
@@ -204,35 +213,40 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
 def _neighbours(ufi: FaultInfo) -> None:
     """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter.
 
-    => map and amap locked: the amap's slots of the neighbourhood are read at once
-    (amap_lookups), each anon is looked at under its own lock.
+    => map and amap locked; each anon is looked at under its own lock.  (One loop of
+    plain arithmetic and single-slot reads: a memoryview slice, or a chain of builtin
+    iterators, costs more here than the lines it saves.)
     """
     nback, nforw = UVMADVICE[ufi.advice]
-    va, start = ufi.va, ufi.start
-    lo = max(start, va - nback * NBPG)
-    hi = min(ufi.end, va + (nforw + 1) * NBPG)
-    first = ufi.amap + ((lo - start) >> PGSHIFT)
-    anons = shared.amap_slot[first:first + ((hi - lo) >> PGSHIFT)].tolist()
-    anons[(va - lo) >> PGSHIFT] = -1            # the faulting page is not a neighbour
+    va, start, end = ufi.va, ufi.start, ufi.end
+    nva = va - nback * NBPG
+    if nva < start:
+        nva = start
+    hi = va + (nforw + 1) * NBPG
+    if hi > end:
+        hi = end
+    slots = shared.amap_slot
+    slot = ufi.amap + ((nva - start) >> PGSHIFT)
     an_lock = uvm_anon.an_lock
-    an_page = pg_flags = None
-    for k, an in enumerate(anons):
-        if an < 0:
-            continue
-        if an_page is None:
-            an_page, pg_flags, pm = shared.an_page, shared.pg_flags, ufi.pm
-        nva = lo + (k << PGSHIFT)
-        # the anon's lock keeps its page from being paged out and freed under us
-        lock.simple_lock(an_lock + an)
-        pg = an_page[an]
-        if pg < 0 or pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
-            lock.simple_unlock(an_lock + an)
-            continue
-        _cnt_arr[_cb + C_FLTNAMAP] += 1
-        prot = ufi.prot
-        p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
-        pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | ufi.wflag)
-        lock.simple_unlock(an_lock + an)
+    an_page = pg_flags = pm = None
+    while nva < hi:
+        an = slots[slot]
+        if an >= 0 and nva != va:
+            if an_page is None:
+                an_page, pg_flags, pm = shared.an_page, shared.pg_flags, ufi.pm
+            # the anon's lock keeps its page from being paged out and freed under us
+            lock.simple_lock(an_lock + an)
+            pg = an_page[an]
+            if pg < 0 or pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
+                lock.simple_unlock(an_lock + an)
+            else:
+                _cnt_arr[_cb + C_FLTNAMAP] += 1
+                prot = ufi.prot
+                p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
+                pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | ufi.wflag)
+                lock.simple_unlock(an_lock + an)
+        nva += NBPG
+        slot += 1
 
 
 def _wait_busy(ufi: FaultInfo, pg: int, owner_lock: int, wmesg: int) -> None:
