@@ -756,6 +756,43 @@ def test_call_sites_of_dynamically_made_functions_stay_distinct(
     assert {f"taker_{i}" for i in range(200)} <= sites
 
 
+def pmap_map_ptes() -> None:
+    """Stands for the kernel function ptread takes its lock for (its code object names
+    the call site); never called."""
+
+
+def test_ptread_is_a_lock_a_page_table_walk_and_an_unlock() -> None:
+    """pmap_extract of the current pmap in one call: lock, PDE, PTE, unlock -- the lock
+    taken and released as lock()/unlock() do, charged to the code object's function."""
+    va = 0x0840_3000
+    lay = Layout.plan(1, 16, 64, [ArraySpec("phys", np.dtype("<u4"), (3 * 1024,))])
+    seg = Segment(lay)
+    try:
+        phys, off, lk = seg.arrays["phys"], lay.arrays["phys"][0], 5
+        phys[va >> 22] = (1 << 12) | 0x7                    # PDE -> the PTP in page 1
+        phys[1024 + ((va >> 12) & 0x3FF)] = (2 << 12) | 0x67  # PTE -> page 2
+        core = seg.core(0)
+        code = pmap_map_ptes.__code__
+        assert core.ptread(lk, code, off, 0, va) == (2 << 12) | 0x67
+        assert core.ptread(lk, code, off, 0, va + 0x1000) == 0          # no PTE
+        assert core.ptread(lk, code, off, 0, va + (1 << 22)) == 0       # no PDE
+        assert_idle(seg, [lk])
+        s = slots_of(seg, 0)
+        assert [seg.site_names()[int(r["site"])] for r in s] == ["pmap_map_ptes"]
+        assert int(s[0]["acq"]) == 3 and int(s[0]["hold_hist"].sum()) == 3
+        with pytest.raises(TypeError):
+            core.ptread(lk, "pmap_map_ptes", off, 0, va)
+        with pytest.raises(IndexError):
+            core.ptread(lk, code, off, 1 << 30, va)         # a directory past the segment
+        core.lock(lk)
+        with pytest.raises(_atomic.LockError):
+            core.ptread(lk, code, off, 0, va)               # a lock it holds: as lock()
+        core.unlock(lk)
+        assert_idle(seg, [lk])
+    finally:
+        seg.destroy()
+
+
 # ---------------------------------------------------------------- lock order (LOCKDEBUG)
 
 

@@ -70,6 +70,8 @@ MSG_POOLFULL = subr_prf.Message("", "pool %s: no room for another page", late=Tr
 
 _ci = None
 _on = False                      # any source declared (a one-attribute test at each point)
+_now = None                      # ci.core.now and shared.intr_glob, for due() (attach)
+_intr_glob = None
 _biglock = False
 # i386's ipending: device interrupts this CPU's priority held back, served where it may
 # take them (at_point), not by re-posting the IPI -- a CPU spinning for a lock the handler
@@ -134,8 +136,10 @@ _masks = None                    # by lock id: held, it masks interrupts
 
 def attach(ci, kernel) -> None:
     global _ci, _on, _biglock, _masks, _isrc_off, _pend_off, _glob_off, _ipending
+    global _now, _intr_glob
     _ci = ci
     _ipending = False
+    _now, _intr_glob = ci.core.now, shared.intr_glob
     _on = nsrc > 0
     _biglock = kernel.config.biglock and kernel.config.intr_biglock
     space = kernel.lockspace
@@ -159,7 +163,7 @@ def _cnt(idx: int, n: int = 1) -> None:
 def due() -> bool:
     """Is something due, or held back?  One shared read and the clock (=> a delivery
     point)."""
-    return _ipending or _ci.core.now() >= shared.intr_glob[IG_NEXT_DUE]
+    return _ipending or _now() >= _intr_glob[IG_NEXT_DUE]
 
 
 def poll() -> None:

@@ -266,13 +266,17 @@ _phys_off = 0      # byte offset of physmem in the segment (atomic PTE operation
 _pm_cpus_off = 0
 _ipi_mask_off = 0
 _core = None
+_ptread = None     # _core.ptread: pmap_extract of the current pmap in one call
+_cpu = 0
+_cpu_pmap = _pm_pdir = None      # shared.cpu_pmap, shared.pm_pdir (attach)
 _pc: PerCPU | None = None
 _physmem_np = None
 
 
 def attach(ci, kernel) -> None:
     global _ci, _cfg, _steal_ptp, _steal_pv, _shootdown_on_steal, _leak, _core, _pc
-    global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np
+    global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np, _ptread, _cpu, _cpu_pmap
+    global _pm_pdir
     kernel_config = kernel.config
     _ci = ci
     _cfg = kernel_config
@@ -281,6 +285,9 @@ def attach(ci, kernel) -> None:
     _shootdown_on_steal = kernel_config.shootdown_on_steal
     _leak = kernel_config.pmap_canfail_leak
     _core = ci.core
+    _ptread = _core.ptread
+    _cpu = ci.cpu
+    _cpu_pmap, _pm_pdir = shared.cpu_pmap, shared.pm_pdir
     lay = ci.seg.layout.arrays
     _phys_off = lay["physmem"][0]
     _pm_cpus_off = lay["pm_cpus"][0]
@@ -557,6 +564,9 @@ def pmap_map_ptes(pm: int) -> int:
         lock.simple_lock(pm_lock + cur)
         lock.simple_lock(pm_lock + pm)
     return cur
+
+
+_MAP_PTES_CODE = pmap_map_ptes.__code__     # lockstat's call site of pmap_extract's lock
 
 
 def pmap_unmap_ptes(pm: int, other: int) -> None:
@@ -1428,7 +1438,15 @@ def pmap_is_wired(pm: int, va: int) -> bool:
 
 
 def pmap_extract(pm: int, va: int) -> int:
-    """The page mapped at ``va``, or -1 (PG_V checked, as in 1.135)."""
+    """The page mapped at ``va``, or -1 (PG_V checked, as in 1.135).
+
+    The current pmap (the fault's lookahead asks about nothing else) is one call into
+    the atomic core: pmap_map_ptes' lock of it, the PDE and PTE read, pmap_unmap_ptes'
+    unlock -- the same lock operations, call site and scheduling points as below.
+    """
+    if pm == _cpu_pmap[_cpu] and pm != KERNEL_PMAP:
+        pte = _ptread(pm_lock + pm, _MAP_PTES_CODE, _phys_off, _pm_pdir[pm], va)
+        return pte >> 12 if pte & PG_V else -1
     other = pmap_map_ptes(pm)
     pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
     pg = -1

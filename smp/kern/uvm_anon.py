@@ -80,10 +80,12 @@ def format(seg, kernel) -> None:
 def uvm_analloc() -> int:
     """A fresh anon (ref 1, no page, no swap), or -1.  => returns it unlocked."""
     lock.simple_lock(uvm_anon_lock)
-    an = int(shared.amap_glob[0])
+    glob = shared.amap_glob
+    an = glob[0]
     if an >= 0:
-        shared.amap_glob[0] = shared.an_next[an]
-        shared.an_next[an] = -1
+        an_next = shared.an_next
+        glob[0] = an_next[an]
+        an_next[an] = -1
         shared.uvmexp[U.NFREEANON] -= 1
     lock.simple_unlock(uvm_anon_lock)
     if an < 0:

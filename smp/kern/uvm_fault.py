@@ -64,12 +64,12 @@ from smp.kern.param import (
     PG_BUSY,
     PG_CLEAN,
     PG_WANTED,
+    PGSHIFT,
     PMAP_CANFAIL,
     PMAP_WIRED,
     UVM_PGA_ZERO,
     VM_PROT_READ,
     VM_PROT_WRITE,
-    trunc_page,
 )
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_anon import swap_full, swpgonly_add, uvm_analloc, uvm_anfree
@@ -107,15 +107,23 @@ H_OOVM = subr_prf.Message("uvm_fault", "<- failed.  out of VM", "hist", "maphist
 H_DONE = subr_prf.Message("uvm_fault", "<- done (SUCCESS!)", "hist", "maphist")
 
 _ci = None
+_cnt_arr = None                 # shared.cnt and this CPU's row in it (attach)
+_cb = 0
+_refault_narrow: dict[int, int] = {}      # ci.md.refault_narrow (attach)
+PAGE_MASK = ~(NBPG - 1)
+C_FAULTS, C_FLTNAMAP, C_FLT_PRZERO = counter.faults, counter.fltnamap, counter.flt_przero
 
 
 def attach(ci, kernel) -> None:
-    global _ci
+    global _ci, _cnt_arr, _cb, _refault_narrow
     _ci = ci
+    _cnt_arr = shared.cnt
+    _cb = ci.cnt_base
+    _refault_narrow = ci.md.refault_narrow
 
 
 def _cnt(idx: int) -> None:
-    shared.cnt[_ci.cnt_base + idx] += 1
+    _cnt_arr[_cb + idx] += 1
 
 
 class FaultInfo:
@@ -148,24 +156,27 @@ class FaultInfo:
 
 def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     """Resolve a fault at ``va`` for thread ``tid``; 0 or an errno.  May sleep (restart)."""
-    _cnt(counter.faults)
-    call = subr_prf.UVMHIST_CALLED(HIST_FAULT)
+    _cnt_arr[_cb + C_FAULTS] += 1
+    call = subr_prf.UVMHIST_CALLED(HIST_FAULT) if subr_prf.HIST_ON else 0
     if call:
         subr_prf.UVMHIST_LOG(H_CALL, call, shared.vm_pmap[tid], va, 0, access)
-    va = trunc_page(va)
+    va &= PAGE_MASK
     ufi = FaultInfo(tid, va, access)
-    lock.simple_lock(uvm_map.vm_map_lock + tid)     # (held: unlocked by ufi.unlockall)
-    ufi.held.append(uvm_map.vm_map_lock + tid)
+    held = ufi.held
+    lk = uvm_map.vm_map_lock + tid
+    lock.simple_lock(lk)                        # (held: unlocked by ufi.unlockall)
+    held.append(lk)
     i = uvm_map_lookup(tid, va)
     if i < 0:
         ufi.unlockall()
         return EFAULT
     b = entry_index(tid, i)
-    ent = shared.vm_entry
-    ufi.start, ufi.end, ufi.prot = ent[b + E_START], ent[b + E_END], ent[b + E_PROT]
-    ufi.flags, ufi.amap = ent[b + E_FLAGS], ent[b + E_AMAP]
+    ent = shared.vm_entry                       # (a slice of a memoryview costs more)
+    ufi.start, ufi.end = ent[b + E_START], ent[b + E_END]
+    ufi.prot = ufi.enter_prot = prot = ent[b + E_PROT]
+    ufi.flags = ent[b + E_FLAGS]
+    ufi.amap = base = ent[b + E_AMAP]
     ufi.uobj, ufi.uoff, ufi.advice = ent[b + E_UOBJ], ent[b + E_UOFF], ent[b + E_ADVICE]
-    prot = ufi.prot
     if access & ~prot:
         ufi.unlockall()
         return EACCES
@@ -178,15 +189,14 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     ufi.pm = shared.vm_pmap[tid]
     ufi.wired = wired
     ufi.wflag = PMAP_WIRED if wired else 0
-    ufi.enter_prot = prot
-    pidx = (va - ufi.start) // NBPG
-    base = ufi.amap
+    pidx = (va - ufi.start) >> PGSHIFT
     if base >= 0:
-        lock.simple_lock(uvm_map.amap_lock + tid)   # (held: unlocked by ufi.unlockall)
-        ufi.held.append(uvm_map.amap_lock + tid)
-        if not wire and _ci.md.refault_narrow.get(tid) != va:
+        lk = uvm_map.amap_lock + tid
+        lock.simple_lock(lk)                    # (held: unlocked by ufi.unlockall)
+        held.append(lk)
+        if not wire and _refault_narrow.get(tid) != va:
             _neighbours(ufi)
-        _ci.md.refault_narrow[tid] = va          # any ReFault of this fault is narrow
+        _refault_narrow[tid] = va                # any ReFault of this fault is narrow
         an = shared.amap_slot[base + pidx]
     else:
         an = -1
@@ -194,36 +204,49 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
         r = _case1(ufi, base + pidx, an)
     else:
         r = _case2(ufi, pidx)
-    _ci.md.refault_narrow.pop(tid, None)
+    _refault_narrow.pop(tid, None)
     if call and r == 0:
         subr_prf.UVMHIST_LOG(H_DONE, call)
     return r
 
 
 def _neighbours(ufi: FaultInfo) -> None:
-    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter."""
+    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter.
+
+    => map and amap locked; each anon is looked at under its own lock.  (One loop of
+    plain arithmetic and single-slot reads: a memoryview slice, or a chain of builtin
+    iterators, costs more here than the lines it saves.)
+    """
     nback, nforw = UVMADVICE[ufi.advice]
-    va, start, base, pm = ufi.va, ufi.start, ufi.amap, ufi.pm
-    prot, wflag = ufi.prot, ufi.wflag
-    lo = max(start, va - nback * NBPG)
-    hi = min(ufi.end, va + (nforw + 1) * NBPG)
+    va, start, end = ufi.va, ufi.start, ufi.end
+    nva = va - nback * NBPG
+    if nva < start:
+        nva = start
+    hi = va + (nforw + 1) * NBPG
+    if hi > end:
+        hi = end
+    slots = shared.amap_slot
+    slot = ufi.amap + ((nva - start) >> PGSHIFT)
     an_lock = uvm_anon.an_lock
-    for nva in range(lo, hi, NBPG):
-        if nva == va:
-            continue
-        an = shared.amap_slot[base + (nva - start) // NBPG]
-        if an < 0:
-            continue
-        # the anon's lock keeps its page from being paged out and freed under us
-        lock.simple_lock(an_lock + an)
-        pg = shared.an_page[an]
-        if pg < 0 or shared.pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
-            lock.simple_unlock(an_lock + an)
-            continue
-        _cnt(counter.fltnamap)
-        p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
-        pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | wflag)
-        lock.simple_unlock(an_lock + an)
+    an_page = pg_flags = pm = None
+    while nva < hi:
+        an = slots[slot]
+        if an >= 0 and nva != va:
+            if an_page is None:
+                an_page, pg_flags, pm = shared.an_page, shared.pg_flags, ufi.pm
+            # the anon's lock keeps its page from being paged out and freed under us
+            lock.simple_lock(an_lock + an)
+            pg = an_page[an]
+            if pg < 0 or pg_flags[pg] & PG_BUSY or pmap.pmap_extract(pm, nva) >= 0:
+                lock.simple_unlock(an_lock + an)
+            else:
+                _cnt_arr[_cb + C_FLTNAMAP] += 1
+                prot = ufi.prot
+                p = prot & ~VM_PROT_WRITE if shared.an_ref[an] > 1 else prot
+                pmap.pmap_enter(pm, nva, pg, p, p | PMAP_CANFAIL | ufi.wflag)
+                lock.simple_unlock(an_lock + an)
+        nva += NBPG
+        slot += 1
 
 
 def _wait_busy(ufi: FaultInfo, pg: int, owner_lock: int, wmesg: int) -> None:
@@ -286,12 +309,11 @@ def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
 def _case2(ufi: FaultInfo, pidx: int) -> int:
     """No anon: an object page, or zero-fill (NetBSD case 2); ``pidx`` is the page's index
     in the map entry."""
-    write = bool(ufi.access & VM_PROT_WRITE)
     flags = ufi.flags
     uobjpage = -1
     if flags & EF_FILE:
         uobjpage = _uobj_get(ufi, ufi.uobj, ufi.uoff + pidx)
-        promote = write and bool(flags & EF_COPY)
+        promote = bool(ufi.access & VM_PROT_WRITE) and bool(flags & EF_COPY)
         if not promote:
             _cnt(counter.flt_obj)
             if flags & EF_COPY:
@@ -305,13 +327,13 @@ def _case2(ufi: FaultInfo, pidx: int) -> int:
     if got is None:
         return ENOMEM
     an, pg = got
-    _cnt(counter.flt_prcopy if uobjpage >= 0 else counter.flt_przero)
+    _cnt_arr[_cb + (counter.flt_prcopy if uobjpage >= 0 else C_FLT_PRZERO)] += 1
     shared.an_page[an] = pg
     shared.pg_flags[pg] &= ~(PG_BUSY | PG_CLEAN)
     shared.amap_slot[base + pidx] = an          # amap_add: stays even if pmap_enter fails
-    an_lock = uvm_anon.an_lock
-    lock.simple_lock(an_lock + an)        # (held: unlocked by ufi.unlockall)
-    ufi.held.append(an_lock + an)
+    lk = uvm_anon.an_lock + an
+    lock.simple_lock(lk)                  # (held: unlocked by ufi.unlockall)
+    ufi.held.append(lk)
     return _enter(ufi, pg, "flt_pmfail2")
 
 
@@ -322,12 +344,10 @@ def _anon_and_page(ufi: FaultInfo, pgflags: int, wmesg: str) -> tuple[int, int] 
     ENOMEM).  No page: fltnoram and uvm_wait(wmesg) -- the fault starts over.
     """
     an = uvm_analloc()
-    pg = -1
     if an >= 0:
         pg = uvm_pagealloc(OWN_ANON, -1, 0, an, pgflags)
-    if an >= 0 and pg >= 0:
-        return an, pg
-    if an >= 0:
+        if pg >= 0:
+            return an, pg
         uvm_anfree(an)
     if an < 0 or swap_full():
         _cnt(counter.fltnoanon)
@@ -382,14 +402,14 @@ def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
 
 
 def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
-    lock.simple_lock(uvm_page.pageq_lock)
-    if wired and not was_wired:                 # mlock twice wires the page once
-        uvm_pagewire(pg)
-    elif wired:
-        pass                                    # the page is wired for this mapping already
-    else:
+    lk = uvm_page.pageq_lock
+    lock.simple_lock(lk)
+    if not wired:
         uvm_pageactivate(pg)
-    lock.simple_unlock(uvm_page.pageq_lock)
+    elif not was_wired:                         # mlock twice wires the page once
+        uvm_pagewire(pg)
+    # else: the page is wired for this mapping already
+    lock.simple_unlock(lk)
 
 
 def uvm_fault_wire_kernel(va: int, npages: int) -> None:

@@ -94,10 +94,11 @@ def uvm_map_lookup(tid: int, va: int) -> int:
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(vm_map_lock + tid)
     ent = shared.vm_entry
+    b = tid * MAXENTRIES * NF
     for i in range(shared.vm_nentries[tid]):
-        b = entry_index(tid, i)
         if ent[b + E_START] <= va < ent[b + E_END]:
             return i
+        b += NF
     return -1
 
 

@@ -80,6 +80,9 @@ P_DOUBLE_FREE = subr_prf.Message("uvm_pagefree", "freeing free page %p", "panic"
 fpageq_lock = pageq_lock = -1      # uvm.fpageqlock, uvm.pageqlock (declare)
 _ci = None
 _kobj_reserve = (OWN_PVPAGE, OWN_KMEM, OWN_PDP, OWN_KPTP)   # kernel objects use the reserve
+_FREE, _FREEMIN, _FREETARG, _INACTIVE, _INACTARG, _ACTIVE = (
+    U.FREE, U.FREEMIN, U.FREETARG, U.INACTIVE, U.INACTARG, U.ACTIVE)
+_RESERVE_KERN, _RESERVE_PD, _PGA_ZEROMISS = U.RESERVE_KERN, U.RESERVE_PD, counter.pga_zeromiss
 _pagedaemon_tid = -1
 
 
@@ -168,20 +171,31 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
         intr.at_point()             # an interrupt may come in right before (and drain)
     ux = shared.uvmexp
     lock.simple_lock(fpageq_lock)
-    free = ux[U.FREE]
-    if free < ux[U.FREEMIN] or (free < ux[U.FREETARG] and ux[U.INACTIVE] < ux[U.INACTARG]):
+    free = ux[_FREE]
+    if free < ux[_FREEMIN] or (free < ux[_FREETARG] and ux[_INACTIVE] < ux[_INACTARG]):
         kern_synch.wakeup(U.CHAN_PAGEDAEMON)
     use_reserve = (flags & UVM_PGA_USERESERVE) or owner in _kobj_reserve
-    if (free <= ux[U.RESERVE_KERN] and not use_reserve) or (
-            free <= ux[U.RESERVE_PD] and not (use_reserve and _is_pagedaemon())):
+    if (free <= ux[_RESERVE_KERN] and not use_reserve) or (
+            free <= ux[_RESERVE_PD] and not (use_reserve and _is_pagedaemon())):
         lock.simple_unlock(fpageq_lock)
         return -1
-    pg = shared.uvmq[Q_FREE]
+    uvmq = shared.uvmq
+    pg = uvmq[Q_FREE]
     if pg < 0:                                  # cannot happen while free > 0
         lock.simple_unlock(fpageq_lock)
         return -1
-    _q_remove(Q_FREE, pg)
-    ux[U.FREE] = free - 1
+    pg_next, pg_prev = shared.pg_next, shared.pg_prev
+    nxt, prv = pg_next[pg], pg_prev[pg]         # _q_remove(Q_FREE, pg)
+    if prv < 0:
+        uvmq[Q_FREE] = nxt
+    else:
+        pg_next[prv] = nxt
+    if nxt < 0:
+        uvmq[Q_FREE + 1] = prv
+    else:
+        pg_prev[nxt] = prv
+    pg_next[pg] = pg_prev[pg] = -1
+    ux[_FREE] = free - 1
     shared.pg_pq[pg] = PQ_NONE
     c = OWNER_COUNTER.get(owner)
     if c is not None:
@@ -195,7 +209,7 @@ def uvm_pagealloc(owner: int, obj: int, off: int, anon: int, flags: int) -> int:
     shared.pg_flags[pg] = PG_BUSY | PG_FAKE | (0 if flags & UVM_PGA_ZERO else PG_CLEAN)
     shared.pg_version[pg] += 1
     if flags & UVM_PGA_ZERO and owner not in _PAGE_TABLE:
-        _cnt(counter.pga_zeromiss)
+        shared.cnt[_ci.cnt_base + _PGA_ZEROMISS] += 1
     return pg
 
 
@@ -270,14 +284,25 @@ def uvm_pageactivate(pg: int) -> None:
         lock.KASSERT_LOCKED(pageq_lock)
     if shared.pg_wire[pg]:
         return
-    if shared.pg_pq[pg] == PQ_ACTIVE:
+    pg_pq = shared.pg_pq
+    pq = pg_pq[pg]
+    if pq == PQ_ACTIVE:
         _q_remove(Q_ACTIVE, pg)
         _q_insert_tail(Q_ACTIVE, pg)
         return
-    _dequeue_paging(pg)
-    _q_insert_tail(Q_ACTIVE, pg)
-    shared.pg_pq[pg] = PQ_ACTIVE
-    shared.uvmexp[U.ACTIVE] += 1
+    if pq != PQ_NONE:
+        _dequeue_paging(pg)
+    uvmq, pg_next = shared.uvmq, shared.pg_next
+    tail = uvmq[Q_ACTIVE + 1]                   # _q_insert_tail(Q_ACTIVE, pg)
+    pg_next[pg] = -1
+    shared.pg_prev[pg] = tail
+    if tail < 0:
+        uvmq[Q_ACTIVE] = pg
+    else:
+        pg_next[tail] = pg
+    uvmq[Q_ACTIVE + 1] = pg
+    pg_pq[pg] = PQ_ACTIVE
+    shared.uvmexp[_ACTIVE] += 1
 
 
 def uvm_pagedeactivate(pg: int) -> None:

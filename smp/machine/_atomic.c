@@ -395,39 +395,20 @@ out:
     return id;
 }
 
-/* The caller's site: the code object of the Python frame that called us.
- * The private cache keeps a reference to every code object it holds, so an
- * address in it can never be reused by another function; once the cache is
- * half full, further functions take the (slow, correct) registry path. */
-static uint32_t caller_site(Core *c)
+/* The site of code object co (borrowed): the function that takes a lock -- its
+ * caller (caller_site), or the function the core takes one for (ptread).  The private
+ * cache keeps a reference to every code object it holds, so an address in it can never
+ * be reused by another function; once the cache is half full, further functions take
+ * the (slow, correct) registry path. */
+static uint32_t code_site(Core *c, PyCodeObject *co)
 {
-#ifdef SMP_FAST_CODE
-    /* PyEval_GetFrame() would allocate a frame object for every kernel function that
-     * takes a lock (3.11 creates them lazily); the interpreter frame names the code */
-    _PyInterpreterFrame *fr = PyThreadState_GET()->cframe->current_frame;
-    if (fr == NULL)
-        return 0;
-    PyCodeObject *co = fr->f_code;     /* borrowed: the cache takes its own reference */
-    const int owned = 0;
-#else
-    PyFrameObject *f = PyEval_GetFrame();
-    if (f == NULL)
-        return 0;
-    PyCodeObject *co = PyFrame_GetCode(f);
-    const int owned = 1;
-#endif
     uint64_t key = (uint64_t)(uintptr_t)co;
-    if (key == c->last_site_key) {
-        if (owned)
-            Py_DECREF(co);
+    if (key == c->last_site_key)
         return c->last_site;
-    }
     uint32_t mask = c->site_cap - 1;
     uint32_t i = (uint32_t)mix64(key) & mask;
     for (;;) {
         if (c->site_keys[i] == key) {
-            if (owned)
-                Py_DECREF(co);
             c->last_site_key = key;
             c->last_site = c->site_vals[i];
             return c->site_vals[i];
@@ -443,15 +424,33 @@ static uint32_t caller_site(Core *c)
     }
     uint32_t id = site_register(c, key, name);
     if (c->site_used < c->site_cap / 2) {
-        if (!owned)
-            Py_INCREF(co);              /* kept: the address is never reused while cached */
+        Py_INCREF(co);                  /* kept: the address is never reused while cached */
         c->site_keys[i] = key;
         c->site_vals[i] = id;
         c->site_used++;
-    } else if (owned) {
-        Py_DECREF(co);
     }
     return id;
+}
+
+/* The caller's site: the code object of the Python frame that called us. */
+static uint32_t caller_site(Core *c)
+{
+#ifdef SMP_FAST_CODE
+    /* PyEval_GetFrame() would allocate a frame object for every kernel function that
+     * takes a lock (3.11 creates them lazily); the interpreter frame names the code */
+    _PyInterpreterFrame *fr = PyThreadState_GET()->cframe->current_frame;
+    if (fr == NULL)
+        return 0;
+    return code_site(c, fr->f_code);
+#else
+    PyFrameObject *f = PyEval_GetFrame();
+    if (f == NULL)
+        return 0;
+    PyCodeObject *co = PyFrame_GetCode(f);
+    uint32_t id = code_site(c, co);
+    Py_DECREF(co);
+    return id;
+#endif
 }
 
 /* ---------- statistics ---------- */
@@ -1172,34 +1171,27 @@ static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *
     return 0;
 }
 
-/* simple_lock / kernel_lock: exclusive spin acquisition */
-static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+/* simple_lock / kernel_lock: exclusive spin acquisition of lock id (checked, after
+ * the scheduling point) for site.  0, or -1 with an exception set. */
+static int lock_excl(Core *c, uint32_t id, uint32_t site)
 {
-    uint32_t id;
-    if (check_lock(c, args, nargs, &id, 0, 1) || sched_point(c))
-        return NULL;
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
     uint32_t zero = 0;
-    uint32_t site = caller_site(c);
     if (c->order_on)
         order_check(c, id, site);
     if (__atomic_compare_exchange_n(&lw->state, &zero, mine, 0, __ATOMIC_ACQUIRE,
-                                    __ATOMIC_RELAXED)) {
-        if (acquired(c, id, M_EXCL, site, 0, 0, 0))
-            return NULL;
-        Py_RETURN_NONE;
-    }
+                                    __ATOMIC_RELAXED))
+        return acquired(c, id, M_EXCL, site, 0, 0, 0);
     if (zero == mine) {
         if (lw->flags & LF_RECURSE) {
             /* counted as an acquisition; hold time belongs to the outermost hold */
             lw->recurse++;
             if (c->stats_on)
                 c->slots[stat_slot_for(c, id, site, M_EXCL)].acq++;
-            Py_RETURN_NONE;
+            return 0;
         }
-        lock_error(id, 1, "simple_lock: locking against myself (lock %u)", id);
-        return NULL;
+        return lock_error(id, 1, "simple_lock: locking against myself (lock %u)", id);
     }
     uint64_t t0 = c->stats_on ? stat_now(c) : 0;
     uint32_t holder_site = lw->holder_site;
@@ -1215,7 +1207,7 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
             c->me->state = saved;
-            return NULL;
+            return -1;
         }
         if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) == 0) {
             zero = 0;
@@ -1226,7 +1218,14 @@ static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     }
     c->me->spinning_on = saved_spin;
     c->me->state = saved;
-    if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
+    return acquired(c, id, M_EXCL, site, spins, t0, holder_site);
+}
+
+static PyObject *Core_lock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_lock(c, args, nargs, &id, 0, 1) || sched_point(c) ||
+        lock_excl(c, id, caller_site(c)))
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1253,40 +1252,93 @@ static PyObject *Core_trylock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
-static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+/* simple_unlock of lock id (checked), then the scheduling point.  0, or -1 with an
+ * exception set. */
+static int unlock_excl(Core *c, uint32_t id)
 {
-    uint32_t id;
-    if (check_lock(c, args, nargs, &id, 0, 0))
-        return NULL;
     if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
         /* halted: keep every lock (also through finally clauses that would release
          * them), so the report shows what the CPU held.  The panicking CPU is already
          * unwinding with its Panic: let that through; any other CPU stops here. */
         if (__atomic_load_n(&c->hdr->panic_cpu, __ATOMIC_RELAXED) == (uint32_t)c->cpu + 1)
-            Py_RETURN_NONE;
+            return 0;
         PyErr_SetString(HaltedError, "machine halted");
-        return NULL;
+        return -1;
     }
     struct lock_word *lw = &c->locks[id];
     uint32_t mine = (uint32_t)c->cpu + 1;
-    if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine) {
-        lock_error(id, 0, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
-        return NULL;
-    }
+    if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) != mine)
+        return lock_error(id, 0, "simple_unlock: lock %u not held by cpu%d", id, c->cpu);
     if (lw->recurse) {
         lw->recurse--;
-        Py_RETURN_NONE;
+        return 0;
     }
     struct held h;
     uint64_t t;
     if (pop_held(c, id, M_EXCL, &h, &t))
-        return NULL;
+        return -1;
     __atomic_exchange_n(&lw->state, 0, __ATOMIC_SEQ_CST);   /* locked: see park() */
     lock_release_wake(lw);
     charge_hold(c, &h, t);
-    if (sched_point(c))
+    return sched_point(c);
+}
+
+static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (check_lock(c, args, nargs, &id, 0, 0) || unlock_excl(c, id))
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* ptread(lock, code, phys_off, pdir, va) -> pte: simple_lock(lock) -- as called from
+ * code's function, which is the call site lockstat and the lock-order checker see --,
+ * the MMU's two-level walk of va through page directory page pdir of the physical
+ * memory at byte offset phys_off (0 if the PDE is not valid), simple_unlock(lock).
+ * The same lock operations, statistics and scheduling points as the two calls from
+ * Python, and nothing in between: a pmap_extract of the current pmap is one call. */
+static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ptread(lock, code, phys_off, pdir, va)");
+        return NULL;
+    }
+    if (check_lock(c, args, 1, &id, 0, 1))
+        return NULL;
+    if (!PyCode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "ptread: code must be a code object");
+        return NULL;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t pdir = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t va = PyLong_AsSsize_t(args[4]);
+    if ((off == -1 || pdir == -1 || va == -1) && PyErr_Occurred())
+        return NULL;
+    if (off < 0 || off % 4 || pdir < 0 || va < 0 || va > 0xffffffffL ||
+        off + (pdir + 1) * 4096 > c->view.len) {
+        PyErr_SetString(PyExc_IndexError, "ptread: page directory out of the segment");
+        return NULL;
+    }
+    if (sched_point(c))
+        return NULL;
+    if (lock_excl(c, id, code_site(c, (PyCodeObject *)args[1])))
+        return NULL;
+    uint32_t *phys = (uint32_t *)(c->base + off);
+    uint32_t pde = __atomic_load_n(&phys[pdir * 1024 + (va >> 22)], __ATOMIC_RELAXED);
+    uint32_t pte = 0;
+    if (pde & 1) {                                  /* PG_V */
+        Py_ssize_t i = (Py_ssize_t)(pde >> 12) * 1024 + ((va >> 12) & 0x3ff);
+        if (off + 4 * i + 4 > c->view.len) {
+            unlock_excl(c, id);
+            PyErr_SetString(PyExc_IndexError, "ptread: PDE points out of the segment");
+            return NULL;
+        }
+        pte = __atomic_load_n(&phys[i], __ATOMIC_RELAXED);
+    }
+    if (unlock_excl(c, id))
+        return NULL;
+    return PyLong_FromUnsignedLong(pte);
 }
 
 /* spinlockmgr(LK_SHARED): readers wait while a writer holds or wants it,
@@ -2167,6 +2219,8 @@ static PyMethodDef Core_methods[] = {
     FC(lock, "lock(id): simple_lock -- spin until the lock is ours"),
     FC(trylock, "trylock(id) -> bool: simple_lock_try"),
     FC(unlock, "unlock(id): simple_unlock"),
+    FC(ptread, "ptread(lock, code, phys_off, pdir, va) -> pte: lock (as from code), "
+       "walk the page tables, unlock"),
     FC(rlock, "rlock(id): spinlockmgr(LK_SHARED)"),
     FC(runlock, "runlock(id): spinlockmgr(LK_RELEASE) of a shared hold"),
     FC(wlock, "wlock(id): spinlockmgr(LK_EXCLUSIVE)"),
