@@ -252,7 +252,7 @@ def test_a_worker_killed_under_a_run_gets_the_run_retried_elsewhere(cluster, tmp
     _c, client = cluster
     workers = _workers(client)
     script = tmp_path / "busy.toml"
-    script.write_text(BUSY.format(limit="3s"))
+    script.write_text(BUSY.format(limit="2s"))
     p = _sweep("experiment", str(script), "-c", "steal=none", "--seeds", "2", "--out", "exp",
                "-q", cwd=tmp_path, env={"SMP_CLUSTER": _c.scheduler_address})
     try:

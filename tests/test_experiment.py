@@ -181,7 +181,7 @@ def test_a_run_cut_off_by_its_time_limit_is_marked_and_kept_out_of_the_medians(t
                     '    { op = "touch", region = "r", write = true } ] } ]\n')
     out = tmp_path / "exp"
     r = smp("experiment", str(slow), str(TINY), "-c", "steal=none", "--seeds", "1",
-            "--time-limit", "2s", "--jobs", "2", "--out", str(out), "-q", cwd=tmp_path)
+            "--time-limit", "1s", "--jobs", "2", "--out", str(out), "-q", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     table = r.stdout.splitlines()
     [slow_row] = [x for x in table if x.startswith("slow ")]

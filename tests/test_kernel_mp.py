@@ -149,7 +149,7 @@ def test_long_paging_stress(biglock):
 
 def test_a_run_stopped_by_its_time_limit_is_checked_too():
     mach, o = run_program(pager(600, 8, 100000), 8, [*MACHINE, "biglock=off"],
-                          amap_per_proc=600, time_limit_s=2.0)
+                          amap_per_proc=600, time_limit_s=1.0)
     assert o.status == "timeout"
     # the CPUs stop between slices: every structure is consistent, processes alive,
     # and nothing had to be skipped (a CPU still in a shootdown when the others have
@@ -178,7 +178,7 @@ def test_a_normal_end_stops_every_cpu_outside_the_kernel():
     their shootdowns; the run still ends with every CPU outside the kernel, so the
     DIAGNOSTIC check skips nothing."""
     mach, o = run_program(munmapper(64, 100000), 8, [*MACHINE, "biglock=on"],
-                          amap_per_proc=64, time_limit_s=3.0)
+                          amap_per_proc=64, time_limit_s=1.5)
     assert o.status == "timeout"
     assert list(mach.violations) == [] and mach.violations.skipped == [], \
         (mach.violations.reason, [c.text for c in o.cpus])

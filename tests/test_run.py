@@ -28,10 +28,10 @@ def script(tmp_path: Path, body: str, machine: str = "i386mp-2") -> Path:
 
 
 def test_a_slice_of_the_default_run_writes_a_complete_run_directory(tmp_path):
-    """Four seconds of the default load (the whole run is CI's first command): every file
+    """Two seconds of the default load (the whole run is CI's first command): every file
     of the run directory is there and agrees with the others."""
     out = tmp_path / "run"
-    r = smp("run", "--out", str(out), "--quiet", "-o", "ncpu=2", "--time-limit", "4s",
+    r = smp("run", "--out", str(out), "--quiet", "-o", "ncpu=2", "--time-limit", "2s",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == str(out)
@@ -57,7 +57,7 @@ def test_a_slice_of_the_default_run_writes_a_complete_run_directory(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["load_script"]["name"] == "default" and "[[process]]" in m["load_script"]["text"]
     assert m["machine"]["ncpu"] == 2 and m["overrides"] == ["ncpu=2"]
-    assert m["time_limit_s"] == 4
+    assert m["time_limit_s"] == 2
     lines = (out / "summary.txt").read_text().splitlines()
     assert lines[1].startswith(f"status: {s['status']} (")
 
