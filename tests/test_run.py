@@ -133,18 +133,25 @@ def test_a_killed_worker_ends_the_run_with_a_report(tmp_path):
     assert (out / "console.log").read_text().count("synth: pid") >= 1
 
 
-def test_ctrl_c_ends_the_run_cleanly(tmp_path):
+def ctrl_c_a_run(tmp_path: Path) -> tuple[Path, int, str]:
+    """Start a long synthetic run, Ctrl-C it once every process runs: (run dir, exit
+    status, stderr)."""
     p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
     out = tmp_path / "run"
     proc = start_run(p, out, tmp_path)
     try:
         wait_console(out, "started on cpu", 4)                # every process is running
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    return out, proc.returncode, stderr
+
+
+def test_ctrl_c_ends_the_run_cleanly(tmp_path):
+    out, status, stderr = ctrl_c_a_run(tmp_path)
+    assert status == 130, stderr
     assert "Traceback" not in stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert (out / "console.log").read_text().count("started on cpu") == 4
@@ -161,17 +168,8 @@ def sigint_ignored():
 
 def test_ctrl_c_reaches_a_run_started_by_a_background_job(tmp_path, sigint_ignored):
     """The Ctrl-C tests do not depend on how the test session was started."""
-    p = script(tmp_path, "[synthetic]\nprocesses = 4\niterations = 1000000\n")
-    out = tmp_path / "run"
-    proc = start_run(p, out, tmp_path)
-    try:
-        wait_console(out, "started on cpu", 4)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    out, status, stderr = ctrl_c_a_run(tmp_path)
+    assert status == 130, stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
 
 
