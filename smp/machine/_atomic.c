@@ -42,12 +42,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
-/* The caller's code object without materialising a frame object (caller_site) */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000 && \
+    defined(__has_include)
+#if __has_include(<internal/pycore_frame.h>)
+/* The caller's code object without materialising a frame object (caller_site); an
+ * installation without CPython's internal headers keeps the public call */
 #define Py_BUILD_CORE 1
 #include <internal/pycore_frame.h>
 #undef Py_BUILD_CORE
 #define SMP_FAST_CODE 1
+#endif
 #endif
 #include <linux/futex.h>
 #include <sched.h>
