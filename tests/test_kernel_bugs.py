@@ -43,6 +43,16 @@ class WouldBlock(Exception):  # noqa: N818 - a control transfer
     """The code running as "the other CPU" asked for a lock cpu0 holds: it would wait."""
 
 
+def as_other_cpu(real_lock):
+    """simple_lock as the code running as "the other CPU" takes it: a lock cpu0 holds
+    raises WouldBlock instead of spinning against ourselves."""
+    def simple_lock(lk):
+        if lock.lock_held(lk):                           # held by cpu0, not by "cpu1"
+            raise WouldBlock(lk)
+        real_lock(lk)
+    return simple_lock
+
+
 def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monkeypatch):
     """Found by the DIAGNOSTIC check (fixed in 4ac0ebc): the lookahead loop of uvm_fault
     read an anon's page without the anon lock, so it could map a page the pagedaemon had
@@ -59,11 +69,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         lock.simple_unlock(uvm_page.pageq_lock)
         real_alloc, real_lock = uvm_pdaemon.uvm_swap_alloc, lock.simple_lock
         blocked = []
-
-        def other_cpu_lock(lk):
-            if lock.lock_held(lk):                       # held by the pagedaemon, not us
-                raise WouldBlock(lk)
-            real_lock(lk)
+        other_cpu_lock = as_other_cpu(real_lock)
 
         def swap_alloc():
             # the page is unmapped and about to go out; meanwhile on "cpu1": process 0
@@ -244,11 +250,7 @@ def test_an_anon_freed_while_the_pagedaemon_deactivates_its_page_waits_for_the_p
         assert b.a["pg_pq"][pg] == uvm_page.PQ_ACTIVE
         real_insert, real_lock = uvm_page._q_insert_tail, lock.simple_lock
         blocked = []
-
-        def other_cpu_lock(lk):
-            if lock.lock_held(lk):                       # held by the pagedaemon, not us
-                raise WouldBlock(lk)
-            real_lock(lk)
+        other_cpu_lock = as_other_cpu(real_lock)
 
         def insert_tail(q, p):
             if q == uvm_page.Q_INACTIVE and p == pg and not blocked:

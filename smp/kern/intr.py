@@ -219,14 +219,19 @@ _isrc_off = _pend_off = _glob_off = 0
 
 def i386_ipi_handler() -> None:
     """This CPU's IPI and interrupt word: the TLB shootdown, then the device interrupts its
-    priority allows (see the module docstring); what must wait is posted again."""
-    global _ipending
+    priority allows (see the module docstring); what must wait is held in ``_ipending``."""
     bits = _ci.take_ipis()
     # (pmap's handler acknowledges this CPU's queued invalidations whatever the bits)
     from smp.kern import pmap  # pmap imports this module for the handler it installs
     pmap.pmap_do_tlb_shootdown()
     if bits & I386_IPI_DEVINTR or _ipending:
-        _ipending = not intr_service()
+        _spllower()
+
+
+def _spllower() -> None:
+    """Serve the pending device interrupts if the priority allows, else hold them."""
+    global _ipending
+    _ipending = not intr_service()
 
 
 def spl_allows() -> bool:
@@ -287,13 +292,12 @@ def intr_service() -> bool:
 
 def at_point() -> None:
     """A delivery point of the CPU itself (memref, an operation, the dispatch loop)."""
-    global _ipending
-    if _ci.core.now() >= shared.intr_glob[IG_NEXT_DUE]:
+    if _now() >= _intr_glob[IG_NEXT_DUE]:
         poll()
     if _ci.ipi_pending():
         i386_ipi_handler()
     elif _ipending:
-        _ipending = not intr_service()      # (spllower: what was held back, if it may now)
+        _spllower()                         # what was held back, if it may be served now
 
 
 # --- the network stack: packets, mbufs, clusters -----------------------------------------------

@@ -183,7 +183,7 @@ struct seg_hdr {              /* the segment's first 4096 bytes */
     uint64_t vclock;          /* virtual clock (lockstep mode) */
     uint32_t stop;            /* non-zero: CPUs leave their dispatch loops (normal end) */
     uint32_t pad;
-    uint64_t tsc_boot;        /* the time-stamp counter at boot ... */
+    uint64_t tsc_boot;        /* the time-stamp counter's origin (its calibration) ... */
     uint64_t tsc_mult;        /* ... and ns per tick in 32.32 fixed point; 0: no usable TSC */
 };
 
@@ -2294,9 +2294,8 @@ static PyObject *mod_monotonic_ns(PyObject *m, PyObject *Py_UNUSED(ignored))
 
 /* (tsc_boot, tsc_mult) for a segment's header: the counter now and ns per tick in
  * 32.32 fixed point, measured against CLOCK_MONOTONIC over `ns` nanoseconds; (0, 0)
- * where there is no counter or the host kernel does not keep it invariant (then lock
- * statistics read CLOCK_MONOTONIC).  The caller decides whether the host's TSC is
- * trusted (constant_tsc and nonstop_tsc, and the kernel's clocksource is tsc). */
+ * where there is no counter (then lock statistics read CLOCK_MONOTONIC).  Whether the
+ * host keeps the counter invariant is the caller's to decide (segment.stat_clock). */
 static PyObject *mod_tsc_calibrate(PyObject *m, PyObject *arg)
 {
     long long ns = PyLong_AsLongLong(arg);
