@@ -93,7 +93,7 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
             pmap.pmap_activate(pmap.KERNEL_PMAP)
             lock.simple_lock(uvm_page.pageq_lock)
             cluster = []
-            assert uvm_pdaemon._pageout_anon(victim, True, cluster) == "queued"
+            assert uvm_pdaemon._pageout_anon(victim, cluster) == "queued"
             assert uvm_pdaemon._put_swap_cluster(cluster) == "paging"
             lock.simple_unlock(uvm_page.pageq_lock)
             assert b.complete_pageouts() == 1                # written, then freed

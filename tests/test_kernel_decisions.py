@@ -44,6 +44,7 @@ from smp.kern.param import (
     NBPG,
     PDSLOT_KERN,
     PG_BUSY,
+    PG_CLEAN,
     PG_M,
     PG_RELEASED,
     PG_V,
@@ -54,6 +55,8 @@ from smp.kern.param import (
 from smp.kern.uvm_page import (
     OWN_ANON,
     OWN_PTP,
+    PQ_INACTIVE,
+    Q_INACTIVE,
     UVM_PGA_USERESERVE,
     UVM_PGA_ZERO,
     uvm_pagealloc,
@@ -692,6 +695,66 @@ def test_the_pagedaemon_starts_clustered_writes_and_does_not_wait_for_them(when)
             pagedaemon_pass(b)
             assert b.free() == 61
         assert int(b.ux[U.SWPGONLY]) == 20 and b.check() == []
+
+
+def swap_out_20(b) -> tuple[int, list[int]]:
+    """On a 20-slot swap, 20 of process 0's pages paged out and freed: swap full."""
+    va, pages = dirty_inactive(b, 20)
+    b.free_to(40)
+    pagedaemon_pass(b)
+    assert b.complete_pageouts() == 2
+    assert int(b.ux[U.SWPGONLY]) == int(b.ux[U.SWPAGES]) == 20
+    return va, pages
+
+
+def test_with_swap_full_the_scan_ends_at_the_16th_dirty_page_it_reactivates():
+    """uvmpd_scan_inactive: with swpgonly == swpages a dirty anon page has nowhere to go
+    and goes back to the active queue; UVMPD_NUMDIRTYREACTS (16) of them end the scan,
+    however long the inactive queue ("met free target: exit loop")."""
+    with booted(["swap=80K"]) as b:
+        swap_out_20(b)
+        _, pages = dirty_inactive(b, 40)
+        b.free_to(40)
+        before = b.counters()
+        pagedaemon_pass(b)
+        d = b.delta(before)
+        # 16 scanned, none paged out; back on the active queue, the 16 were deactivated
+        # again by the same pass (inactarg is freetarg + 1 on this small machine), so
+        # they now follow the 24 the scan never reached
+        assert d == {"pdwoke": 1, "pdrevs": 1, "pdscans": 16, "pddeact": 16}
+        queue, pg = [], int(b.a["uvmq"][Q_INACTIVE])
+        while pg >= 0:
+            queue.append(pg)
+            pg = int(b.a["pg_next"][pg])
+        assert queue[-40:] == pages[16:] + pages[:16]
+        assert b.check() == []
+
+
+def test_with_every_slot_held_by_resident_pages_the_pagedaemon_frees_their_slots():
+    """uvmpd_scan's swap shortage: every slot is taken (swpginuse == swpages) but not by
+    pages that live only in swap, and the inactive scan freed nothing; the active scan
+    then gives back the slots of resident pages (dirty again from then on), so the next
+    pass can page the new dirty pages out."""
+    with booted(["swap=80K"]) as b:
+        va, _ = swap_out_20(b)
+        b.free_to(200)
+        for k in range(20):                               # swapped back in, slots kept
+            assert b.fault(0, va + k * NBPG) == 0
+        back = [b.anon_page(0, va + k * NBPG) for k in range(20)]
+        assert int(b.ux[U.SWPGINUSE]) == 20 and int(b.ux[U.SWPGONLY]) == 0
+        _, pages = dirty_inactive(b, 10)
+        b.free_to(40)
+        before = b.counters()
+        pagedaemon_pass(b)
+        d = b.delta(before)
+        assert "pdpageouts" not in d and "pdfreed" not in d     # no slot for the new pages
+        assert int(b.ux[U.SWPGINUSE]) == 0                    # shortage 28: all 20 given back
+        assert not any(b.a["pg_flags"][pg] & PG_CLEAN for pg in back)
+        assert all(b.a["pg_pq"][pg] == PQ_INACTIVE for pg in pages)
+        pagedaemon_pass(b)                                    # now with slots to write to
+        assert b.delta(before)["pdpageouts"] >= 10
+        assert all(b.a["pg_flags"][pg] & PG_BUSY for pg in pages)
+        assert b.check() == []
 
 
 def test_a_pageout_started_during_another_cpus_poll_stays_due(monkeypatch):

@@ -203,6 +203,9 @@ def test_after_a_stop_inside_the_kernel_only_unlocked_structures_are_checked():
 def test_many_violations_are_summarised():
     with booted() as b:
         busy(b)
+        va = b.mmap(1, 32)                      # resident anons, whatever busy() paged out
+        for k in range(32):
+            assert b.fault(1, va + k * NBPG) == 0
         owner = b.a["pg_owner"]
         anon = (owner == OWN_ANON).nonzero()[0]
         b.a["pg_wire"][(owner == OWN_PTP).nonzero()[0]] += 5

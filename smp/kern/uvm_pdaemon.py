@@ -11,26 +11,31 @@ under the big lock and gives it up whenever it sleeps):
     sleep on &uvm.pagedaemon until uvm_pagealloc, uvm_wait or aiodoned wakes
         us; pdwoke++
     inactarg = max((active + inactive) / 3, freetarg + 1)
-    if free < freetarg or inactive < inactarg: uvmpd_scan()
+    if free + paging < freetarg or inactive < inactarg: uvmpd_scan()
     if free > reserve_kernel or nothing is being paged out: wakeup(&uvmexp.free)
         (every uvm_wait sleeper, flt_pmfail* included)
     pool_drain: one pool gives its idle pages back
 
-uvmpd_scan: walk the inactive queue (oldest first) until free + paging (the
-pages whose pageout is in flight) reaches freetarg:
+uvmpd_scan_inactive: walk the inactive queue (oldest first) until free + paging
+(the pages whose pageout is in flight or gathered) reaches 4 * freetarg, or
+UVMPD_NUMDIRTYREACTS = 16 dirty pages were reactivated because swap is full:
     busy (being written) or wired -> skip
     referenced since it was deactivated (pmap_clear_reference) -> reactivate
     anon page: try-lock the anon (the pagedaemon holds the page queues, the
         reverse of the fault path's order); unmap it (pmap_page_remove); clean
-        with a copy in swap -> free it; else a swap slot (none: reactivate, at
-        most UVMPD_NUMDIRTYREACTS = 16 per pass), PG_BUSY, into the swap
+        with a copy in swap -> free it; dirty: swap full (swpgonly == swpages)
+        -> reactivate, dirtyreacts++; no free slot (swap is held by pages that
+        are also in memory) -> leave it; else a swap slot, PG_BUSY, into the swap
         cluster; a full cluster (MAXBSIZE) is written
     file page: unmap; clean -> free it; dirty -> written with its cluster
     (the writes are asynchronous, uvm_pager: pages are freed when the I/O is
     done, by aiodoned or by a later pass; a write that finds no pager VA ends
     the pass)
-then deactivate active pages (oldest first, after clearing their reference
-bits) until inactive reaches inactarg.
+uvmpd_scan: the inactive scan, then walk the active queue (oldest first):
+    deactivate pages (after clearing their reference bits) until inactive
+    reaches inactarg, and, if the scan freed nothing because every swap slot is
+    taken while some of them belong to pages still in memory, free those pages'
+    slots (they are dirty again) until freetarg - free slots are back.
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def _pass() -> None:
     ux[U.INACTARG] = max((ux[U.ACTIVE] + ux[U.INACTIVE]) // 3, ux[U.FREETARG] + 1)
     subr_prf.UVMHIST_LOG(H_TARG, call, ux[U.FREE], ux[U.FREETARG], ux[U.INACTIVE],
                          ux[U.INACTARG])
-    if ux[U.FREE] < ux[U.FREETARG] or ux[U.INACTIVE] < ux[U.INACTARG]:
+    if ux[U.FREE] + ux[U.PAGING] < ux[U.FREETARG] or ux[U.INACTIVE] < ux[U.INACTARG]:
         uvmpd_scan()
     lock.simple_unlock(uvm_page.pageq_lock)
     if ux[U.FREE] > ux[U.RESERVE_KERN] or ux[U.PAGING] == 0:
@@ -143,24 +148,62 @@ def _pass() -> None:
 
 
 def uvmpd_scan() -> None:
-    """Free inactive pages until free + paging >= freetarg, then refill the inactive queue.
+    """Meet the free target from the inactive queue, then the inactive target (and a
+    swap shortage) from the active queue.
 
-    => page queues locked (dropped around each page's work and each write started).
-    Dirty anonymous pages are gathered into a swap cluster, written MAXCLUSTER at a time
-    (and what is left at the end of the scan); a dirty file page is written with its
-    cluster at once.  Writes are asynchronous (uvm_pager): the pass does not wait.
+    => page queues locked (dropped around each page's pmap work and each write).
     """
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     _cnt(counter.pdrevs)
     ux = shared.uvmexp
+    pages_freed = uvmpd_scan_inactive()
+    inactive_shortage = ux[U.INACTARG] - ux[U.INACTIVE]
+    # Every slot taken, but not all by pages that live only in swap: nothing can be
+    # paged out until some resident pages give their (stale-to-be) copies back.
+    swap_shortage = 0
+    if ux[U.FREE] < ux[U.FREETARG] and ux[U.SWPGINUSE] == ux[U.SWPAGES] and \
+            ux[U.SWPGONLY] < ux[U.SWPAGES] and pages_freed == 0:
+        swap_shortage = ux[U.FREETARG] - ux[U.FREE]
+    pg = shared.uvmq[Q_ACTIVE]
+    while pg >= 0 and (inactive_shortage > 0 or swap_shortage > 0):
+        nxt = shared.pg_next[pg]
+        if not shared.pg_flags[pg] & PG_BUSY:
+            if swap_shortage > 0 and _drop_swslot(pg):
+                swap_shortage -= 1
+            if inactive_shortage > 0:
+                lock.simple_unlock(uvm_page.pageq_lock)
+                pmap.pmap_clear_reference(pg)
+                lock.simple_lock(uvm_page.pageq_lock)
+                if shared.pg_pq[pg] == PQ_ACTIVE:
+                    uvm_pagedeactivate(pg)
+                    _cnt(counter.pddeact)
+                    inactive_shortage -= 1
+        pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_ACTIVE else shared.uvmq[Q_ACTIVE]
+
+
+def uvmpd_scan_inactive() -> int:
+    """Free inactive pages until free + paging >= 4 * freetarg; the number freed.
+
+    => page queues locked (dropped around each page's work and each write started).
+    Dirty anonymous pages are gathered into a swap cluster, written MAXCLUSTER at a time
+    (and what is left when the scan ends); a dirty file page is written with its cluster
+    at once.  Writes are asynchronous (uvm_pager): the pass does not wait.  With swap
+    full the scan ends after UVMPD_NUMDIRTYREACTS dirty pages were put back on the active
+    queue: going on would only cycle the active pages through here too fast.
+    """
+    ux = shared.uvmexp
+    target = ux[U.FREETARG] << 2
     dirtyreacts = 0
+    freed = 0
     pg = shared.uvmq[Q_INACTIVE]
     scanned = 0
     limit = ux[U.INACTIVE]
     cluster: list[int] = []
-    while pg >= 0 and ux[U.FREE] + ux[U.PAGING] + len(cluster) < ux[U.FREETARG] and \
-            scanned < limit:
+    while pg >= 0 and scanned < limit:
+        if ux[U.FREE] + ux[U.PAGING] + len(cluster) >= target or \
+                dirtyreacts == UVMPD_NUMDIRTYREACTS:
+            break                                 # "met free target: exit loop"
         nxt = shared.pg_next[pg]
         scanned += 1
         _cnt(counter.pdscans)
@@ -170,13 +213,15 @@ def uvmpd_scan() -> None:
             continue
         owner = shared.pg_owner[pg]
         if owner == OWN_ANON:
-            r = _pageout_anon(pg, dirtyreacts < UVMPD_NUMDIRTYREACTS, cluster)
+            r = _pageout_anon(pg, cluster)
         elif owner == OWN_UOBJ:
             r = _pageout_file(pg)
         else:
             r = "skip"
-        if r == "react":
+        if r == "dirtyreact":
             dirtyreacts += 1
+        elif r == "freed":
+            freed += 1
         if len(cluster) == MAXCLUSTER:
             r = _put_swap_cluster(cluster)
         if r == "nova":                           # no VA to start a write: end the pass
@@ -184,18 +229,27 @@ def uvmpd_scan() -> None:
         pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_INACTIVE else shared.uvmq[Q_INACTIVE]
     if cluster:
         _put_swap_cluster(cluster)
-    # refill the inactive queue from the oldest active pages
-    pg = shared.uvmq[Q_ACTIVE]
-    while pg >= 0 and ux[U.INACTIVE] < ux[U.INACTARG]:
-        nxt = shared.pg_next[pg]
-        if shared.pg_pq[pg] == PQ_ACTIVE:
-            lock.simple_unlock(uvm_page.pageq_lock)
-            pmap.pmap_clear_reference(pg)
-            lock.simple_lock(uvm_page.pageq_lock)
-            if shared.pg_pq[pg] == PQ_ACTIVE:
-                uvm_pagedeactivate(pg)
-                _cnt(counter.pddeact)
-        pg = nxt if nxt < 0 or shared.pg_pq[nxt] == PQ_ACTIVE else shared.uvmq[Q_ACTIVE]
+    return freed
+
+
+def _drop_swslot(pg: int) -> bool:
+    """Give back the swap slot of a resident anon page, which is dirty from now on
+    (uvmpd_scan's swap shortage; => page queues locked).  False if the anon was busy
+    or had no slot."""
+    if shared.pg_owner[pg] != OWN_ANON:
+        return False
+    an = shared.pg_anon[pg]
+    if an < 0 or not lock.simple_lock_try(uvm_anon.an_lock + an):
+        return False
+    dropped = False
+    slot = shared.an_swslot[an]
+    if shared.an_page[an] == pg and slot and not shared.pg_flags[pg] & PG_BUSY:
+        uvm_anon.uvm_swap_free(slot - 1)
+        shared.an_swslot[an] = 0
+        shared.pg_flags[pg] &= ~PG_CLEAN
+        dropped = True
+    lock.simple_unlock(uvm_anon.an_lock + an)
+    return dropped
 
 
 def _reactivate(pg: int) -> str:
@@ -207,9 +261,10 @@ def _reactivate(pg: int) -> str:
     return "react"
 
 
-def _pageout_anon(pg: int, may_react: bool, cluster: list[int]) -> str:
+def _pageout_anon(pg: int, cluster: list[int]) -> str:
     """One inactive anon page (=> page queues locked): freed if clean with a swap copy,
-    else given a swap slot, made busy and added to ``cluster``."""
+    else given a swap slot, made busy and added to ``cluster``; with swap full it goes
+    back to the active queue ("dirtyreact")."""
     if lock.DIAGNOSTIC:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     an = shared.pg_anon[pg]
@@ -236,11 +291,14 @@ def _pageout_anon(pg: int, may_react: bool, cluster: list[int]) -> str:
             return "freed"
         slot = shared.an_swslot[an] - 1
         if slot < 0:
+            if uvm_anon.swap_full():              # nowhere to page it out to
+                lock.simple_lock(uvm_page.pageq_lock)
+                uvm_pageactivate(pg)
+                lock.simple_unlock(uvm_page.pageq_lock)
+                return "dirtyreact"
             slot = uvm_swap_alloc()
-        if slot < 0:                              # swap full: keep it
-            if not may_react:
-                return "busy"                     # UVMPD_NUMDIRTYREACTS used up this pass
-            return _reactivate(pg)
+            if slot < 0:                          # slots held by resident pages: leave it
+                return "noslot"
         shared.an_swslot[an] = slot + 1
         shared.pg_flags[pg] = (shared.pg_flags[pg] | PG_BUSY) & ~PG_CLEAN
         cluster.append(pg)
