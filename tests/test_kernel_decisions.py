@@ -757,6 +757,34 @@ def test_with_every_slot_held_by_resident_pages_the_pagedaemon_frees_their_slots
         assert b.check() == []
 
 
+def test_swap_slots_come_from_the_rotor_on_as_a_slot_by_slot_walk_finds_them():
+    """uvm_swap_alloc's vectorised search against the plain walk it replaced, through a
+    random run of allocations and frees that fills and drains a 64-slot device."""
+    import random
+
+    from smp.kern import uvm_anon
+
+    rng = random.Random(5)
+    with booted(["swap=256K"]) as b:
+        n, used, rotor, held = 64, [0] * 64, 0, []
+        for _ in range(2000):
+            if held and (rng.random() < 0.45 or len(held) == n):
+                slot = held.pop(rng.randrange(len(held)))
+                uvm_anon.uvm_swap_free(slot)
+                used[slot] = 0
+                continue
+            want = next((k % n for k in range(rotor, rotor + n) if not used[k % n]), -1)
+            got = uvm_anon.uvm_swap_alloc()
+            assert got == want
+            if got >= 0:
+                used[got], rotor = 1, (got + 1) % n
+                held.append(got)
+            assert int(b.ux[U.SWPGINUSE]) == sum(used) == len(held)
+        assert uvm_anon.uvm_swap_alloc() == (-1 if len(held) == n else
+                                             next(k % n for k in range(rotor, rotor + n)
+                                                  if not used[k % n]))
+
+
 def test_a_pageout_started_during_another_cpus_poll_stays_due(monkeypatch):
     """intr.poll scans the sources and the writes in flight, then publishes the earliest
     due time.  A write started by another CPU after the scan (uvm_pager's set_due) must

@@ -200,13 +200,14 @@ def uvmpd_scan_inactive() -> int:
     scanned = 0
     limit = ux[U.INACTIVE]
     cluster: list[int] = []
+    cnt, c_scans = shared.cnt, _ci.cnt_base + counter.pdscans
     while pg >= 0 and scanned < limit:
         if ux[U.FREE] + ux[U.PAGING] + len(cluster) >= target or \
                 dirtyreacts == UVMPD_NUMDIRTYREACTS:
             break                                 # "met free target: exit loop"
         nxt = shared.pg_next[pg]
         scanned += 1
-        _cnt(counter.pdscans)
+        cnt[c_scans] += 1
         if shared.pg_flags[pg] & PG_BUSY or shared.pg_wire[pg]:
             _cnt(counter.pdbusy)
             pg = nxt
