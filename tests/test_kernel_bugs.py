@@ -28,7 +28,7 @@ from kernharness import (
 from smp.kern import kern_synch, lock, pmap, uvm_anon, uvm_km, uvm_map, uvm_page, uvm_pdaemon
 from smp.kern import uvm as U
 from smp.kern.kernel import Kernel
-from smp.kern.param import NBPG, PMAP_CANFAIL
+from smp.kern.param import NBPG, PG_BUSY, PG_RELEASED, PMAP_CANFAIL
 from smp.machine.boot import Machine
 from smp.machine.cpu import CPU
 from smp.machine.schedule import Lockstep
@@ -101,6 +101,40 @@ def test_neighbour_mapping_waits_for_the_anon_the_pagedaemon_is_paging_out(monke
         b.forget_lock_order()          # cpu1's fault ran on cpu0's held stack (see above)
         assert b.fault(0, va + NBPG, write=False) == 0   # cpu1 goes on: nothing to map
         assert b.extract(0, va) == -1 and b.check() == []
+
+
+def test_an_anon_freed_while_its_pageout_found_no_va_is_freed_by_the_pagedaemon(monkeypatch):
+    """Seen while chasing the stop-18 flake: munmap frees an anon whose page the pagedaemon
+    has made busy for a pageout (uvm_anfree leaves it to the write's completion,
+    PG_RELEASED); if the write then cannot start (no pager VA), the pagedaemon's give-up
+    path must free the anon itself, or the anon, its page and its swap slot leak."""
+    with booted() as b:
+        va = b.mmap(0, 4)
+        assert b.fault(0, va) == 0
+        victim = b.extract(0, va)
+        an = int(b.a["pg_anon"][victim])
+        lock.simple_lock(uvm_page.pageq_lock)
+        uvm_page.uvm_pagedeactivate(victim)
+        lock.simple_unlock(uvm_page.pageq_lock)
+        monkeypatch.setattr(uvm_pdaemon.uvm_pager, "uvm_pager_put", lambda pages: False)
+        with b.as_pagedaemon():
+            pmap.pmap_activate(pmap.KERNEL_PMAP)
+            lock.simple_lock(uvm_page.pageq_lock)
+            cluster = []
+            assert uvm_pdaemon._pageout_anon(victim, cluster) == "queued"
+            lock.simple_unlock(uvm_page.pageq_lock)
+            b.switch_to(0)
+            assert uvm_map.uvm_unmap(b.tid(0), va) == 0      # "cpu1": the process unmaps
+            assert b.a["pg_flags"][victim] & PG_RELEASED
+            b.ci.area["curproc"] = 0
+            pmap.pmap_activate(pmap.KERNEL_PMAP)
+            lock.simple_lock(uvm_page.pageq_lock)
+            assert uvm_pdaemon._put_swap_cluster(cluster) == "nova"
+            lock.simple_unlock(uvm_page.pageq_lock)
+        assert int(b.a["an_ref"][an]) == 0 and int(b.a["an_page"][an]) == -1
+        assert int(b.a["an_swslot"][an]) == 0 and int(b.ux[U.SWPGINUSE]) == 0
+        assert not b.a["pg_flags"][victim] & (PG_BUSY | PG_RELEASED)
+        assert b.check() == []
 
 
 def test_ptp_stealing_and_pv_stealing_take_two_locks_in_opposite_orders_as_in_1_91():

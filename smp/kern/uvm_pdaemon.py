@@ -58,6 +58,7 @@ from smp.kern.param import (
     OWN_UOBJ,
     PG_BUSY,
     PG_CLEAN,
+    PG_RELEASED,
     PG_WANTED,
 )
 from smp.kern.uvm import counter, shared
@@ -329,19 +330,23 @@ def _put_swap_cluster(cluster: list[int]) -> str:
         for pg in pages:                          # no VA for the write: they stay dirty
             an = shared.pg_anon[pg]
             lock.simple_lock(uvm_anon.an_lock + an)
+            released = shared.pg_flags[pg] & PG_RELEASED
             _unbusy(pg)
             lock.simple_unlock(uvm_anon.an_lock + an)
+            if released:                          # freed while busy: what the write's
+                uvm_anon.uvm_anfree(an)           # completion would have done
         return "nova"
     finally:
         lock.simple_lock(uvm_page.pageq_lock)
 
 
 def _unbusy(pg: int) -> None:
-    """Clear PG_BUSY of a page we made busy, waking whoever waits (=> its owner locked)."""
+    """Clear PG_BUSY (and PG_RELEASED) of a page we made busy, waking whoever waits
+    (=> its owner locked)."""
     f = shared.pg_flags[pg]
     if f & PG_WANTED:
         kern_synch.wakeup(U.CHAN_PAGE + pg)
-    shared.pg_flags[pg] = f & ~(PG_BUSY | PG_WANTED)
+    shared.pg_flags[pg] = f & ~(PG_BUSY | PG_WANTED | PG_RELEASED)
 
 
 def _pageout_file(pg: int) -> str:
