@@ -1,7 +1,10 @@
-"""Shared test helpers: running the ``smp`` command as a user would."""
+"""Shared test helpers: running the ``smp`` command as a user would; the suite's own
+rules (no leaked segments, tests that must run alone when the suite runs in parallel)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -46,17 +49,52 @@ def smp_background(*args: str, cwd: Path, **kw) -> subprocess.Popen:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# The suite runs on every core (pytest-xdist, ``-n`` in pyproject.toml).  A test marked
+# ``exclusive`` leaves a dead run's segment behind on purpose, or plants one for the next
+# command to remove: beside it, another test's no_leaks check would see the orphan, or
+# another test's smp command would remove the planted one first.  Such a test holds the
+# suite's lock file exclusively, every other test holds it shared; a turnstile keeps a
+# waiting exclusive test from being overtaken by shared ones.
+
+@pytest.fixture(scope="session")
+def _suite_lock(tmp_path_factory):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield None
+        return
+    shared = tmp_path_factory.getbasetemp().parent          # one directory for all workers
+    with open(shared / "smp-suite.lock", "a") as main, \
+            open(shared / "smp-suite.turnstile", "a") as turn:
+        yield main, turn
+
+
+@contextlib.contextmanager
+def _holding(files, exclusive: bool):
+    if files is None:
+        yield
+        return
+    main, turn = files
+    fcntl.flock(turn, fcntl.LOCK_EX)
+    fcntl.flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    fcntl.flock(turn, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(main, fcntl.LOCK_UN)
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(request, _suite_lock):
     """No test leaves a shared-memory segment behind: none of a dead run (an orphan whose
     owner is gone) appears during the test, and none this test process owns survives it.
     Segments of runs still going on elsewhere (other test sessions) are not ours to judge."""
-    mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    before = set(leaked_segments(orphans_only=True))
-    yield
-    orphans = set(leaked_segments(orphans_only=True)) - before
-    own = [s for s in leaked_segments() if s.startswith(mine)]
-    assert not orphans and not own, f"segments left in /dev/shm: {sorted(orphans) + own}"
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with _holding(_suite_lock, exclusive):
+        mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
+        before = set(leaked_segments(orphans_only=True))
+        yield
+        orphans = set(leaked_segments(orphans_only=True)) - before
+        own = [s for s in leaked_segments() if s.startswith(mine)]
+        assert not orphans and not own, f"segments left in /dev/shm: {sorted(orphans) + own}"
 
 
 def cpu_workers(pid: int) -> list[psutil.Process]:

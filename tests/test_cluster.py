@@ -317,6 +317,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(addr: str) -> bool:
+    import socket
+
+    host, port = addr.removeprefix("tcp://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_a_scheduler_lost_mid_sweep_stops_the_sweep_with_what_finished(tmp_path):
     """A scheduler of its own (``dask scheduler``), killed under a running sweep."""
     addr = f"tcp://127.0.0.1:{_free_port()}"
@@ -331,6 +342,8 @@ def test_a_scheduler_lost_mid_sweep_stops_the_sweep_with_what_finished(tmp_path)
     script.write_text(BUSY.format(limit="60s"))
     p = None
     try:
+        # the sweep's 2 s connect timeout starts now: the scheduler must be listening first
+        wait_for(lambda: _listening(addr), what="the scheduler to listen")
         p = _sweep("experiment", str(script), "-c", "steal=none", "--seeds", "2", "--out",
                    "exp", "-q", "--cluster", addr, cwd=tmp_path,
                    env={"SMP_CLUSTER_TIMEOUT": "2"})

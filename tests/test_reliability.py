@@ -152,12 +152,7 @@ def test_a_read_only_place_is_refused_before_boot(tmp_path):
 
 # --- 3. a SIGKILL of the whole process group ---------------------------------------------
 
-
-
-
-
-
-
+@pytest.mark.exclusive
 def test_a_killed_process_group_leaks_a_segment_that_the_next_command_removes(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "smp", "run", "heavy-mp", "--out",
                           str(tmp_path / "run"), "-q"], cwd=tmp_path, env=ENV,
@@ -180,6 +175,7 @@ def test_a_killed_process_group_leaks_a_segment_that_the_next_command_removes(tm
             os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.exclusive
 def test_every_command_that_boots_a_machine_first_removes_dead_runs_segments(tmp_path):
     # a segment whose owner is gone: made by a child that exits without unlinking it
     code = ("from multiprocessing import shared_memory as s, resource_tracker as r; "
