@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -310,16 +311,12 @@ def test_ctrl_c_to_the_client_stops_every_run_on_every_worker(cluster, tmp_path)
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def _listening(addr: str) -> bool:
-    import socket
-
     host, port = addr.removeprefix("tcp://").rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=1).close()

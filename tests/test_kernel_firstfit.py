@@ -1,6 +1,7 @@
-"""uvm_km's first-fit search (``first_fit``, under uvm_km_valloc's ``_findspace``) against
-the plain definition, on random kernel maps: the windowed search must find exactly the
-first run of free pages at or after the hint, across window boundaries, or none."""
+"""The first-fit search (``subr_extent.first_fit``: kernel VA for uvm_km_valloc, swap
+slots for uvm_swap_alloc) against the plain definition, on random maps: the windowed
+search must find exactly the first run of free units at or after the hint, across window
+boundaries, or none."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smp.kern.uvm_km import first_fit
+from smp.kern.subr_extent import first_fit
 
 
 def plain_first_fit(used: np.ndarray, lo: int, end: int, npages: int) -> int:

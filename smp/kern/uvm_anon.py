@@ -29,6 +29,7 @@ import numpy as np
 from smp.kern import lock, pmap, uvm_page
 from smp.kern import uvm as U
 from smp.kern.param import PG_BUSY, PG_RELEASED
+from smp.kern.subr_extent import first_fit
 from smp.kern.uvm import shared
 from smp.kern.uvm_page import uvm_pagefree
 from smp.machine.layout import ArraySpec
@@ -135,30 +136,24 @@ def swap_full() -> bool:
 
 
 def uvm_swap_alloc() -> int:
-    """A free swap slot, or -1: the first free one from the rotor on, wrapping around.
-
-    (A nearly full swap device left a slot-by-slot walk thousands of slots long; the
-    pagedaemon spent a sixth of its time here.  The vectorised search finds the same
-    slot.)
-    """
+    """A free swap slot, or -1: the first free one from the rotor on, wrapping around."""
     lock.simple_lock(swap_data_lock)
     ux = shared.uvmexp
     if ux[U.SWPAGES] == 0 or ux[U.SWPGINUSE] >= ux[U.SWPAGES]:
         lock.simple_unlock(swap_data_lock)
         return -1
     used = shared.swap_used
+    n = len(used)
     i = shared.swap_glob[0]
-    if used[i]:
+    if used[i]:                                   # (the rotor's slot is usually free)
         arr = shared.np["swap_used"]
-        j = i + int(arr[i:].argmin())
-        if arr[j] and i:
-            j = int(arr[:i].argmin())
-        i = j
-    if used[i]:                                   # (swpginuse said there was one)
+        j = first_fit(arr, i, n, 1)
+        i = j if j >= 0 else first_fit(arr, 0, i, 1)
+    if i < 0:                                     # (swpginuse said there was one)
         lock.simple_unlock(swap_data_lock)
         return -1
     used[i] = 1
-    shared.swap_glob[0] = (i + 1) % len(used)
+    shared.swap_glob[0] = (i + 1) % n
     ux[U.SWPGINUSE] += 1
     lock.simple_unlock(swap_data_lock)
     return i

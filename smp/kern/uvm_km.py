@@ -80,6 +80,7 @@ from smp.kern.param import (
     VM_PROT_READ,
     VM_PROT_WRITE,
 )
+from smp.kern.subr_extent import first_fit
 from smp.kern.uvm import counter, shared
 from smp.kern.uvm_page import uvm_pagealloc, uvm_pagefree
 from smp.machine.layout import ArraySpec
@@ -242,31 +243,6 @@ def _findspace(m: int, npages: int) -> int:
     if i + npages <= end and all(not used[j] for j in range(i + 1, i + npages)):
         return i
     return first_fit(shared.np["kva_used"], i, end, npages)
-
-
-def first_fit(used: np.ndarray, lo: int, end: int, npages: int) -> int:
-    """The first index >= ``lo`` that starts a run of ``npages`` zeros within
-    ``used[:end]``, or -1.
-
-    Looked for in windows that grow fourfold (kernel_map has a quarter of a million pages
-    and the fit is almost always near the hint); consecutive windows overlap by npages - 1
-    so that no run is cut in two.
-    """
-    width = max(1024, 4 * npages)
-    while lo + npages <= end:
-        hi = min(end, lo + width)
-        free = used[lo:hi] == 0
-        if npages == 1:
-            z = np.flatnonzero(free)
-        else:
-            c = np.concatenate(([0], np.cumsum(free, dtype=np.int64)))
-            z = np.flatnonzero(c[npages:] - c[:-npages] == npages)
-        if len(z):
-            return lo + int(z[0])
-        if hi == end:
-            break
-        lo, width = hi - npages + 1, width * 4
-    return -1
 
 
 def _take(m: int, first: int, npages: int) -> None:
