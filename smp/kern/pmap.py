@@ -271,12 +271,14 @@ _cpu = 0
 _cpu_pmap = _pm_pdir = None      # shared.cpu_pmap, shared.pm_pdir (attach)
 _pc: PerCPU | None = None
 _physmem_np = None
+_cpu_state = None  # every CPU's CS_* state (the shooter's _ack_quiet_cpus reads it)
+_QUIET = (_atomic.CS_SPINNING, _atomic.CS_IDLE)
 
 
 def attach(ci, kernel) -> None:
     global _ci, _cfg, _steal_ptp, _steal_pv, _shootdown_on_steal, _leak, _core, _pc
     global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np, _ptread, _cpu, _cpu_pmap
-    global _pm_pdir
+    global _pm_pdir, _cpu_state
     kernel_config = kernel.config
     _ci = ci
     _cfg = kernel_config
@@ -293,6 +295,7 @@ def attach(ci, kernel) -> None:
     _pm_cpus_off = lay["pm_cpus"][0]
     _ipi_mask_off = lay["tlb_ipi_mask"][0]
     _physmem_np = ci.seg.arrays["physmem"]
+    _cpu_state = ci.seg.cpus["state"]
     _pc = PerCPU(ci)
     ci.pmap = _pc
 
@@ -1639,6 +1642,16 @@ def pmap_tlb_shootnow(mask: int) -> None:
     While waiting this CPU keeps answering its own IPIs, or two CPUs shooting at each
     other would deadlock.  The wait ends with a panic after a long time (DIAGNOSTIC's
     10,000,000 spins) and stops at once if the machine halts.
+
+    A target that is spinning for a lock or idle takes the IPI at once on the real
+    machine (it spins and halts with interrupts enabled) and answers within a
+    microsecond.  Here its host process may be descheduled or parked on a futex, and
+    waking it only to answer cost the shooter milliseconds on a host with fewer cores
+    than CPUs; so the shooter acknowledges for it (``_ack_quiet_cpus``) without waking
+    it.  The invalidations stay in the target's queue with its IPI bit set, and the
+    target applies them at its next delivery point, which comes before it uses its TLB
+    again: a waiter or an idle CPU returns to kernel code, which does not use the TLB,
+    and a memory reference (trap.memref) answers pending IPIs first.
     """
     if not mask:
         return
@@ -1649,7 +1662,7 @@ def pmap_tlb_shootnow(mask: int) -> None:
     m = mask
     while m:
         if m & 1:
-            _ci.send_ipi(c, I386_IPI_TLB)
+            _ci.send_ipi(c, I386_IPI_TLB, False)
         m >>= 1
         c += 1
     _cnt(counter.tlb_ipis, bin(mask).count("1"))
@@ -1660,7 +1673,7 @@ def pmap_tlb_shootnow(mask: int) -> None:
     try:
         _shootnow_wait(off, mask, hook)
     finally:
-        area["state"] = saved
+        _ci.set_state(saved)                  # (sequentially consistent: _ack_quiet_cpus)
 
 
 def _shootnow_wait(off: int, mask: int, hook) -> None:
@@ -1674,7 +1687,12 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
     """
     deadline = None
     spins = 0
-    while _core.load64(off) & mask:          # load64 is signed; & keeps just our bits
+    while True:
+        left = _core.load64(off) & mask      # load64 is signed; & keeps just our bits
+        if left:
+            left = _ack_quiet_cpus(off, left)
+        if not left:
+            return
         if _ci.ipi_pending():
             # (intr: the IPI handler, the TLB's and the devices' -- as the spin loop calls it)
             from smp.kern import intr
@@ -1693,6 +1711,30 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
                 deadline = time.monotonic() + 10.0
             elif time.monotonic() > deadline:
                 subr_prf.panic(P_RENDEZVOUS, _core.load64(off) & mask)
+
+
+def _ack_quiet_cpus(off: int, left: int) -> int:
+    """Acknowledge for the targets of ``left`` that wait for a lock or are idle (see
+    pmap_tlb_shootnow); returns the targets still to answer.
+
+    A target's state is read after its IPI bit was posted (send_ipi's locked OR), and a
+    target leaves CS_SPINNING or CS_IDLE with a sequentially consistent store before it
+    next reads its IPI word: if this CPU still saw the old state, the target will see
+    the bit.
+    """
+    state = _cpu_state
+    quiet = 0
+    c = 0
+    m = left
+    while m:
+        if m & 1 and state[c] in _QUIET:
+            quiet |= 1 << c
+        m >>= 1
+        c += 1
+    if quiet:
+        _core.and64(off, ~quiet & MASK64)
+        _cnt(counter.tlb_ipi_proxied, bin(quiet).count("1"))
+    return left & ~quiet
 
 
 def _ack_stopped_cpus(off: int, mask: int) -> None:

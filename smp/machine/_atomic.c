@@ -604,6 +604,15 @@ static inline void lock_release_wake(struct lock_word *lw)
     }
 }
 
+/* A waiter stops spinning.  The store is sequentially consistent: a shooter that posts
+ * a TLB IPI and then reads this CPU's state as CS_SPINNING acknowledges for it
+ * (pmap_tlb_shootnow), trusting that the CPU looks at its IPI word before it uses its
+ * TLB again -- so the CPU's later load of the IPI word must not pass this store. */
+static inline void leave_spin(Core *c, uint32_t saved)
+{
+    __atomic_store_n(&c->me->state, saved, __ATOMIC_SEQ_CST);
+}
+
 static int spin_turn(Core *c, uint64_t spins, struct lock_word *lw, int want)
 {
     if (__atomic_load_n(&c->hdr->halt, __ATOMIC_RELAXED)) {
@@ -1210,7 +1219,7 @@ static int lock_excl(Core *c, uint32_t id, uint32_t site)
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
-            c->me->state = saved;
+            leave_spin(c, saved);
             return -1;
         }
         if (__atomic_load_n(&lw->state, __ATOMIC_RELAXED) == 0) {
@@ -1221,7 +1230,7 @@ static int lock_excl(Core *c, uint32_t id, uint32_t site)
         }
     }
     c->me->spinning_on = saved_spin;
-    c->me->state = saved;
+    leave_spin(c, saved);
     return acquired(c, id, M_EXCL, site, spins, t0, holder_site);
 }
 
@@ -1382,7 +1391,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
-            c->me->state = saved;
+            leave_spin(c, saved);
             return NULL;
         }
         s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
@@ -1392,7 +1401,7 @@ static PyObject *Core_rlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
             break;
     }
     c->me->spinning_on = saved_spin;
-    c->me->state = saved;
+    leave_spin(c, saved);
     if (acquired(c, id, M_SHARED, site, spins, t0, holder_site))
         return NULL;
     Py_RETURN_NONE;
@@ -1465,7 +1474,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
             /* when halted, spinning_on stays set: the report says what we waited for */
             if (!PyErr_ExceptionMatches(HaltedError))
                 c->me->spinning_on = saved_spin;
-            c->me->state = saved;
+            leave_spin(c, saved);
             return NULL;
         }
         s = __atomic_load_n(&lw->state, __ATOMIC_RELAXED);
@@ -1480,7 +1489,7 @@ static PyObject *Core_wlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     c->me->spinning_on = saved_spin;
-    c->me->state = saved;
+    leave_spin(c, saved);
     if (acquired(c, id, M_EXCL, site, spins, t0, holder_site))
         return NULL;
     Py_RETURN_NONE;
@@ -1549,17 +1558,20 @@ static PyObject *Core_wake_lock(Core *c, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* send_ipi(cpu, bits): i386_send_ipi -- post the bits in the target's mailbox, kick it
- * out of its idle sleep, and off the lock futex it may be parked on (a waiting CPU
- * answers IPIs).  One C call: IPIs are on the TLB-shootdown path of every unmap. */
+/* send_ipi(cpu, bits[, wake]): i386_send_ipi -- post the bits in the target's mailbox,
+ * kick it out of its idle sleep, and off the lock futex it may be parked on (a waiting
+ * CPU answers IPIs).  With wake false only the bits are posted: the sender answers for
+ * a waiting or idle target itself (pmap_tlb_shootnow).  One C call: IPIs are on the
+ * TLB-shootdown path of every unmap. */
 static PyObject *Core_send_ipi(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send_ipi(cpu, bits)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_ipi(cpu, bits[, wake])");
         return NULL;
     }
     long cpu = PyLong_AsLong(args[0]);
     unsigned long long bits = PyLong_AsUnsignedLongLong(args[1]);
+    int wake = nargs == 3 ? PyObject_IsTrue(args[2]) : 1;
     if (PyErr_Occurred())
         return NULL;
     if (cpu < 0 || cpu >= c->ncpu) {
@@ -1568,6 +1580,8 @@ static PyObject *Core_send_ipi(Core *c, PyObject *const *args, Py_ssize_t nargs)
     }
     struct cpu_area *t = (struct cpu_area *)(c->cpu_base + cpu * c->cpu_stride);
     __atomic_fetch_or(&t->ipi_pending, (uint64_t)bits, __ATOMIC_SEQ_CST);
+    if (!wake)
+        Py_RETURN_NONE;
     __atomic_fetch_add(&t->kick, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &t->kick, FUTEX_WAKE, 1, NULL, NULL, 0);
     uint32_t lk = __atomic_load_n(&t->spinning_on, __ATOMIC_SEQ_CST);
@@ -2232,7 +2246,8 @@ static PyMethodDef Core_methods[] = {
     FC(wunlock, "wunlock(id): spinlockmgr(LK_RELEASE) of an exclusive hold"),
     FC(held, "held(id) -> bool: does this CPU hold the lock"),
     FC(wake_lock, "wake_lock(id): wake the CPUs parked on the lock (an IPI is for one)"),
-    FC(send_ipi, "send_ipi(cpu, bits): post IPI bits to cpu and wake it (idle or parked)"),
+    FC(send_ipi, "send_ipi(cpu, bits[, wake]): post IPI bits to cpu and wake it (idle or "
+       "parked) unless wake is false"),
     FC(cas32, "cas32(off, old, new) -> bool"),
     FC(cas64, "cas64(off, old, new) -> bool"),
     FC(fadd32, "fadd32(off, v) -> old value"),

@@ -102,6 +102,7 @@ class CPU:
                           for i in range(self.ncpu)]
         self._ipi_off = [base + i * CPU_STRIDE + CPU_DTYPE.fields["ipi_pending"][1]
                          for i in range(self.ncpu)]
+        self._state_off = base + self.cpu * CPU_STRIDE + CPU_DTYPE.fields["state"][1]
         self.md = None
         self._kick_seen = 0
         self.lockstep = None          # smp.machine.lockstep.Lockstep in lockstep mode
@@ -169,14 +170,21 @@ class CPU:
         self.core.fadd32(off, 1)
         self.core.futex_wake(off, 1)
 
-    def send_ipi(self, cpu: int, bits: int) -> None:
+    def send_ipi(self, cpu: int, bits: int, wake: bool = True) -> None:
         """Post IPI ``bits`` to ``cpu`` (i386_send_ipi) and kick it -- out of its idle sleep,
-        or off the futex it parked on while waiting for a lock (it must answer)."""
-        self.core.send_ipi(cpu, bits)
+        or off the futex it parked on while waiting for a lock (it must answer) -- unless
+        ``wake`` is false (the sender answers for a waiting CPU: pmap_tlb_shootnow)."""
+        self.core.send_ipi(cpu, bits, wake)
 
     def ipi_pending(self) -> int:
         """This CPU's pending IPI bits, without taking them (a spinning CPU's check)."""
         return int(self.area["ipi_pending"])
+
+    def set_state(self, state: int) -> None:
+        """Set this CPU's CS_* state with a sequentially consistent store: a CPU leaving
+        CS_SPINNING or CS_IDLE must not read its IPI word before the store is seen
+        (a TLB shooter acknowledges for waiting and idle CPUs: pmap_tlb_shootnow)."""
+        self.core.xchg32(self._state_off, state)
 
     def take_ipis(self) -> int:
         """Fetch and clear this CPU's pending IPI bits."""
@@ -226,7 +234,7 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
                 ls.point(IDLE_VTICK)         # idle turns pass virtual time
             else:
                 ci.idle_wait()
-            area["state"] = _atomic.CS_RUNNING
+            ci.set_state(_atomic.CS_RUNNING)
             continue
         area["curproc"] = tid
         status = kernel.run(ci, tid)

@@ -1,0 +1,89 @@
+"""The TLB shootdown's rendezvous when a target waits for a lock or is idle.
+
+pmap_tlb_shootnow acknowledges for a target that is spinning (or parked) for a lock or
+idle, without waking it: on the real machine such a CPU takes the IPI at once.  The
+target's invalidations stay queued with its IPI bit set, and trap.memref answers
+pending IPIs -- also those posted while it was answering others -- before it looks in
+the TLB.  These tests fake cpu1 in a 2-CPU machine booted in the test process (only
+cpu0 runs), so each decision is seen on its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kernharness import booted
+
+from smp.kern import intr, pmap
+from smp.kern.param import NBPG
+from smp.machine import _atomic
+
+
+def _share_with_cpu1(b, i: int = 0) -> int:
+    """Process i's pmap is loaded on cpu0 and (as the fake) on cpu1; returns the pmap."""
+    b.switch_to(i)
+    pm = b.pm(i)
+    b.a["pm_cpus"][pm] = int(b.a["pm_cpus"][pm]) | 0b10
+    return pm
+
+
+@pytest.mark.parametrize("state", [_atomic.CS_SPINNING, _atomic.CS_IDLE])
+def test_the_shooter_answers_for_a_waiting_or_idle_target_and_leaves_its_queue(state):
+    with booted(["ncpu=2"]) as b:
+        va = b.mmap(0, 2)
+        assert b.fault(0, va) == 0
+        pm = _share_with_cpu1(b)
+        b.seg.cpus["state"][1] = state
+        before = b.counters()
+        b.unmap_keep_pages(0, va)              # pmap_remove: shootdown to cpu1, rendezvous
+        d = b.delta(before)
+        assert d["tlb_ipis"] == 1 and d["tlb_ipi_proxied"] == 1
+        assert int(b.a["tlb_ipi_mask"][0]) == 0            # nothing left to wait for
+        # cpu1 has not run: its IPI and its queued invalidation wait for its next point
+        assert int(b.seg.cpus["ipi_pending"][1]) & intr.I386_IPI_TLB
+        assert int(b.a["tlbq_count"][1]) == 1
+        assert int(b.a["tlbq_va"][pmap.PMAP_TLB_MAXJOBS]) == va
+        assert int(b.a["tlbq_pmap"][pmap.PMAP_TLB_MAXJOBS]) == pm
+        assert b.check() == []
+
+
+def test_a_running_target_is_not_answered_for():
+    with booted(["ncpu=2"]) as b:
+        off = pmap._ipi_mask_off                            # cpu0's tlb_ipi_mask word
+        b.ci.core.or64(off, 0b10)
+        state = b.seg.cpus["state"]
+        for s, left in ((_atomic.CS_RUNNING, 0b10), (_atomic.CS_SPINNING, 0)):
+            state[1] = s
+            assert pmap._ack_quiet_cpus(off, 0b10) == left
+            assert int(b.a["tlb_ipi_mask"][0]) == left
+        assert b.cnt("tlb_ipi_proxied") == 1
+
+
+def test_memref_answers_an_ipi_posted_while_it_served_another(monkeypatch):
+    """A TLB IPI that comes while the CPU is inside at_point (waiting for a lock there, as
+    the shooter sees it: CS_SPINNING, so answered for) is applied before the TLB is used:
+    the reference does not hit the entry the IPI invalidates."""
+    with booted(["ncpu=2"]) as b:
+        va = b.mmap(0, 2)
+        b.touch(0, va)                                      # fault, then the TLB has va
+        b.touch(0, va)
+        assert va >> 12 in pmap._pc.tlb
+        real_at_point = intr.at_point
+
+        def at_point_meanwhile_shot():
+            real_at_point()
+            # another CPU invalidated va for cpu0 meanwhile and answered for it
+            b.a["tlbq_va"][0] = va
+            b.a["tlbq_pmap"][0] = b.pm(0)
+            b.a["tlbq_count"][0] = 1
+            b.ci.send_ipi(0, intr.I386_IPI_TLB, False)
+
+        monkeypatch.setattr(intr, "at_point", at_point_meanwhile_shot)
+        b.ci.send_ipi(0, intr.I386_IPI_DEVINTR, False)   # something to make memref look
+        before = b.counters()
+        b.touch(0, va)
+        d = b.delta(before)
+        assert d.get("tlb_hits", 0) == 0 and d["tlb_misses"] == 1, d
+        assert int(b.seg.cpus["ipi_pending"][0]) == 0 and int(b.a["tlbq_count"][0]) == 0
+        b.touch(0, va + NBPG)
+        assert b.check() == []
+
