@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 from kernharness import booted
 
-from smp.kern import intr, pmap
-from smp.kern.param import NBPG
+from smp.kern import intr, pmap, uvm_map
+from smp.kern.param import NBPD, NBPG, PG_RW, PG_V, PG_W, VM_PROT_READ
 from smp.machine import _atomic
 
 
@@ -87,3 +87,44 @@ def test_memref_answers_an_ipi_posted_while_it_served_another(monkeypatch):
         b.touch(0, va + NBPG)
         assert b.check() == []
 
+
+def _pte(b, pm: int, va: int) -> int:
+    phys = b.a["physmem"]
+    pde = int(phys[(int(b.a["pm_pdir"][pm]) << 10) + (va >> 22)])
+    return int(phys[((pde >> 12) << 10) + ((va >> 12) & 0x3FF)]) if pde & PG_V else 0
+
+
+def test_pmap_protect_walks_by_block_and_shoots_every_page_it_write_protects():
+    """1.91's pmap_write_protect: a 4 MiB block at a time (a block without a PTP is
+    skipped), each writable PTE in [sva, eva) loses PG_RW and is shot down; fork's
+    ``skip_wired`` leaves wired ones writable."""
+    with booted(["ncpu=2"]) as b:
+        tid = b.tid(0)
+        va = b.mmap(0, 3 * 1024, align=NBPD)                 # three blocks, from a PDE
+        pages = [va, va + 5 * NBPG, va + NBPD + 7 * NBPG, va + 2 * NBPD + NBPG,
+                 va + 3 * NBPD - NBPG]
+        for p in pages:
+            assert b.fault(0, p) == 0
+        uvm_map.set_wired(tid, pages[1], True)
+        assert b.fault(0, pages[1], wire=True) == 0
+        pm = _share_with_cpu1(b)
+        b.seg.cpus["state"][1] = _atomic.CS_SPINNING
+        # the middle block's PTP goes (its only page unmapped), so the walk must skip it
+        b.unmap_keep_pages(0, pages[2])
+        b.a["tlbq_count"][1] = 0
+        b.a["tlbq_flush"][1] = 0
+        before = b.counters()
+        pmap.pmap_protect(pm, va + 3 * NBPG, va + 3 * NBPD, VM_PROT_READ, skip_wired=True)
+        d = b.delta(before)
+        assert _pte(b, pm, pages[0]) & PG_RW                 # before sva: untouched
+        assert _pte(b, pm, pages[1]) & (PG_RW | PG_W) == PG_RW | PG_W    # wired: kept
+        for p in pages[3:]:
+            assert _pte(b, pm, p) & (PG_V | PG_RW) == PG_V    # write-protected, mapped
+        assert d["tlb_shootdowns"] == 2 and d["tlb_ipi_proxied"] == 1
+        n = int(b.a["tlbq_count"][1])
+        assert [int(x) for x in b.a["tlbq_va"][pmap.PMAP_TLB_MAXJOBS:][:n]] == pages[3:]
+        # without skip_wired the wired page is write-protected too
+        pmap.pmap_protect(pm, va, va + NBPD, VM_PROT_READ)
+        assert _pte(b, pm, pages[1]) & (PG_RW | PG_W) == PG_W
+        assert not _pte(b, pm, pages[0]) & PG_RW
+        assert b.check() == []

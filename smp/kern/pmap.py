@@ -112,6 +112,7 @@ from smp.kern.param import (
     PG_U,
     PG_V,
     PG_W,
+    PGSHIFT,
     PMAP_CANFAIL,
     PMAP_WIRED,
     PTE_BASE,
@@ -1394,20 +1395,29 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = Fals
     other = pmap_map_ptes(pm)
     mask = 0
     pdir = shared.pm_pdir[pm] << 10
+    physmem = shared.physmem
     va = sva
-    while va < eva:
-        pde = shared.physmem[pdir + pdei(va)]
-        if pde & PG_V and pdei(va) != PDSLOT_PTE:
-            idx = ((pde >> 12) << 10) + ptei(va)
-            while True:
-                opte = shared.physmem[idx]
-                if not (opte & PG_V and opte & PG_RW) or (prot & VM_PROT_WRITE) or \
-                        (skip_wired and opte & PG_W):
-                    break
-                if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_RW):
-                    mask |= pmap_tlb_shootdown(pm, va, opte)
-                    break
-        va += NBPG
+    # 1.91's loop: a 4 MiB block at a time, skipping a block whose PDE is not valid
+    while va < eva and not prot & VM_PROT_WRITE:
+        blk_end = min(eva, (va & ~(NBPD - 1)) + NBPD)
+        slot = pdei(va)
+        pde = physmem[pdir + slot]
+        if pde & PG_V and slot != PDSLOT_PTE:
+            first = ((pde >> 12) << 10) + ptei(va)
+            ptes = _physmem_np[first:first + ((blk_end - va) >> PGSHIFT)]
+            # the writable mappings; each PTE is read again for its CAS (the MMU sets
+            # PG_U/PG_M without the pmap lock)
+            bits = PG_V | PG_RW | (PG_W if skip_wired else 0)
+            for k in np.flatnonzero((ptes & bits) == PG_V | PG_RW).tolist():
+                idx = first + k
+                while True:
+                    opte = physmem[idx]
+                    if (opte & bits) != PG_V | PG_RW:
+                        break
+                    if _core.cas32(_phys_off + 4 * idx, opte, opte & ~PG_RW):
+                        mask |= pmap_tlb_shootdown(pm, va + (k << PGSHIFT), opte)
+                        break
+        va = blk_end
     pmap_tlb_shootnow(mask)
     pmap_unmap_ptes(pm, other)
 
