@@ -68,7 +68,10 @@ Choices where the facts are open (NETBSD-FACTS §12):
   queues of PMAP_TLB_MAXJOBS = 16 (overflow -> full flush), an IPI, and a
   rendezvous during which the initiator keeps answering its own IPIs.  PTPs a
   removal empties are freed only after the rendezvous, as the later x86 code
-  does, so a correct kernel never leaves a stale translation behind.
+  does, so a correct kernel never leaves a stale translation behind.  A target
+  spinning for a lock or idle would take the IPI at once; the initiator
+  acknowledges for it rather than wait for the host to run its process, and the
+  target applies its queue before it next uses its TLB (pmap_tlb_shootnow).
 * Kernel-pmap statistics are updated atomically: the real code changed them
   without a lock (the kernel pmap is never locked in pmap_map_ptes).
 
