@@ -128,3 +128,27 @@ def test_pmap_protect_walks_by_block_and_shoots_every_page_it_write_protects():
         assert _pte(b, pm, pages[1]) & (PG_RW | PG_W) == PG_W
         assert not _pte(b, pm, pages[0]) & PG_RW
         assert b.check() == []
+
+
+
+def test_a_device_interrupt_posted_while_the_tlb_handler_runs_stays_pending(monkeypatch):
+    """i386_ipi_handler takes the IPI bits once; the TLB part must not take them again, or
+    a disk completion posted meanwhile is lost (a run then waits for its time limit with
+    the cluster's pages still paging)."""
+    with booted(["ncpu=2"]) as b:
+        ci = b.ci
+        real_take = ci.take_ipis
+        taken = []
+
+        def take_then_the_disk_completes():
+            taken.append(real_take())
+            if len(taken) == 1:
+                ci.send_ipi(0, intr.I386_IPI_DEVINTR, False)  # right after the take
+            return taken[-1]
+
+        monkeypatch.setattr(ci, "take_ipis", take_then_the_disk_completes)
+        b.a["tlbq_flush"][0] = 1
+        ci.send_ipi(0, intr.I386_IPI_TLB, False)
+        intr.i386_ipi_handler()
+        assert taken[0] == intr.I386_IPI_TLB
+        assert ci.ipi_pending() & intr.I386_IPI_DEVINTR

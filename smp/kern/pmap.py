@@ -1763,8 +1763,12 @@ def _ack_stopped_cpus(off: int, mask: int) -> None:
 
 
 def pmap_do_tlb_shootdown() -> None:
-    """The TLB IPI handler: apply this CPU's queued invalidations and acknowledge."""
-    bits = _ci.take_ipis()
+    """The TLB IPI handler: apply this CPU's queued invalidations and acknowledge.
+
+    => the caller (intr.i386_ipi_handler) took the IPI bits: taking them again here
+    would swallow a device interrupt posted meanwhile, and a disk completion lost so
+    at the end of a run left its pages paging and the run waiting for its time limit.
+    """
     me = _ci.cpu
     lock.simple_lock(tlbq_lock + me)
     if shared.tlbq_flush[me]:
@@ -1783,4 +1787,3 @@ def pmap_do_tlb_shootdown() -> None:
     for c in range(_ci.ncpu):
         if c != me and shared.tlb_ipi_mask[c] & (1 << me):
             _core.and64(_ipi_mask_off + 8 * c, bit)
-    del bits
