@@ -152,3 +152,30 @@ def test_a_device_interrupt_posted_while_the_tlb_handler_runs_stays_pending(monk
         intr.i386_ipi_handler()
         assert taken[0] == intr.I386_IPI_TLB
         assert ci.ipi_pending() & intr.I386_IPI_DEVINTR
+
+
+def test_an_interrupt_that_comes_while_one_is_served_is_held_and_served_next(monkeypatch):
+    """The disk completes a second write while this CPU's biodone waits for aiodoned_lock:
+    the spin loop's handler takes the IPI and holds it (no nested service); the next
+    delivery point serves it.  (Before, the outer service's end cleared what the nested
+    handler held: the completion was lost, and the run waited for its time limit.)"""
+    from smp.kern import uvm_pager
+
+    with booted(["ncpu=2"]) as b:
+        ci = b.ci
+        calls = []
+        real = uvm_pager.uvm_aio_biodone
+
+        def biodone(cpu):
+            calls.append(cpu)
+            if len(calls) == 1:
+                ci.send_ipi(0, intr.I386_IPI_DEVINTR, False)
+                intr.i386_ipi_handler()          # as spin_turn calls it while waiting
+            real(cpu)
+
+        monkeypatch.setattr(uvm_pager, "uvm_aio_biodone", biodone)
+        ci.send_ipi(0, intr.I386_IPI_DEVINTR, False)
+        intr.at_point()
+        assert calls == [0] and intr.due()       # the second one is held ...
+        intr.at_point()
+        assert calls == [0, 0] and not intr.due()   # ... and served at the next point

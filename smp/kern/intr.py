@@ -229,9 +229,17 @@ def i386_ipi_handler() -> None:
 
 
 def _spllower() -> None:
-    """Serve the pending device interrupts if the priority allows, else hold them."""
+    """Serve the pending device interrupts if the priority allows, else hold them.
+
+    The flag is cleared before the service, not set from its result: an interrupt that
+    arrives while the service waits for a lock is taken by the spin loop's handler and
+    held (nested, the priority does not allow it), and must stay held -- a disk
+    completion lost so left its cluster paging and the run waiting for its time limit.
+    """
     global _ipending
-    _ipending = not intr_service()
+    _ipending = False
+    if not intr_service():
+        _ipending = True
 
 
 def spl_allows() -> bool:
