@@ -440,3 +440,35 @@ def test_the_sparse_fork_reproducer_ends_cleanly_with_diagnostic_on(tmp_path):
 def test_the_sparse_fork_reproducer_runs_to_its_end_on_seeds_0_to_3(tmp_path, seed):
     """The reproducer as the issue gives it: 4 CPUs, 90 s limit, seeds 0-3."""
     _sparse_fork(tmp_path, seed)
+
+
+def test_more_one_page_pageouts_in_flight_than_64k_clusters_keep_a_record_each():
+    """pager_map holds a 64 KiB cluster 64 times over, but a write may be one page: every
+    write in flight needs its own record (a struct buf).  With records for 64 clusters
+    only, the 66th one-page write took a live record over, and uvmexp.paging kept pages
+    no write held (DIAGNOSTIC: "uvmexp.paging 120, pages in writes 46", found by
+    `smp explore raw-dd -o biglock=off`)."""
+    from smp.kern import uvm_pager
+    from smp.kern.param import PG_CLEAN
+
+    with booted(["physmem=2M"]) as b:
+        n = 80
+        va = b.mmap(0, n)
+        pages = []
+        for i in range(n):
+            assert b.fault(0, va + i * NBPG) == 0
+            pages.append(b.anon_page(0, va + i * NBPG))
+        for pg in pages:                      # what _pageout_anon does, one page a cluster
+            an = int(b.a["pg_anon"][pg])
+            lock.simple_lock(uvm_anon.an_lock + an)
+            pmap.pmap_page_remove(pg)
+            slot = uvm_anon.uvm_swap_alloc()
+            assert slot >= 0
+            b.a["an_swslot"][an] = slot + 1
+            b.a["pg_flags"][pg] = (b.a["pg_flags"][pg] | PG_BUSY) & ~PG_CLEAN
+            lock.simple_unlock(uvm_anon.an_lock + an)
+            assert uvm_pager.uvm_pager_put([pg])
+        assert int(b.ux[U.PAGING]) == n
+        assert b.check() == []                # paging == the pages the writes hold
+        assert b.complete_pageouts() == n
+        assert int(b.ux[U.PAGING]) == 0 and b.check() == []

@@ -67,7 +67,9 @@ from smp.kern.uvm_page import uvm_pagefree
 from smp.machine.layout import ArraySpec
 
 MAXCLUSTER = MAXBSIZE // NBPG
-NAIO = PAGER_MAP_SIZE // MAXBSIZE + 1      # as many writes as pager_map holds, and emergva
+# a record (struct buf) for as many writes as pager_map can hold -- one page each at
+# worst, not a 64 KiB cluster each -- and the emergency window's
+NAIO = PAGER_MAP_SIZE // NBPG + 1
 # aio_state
 A_FREE, A_INFLIGHT, A_DONE, A_QUEUED = range(4)
 # aio_glob slots: the done queue's head and tail, emergva in use
@@ -126,7 +128,7 @@ def uvm_pager_put(pages: list[int]) -> bool:
         return False
     lock.simple_lock(aiodoned_lock)
     states = shared.np["aio_state"]
-    a = int(np.argmin(states))                 # a free record (there is one per VA slot)
+    a = int(np.argmin(states))                 # a free record (one per page of pager_map)
     shared.aio_n[a] = len(pages)
     row = shared.np["aio_pages"][a]
     row[:] = -1
