@@ -16,6 +16,7 @@ from kernharness import (
     run_program,
 )
 
+from smp.kern import uvm as U
 from smp.kern.uvm_map import EF_COPY
 from smp.workload.program import Assembler, Op
 
@@ -157,6 +158,27 @@ def test_a_run_stopped_by_its_time_limit_is_checked_too():
     assert list(mach.violations) == [], mach.violations
     assert mach.violations.skipped == [], mach.violations.reason
     assert mach.owners["anon"] > 0
+
+
+def test_a_time_limit_after_every_process_exited_says_what_was_left(monkeypatch):
+    """A pageout whose completion was lost keeps the load from finishing: the run reaches
+    its time limit with every process gone, and the message says pages were still
+    paging (stood in for here: the supervisor's finished() sees the last exit, then a
+    write appears in flight that nothing will complete)."""
+    from smp.kern.kernel import Kernel
+
+    real = Kernel.finished
+
+    def finished_but_a_write_was_lost(self, seg):
+        if real(self, seg):
+            seg.arrays["uvmexp"][U.PAGING] = 31
+        return False
+
+    monkeypatch.setattr(Kernel, "finished", finished_but_a_write_was_lost)
+    _, o = run_program(munmapper(4, 2), 2, [*MACHINE, "diagnostic=off"], time_limit_s=1.0)
+    assert o.status == "timeout"
+    assert o.message == ("time limit of 1 s reached: every process had exited, but 31 "
+                         "pages were still paging (a pageout that never completed)")
 
 
 def munmapper(npages: int, rounds: int):

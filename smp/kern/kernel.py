@@ -309,6 +309,22 @@ class Kernel:
             return False
         return self.quiet(seg) and seg.arrays["uvmexp"][uvm.PAGING] == 0
 
+    def unfinished(self, seg: Any) -> str:
+        """Why a load whose processes have all exited has not finished (a run that
+        reached its time limit says so): writes still paging -- a pageout whose
+        completion was lost, which no later interrupt will pick up -- or a CPU still in
+        the kernel; "" while processes live."""
+        g = seg.arrays["kglob"]
+        if not (g[KG_STARTED] > 0 and g[KG_LIVE] == 0):
+            return ""
+        paging = int(seg.arrays["uvmexp"][uvm.PAGING])
+        if paging:
+            return (f"every process had exited, but {paging} pages were still paging "
+                    "(a pageout that never completed)")
+        if not self.quiet(seg):
+            return "every process had exited, but a CPU was still in the kernel"
+        return ""
+
     def quiet(self, seg: Any) -> bool:
         """No CPU is running a thread, holding a lock or serving an interrupt: every CPU is
         outside the kernel (lockstep stops here after its time limit; pageouts may still

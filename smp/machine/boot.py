@@ -79,8 +79,10 @@ class KernelImage(Kernel, Protocol):
     kernel? a lockstep run past its time limit stops there) and ``progress`` (for the
     progress bar), and on the stopped machine ``shutdown`` (after a normal end or the time
     limit: the shutdown messages), ``audit`` (DIAGNOSTIC checks; {} when off) and
-    ``summary``.  ``startup`` and ``shutdown`` are optional.  ``stats_on`` says whether
-    the CPUs keep lock statistics.
+    ``summary``.  ``startup`` and ``shutdown`` are optional, and so is ``unfinished``
+    (why a run that reached its time limit had not finished, when the kernel can tell:
+    the timeout message carries it).  ``stats_on`` says whether the CPUs keep lock
+    statistics.
     """
 
     stats_on: bool
@@ -378,7 +380,9 @@ class Machine:
                     continue                 # the CPUs are stopping by themselves
                 if (self.time_limit_s is not None and not self.lockstep
                         and now - t0 > self.time_limit_s):
-                    return "timeout", f"time limit of {self.time_limit_s:g} s reached"
+                    why = getattr(self.kernel, "unfinished", lambda seg: "")(seg)
+                    return "timeout", (f"time limit of {self.time_limit_s:g} s reached"
+                                       + (f": {why}" if why else ""))
                 if now - last_sample > 0.5:
                     last_sample = now
                     _sample_host(procs, samples)
