@@ -3,9 +3,9 @@
 pmap_tlb_shootnow acknowledges for a target that is spinning (or parked) for a lock or
 idle, without waking it: on the real machine such a CPU takes the IPI at once.  The
 target's invalidations stay queued with its IPI bit set, and trap.memref answers
-pending IPIs -- also those posted while it was answering others -- before it looks in
-the TLB.  These tests fake cpu1 in a 2-CPU machine booted in the test process (only
-cpu0 runs), so each decision is seen on its own.
+pending IPIs -- also those posted while it was answering others (intr.at_point loops)
+-- before it looks in the TLB.  These tests fake cpu1 in a 2-CPU machine booted in the
+test process (only cpu0 runs), so each decision is seen on its own.
 """
 
 from __future__ import annotations
@@ -59,25 +59,28 @@ def test_a_running_target_is_not_answered_for():
 
 
 def test_memref_answers_an_ipi_posted_while_it_served_another(monkeypatch):
-    """A TLB IPI that comes while the CPU is inside at_point (waiting for a lock there, as
-    the shooter sees it: CS_SPINNING, so answered for) is applied before the TLB is used:
-    the reference does not hit the entry the IPI invalidates."""
+    """A TLB IPI that comes while the CPU serves another one (waiting for a lock in the
+    handler, as the shooter sees it: CS_SPINNING, so answered for) is applied before
+    the TLB is used: the reference does not hit the entry the IPI invalidates."""
     with booted(["ncpu=2"]) as b:
         va = b.mmap(0, 2)
         b.touch(0, va)                                      # fault, then the TLB has va
         b.touch(0, va)
         assert va >> 12 in pmap._pc.tlb
-        real_at_point = intr.at_point
+        real_handler = intr.i386_ipi_handler
+        calls = []
 
-        def at_point_meanwhile_shot():
-            real_at_point()
-            # another CPU invalidated va for cpu0 meanwhile and answered for it
-            b.a["tlbq_va"][0] = va
-            b.a["tlbq_pmap"][0] = b.pm(0)
-            b.a["tlbq_count"][0] = 1
-            b.ci.send_ipi(0, intr.I386_IPI_TLB, False)
+        def handler_meanwhile_shot():
+            calls.append(1)
+            real_handler()
+            if len(calls) == 1:
+                # another CPU invalidated va for cpu0 meanwhile and answered for it
+                b.a["tlbq_va"][0] = va
+                b.a["tlbq_pmap"][0] = b.pm(0)
+                b.a["tlbq_count"][0] = 1
+                b.ci.send_ipi(0, intr.I386_IPI_TLB, False)
 
-        monkeypatch.setattr(intr, "at_point", at_point_meanwhile_shot)
+        monkeypatch.setattr(intr, "i386_ipi_handler", handler_meanwhile_shot)
         b.ci.send_ipi(0, intr.I386_IPI_DEVINTR, False)   # something to make memref look
         before = b.counters()
         b.touch(0, va)

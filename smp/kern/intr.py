@@ -303,7 +303,11 @@ def at_point() -> None:
     if _now() >= _intr_glob[IG_NEXT_DUE]:
         poll()
     if _ci.ipi_pending():
-        i386_ipi_handler()
+        # until none is left: a TLB IPI posted while the handler waited for a lock may
+        # have been answered for by its shooter (pmap_tlb_shootnow), and this CPU's next
+        # memory reference (trap.memref) must find it applied
+        while _ci.ipi_pending():
+            i386_ipi_handler()
     elif _ipending:
         _spllower()                         # what was held back, if it may be served now
 

@@ -276,7 +276,8 @@ _cpu_pmap = _pm_pdir = None      # shared.cpu_pmap, shared.pm_pdir (attach)
 _pc: PerCPU | None = None
 _physmem_np = None
 _cpu_state = None  # every CPU's CS_* state (the shooter's _ack_quiet_cpus reads it)
-_QUIET = (_atomic.CS_SPINNING, _atomic.CS_IDLE)
+# targets a shooter answers for: waiting for a lock, idle, or gone (_shootnow_wait)
+_QUIET = (_atomic.CS_SPINNING, _atomic.CS_IDLE, _atomic.CS_DONE)
 
 
 def attach(ci, kernel) -> None:
@@ -1399,6 +1400,8 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = Fals
     mask = 0
     pdir = shared.pm_pdir[pm] << 10
     physmem = shared.physmem
+    # the writable mappings (fork's skip_wired: the unwired ones)
+    bits = PG_V | PG_RW | (PG_W if skip_wired else 0)
     va = sva
     # 1.91's loop: a 4 MiB block at a time, skipping a block whose PDE is not valid
     while va < eva and not prot & VM_PROT_WRITE:
@@ -1408,9 +1411,8 @@ def pmap_protect(pm: int, sva: int, eva: int, prot: int, skip_wired: bool = Fals
         if pde & PG_V and slot != PDSLOT_PTE:
             first = ((pde >> 12) << 10) + ptei(va)
             ptes = _physmem_np[first:first + ((blk_end - va) >> PGSHIFT)]
-            # the writable mappings; each PTE is read again for its CAS (the MMU sets
-            # PG_U/PG_M without the pmap lock)
-            bits = PG_V | PG_RW | (PG_W if skip_wired else 0)
+            # each PTE is read again for its CAS (the MMU sets PG_U/PG_M without the
+            # pmap lock)
             for k in np.flatnonzero((ptes & bits) == PG_V | PG_RW).tolist():
                 idx = first + k
                 while True:
@@ -1692,11 +1694,12 @@ def pmap_tlb_shootnow(mask: int) -> None:
 def _shootnow_wait(off: int, mask: int, hook) -> None:
     """Spin until every CPU of ``mask`` has acknowledged (pmap_tlb_shootnow's wait).
 
-    A CPU that has left the machine at a normal end of the run (it stopped in its
-    dispatch loop: CS_DONE) will never run again, so neither will its TLB: it counts as
-    having acknowledged.  Without this, a CPU still finishing a system call when the
-    run ends would wait for a CPU that is gone and be halted inside the kernel, and
-    the DIAGNOSTIC check after the run would have to skip what it held.
+    Targets that wait for a lock or are idle are answered for (``_ack_quiet_cpus``),
+    and so is a CPU that has left the machine at a normal end of the run (it stopped
+    in its dispatch loop: CS_DONE): it will never run again, so neither will its TLB.
+    Without this, a CPU still finishing a system call when the run ends would wait for
+    a CPU that is gone and be halted inside the kernel, and the DIAGNOSTIC check after
+    the run would have to skip what it held.
     """
     deadline = None
     spins = 0
@@ -1712,8 +1715,6 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
             intr.i386_ipi_handler()
         if _ci.seg.hdr["halt"]:
             raise lock.Halted("machine halted during a TLB shootdown")
-        if _ci.seg.hdr["stop"]:
-            _ack_stopped_cpus(off, mask)
         if hook is not None:
             hook()
             continue
@@ -1727,8 +1728,8 @@ def _shootnow_wait(off: int, mask: int, hook) -> None:
 
 
 def _ack_quiet_cpus(off: int, left: int) -> int:
-    """Acknowledge for the targets of ``left`` that wait for a lock or are idle (see
-    pmap_tlb_shootnow); returns the targets still to answer.
+    """Acknowledge for the targets of ``left`` that wait for a lock, are idle or have
+    left the machine (see pmap_tlb_shootnow); returns the targets still to answer.
 
     A target's state is read after its IPI bit was posted (send_ipi's locked OR), and a
     target leaves CS_SPINNING or CS_IDLE with a sequentially consistent store before it
@@ -1748,18 +1749,6 @@ def _ack_quiet_cpus(off: int, left: int) -> int:
         _core.and64(off, ~quiet & MASK64)
         _cnt(counter.tlb_ipi_proxied, bin(quiet).count("1"))
     return left & ~quiet
-
-
-def _ack_stopped_cpus(off: int, mask: int) -> None:
-    """Acknowledge for the CPUs of ``mask`` that have stopped (see _shootnow_wait)."""
-    state = _ci.seg.cpus["state"]
-    left = _core.load64(off) & mask
-    c = 0
-    while left:
-        if left & 1 and int(state[c]) == _atomic.CS_DONE:
-            _core.and64(off, ~(1 << c) & MASK64)
-        left >>= 1
-        c += 1
 
 
 def pmap_do_tlb_shootdown() -> None:

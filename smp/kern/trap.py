@@ -63,10 +63,6 @@ def memref(tid: int, va: int, write: bool) -> None:
     cnt[cb + counter.memrefs] += 1
     if ci.ipi_pending() or intr.due():
         intr.at_point()                      # interrupts and IPIs between instructions
-        while ci.ipi_pending():
-            # a TLB IPI posted while at_point waited for a lock: its shooter may have
-            # answered for this CPU (pmap_tlb_shootnow), so it is applied before the TLB
-            intr.i386_ipi_handler()
     tlb = ci.pmap.tlb
     vpn = va >> 12
     e = tlb.get(vpn)

@@ -64,7 +64,7 @@ COUNTERS = [
     # issue 11: time (core clock: host ns free-running, virtual ns in lockstep) spent in
     # pmap_enter and, inside pmap_alloc_ptp / pmap_alloc_pvpage, in the steal functions
     "pmap_enter_ns", "steal_ns",
-    # TLB IPIs whose shooter acknowledged for a target waiting for a lock or idle (pmap)
+    # TLB IPIs whose shooter acknowledged for a target waiting for a lock, idle or gone (pmap)
     "tlb_ipi_proxied",
 ]
 counter = SimpleNamespace(**{n: i for i, n in enumerate(COUNTERS)})   # column of cnt[cpu]
