@@ -763,7 +763,8 @@ def pmap_map_ptes() -> None:
 
 def test_ptread_is_a_lock_a_page_table_walk_and_an_unlock() -> None:
     """pmap_extract of the current pmap in one call: lock, PDE, PTE, unlock -- the lock
-    taken and released as lock()/unlock() do, charged to the code object's function."""
+    taken and released as lock()/unlock() do, charged to the code object's function --
+    except for an empty PDE, which 1.91's pmap_extract answers without the lock."""
     va = 0x0840_3000
     lay = Layout.plan(1, 16, 64, [ArraySpec("phys", np.dtype("<u4"), (3 * 1024,))])
     seg = Segment(lay)
@@ -775,11 +776,11 @@ def test_ptread_is_a_lock_a_page_table_walk_and_an_unlock() -> None:
         code = pmap_map_ptes.__code__
         assert core.ptread(lk, code, off, 0, va) == (2 << 12) | 0x67
         assert core.ptread(lk, code, off, 0, va + 0x1000) == 0          # no PTE
-        assert core.ptread(lk, code, off, 0, va + (1 << 22)) == 0       # no PDE
+        assert core.ptread(lk, code, off, 0, va + (1 << 22)) == 0       # no PDE: no lock
         assert_idle(seg, [lk])
         s = slots_of(seg, 0)
         assert [seg.site_names()[int(r["site"])] for r in s] == ["pmap_map_ptes"]
-        assert int(s[0]["acq"]) == 3 and int(s[0]["hold_hist"].sum()) == 3
+        assert int(s[0]["acq"]) == 2 and int(s[0]["hold_hist"].sum()) == 2
         with pytest.raises(TypeError):
             core.ptread(lk, "pmap_map_ptes", off, 0, va)
         with pytest.raises(IndexError):

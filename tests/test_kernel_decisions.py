@@ -29,6 +29,7 @@ from smp.kern import (
     lock,
     pmap,
     subr_prf,
+    uvm_anon,
     uvm_km,
     uvm_map,
     uvm_page,
@@ -367,6 +368,38 @@ def test_neighbour_mappings_are_canfail_and_their_failure_is_ignored(steal):
             assert d["ptp_steals"] == 1 and "canfail_enomem" not in d
             assert all(b.extract(0, centre + k * NBPG) >= 0 for k in range(1, 5))
         assert b.extract(0, centre) >= 0
+        assert b.check() == []
+
+
+def test_the_lookahead_asks_pmap_extract_first_and_reactivates_what_it_maps(monkeypatch):
+    """1.5's loop: every neighbour is asked about with pmap_extract (the pmap's lock) and a
+    mapped one is left alone -- its anon's lock is not taken; an unmapped neighbour with a
+    resident anon page is reactivated under the page queues' lock and entered."""
+    with booted() as b:
+        va = b.mmap(0, 16)
+        for k in range(5):
+            assert b.fault(0, va + k * NBPG) == 0
+        b.unmap_keep_pages(0, va + NBPG)
+        b.unmap_keep_pages(0, va + 3 * NBPG)
+        pg1 = b.anon_page(0, va + NBPG)
+        lock.simple_lock(uvm_page.pageq_lock)
+        uvm_page.uvm_pagedeactivate(pg1)
+        lock.simple_unlock(uvm_page.pageq_lock)
+        assert b.a["pg_pq"][pg1] == uvm_page.PQ_INACTIVE
+        taken: list[int] = []
+        real = lock.simple_lock
+        monkeypatch.setattr(lock, "simple_lock", lambda lk: (taken.append(lk), real(lk)))
+        before = b.counters()
+        assert b.fault(0, va + 2 * NBPG, write=False) == 0     # centre: mapped already
+        monkeypatch.undo()
+        assert b.delta(before)["fltnamap"] == 2
+        assert b.extract(0, va + NBPG) == pg1 and b.extract(0, va + 3 * NBPG) >= 0
+        assert b.a["pg_pq"][pg1] == uvm_page.PQ_ACTIVE
+        an_locks = [lk for lk in taken if uvm_anon.an_lock <= lk < uvm_anon.an_lock +
+                    len(b.a["an_page"])]
+        # the two remapped neighbours' anons and the centre's (case 1): not pages 0 and 4
+        assert len(an_locks) == 3
+        assert taken.count(uvm_page.pageq_lock) == 3           # two reactivations + case 1
         assert b.check() == []
 
 
@@ -762,7 +795,6 @@ def test_swap_slots_come_from_the_rotor_on_as_a_slot_by_slot_walk_finds_them():
     random run of allocations and frees that fills and drains a 64-slot device."""
     import random
 
-    from smp.kern import uvm_anon
 
     rng = random.Random(5)
     with booted(["swap=256K"]) as b:

@@ -1458,13 +1458,17 @@ def pmap_is_wired(pm: int, va: int) -> bool:
 def pmap_extract(pm: int, va: int) -> int:
     """The page mapped at ``va``, or -1 (PG_V checked, as in 1.135).
 
-    The current pmap (the fault's lookahead asks about nothing else) is one call into
-    the atomic core: pmap_map_ptes' lock of it, the PDE and PTE read, pmap_unmap_ptes'
-    unlock -- the same lock operations, call site and scheduling points as below.
+    As 1.91's, an empty PDE answers at once, unlocked; otherwise the PTEs are mapped
+    (pmap_map_ptes' locks) and read.  The current pmap (the fault's lookahead asks about
+    nothing else) is one call into the atomic core: the PDE check, pmap_map_ptes' lock
+    of it, the PDE and PTE read, pmap_unmap_ptes' unlock -- the same lock operations,
+    call site and scheduling points as below.
     """
     if pm == _cpu_pmap[_cpu] and pm != KERNEL_PMAP:
         pte = _ptread(pm_lock + pm, _MAP_PTES_CODE, _phys_off, _pm_pdir[pm], va)
         return pte >> 12 if pte & PG_V else -1
+    if not shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]:
+        return -1
     other = pmap_map_ptes(pm)
     pde = shared.physmem[(shared.pm_pdir[pm] << 10) + pdei(va)]
     pg = -1

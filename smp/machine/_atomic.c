@@ -1304,12 +1304,14 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* ptread(lock, code, phys_off, pdir, va) -> pte: simple_lock(lock) -- as called from
- * code's function, which is the call site lockstat and the lock-order checker see --,
- * the MMU's two-level walk of va through page directory page pdir of the physical
- * memory at byte offset phys_off (0 if the PDE is not valid), simple_unlock(lock).
- * The same lock operations, statistics and scheduling points as the two calls from
- * Python, and nothing in between: a pmap_extract of the current pmap is one call. */
+/* ptread(lock, code, phys_off, pdir, va) -> pte: pmap_extract's walk of va through page
+ * directory page pdir of the physical memory at byte offset phys_off.  As 1.91's
+ * pmap_extract, an empty PDE answers 0 at once, without the lock; otherwise
+ * simple_lock(lock) -- as called from code's function, which is the call site lockstat
+ * and the lock-order checker see --, the PDE read again and the PTE read (0 if the PDE
+ * is no longer valid), simple_unlock(lock).  The same lock operations, statistics and
+ * scheduling points as the calls from Python, and nothing in between: a pmap_extract
+ * of the current pmap is one call. */
 static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id;
@@ -1333,11 +1335,13 @@ static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_IndexError, "ptread: page directory out of the segment");
         return NULL;
     }
+    uint32_t *phys = (uint32_t *)(c->base + off);
+    if (!__atomic_load_n(&phys[pdir * 1024 + (va >> 22)], __ATOMIC_RELAXED))
+        return PyLong_FromLong(0);
     if (sched_point(c))
         return NULL;
     if (lock_excl(c, id, code_site(c, (PyCodeObject *)args[1])))
         return NULL;
-    uint32_t *phys = (uint32_t *)(c->base + off);
     uint32_t pde = __atomic_load_n(&phys[pdir * 1024 + (va >> 22)], __ATOMIC_RELAXED);
     uint32_t pte = 0;
     if (pde & 1) {                                  /* PG_V */
