@@ -238,6 +238,13 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         print(f"smp: experiment stopped by {stopped}: the table holds the runs that "
               "finished", file=sys.stderr)
         return Exit.INTERRUPTED
+    nbad, total, why = X.failed_runs(cells)
+    if nbad:
+        kinds = ", ".join(f"{n} {st}" for st, n in sorted(why.items()))
+        print(f"smp: {out}: {nbad} of {total} runs failed ({kinds}): their run "
+              "directories and experiment.json say why", file=sys.stderr)
+        if nbad == total:
+            return Exit.INTERNAL
     return Exit.OK
 
 

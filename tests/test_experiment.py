@@ -238,3 +238,34 @@ def test_a_bad_sweep_is_one_line_and_exit_2(tmp_path, spec, message):
     r = smp("experiment", str(TINY), "--sweep", spec, "--out", str(tmp_path / "x"), "-q",
             cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("statuses, code, line", [
+    (["cpu-died", "no-summary"], 1, "2 of 2 runs failed (1 cpu-died, 1 no-summary)"),
+    (["done", "cpu-died"], 0, "1 of 2 runs failed (1 cpu-died)"),
+    (["panic", "invariant"], 0, None),
+])
+def test_runs_that_failed_are_counted_on_stderr_and_all_failed_exits_1(
+        tmp_path, monkeypatch, capsys, statuses, code, line):
+    """A run whose CPU died or that left no summary gives no answer: the experiment says
+    how many on stderr, and when no run gave one its status is 1, not 0.  A panic or a
+    DIAGNOSTIC violation is the kernel's answer, not a failure."""
+    from smp import cli
+    from smp.tools import experiment as X
+
+    def fake_run(scripts, configs, seeds, out, **kw):
+        out.mkdir(parents=True)
+        cell = X.Cell(scripts[0], configs[0][0], configs[0][1], list(seeds))
+        cell.results = [{"status": st, "seed": i, "run_dir": str(out / f"r{i}")}
+                        for i, st in enumerate(statuses)]
+        return [cell], ""
+
+    monkeypatch.setattr(X, "run_experiment", fake_run)
+    rc = cli.main(["experiment", str(TINY), "-c", "steal=none", "--seeds", "2", "-q",
+                   "--out", str(tmp_path / "exp")])
+    err = capsys.readouterr().err
+    assert rc == code
+    if line is None:
+        assert "failed" not in err
+    else:
+        assert line in err and str(tmp_path / "exp") in err

@@ -259,6 +259,21 @@ def run_experiment(scripts: list[str], configs: list[tuple[str, list[str]]], see
     return cells, pool.interrupted
 
 
+def failed_runs(cells: list[Cell]) -> tuple[int, int, dict[str, int]]:
+    """(runs that failed, runs, the failed ones' statuses).  A run that finished, reached
+    its time limit, panicked, deadlocked, was interrupted or broke a DIAGNOSTIC
+    invariant is a result of the kernel; one whose CPU died, whose simulator failed,
+    whose directory could not be written or that left no summary is not."""
+    total, bad = 0, {}
+    for cell in cells:
+        for r in cell.results:
+            total += 1
+            st = r.get("status", "?")
+            if st not in CSV_STATUSES and st != "invariant":
+                bad[st] = bad.get(st, 0) + 1
+    return sum(bad.values()), total, bad
+
+
 def _slug(s: str) -> str:
     return s.replace(" ", "_").replace("=", "-").replace(",", "+").replace("/", "_")
 
