@@ -794,6 +794,45 @@ def test_ptread_is_a_lock_a_page_table_walk_and_an_unlock() -> None:
         seg.destroy()
 
 
+def test_ptscan_walks_like_ptread_up_to_the_first_unmapped_page_with_a_slot() -> None:
+    """The lookahead's loop in one call: a ptread per page but ``skip``, in address
+    order, stopping at the first page whose PTE is not valid and whose slot is >= 0."""
+    va = 0x0840_0000
+    lay = Layout.plan(1, 16, 64, [ArraySpec("phys", np.dtype("<u4"), (3 * 1024,)),
+                                  ArraySpec("slots", np.dtype("<i4"), (16,))])
+    seg = Segment(lay)
+    try:
+        phys, off, lk = seg.arrays["phys"], lay.arrays["phys"][0], 5
+        slots, soff = seg.arrays["slots"], lay.arrays["slots"][0]
+        phys[va >> 22] = (1 << 12) | 0x7                    # PDE -> the PTP in page 1
+        for k in (0, 1, 3):                                 # pages 0, 1, 3 mapped
+            phys[1024 + k] = ((8 + k) << 12) | 0x67
+        slots[:] = -1
+        slots[[1, 2, 5]] = 7                                # anons at 1 (mapped), 2, 5
+        core = seg.core(0)
+        code = pmap_map_ptes.__code__
+        assert core.ptscan(lk, code, off, 0, va, 8, -1, soff, 0) == 2
+        assert core.ptscan(lk, code, off, 0, va, 8, 2, soff, 0) == 5     # 2 is the centre
+        assert core.ptscan(lk, code, off, 0, va + 3 * 4096, 5, -1, soff, 3) == 2
+        assert core.ptscan(lk, code, off, 0, va + 6 * 4096, 2, -1, soff, 6) == 2  # none
+        assert core.ptscan(lk, code, off, 0, va + (1 << 22), 4, -1, soff, 8) == 4  # no PDE
+        assert core.ptscan(lk, code, off, 0, va + (1 << 22), 4, -1, soff, 0) == 1  # an anon
+        assert_idle(seg, [lk])
+        s = slots_of(seg, 0)
+        # one lock per page asked about: 3 + 5 (0, 1, 3, 4, 5) + 3 + 2, none without a PDE
+        assert [seg.site_names()[int(r["site"])] for r in s] == ["pmap_map_ptes"]
+        assert int(s[0]["acq"]) == 13
+        with pytest.raises(IndexError):
+            core.ptscan(lk, code, off, 0, va, 8, -1, soff, 1 << 30)  # past the segment
+        with pytest.raises(ValueError):
+            core.ptscan(lk, code, off, 0, va, 65, -1, soff, 0)
+        with pytest.raises(TypeError):
+            core.ptscan(lk, code, off, 0, va, 8, -1)
+        assert_idle(seg, [lk])
+    finally:
+        seg.destroy()
+
+
 # ---------------------------------------------------------------- lock order (LOCKDEBUG)
 
 

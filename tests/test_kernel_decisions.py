@@ -413,6 +413,36 @@ def test_write_fault_through_the_mmu_sets_pg_m():
         assert b.check() == []
 
 
+def test_the_lookahead_scan_in_one_call_finds_what_the_pmap_extract_loop_finds():
+    """pmap_scan_current (the current pmap, one call into the atomic core) and the loop
+    of pmap_extract calls used for any other pmap stop at the same neighbours."""
+    from smp.kern import uvm_fault as F
+
+    with booted() as b:
+        va = b.mmap(0, 16)
+        for k in (0, 1, 2, 4, 6, 7, 9):
+            assert b.fault(0, va + k * NBPG) == 0
+        b.unmap_keep_pages(0, va + 2 * NBPG)
+        b.unmap_keep_pages(0, va + 7 * NBPG)
+        tid = b.switch_to(0)
+        lock.simple_lock(uvm_map.vm_map_lock + tid)
+        ent = uvm_map.uvm_map_lookup(tid, va)
+        lock.simple_unlock(uvm_map.vm_map_lock + tid)
+        slot = uvm_map.entry(tid, ent)[4]
+        pm = b.pm(0)
+        for skip in (-1, 2, 5):
+            for i in range(12):
+                c = pmap.pmap_scan_current(pm, va + i * NBPG, 12 - i, skip - i, F._amap_off,
+                                           slot + i)
+                assert c >= 0
+                assert i + c == F._next_unmapped_anon(pm, va, 12, skip, slot, i), (skip, i)
+        assert F._next_unmapped_anon(pm, va, 12, -1, slot, 0) == 2
+        assert F._next_unmapped_anon(pm, va, 12, 2, slot, 0) == 7
+        b.switch_to(1)                                       # pm is not current now
+        assert pmap.pmap_scan_current(pm, va, 12, -1, F._amap_off, slot) == -1
+        assert b.check() == []
+
+
 # --- issue 10: kernel_map growth, the pv allocator as 1.91, UBC windows -----------------------
 
 def grow_one_ptp(b) -> int:

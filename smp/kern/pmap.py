@@ -271,6 +271,7 @@ _pm_cpus_off = 0
 _ipi_mask_off = 0
 _core = None
 _ptread = None     # _core.ptread: pmap_extract of the current pmap in one call
+_ptscan = None     # _core.ptscan: pmap_extract of a run of its pages in one call
 _cpu = 0
 _cpu_pmap = _pm_pdir = None      # shared.cpu_pmap, shared.pm_pdir (attach)
 _pc: PerCPU | None = None
@@ -282,8 +283,8 @@ _QUIET = (_atomic.CS_SPINNING, _atomic.CS_IDLE, _atomic.CS_DONE)
 
 def attach(ci, kernel) -> None:
     global _ci, _cfg, _steal_ptp, _steal_pv, _shootdown_on_steal, _leak, _core, _pc
-    global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np, _ptread, _cpu, _cpu_pmap
-    global _pm_pdir, _cpu_state
+    global _phys_off, _pm_cpus_off, _ipi_mask_off, _physmem_np, _ptread, _ptscan, _cpu
+    global _cpu_pmap, _pm_pdir, _cpu_state
     kernel_config = kernel.config
     _ci = ci
     _cfg = kernel_config
@@ -293,6 +294,7 @@ def attach(ci, kernel) -> None:
     _leak = kernel_config.pmap_canfail_leak
     _core = ci.core
     _ptread = _core.ptread
+    _ptscan = _core.ptscan
     _cpu = ci.cpu
     _cpu_pmap, _pm_pdir = shared.cpu_pmap, shared.pm_pdir
     lay = ci.seg.layout.arrays
@@ -1478,6 +1480,23 @@ def pmap_extract(pm: int, va: int) -> int:
             pg = pte >> 12
     pmap_unmap_ptes(pm, other)
     return pg
+
+
+def pmap_scan_current(pm: int, va: int, n: int, skip: int, slots_off: int,
+                      slot: int) -> int:
+    """The fault lookahead's pmap_extract loop in one call into the atomic core, for the
+    current pmap; -1 for any other (the caller loops over pmap_extract itself).
+
+    Asks about the ``n`` pages from ``va`` in address order, but page ``skip``, each
+    with a pmap_extract of its own (its own lock and unlock, as the loop makes them),
+    up to the first that is not mapped and whose int32 at byte ``slots_off`` of the
+    segment + 4 * (``slot`` + i) -- its amap slot -- holds an anon; returns its index,
+    or ``n``.
+    """
+    if pm != _cpu_pmap[_cpu] or pm == KERNEL_PMAP:
+        return -1
+    return _ptscan(pm_lock + pm, _MAP_PTES_CODE, _phys_off, _pm_pdir[pm], va, n, skip,
+                   slots_off, slot)
 
 
 def pmap_wired_vas(pm: int, sva: int, eva: int) -> list[int]:

@@ -111,13 +111,15 @@ _ci = None
 _cnt_arr = None                 # shared.cnt and this CPU's row in it (attach)
 _cb = 0
 _refault_narrow: dict[int, int] = {}      # ci.md.refault_narrow (attach)
+_amap_off = 0                   # byte offset of amap_slot in the segment (attach)
 PAGE_MASK = ~(NBPG - 1)
 C_FAULTS, C_FLTNAMAP, C_FLT_PRZERO = counter.faults, counter.fltnamap, counter.flt_przero
 
 
 def attach(ci, kernel) -> None:
-    global _ci, _cnt_arr, _cb, _refault_narrow
+    global _ci, _cnt_arr, _cb, _refault_narrow, _amap_off
     _ci = ci
+    _amap_off = ci.seg.layout.arrays["amap_slot"][0]
     _cnt_arr = shared.cnt
     _cb = ci.cnt_base
     _refault_narrow = ci.md.refault_narrow
@@ -217,9 +219,7 @@ def _neighbours(ufi: FaultInfo) -> None:
     As 1.5's loop: a neighbour already mapped (``pmap_extract``) is left alone; an
     unmapped one with an anon is looked at under the anon's lock, and if its page is
     resident and not busy it is reactivated (page queues locked), counted in fltnamap
-    and entered.  => map and amap locked.  (One loop of plain arithmetic and single-slot
-    reads: a memoryview slice, or a chain of builtin iterators, costs more here than the
-    lines it saves.)
+    and entered, before the next neighbour is asked about.  => map and amap locked.
     """
     nback, nforw = UVMADVICE[ufi.advice]
     va, start, end = ufi.va, ufi.start, ufi.end
@@ -229,17 +229,32 @@ def _neighbours(ufi: FaultInfo) -> None:
     hi = va + (nforw + 1) * NBPG
     if hi > end:
         hi = end
+    n = (hi - nva) >> PGSHIFT
+    centre = (va - nva) >> PGSHIFT
+    pm, slot = ufi.pm, ufi.amap + ((nva - start) >> PGSHIFT)
+    i = 0
+    while i < n:
+        # the next neighbour that pmap_extract finds unmapped and that has an anon
+        k = pmap.pmap_scan_current(pm, nva + (i << PGSHIFT), n - i, centre - i, _amap_off,
+                                   slot + i)
+        if k < 0:
+            i = _next_unmapped_anon(pm, nva, n, centre, slot, i)
+        else:
+            i += k
+        if i < n:
+            _map_neighbour(ufi, nva + (i << PGSHIFT), shared.amap_slot[slot + i])
+            i += 1
+
+
+def _next_unmapped_anon(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:
+    """pmap_scan_current's loop for a pmap that is not the current one."""
     slots = shared.amap_slot
-    slot = ufi.amap + ((nva - start) >> PGSHIFT)
-    pm = ufi.pm
-    extract = pmap.pmap_extract
-    while nva < hi:
-        if nva != va and extract(pm, nva) < 0:
-            an = slots[slot]
-            if an >= 0:
-                _map_neighbour(ufi, nva, an)
-        nva += NBPG
-        slot += 1
+    while i < n:
+        if i != skip and pmap.pmap_extract(pm, va + (i << PGSHIFT)) < 0 and \
+                slots[slot + i] >= 0:
+            return i
+        i += 1
+    return n
 
 
 def _map_neighbour(ufi: FaultInfo, va: int, an: int) -> None:

@@ -1304,58 +1304,117 @@ static PyObject *Core_unlock(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* ptread(lock, code, phys_off, pdir, va) -> pte: pmap_extract's walk of va through page
- * directory page pdir of the physical memory at byte offset phys_off.  As 1.91's
- * pmap_extract, an empty PDE answers 0 at once, without the lock; otherwise
- * simple_lock(lock) -- as called from code's function, which is the call site lockstat
- * and the lock-order checker see --, the PDE read again and the PTE read (0 if the PDE
- * is no longer valid), simple_unlock(lock).  The same lock operations, statistics and
- * scheduling points as the calls from Python, and nothing in between: a pmap_extract
- * of the current pmap is one call. */
-static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
+/* pmap_extract's walk of va through page directory page pdir of the physical memory
+ * at phys (checked by the caller), as 1.91's: an empty PDE answers 0 at once, without
+ * the lock; otherwise the scheduling point, simple_lock(lock) from site, the PDE read
+ * again and the PTE read (0 if the PDE is no longer valid), simple_unlock(lock).
+ * 0 and *pte, or -1 with an exception set (the lock not held). */
+static int pt_walk(Core *c, uint32_t id, uint32_t site, uint32_t *phys, Py_ssize_t off,
+                   Py_ssize_t pdir, uint32_t va, uint32_t *pte)
 {
-    uint32_t id;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "ptread(lock, code, phys_off, pdir, va)");
-        return NULL;
-    }
-    if (check_lock(c, args, 1, &id, 0, 1))
-        return NULL;
-    if (!PyCode_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "ptread: code must be a code object");
-        return NULL;
-    }
-    Py_ssize_t off = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t pdir = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t va = PyLong_AsSsize_t(args[4]);
-    if ((off == -1 || pdir == -1 || va == -1) && PyErr_Occurred())
-        return NULL;
-    if (off < 0 || off % 4 || pdir < 0 || va < 0 || va > 0xffffffffL ||
-        off + (pdir + 1) * 4096 > c->view.len) {
-        PyErr_SetString(PyExc_IndexError, "ptread: page directory out of the segment");
-        return NULL;
-    }
-    uint32_t *phys = (uint32_t *)(c->base + off);
+    *pte = 0;
     if (!__atomic_load_n(&phys[pdir * 1024 + (va >> 22)], __ATOMIC_RELAXED))
-        return PyLong_FromLong(0);
-    if (sched_point(c))
-        return NULL;
-    if (lock_excl(c, id, code_site(c, (PyCodeObject *)args[1])))
-        return NULL;
+        return 0;
+    if (sched_point(c) || lock_excl(c, id, site))
+        return -1;
     uint32_t pde = __atomic_load_n(&phys[pdir * 1024 + (va >> 22)], __ATOMIC_RELAXED);
-    uint32_t pte = 0;
     if (pde & 1) {                                  /* PG_V */
         Py_ssize_t i = (Py_ssize_t)(pde >> 12) * 1024 + ((va >> 12) & 0x3ff);
         if (off + 4 * i + 4 > c->view.len) {
             unlock_excl(c, id);
             PyErr_SetString(PyExc_IndexError, "ptread: PDE points out of the segment");
-            return NULL;
+            return -1;
         }
-        pte = __atomic_load_n(&phys[i], __ATOMIC_RELAXED);
+        *pte = __atomic_load_n(&phys[i], __ATOMIC_RELAXED);
     }
-    if (unlock_excl(c, id))
+    return unlock_excl(c, id);
+}
+
+/* The arguments ptread and ptscan share: (lock, code, phys_off, pdir, va, ...). */
+static int pt_args(Core *c, PyObject *const *args, const char *name, uint32_t *id,
+                   uint32_t *site, uint32_t **phys, Py_ssize_t *off, Py_ssize_t *pdir,
+                   Py_ssize_t *va)
+{
+    if (check_lock(c, args, 1, id, 0, 1))
+        return -1;
+    if (!PyCode_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError, "%s: code must be a code object", name);
+        return -1;
+    }
+    *off = PyLong_AsSsize_t(args[2]);
+    *pdir = PyLong_AsSsize_t(args[3]);
+    *va = PyLong_AsSsize_t(args[4]);
+    if ((*off == -1 || *pdir == -1 || *va == -1) && PyErr_Occurred())
+        return -1;
+    if (*off < 0 || *off % 4 || *pdir < 0 || *va < 0 || *va > 0xffffffffL ||
+        *off + (*pdir + 1) * 4096 > c->view.len) {
+        PyErr_Format(PyExc_IndexError, "%s: page directory out of the segment", name);
+        return -1;
+    }
+    *phys = (uint32_t *)(c->base + *off);
+    *site = code_site(c, (PyCodeObject *)args[1]);
+    return 0;
+}
+
+/* ptread(lock, code, phys_off, pdir, va) -> pte: pmap_extract of va in the pmap whose
+ * lock is lock and page directory page is pdir (pt_walk), the lock taken as called from
+ * code's function -- the call site lockstat and the lock-order checker see.  The same
+ * lock operations, statistics and scheduling points as the calls from Python, and
+ * nothing in between: a pmap_extract of the current pmap is one call. */
+static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id, site, pte, *phys;
+    Py_ssize_t off, pdir, va;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ptread(lock, code, phys_off, pdir, va)");
+        return NULL;
+    }
+    if (pt_args(c, args, "ptread", &id, &site, &phys, &off, &pdir, &va) ||
+        pt_walk(c, id, site, phys, off, pdir, (uint32_t)va, &pte))
         return NULL;
     return PyLong_FromUnsignedLong(pte);
+}
+
+/* ptscan(lock, code, phys_off, pdir, va, n, skip, slots_off, slot) -> i: the fault
+ * lookahead's loop over the n pages from va, in address order, but page skip: each is
+ * a ptread of its own (pt_walk: its own lock and unlock); a page found mapped is passed
+ * over, and so is one whose int32 at slots_off + 4 * (slot + i) (its amap slot) is
+ * negative (no anon).  Returns the index of the first page that is neither -- the one
+ * the lookahead maps, before it asks about the next --, or n. */
+static PyObject *Core_ptscan(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t id, site, pte, *phys;
+    Py_ssize_t off, pdir, va;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ptscan(lock, code, phys_off, pdir, va, n, skip, slots_off, slot)");
+        return NULL;
+    }
+    if (pt_args(c, args, "ptscan", &id, &site, &phys, &off, &pdir, &va))
+        return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[5]), skip = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t soff = PyLong_AsSsize_t(args[7]), slot = PyLong_AsSsize_t(args[8]);
+    if ((n == -1 || skip == -1 || soff == -1 || slot == -1) && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > 64 || va + n * 4096 - 1 > 0xffffffffL) {
+        PyErr_SetString(PyExc_ValueError, "ptscan: 0 to 64 pages inside the address space");
+        return NULL;
+    }
+    if (soff < 0 || soff % 4 || slot < 0 || soff + 4 * (slot + n) > c->view.len) {
+        PyErr_SetString(PyExc_IndexError, "ptscan: slots out of the segment");
+        return NULL;
+    }
+    const int32_t *slots = (const int32_t *)(c->base + soff) + slot;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if (i == skip)
+            continue;
+        if (pt_walk(c, id, site, phys, off, pdir, (uint32_t)(va + i * 4096), &pte))
+            return NULL;
+        if (!(pte & 1) && __atomic_load_n(&slots[i], __ATOMIC_RELAXED) >= 0)
+            break;
+    }
+    return PyLong_FromSsize_t(i);
 }
 
 /* spinlockmgr(LK_SHARED): readers wait while a writer holds or wants it,
@@ -2241,8 +2300,11 @@ static PyMethodDef Core_methods[] = {
     FC(lock, "lock(id): simple_lock -- spin until the lock is ours"),
     FC(trylock, "trylock(id) -> bool: simple_lock_try"),
     FC(unlock, "unlock(id): simple_unlock"),
-    FC(ptread, "ptread(lock, code, phys_off, pdir, va) -> pte: lock (as from code), "
-       "walk the page tables, unlock"),
+    FC(ptread, "ptread(lock, code, phys_off, pdir, va) -> pte: pmap_extract's walk; an "
+       "empty PDE unlocked, else lock (as from code), walk the page tables, unlock"),
+    FC(ptscan, "ptscan(lock, code, phys_off, pdir, va, n, skip, slots_off, slot) -> i: "
+       "ptread of the pages from va (but skip) up to the first unmapped one whose slot "
+       "is >= 0"),
     FC(rlock, "rlock(id): spinlockmgr(LK_SHARED)"),
     FC(runlock, "runlock(id): spinlockmgr(LK_RELEASE) of a shared hold"),
     FC(wlock, "wlock(id): spinlockmgr(LK_EXCLUSIVE)"),
