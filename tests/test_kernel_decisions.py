@@ -413,6 +413,45 @@ def test_write_fault_through_the_mmu_sets_pg_m():
         assert b.check() == []
 
 
+@pytest.mark.parametrize("advice", ["normal", "sequential"])
+def test_sequential_advice_deactivates_the_pages_behind_instead_of_mapping_them(advice):
+    """1.5's MADV_SEQUENTIAL: the fault flushes (unmaps and deactivates) the anons of
+    the 8 pages behind it and maps only the pages ahead; MADV_NORMAL keeps its
+    neighbours mapped and active."""
+    with booted() as b:
+        tid = b.tid(0)
+        va = uvm_map.uvm_mmap(tid, 32, RW, uvm_map.EF_COPY, advice=uvm_map.ADVICE[advice])
+        for k in range(16):
+            assert b.fault(0, va + k * NBPG) == 0
+        pages = [b.anon_page(0, va + k * NBPG) for k in range(16)]
+        mapped = [b.extract(0, va + k * NBPG) >= 0 for k in range(16)]
+        queues = [int(b.a["pg_pq"][pg]) for pg in pages]
+        if advice == "sequential":
+            assert mapped == [False] * 15 + [True]
+            assert queues == [uvm_page.PQ_INACTIVE] * 15 + [uvm_page.PQ_ACTIVE]
+        else:
+            assert all(mapped) and set(queues) == {uvm_page.PQ_ACTIVE}
+        assert b.check() == []
+
+
+def test_sequential_advice_deactivates_the_object_pages_behind_a_file_fault():
+    """The object's back pages too (pgo_flush(..., PGO_DEACTIVATE)): a private file
+    mapping read sequentially leaves only the last page mapped and active."""
+    with booted(files=[32]) as b:
+        tid = b.tid(0)
+        va = uvm_map.uvm_mmap(tid, 16, RW, uvm_map.EF_FILE | uvm_map.EF_COPY, uobj=0,
+                              advice=uvm_map.ADVICE["sequential"])
+        for k in range(16):
+            assert b.fault(0, va + k * NBPG, write=False) == 0
+        fbase = int(b.a["file_base"][0])
+        pages = [int(b.a["file_page"][fbase + k]) for k in range(16)]
+        assert min(pages) >= 0
+        assert [b.extract(0, va + k * NBPG) >= 0 for k in range(16)] == [False] * 15 + [True]
+        assert [int(b.a["pg_pq"][pg]) for pg in pages] == \
+            [uvm_page.PQ_INACTIVE] * 15 + [uvm_page.PQ_ACTIVE]
+        assert b.check() == []
+
+
 def test_the_lookahead_scan_in_one_call_finds_what_the_pmap_extract_loop_finds():
     """pmap_scan_current (the current pmap, one call into the atomic core) and the loop
     of pmap_extract calls used for any other pmap stop at the same neighbours."""

@@ -6,7 +6,8 @@ uvm_fault(tid, va, access_type [, wire]):
     lock the map; no entry -> EFAULT; access outside its protection -> EACCES
     first try only, unless wiring: map resident neighbours not mapped yet (nback 3 /
         nforw 4 for MADV_NORMAL), reactivating them, with PMAP_CANFAIL, ignoring
-        failures (fltnamap)
+        failures (fltnamap); MADV_SEQUENTIAL deactivates and unmaps the 8 pages
+        behind instead, and maps only the 7 ahead
     case 1, the page has an anon:
         not resident (swapped out): a new page (not from the reserve) or
             fltnoram + uvm_wait("flt_noram1"); swap it in
@@ -86,6 +87,7 @@ from smp.kern.uvm_map import (
     EF_COPY,
     EF_FILE,
     EF_WIRED,
+    MADV_SEQUENTIAL,
     UVMADVICE,
     entry_index,
     uvm_map_lookup,
@@ -229,6 +231,9 @@ def _neighbours(ufi: FaultInfo) -> None:
     hi = va + (nforw + 1) * NBPG
     if hi > end:
         hi = end
+    if ufi.advice == MADV_SEQUENTIAL and nva < va:
+        _flush_back(ufi, nva, va)
+        nva = va                                # "now forget about the backpages"
     n = (hi - nva) >> PGSHIFT
     centre = (va - nva) >> PGSHIFT
     pm, slot = ufi.pm, ufi.amap + ((nva - start) >> PGSHIFT)
@@ -244,6 +249,49 @@ def _neighbours(ufi: FaultInfo) -> None:
         if i < n:
             _map_neighbour(ufi, nva + (i << PGSHIFT), shared.amap_slot[slot + i])
             i += 1
+
+
+def _flush_back(ufi: FaultInfo, sva: int, eva: int) -> None:
+    """MADV_SEQUENTIAL: deactivate the pages behind the fault instead of mapping them.
+
+    1.5's uvm_fault: uvmfault_anonflush of the back pages' anons (each under its lock:
+    a resident page that is neither busy nor wired is unmapped everywhere and
+    deactivated, page queues locked), then the object's back pages the same way under
+    the object's lock (pgo_flush(..., PGO_DEACTIVATE), as uvn_flush does it for a page
+    it need not clean).  => map and amap locked.
+    """
+    slots, an_page, pg_flags = shared.amap_slot, shared.an_page, shared.pg_flags
+    base = ufi.amap + ((sva - ufi.start) >> PGSHIFT)
+    for slot in range(base, base + ((eva - sva) >> PGSHIFT)):
+        an = slots[slot]
+        if an < 0:
+            continue
+        lk = uvm_anon.an_lock + an
+        lock.simple_lock(lk)
+        pg = an_page[an]
+        if pg >= 0 and not pg_flags[pg] & PG_BUSY:
+            _deactivate_unmapped(pg)
+        lock.simple_unlock(lk)
+    if ufi.flags & EF_FILE:
+        uobj = ufi.uobj
+        lk = uvm_vnode.vnode_lock + uobj % uvm_vnode.NVNODE
+        lock.simple_lock(lk)
+        first = shared.file_base[uobj] + ufi.uoff + ((sva - ufi.start) >> PGSHIFT)
+        for slot in range(first, first + ((eva - sva) >> PGSHIFT)):
+            pg = shared.file_page[slot]
+            if pg >= 0 and not pg_flags[pg] & PG_BUSY and \
+                    shared.pg_pq[pg] != uvm_page.PQ_INACTIVE:
+                _deactivate_unmapped(pg)
+        lock.simple_unlock(lk)
+
+
+def _deactivate_unmapped(pg: int) -> None:
+    """pmap_page_protect(pg, VM_PROT_NONE) and uvm_pagedeactivate, unless wired."""
+    lock.simple_lock(uvm_page.pageq_lock)
+    if not shared.pg_wire[pg]:
+        pmap.pmap_page_remove(pg)
+        uvm_page.uvm_pagedeactivate(pg)
+    lock.simple_unlock(uvm_page.pageq_lock)
 
 
 def _next_unmapped_anon(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:

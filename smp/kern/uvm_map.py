@@ -43,6 +43,7 @@ USER_BASE = 0x0800_0000          # where mmap starts looking for space
 MAXENTRIES = 16                  # vm_map entries per process
 
 ADVICE = {"normal": 0, "random": 1, "sequential": 2}
+MADV_SEQUENTIAL = ADVICE["sequential"]
 UVMADVICE = [(3, 4), (0, 0), (8, 7)]     # nback, nforw (uvm_fault.c uvmadvice[])
 
 # lock ids (declare): amap_lock + tid is process tid's amap lock, vm_map_lock + tid its
