@@ -794,6 +794,20 @@ def test_ptread_is_a_lock_a_page_table_walk_and_an_unlock() -> None:
         seg.destroy()
 
 
+def test_ipi_pending_reads_this_cpus_bits_without_taking_them(
+        machine: Callable[..., Segment]) -> None:
+    """Core.ipi_pending(): the bits other CPUs posted to this one, left in place (the
+    CPU takes them with xchg64 when it answers), and nobody else's."""
+    seg = machine(ncpu=2)
+    c0, c1 = seg.core(0), seg.core(1)
+    assert c0.ipi_pending() == 0 and c1.ipi_pending() == 0
+    c1.send_ipi(0, 0b101, False)
+    assert c0.ipi_pending() == 0b101 and c0.ipi_pending() == 0b101
+    assert c1.ipi_pending() == 0
+    with pytest.raises(TypeError):
+        c0.ipi_pending(0)
+
+
 def test_ptscan_walks_like_ptread_up_to_the_first_unmapped_page_with_a_slot() -> None:
     """The lookahead's loop in one call: a ptread per page but ``skip``, in address
     order, stopping at the first page whose PTE is not valid and whose slot is >= 0."""

@@ -1761,6 +1761,19 @@ static PyObject *Core_load64(Core *c, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(__atomic_load_n((int64_t *)p, __ATOMIC_SEQ_CST));
 }
 
+/* ipi_pending() -> bits: this CPU's pending IPI bits, without taking them.  trap.memref
+ * asks at every memory reference, so it is one call with no arguments (a numpy field
+ * read of the CPU area cost ~1 us). */
+static PyObject *Core_ipi_pending(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "ipi_pending() takes no arguments");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&c->me->ipi_pending, __ATOMIC_ACQUIRE));
+}
+
 static PyObject *Core_store64(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     char *p;
@@ -2324,6 +2337,7 @@ static PyMethodDef Core_methods[] = {
     FC(xchg32, "xchg32(off, v) -> old value"),
     FC(and64, "and64(off, bits) -> old value"),
     FC(load64, "load64(off) -> value"),
+    FC(ipi_pending, "ipi_pending() -> bits: this CPU's pending IPI bits, not taken"),
     FC(store64, "store64(off, v)"),
     FC(futex_wait, "futex_wait(off, expected, timeout_ns) -> 0 woken, 1 timeout, 2 changed"),
     FC(futex_wake, "futex_wake(off, n) -> number woken"),

@@ -103,6 +103,8 @@ class CPU:
         self._ipi_off = [base + i * CPU_STRIDE + CPU_DTYPE.fields["ipi_pending"][1]
                          for i in range(self.ncpu)]
         self._state_off = base + self.cpu * CPU_STRIDE + CPU_DTYPE.fields["state"][1]
+        # trap.memref asks at every reference: the C read itself, without a Python frame
+        self.ipi_pending = self.core.ipi_pending
         self.md = None
         self._kick_seen = 0
         self.lockstep = None          # smp.machine.lockstep.Lockstep in lockstep mode
@@ -177,8 +179,9 @@ class CPU:
         self.core.send_ipi(cpu, bits, wake)
 
     def ipi_pending(self) -> int:
-        """This CPU's pending IPI bits, without taking them (a spinning CPU's check)."""
-        return int(self.area["ipi_pending"])
+        """This CPU's pending IPI bits, without taking them (a spinning CPU's check).
+        (Each CPU object binds the atomic core's read over this in ``__init__``.)"""
+        return self.core.ipi_pending()
 
     def set_state(self, state: int) -> None:
         """Set this CPU's CS_* state with a sequentially consistent store: a CPU leaving
@@ -217,7 +220,7 @@ def dispatch(ci: CPU, kernel: Kernel) -> None:
         if ls is not None and (kernel.finished(ci.seg) or stopping and kernel.quiet(ci.seg)):
             ls.finish()                      # the end is a scheduling decision too
             break
-        if area["ipi_pending"]:
+        if ci.ipi_pending():
             kernel.ipi(ci)
         if stopping:                         # past the time limit: no new thread
             area["state"] = _atomic.CS_IDLE
