@@ -29,9 +29,10 @@ HDR_DTYPE = np.dtype(
      ("vclock", "<u8"), ("stop", "<u4"), ("pad", "<u4"), ("tsc_boot", "<u8"),
      ("tsc_mult", "<u8")]
 )
-LOCK_DTYPE = np.dtype(
+LOCK_DTYPE = np.dtype(     # a cache line per lock (see struct lock_word: false sharing)
     [("state", "<u4"), ("klass", "<u4"), ("flags", "<u4"), ("last_cpu", "<u4"),
-     ("holder_site", "<u4"), ("recurse", "<u4"), ("sleepers", "<u4"), ("wakeseq", "<u4")]
+     ("holder_site", "<u4"), ("recurse", "<u4"), ("sleepers", "<u4"), ("wakeseq", "<u4"),
+     ("pad", "<u4", (8,))]
 )
 HELD_DTYPE = np.dtype(
     [("lock", "<u4"), ("site", "<u4"), ("mode", "<u4"), ("slot", "<u4"), ("t_acq", "<u8")]
