@@ -474,9 +474,9 @@ def test_the_lookahead_scan_in_one_call_finds_what_the_pmap_extract_loop_finds()
                 c = pmap.pmap_scan_current(pm, va + i * NBPG, 12 - i, skip - i, F._amap_off,
                                            slot + i)
                 assert c >= 0
-                assert i + c == F._next_unmapped_anon(pm, va, 12, skip, slot, i), (skip, i)
-        assert F._next_unmapped_anon(pm, va, 12, -1, slot, 0) == 2
-        assert F._next_unmapped_anon(pm, va, 12, 2, slot, 0) == 7
+                assert i + c == F._extract_loop(pm, va, 12, skip, slot, i), (skip, i)
+        assert F._extract_loop(pm, va, 12, -1, slot, 0) == 2
+        assert F._extract_loop(pm, va, 12, 2, slot, 0) == 7
         b.switch_to(1)                                       # pm is not current now
         assert pmap.pmap_scan_current(pm, va, 12, -1, F._amap_off, slot) == -1
         assert b.check() == []

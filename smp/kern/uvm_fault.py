@@ -239,13 +239,7 @@ def _neighbours(ufi: FaultInfo) -> None:
     pm, slot = ufi.pm, ufi.amap + ((nva - start) >> PGSHIFT)
     i = 0
     while i < n:
-        # the next neighbour that pmap_extract finds unmapped and that has an anon
-        k = pmap.pmap_scan_current(pm, nva + (i << PGSHIFT), n - i, centre - i, _amap_off,
-                                   slot + i)
-        if k < 0:
-            i = _next_unmapped_anon(pm, nva, n, centre, slot, i)
-        else:
-            i += k
+        i = _next_unmapped_anon(pm, nva, n, centre, slot, i)
         if i < n:
             _map_neighbour(ufi, nva + (i << PGSHIFT), shared.amap_slot[slot + i])
             i += 1
@@ -295,7 +289,16 @@ def _deactivate_unmapped(pg: int) -> None:
 
 
 def _next_unmapped_anon(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:
-    """pmap_scan_current's loop for a pmap that is not the current one."""
+    """The first of the ``n`` pages from ``va``, from page ``i`` on but ``skip``, that
+    pmap_extract finds unmapped and whose amap slot (from ``slot``) holds an anon; ``n``
+    if none.  For the current pmap one call into the atomic core, else a loop."""
+    k = pmap.pmap_scan_current(pm, va + (i << PGSHIFT), n - i, skip - i, _amap_off,
+                               slot + i)
+    return i + k if k >= 0 else _extract_loop(pm, va, n, skip, slot, i)
+
+
+def _extract_loop(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:
+    """_next_unmapped_anon for a pmap that is not the current one: pmap_extract each."""
     slots = shared.amap_slot
     while i < n:
         if i != skip and pmap.pmap_extract(pm, va + (i << PGSHIFT)) < 0 and \

@@ -1327,7 +1327,7 @@ static int pt_walk(Core *c, uint32_t id, uint32_t site, uint32_t *phys, Py_ssize
         Py_ssize_t i = (Py_ssize_t)(pde >> 12) * 1024 + ((va >> 12) & 0x3ff);
         if (off + 4 * i + 4 > c->view.len) {
             unlock_excl(c, id);
-            PyErr_SetString(PyExc_IndexError, "ptread: PDE points out of the segment");
+            PyErr_SetString(PyExc_IndexError, "page-table walk: PDE points out of the segment");
             return -1;
         }
         *pte = __atomic_load_n(&phys[i], __ATOMIC_RELAXED);

@@ -103,7 +103,8 @@ class CPU:
         self._ipi_off = [base + i * CPU_STRIDE + CPU_DTYPE.fields["ipi_pending"][1]
                          for i in range(self.ncpu)]
         self._state_off = base + self.cpu * CPU_STRIDE + CPU_DTYPE.fields["state"][1]
-        # trap.memref asks at every reference: the C read itself, without a Python frame
+        # ipi_pending() -> this CPU's pending IPI bits, without taking them: the atomic
+        # core's read itself, without a Python frame (trap.memref asks at every reference)
         self.ipi_pending = self.core.ipi_pending
         self.md = None
         self._kick_seen = 0
@@ -177,11 +178,6 @@ class CPU:
         or off the futex it parked on while waiting for a lock (it must answer) -- unless
         ``wake`` is false (the sender answers for a waiting CPU: pmap_tlb_shootnow)."""
         self.core.send_ipi(cpu, bits, wake)
-
-    def ipi_pending(self) -> int:
-        """This CPU's pending IPI bits, without taking them (a spinning CPU's check).
-        (Each CPU object binds the atomic core's read over this in ``__init__``.)"""
-        return self.core.ipi_pending()
 
     def set_state(self, state: int) -> None:
         """Set this CPU's CS_* state with a sequentially consistent store: a CPU leaving
