@@ -8,6 +8,9 @@ shared 2-core hosts vary by about 30% between runs):
 - instrumented ``lock``+``unlock`` called from Python (simple_lock with full lockstat
   statistics): paid 3-4 times by every pmap_enter; target <= 2.0 multiprocessing.Lock
   pairs of the same run (issue 12);
+- the same ratio taken pair by pair: 21 short windows alternating the two loops (the
+  order flipped each time), the median of their ratios -- the host's speed moves by 30%
+  within seconds, and a ratio of two medians taken a second apart carries that;
 - the same with ``stats_on = False``: what lockstat costs on top;
 - ``rlock``+``runlock``: the reader side of pmap_main_lock, taken on every pmap operation;
 - ``trace`` record write: every printf/UVMHIST record goes through it; target <= 400 ns;
@@ -88,6 +91,31 @@ def loop_lock(core: _atomic.Core, n: int) -> float:
         lock(LOCK)
         unlock(LOCK)
     return (perf_ns() - t0) / n
+
+
+def paired_ratio(core: _atomic.Core, n: int, pairs: int = 21) -> list[float]:
+    """Ratios of the instrumented lock pair to a multiprocessing.Lock pair, each from
+    two loops of ``n`` run back to back (which one first alternates)."""
+    anchor = mp.Lock()
+    acquire, release = anchor.acquire, anchor.release
+
+    def mp_pair() -> float:
+        t0 = perf_ns()
+        for _ in range(n):
+            acquire()
+            release()
+        return (perf_ns() - t0) / n
+
+    out = []
+    for i in range(pairs):
+        if i % 2:
+            ours = loop_lock(core, n)
+            theirs = mp_pair()
+        else:
+            theirs = mp_pair()
+            ours = loop_lock(core, n)
+        out.append(ours / theirs)
+    return out
 
 
 def loop_warm(core: _atomic.Core, n: int) -> None:
@@ -301,9 +329,14 @@ def measure(seg: Segment, core: _atomic.Core, quick: bool) -> list[Row]:
     rows.append(Row("lock+unlock, stats on", "ns", target=2.0,
                     note="target: issue 12, <= 2.0 multiprocessing.Lock pairs"))
     rows[-1].samples = repeat(lambda: loop_lock(core, n), reps)
+    pairs, pn = 21, n // 5
+    rows.append(Row("lock+unlock, stats on / multiprocessing.Lock pair, paired", "x",
+                    anchor=None, target=2.0,
+                    note=f"the same target, {pairs} back-to-back windows of {pn:,} pairs each"))
+    rows[-1].samples = paired_ratio(core, pn, pairs)
     acq = int(seg.slots[0]["acq"][seg.slots[0]["lock"] == LOCK].sum())
-    if acq != n * (reps + 1):
-        fail(f"lock {LOCK}: {acq} acquisitions recorded, {n * (reps + 1)} made")
+    if acq != n * (reps + 1) + pn * pairs:
+        fail(f"lock {LOCK}: {acq} acquisitions recorded, {n * (reps + 1) + pn * pairs} made")
 
     core.stats_on = False
     rows.append(Row("lock+unlock, stats off", "ns", target=anchored(100)))
