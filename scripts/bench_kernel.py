@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -143,6 +144,8 @@ def throughput(ncpu: int, seconds: float, physmem: str = "64M") -> tuple[float, 
 
 
 def _side_child(conn, seconds: float) -> None:
+    from smp.kern import subr_prf
+    subr_prf._BOOT_PID = os.getpid()    # this child is its own machine's parent
     try:
         conn.send(throughput(1, seconds))
     finally:
@@ -158,12 +161,16 @@ def side_by_side(seconds: float) -> float:
     procs = [ctx.Process(target=_side_child, args=(w, seconds)) for _, w in pipes]
     for p in procs:
         p.start()
+    for _, w in pipes:
+        w.close()                   # a child that dies then ends our recv (EOFError)
     try:
         got = [r.recv()[2] for r, _ in pipes]
+    except EOFError:
+        got = []
     finally:
         for p in procs:
             p.join()
-    if any(p.exitcode for p in procs):
+    if len(got) != 2 or any(p.exitcode for p in procs):
         raise SystemExit("bench_kernel: a side-by-side 1-CPU machine failed")
     return statistics.mean(got)
 
