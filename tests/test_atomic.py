@@ -810,7 +810,8 @@ def test_ipi_pending_reads_this_cpus_bits_without_taking_them(
 
 def test_ptscan_walks_like_ptread_up_to_the_first_unmapped_page_with_a_slot() -> None:
     """The lookahead's loop in one call: a ptread per page but ``skip``, in address
-    order, stopping at the first page whose PTE is not valid and whose slot is >= 0."""
+    order, stopping at the first page whose PTE is not valid and whose slot is >= 0
+    (without slots, ``slots_off`` -1: at the first page whose PTE is not valid)."""
     va = 0x0840_0000
     lay = Layout.plan(1, 16, 64, [ArraySpec("phys", np.dtype("<u4"), (3 * 1024,)),
                                   ArraySpec("slots", np.dtype("<i4"), (16,))])
@@ -831,11 +832,16 @@ def test_ptscan_walks_like_ptread_up_to_the_first_unmapped_page_with_a_slot() ->
         assert core.ptscan(lk, code, off, 0, va + 6 * 4096, 2, -1, soff, 6) == 2  # none
         assert core.ptscan(lk, code, off, 0, va + (1 << 22), 4, -1, soff, 8) == 4  # no PDE
         assert core.ptscan(lk, code, off, 0, va + (1 << 22), 4, -1, soff, 0) == 1  # an anon
+        # slots_off -1, no slots: the first unmapped page, anon or not
+        assert core.ptscan(lk, code, off, 0, va, 8, -1, -1, 0) == 2
+        assert core.ptscan(lk, code, off, 0, va + 3 * 4096, 5, -1, -1, 0) == 1
+        assert core.ptscan(lk, code, off, 0, va + 3 * 4096, 5, 1, -1, 0) == 2   # 4: centre
         assert_idle(seg, [lk])
         s = slots_of(seg, 0)
-        # one lock per page asked about: 3 + 5 (0, 1, 3, 4, 5) + 3 + 2, none without a PDE
+        # one lock per page asked about: 3 + 5 (0, 1, 3, 4, 5) + 3 + 2, none without a
+        # PDE; then 3 (0, 1, 2) + 2 (3, 4) + 2 (3, 5)
         assert [seg.site_names()[int(r["site"])] for r in s] == ["pmap_map_ptes"]
-        assert int(s[0]["acq"]) == 13
+        assert int(s[0]["acq"]) == 20
         with pytest.raises(IndexError):
             core.ptscan(lk, code, off, 0, va, 8, -1, soff, 1 << 30)  # past the segment
         with pytest.raises(ValueError):

@@ -452,9 +452,90 @@ def test_sequential_advice_deactivates_the_object_pages_behind_a_file_fault():
         assert b.check() == []
 
 
+def _file_va(b, i: int, npages: int, flags: int) -> int:
+    prot = RW if flags & uvm_map.EF_COPY else 1                     # VM_PROT_READ
+    va = uvm_map.uvm_mmap(b.tid(i), npages, prot, uvm_map.EF_FILE | flags, uobj=0)
+    assert va > 0
+    return va
+
+
+def test_a_file_fault_maps_the_objects_resident_neighbours():
+    """1.5's object layer: the locked pgo_get (fltlget, every unshadowed file fault) hands
+    over the resident pages that are not busy; the unmapped neighbours among them are
+    reactivated and entered (fltnomap); a neighbour not resident, or busy, is left."""
+    with booted(files=[32]) as b:
+        shared_ro = uvm_map.EF_SHARED
+        va0 = _file_va(b, 0, 16, shared_ro)
+        for k in (2, 3, 5, 6):                          # read in by process 0
+            assert b.fault(0, va0 + k * NBPG, write=False) == 0
+        fbase = int(b.a["file_base"][0])
+        page = [int(b.a["file_page"][fbase + k]) for k in range(16)]
+        assert [k for k in range(16) if page[k] >= 0] == [2, 3, 5, 6]
+        b.a["pg_flags"][page[6]] |= PG_BUSY             # its pageout in flight
+        lock.simple_lock(uvm_page.pageq_lock)
+        uvm_page.uvm_pagedeactivate(page[3])
+        lock.simple_unlock(uvm_page.pageq_lock)
+        va1 = _file_va(b, 1, 16, shared_ro)             # no amap: a shared mapping
+        before = b.counters()
+        assert b.fault(1, va1 + 4 * NBPG, write=False) == 0   # range 1..8, centre 4
+        d = b.delta(before)
+        assert d["fltlget"] == 1 and d["fltget"] == 1 and d["fltnomap"] == 3
+        assert d["flt_obj"] == 1 and "fltnamap" not in d
+        mapped = {k for k in range(16) if b.extract(1, va1 + k * NBPG) >= 0}
+        assert mapped == {2, 3, 4, 5}                   # not 6 (busy), nor 1, 7, 8
+        assert b.extract(1, va1 + 3 * NBPG) == page[3]
+        assert b.a["pg_pq"][page[3]] == uvm_page.PQ_ACTIVE    # reactivated
+        b.a["pg_flags"][page[6]] &= ~PG_BUSY
+        before = b.counters()
+        assert b.fault(1, va1 + 4 * NBPG, write=False) == 0   # mapped: all resident now
+        d = b.delta(before)
+        assert d["fltlget"] == 1 and "fltget" not in d and d["fltnomap"] == 1    # page 6
+        assert b.check() == []
+
+
+def test_a_private_file_mappings_neighbours_are_entered_read_only():
+    """enter_prot & MASK(entry): in a copy-on-write mapping the object's pages go in
+    read-only, so a write to a neighbour still faults and promotes it into an anon."""
+    with booted(files=[32]) as b:
+        va0 = _file_va(b, 0, 8, uvm_map.EF_SHARED)
+        for k in range(8):
+            assert b.fault(0, va0 + k * NBPG, write=False) == 0
+        va1 = _file_va(b, 1, 8, uvm_map.EF_COPY)
+        before = b.counters()
+        assert b.fault(1, va1 + 2 * NBPG, write=False) == 0
+        assert b.delta(before)["fltnomap"] == 6         # 0, 1 and 3-6 (nforw 4)
+        fbase = int(b.a["file_base"][0])
+        assert b.extract(1, va1 + 5 * NBPG) == int(b.a["file_page"][fbase + 5])
+        before = b.counters()
+        b.touch(1, va1 + 5 * NBPG, write=True)          # through the MMU: read-only PTE
+        d = b.delta(before)
+        assert d["faults"] == 1 and d["flt_prcopy"] == 1
+        assert b.anon_page(1, va1 + 5 * NBPG) == b.extract(1, va1 + 5 * NBPG)
+        assert b.check() == []
+
+
+def test_a_shadowed_file_fault_skips_the_object_layer():
+    """A page that has an anon (written once in a private mapping) faults through the
+    anon layer: no locked pgo_get, and the object's pages around it stay unmapped."""
+    with booted(files=[32]) as b:
+        va0 = _file_va(b, 0, 8, uvm_map.EF_SHARED)
+        for k in range(8):
+            assert b.fault(0, va0 + k * NBPG, write=False) == 0
+        va1 = _file_va(b, 1, 8, uvm_map.EF_COPY)
+        assert b.fault(1, va1 + 2 * NBPG, write=True) == 0     # promoted: an anon at 2
+        b.unmap_keep_pages(1, va1, 8)
+        before = b.counters()
+        assert b.fault(1, va1 + 2 * NBPG, write=False) == 0    # case 1 now
+        d = b.delta(before)
+        assert d["flt_anon"] == 1 and "fltlget" not in d and "fltnomap" not in d
+        assert [k for k in range(8) if b.extract(1, va1 + k * NBPG) >= 0] == [2]
+        assert b.check() == []
+
+
 def test_the_lookahead_scan_in_one_call_finds_what_the_pmap_extract_loop_finds():
     """pmap_scan_current (the current pmap, one call into the atomic core) and the loop
-    of pmap_extract calls used for any other pmap stop at the same neighbours."""
+    of pmap_extract calls used for any other pmap stop at the same neighbours, with
+    amap slots or without (a file mapping's lookahead)."""
     from smp.kern import uvm_fault as F
 
     with booted() as b:
@@ -475,8 +556,11 @@ def test_the_lookahead_scan_in_one_call_finds_what_the_pmap_extract_loop_finds()
                                            slot + i)
                 assert c >= 0
                 assert i + c == F._extract_loop(pm, va, 12, skip, slot, i), (skip, i)
+                c = pmap.pmap_scan_current(pm, va + i * NBPG, 12 - i, skip - i, -1, 0)
+                assert i + c == F._extract_loop(pm, va, 12, skip, -1, i), (skip, i)
         assert F._extract_loop(pm, va, 12, -1, slot, 0) == 2
         assert F._extract_loop(pm, va, 12, 2, slot, 0) == 7
+        assert F._extract_loop(pm, va, 12, 2, -1, 0) == 3      # any unmapped page: 3
         b.switch_to(1)                                       # pm is not current now
         assert pmap.pmap_scan_current(pm, va, 12, -1, F._amap_off, slot) == -1
         assert b.check() == []

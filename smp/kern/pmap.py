@@ -1490,8 +1490,8 @@ def pmap_scan_current(pm: int, va: int, n: int, skip: int, slots_off: int,
     Asks about the ``n`` pages from ``va`` in address order, but page ``skip``, each
     with a pmap_extract of its own (its own lock and unlock, as the loop makes them),
     up to the first that is not mapped and whose int32 at byte ``slots_off`` of the
-    segment + 4 * (``slot`` + i) -- its amap slot -- holds an anon; returns its index,
-    or ``n``.
+    segment + 4 * (``slot`` + i) -- its amap slot -- holds an anon (``slots_off`` -1: up
+    to the first that is not mapped); returns its index, or ``n``.
     """
     if pm != _cpu_pmap[_cpu] or pm == KERNEL_PMAP:
         return -1

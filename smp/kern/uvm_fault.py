@@ -6,7 +6,9 @@ uvm_fault(tid, va, access_type [, wire]):
     lock the map; no entry -> EFAULT; access outside its protection -> EACCES
     first try only, unless wiring: map resident neighbours not mapped yet (nback 3 /
         nforw 4 for MADV_NORMAL), reactivating them, with PMAP_CANFAIL, ignoring
-        failures (fltnamap); MADV_SEQUENTIAL deactivates and unmaps the 8 pages
+        failures: an anon's page (fltnamap), and -- a file mapping whose faulting page
+        has no anon -- the object's resident pages its locked pgo_get hands over
+        (fltlget, fltnomap); MADV_SEQUENTIAL deactivates and unmaps the 8 pages
         behind instead, and maps only the 7 ahead
     case 1, the page has an anon:
         not resident (swapped out): a new page (not from the reserve) or
@@ -115,7 +117,8 @@ _cb = 0
 _refault_narrow: dict[int, int] = {}      # ci.md.refault_narrow (attach)
 _amap_off = 0                   # byte offset of amap_slot in the segment (attach)
 PAGE_MASK = ~(NBPG - 1)
-C_FAULTS, C_FLTNAMAP, C_FLT_PRZERO = counter.faults, counter.fltnamap, counter.flt_przero
+C_FAULTS, C_FLTNAMAP, C_FLTNOMAP, C_FLT_PRZERO = (counter.faults, counter.fltnamap,
+                                                  counter.fltnomap, counter.flt_przero)
 
 
 def attach(ci, kernel) -> None:
@@ -199,30 +202,28 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
         lk = uvm_map.amap_lock + tid
         lock.simple_lock(lk)                    # (held: unlocked by ufi.unlockall)
         held.append(lk)
-        if not wire and _refault_narrow.get(tid) != va:
+    objnbrs = None
+    if not wire and _refault_narrow.get(tid) != va:
+        if ufi.flags & EF_FILE:
+            objnbrs = _neighbours_file(ufi)
+        elif base >= 0:
             _neighbours(ufi)
-        _refault_narrow[tid] = va                # any ReFault of this fault is narrow
-        an = shared.amap_slot[base + pidx]
-    else:
-        an = -1
+    _refault_narrow[tid] = va                    # any ReFault of this fault is narrow
+    an = shared.amap_slot[base + pidx] if base >= 0 else -1
     if an >= 0:
         r = _case1(ufi, base + pidx, an)
     else:
-        r = _case2(ufi, pidx)
+        r = _case2(ufi, pidx, objnbrs)
     _refault_narrow.pop(tid, None)
     if call and r == 0:
         subr_prf.UVMHIST_LOG(H_DONE, call)
     return r
 
 
-def _neighbours(ufi: FaultInfo) -> None:
-    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter.
-
-    As 1.5's loop: a neighbour already mapped (``pmap_extract``) is left alone; an
-    unmapped one with an anon is looked at under the anon's lock, and if its page is
-    resident and not busy it is reactivated (page queues locked), counted in fltnamap
-    and entered, before the next neighbour is asked about.  => map and amap locked.
-    """
+def _range(ufi: FaultInfo) -> tuple[int, int, int]:
+    """The lookahead's pages: (first VA, how many, the centre's index), nback/nforw of
+    the entry's advice clipped to the entry; MADV_SEQUENTIAL flushes the pages behind
+    the fault first and keeps only the ones ahead."""
     nback, nforw = UVMADVICE[ufi.advice]
     va, start, end = ufi.va, ufi.start, ufi.end
     nva = va - nback * NBPG
@@ -234,15 +235,50 @@ def _neighbours(ufi: FaultInfo) -> None:
     if ufi.advice == MADV_SEQUENTIAL and nva < va:
         _flush_back(ufi, nva, va)
         nva = va                                # "now forget about the backpages"
-    n = (hi - nva) >> PGSHIFT
-    centre = (va - nva) >> PGSHIFT
-    pm, slot = ufi.pm, ufi.amap + ((nva - start) >> PGSHIFT)
+    return nva, (hi - nva) >> PGSHIFT, (va - nva) >> PGSHIFT
+
+
+def _neighbours(ufi: FaultInfo) -> None:
+    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter.
+
+    As 1.5's loop: a neighbour already mapped (``pmap_extract``) is left alone; an
+    unmapped one with an anon is looked at under the anon's lock, and if its page is
+    resident and not busy it is reactivated (page queues locked), counted in fltnamap
+    and entered, before the next neighbour is asked about.  => map and amap locked.
+    """
+    nva, n, centre = _range(ufi)
+    pm, slot = ufi.pm, ufi.amap + ((nva - ufi.start) >> PGSHIFT)
     i = 0
     while i < n:
         i = _next_unmapped_anon(pm, nva, n, centre, slot, i)
         if i < n:
             _map_neighbour(ufi, nva + (i << PGSHIFT), shared.amap_slot[slot + i])
             i += 1
+
+
+def _neighbours_file(ufi: FaultInfo) -> tuple[int, list[int]]:
+    """The anon layer of a file mapping's lookahead, amap or not (1.5 asks
+    ``pmap_extract`` about every neighbour first either way): mapped neighbours are
+    left alone, unmapped ones with an anon mapped as in ``_neighbours``; returns (first
+    VA, indices) of the unmapped neighbours without an anon, which the object layer
+    looks at (``_map_object_neighbours``).  => map (and amap, if any) locked.
+    """
+    nva, n, centre = _range(ufi)
+    pm, base = ufi.pm, ufi.amap
+    slot = base + ((nva - ufi.start) >> PGSHIFT) if base >= 0 else -1
+    left: list[int] = []
+    i = 0
+    while i < n:
+        i = _next_unmapped_anon(pm, nva, n, centre, slot, i, anon_only=False)
+        if i >= n:
+            break
+        an = shared.amap_slot[slot + i] if slot >= 0 else -1
+        if an >= 0:
+            _map_neighbour(ufi, nva + (i << PGSHIFT), an)
+        else:
+            left.append(i)
+        i += 1
+    return nva, left
 
 
 def _flush_back(ufi: FaultInfo, sva: int, eva: int) -> None:
@@ -252,11 +288,11 @@ def _flush_back(ufi: FaultInfo, sva: int, eva: int) -> None:
     a resident page that is neither busy nor wired is unmapped everywhere and
     deactivated, page queues locked), then the object's back pages the same way under
     the object's lock (pgo_flush(..., PGO_DEACTIVATE), as uvn_flush does it for a page
-    it need not clean).  => map and amap locked.
+    it need not clean).  => map (and amap, if any) locked.
     """
     slots, an_page, pg_flags = shared.amap_slot, shared.an_page, shared.pg_flags
     base = ufi.amap + ((sva - ufi.start) >> PGSHIFT)
-    for slot in range(base, base + ((eva - sva) >> PGSHIFT)):
+    for slot in range(base, base + ((eva - sva) >> PGSHIFT)) if ufi.amap >= 0 else ():
         an = slots[slot]
         if an < 0:
             continue
@@ -288,21 +324,27 @@ def _deactivate_unmapped(pg: int) -> None:
     lock.simple_unlock(uvm_page.pageq_lock)
 
 
-def _next_unmapped_anon(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:
+def _next_unmapped_anon(pm: int, va: int, n: int, skip: int, slot: int, i: int,
+                        anon_only: bool = True) -> int:
     """The first of the ``n`` pages from ``va``, from page ``i`` on but ``skip``, that
-    pmap_extract finds unmapped and whose amap slot (from ``slot``) holds an anon; ``n``
-    if none.  For the current pmap one call into the atomic core, else a loop."""
-    k = pmap.pmap_scan_current(pm, va + (i << PGSHIFT), n - i, skip - i, _amap_off,
-                               slot + i)
-    return i + k if k >= 0 else _extract_loop(pm, va, n, skip, slot, i)
+    pmap_extract finds unmapped and whose amap slot (from ``slot``) holds an anon -- or,
+    ``anon_only`` False, that it finds unmapped; ``n`` if none.  For the current pmap
+    one call into the atomic core, else a loop."""
+    if anon_only:
+        k = pmap.pmap_scan_current(pm, va + (i << PGSHIFT), n - i, skip - i, _amap_off,
+                                   slot + i)
+    else:
+        k = pmap.pmap_scan_current(pm, va + (i << PGSHIFT), n - i, skip - i, -1, 0)
+    return i + k if k >= 0 else _extract_loop(pm, va, n, skip, slot if anon_only else -1, i)
 
 
 def _extract_loop(pm: int, va: int, n: int, skip: int, slot: int, i: int) -> int:
-    """_next_unmapped_anon for a pmap that is not the current one: pmap_extract each."""
+    """_next_unmapped_anon for a pmap that is not the current one: pmap_extract each
+    (``slot`` -1: the first unmapped page, anon or not)."""
     slots = shared.amap_slot
     while i < n:
         if i != skip and pmap.pmap_extract(pm, va + (i << PGSHIFT)) < 0 and \
-                slots[slot + i] >= 0:
+                (slot < 0 or slots[slot + i] >= 0):
             return i
         i += 1
     return n
@@ -381,13 +423,14 @@ def _case1(ufi: FaultInfo, slot: int, an: int) -> int:
     return _enter(ufi, pg, "flt_pmfail1")
 
 
-def _case2(ufi: FaultInfo, pidx: int) -> int:
+def _case2(ufi: FaultInfo, pidx: int, objnbrs: tuple[int, list[int]] | None = None) -> int:
     """No anon: an object page, or zero-fill (NetBSD case 2); ``pidx`` is the page's index
-    in the map entry."""
+    in the map entry, ``objnbrs`` the lookahead's neighbours for the object layer (first
+    VA, indices; None on a narrow fault)."""
     flags = ufi.flags
     uobjpage = -1
     if flags & EF_FILE:
-        uobjpage = _uobj_get(ufi, ufi.uobj, ufi.uoff + pidx)
+        uobjpage = _uobj_get(ufi, ufi.uobj, ufi.uoff + pidx, objnbrs)
         promote = bool(ufi.access & VM_PROT_WRITE) and bool(flags & EF_COPY)
         if not promote:
             _cnt(counter.flt_obj)
@@ -453,11 +496,22 @@ def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
     return 0
 
 
-def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
-    """The object's page at ``off``, read in if not resident (pgo_get, synchronous)."""
+def _uobj_get(ufi: FaultInfo, uobj: int, off: int,
+              nbrs: tuple[int, list[int]] | None = None) -> int:
+    """The object's page at ``off`` (pgo_get), the object locked from here on.
+
+    First the locked get (PGO_LOCKED, uvmexp.fltlget), which hands the fault the
+    object's resident pages that are not busy: those among the lookahead's ``nbrs`` are
+    mapped (``_map_object_neighbours``), and a resident, unbusy centre page is the
+    fault's.  A busy centre page (its pageout in flight) is waited for; one not
+    resident is read in (fltget: the synchronous get; the read costs no time here).
+    """
     lk = uvm_vnode.vnode_lock + uobj % uvm_vnode.NVNODE
     lock.simple_lock(lk)                  # (held: unlocked by ufi.unlockall)
     ufi.held.append(lk)
+    _cnt(counter.fltlget)
+    if nbrs is not None and nbrs[1]:
+        _map_object_neighbours(ufi, uobj, nbrs[0], nbrs[1])
     slot = shared.file_base[uobj] + off
     pg = shared.file_page[slot]
     if pg >= 0 and shared.pg_flags[pg] & PG_BUSY:
@@ -471,9 +525,32 @@ def _uobj_get(ufi: FaultInfo, uobj: int, off: int) -> int:
         shared.file_page[slot] = pg
         shared.pg_flags[pg] &= ~PG_BUSY
         _cnt(counter.pageins)
-    else:
-        _cnt(counter.fltlget)
     return pg
+
+
+def _map_object_neighbours(ufi: FaultInfo, uobj: int, nva: int, idx: list[int]) -> None:
+    """The object layer of the lookahead (1.5's uvm_fault after its locked pgo_get): each
+    neighbour in ``idx`` (page indices from ``nva``, unmapped and without an anon) whose
+    object page is resident and not busy is reactivated (page queues locked), counted
+    in fltnomap and entered with PMAP_CANFAIL, failures ignored -- read-only in a
+    copy-on-write mapping (``enter_prot & MASK(entry)``).  => object locked.
+    """
+    o0 = ufi.uoff + ((nva - ufi.start) >> PGSHIFT)
+    first, size = shared.file_base[uobj] + o0, shared.file_size[uobj]
+    file_page, pg_flags = shared.file_page, shared.pg_flags
+    prot = ufi.enter_prot & ~VM_PROT_WRITE if ufi.flags & EF_COPY else ufi.enter_prot
+    flags = PMAP_CANFAIL | ufi.wflag
+    for i in idx:
+        if o0 + i >= size:
+            break                               # past the end of the file
+        pg = file_page[first + i]
+        if pg < 0 or pg_flags[pg] & PG_BUSY:
+            continue
+        lock.simple_lock(uvm_page.pageq_lock)
+        uvm_pageactivate(pg)
+        lock.simple_unlock(uvm_page.pageq_lock)
+        _cnt_arr[_cb + C_FLTNOMAP] += 1
+        pmap.pmap_enter(ufi.pm, nva + (i << PGSHIFT), pg, prot, flags)
 
 
 def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:

@@ -1384,8 +1384,9 @@ static PyObject *Core_ptread(Core *c, PyObject *const *args, Py_ssize_t nargs)
  * lookahead's loop over the n pages from va, in address order, but page skip: each is
  * a ptread of its own (pt_walk: its own lock and unlock); a page found mapped is passed
  * over, and so is one whose int32 at slots_off + 4 * (slot + i) (its amap slot) is
- * negative (no anon).  Returns the index of the first page that is neither -- the one
- * the lookahead maps, before it asks about the next --, or n. */
+ * negative (no anon); with slots_off -1 there are no slots, and only mapped pages are
+ * passed over.  Returns the index of the first page that is neither -- the one the
+ * lookahead maps, before it asks about the next --, or n. */
 static PyObject *Core_ptscan(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t id, site, pte, *phys;
@@ -1405,18 +1406,21 @@ static PyObject *Core_ptscan(Core *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "ptscan: 0 to 64 pages inside the address space");
         return NULL;
     }
-    if (soff < 0 || soff % 4 || slot < 0 || soff + 4 * (slot + n) > c->view.len) {
+    if (soff != -1 &&
+        (soff < 0 || soff % 4 || slot < 0 || soff + 4 * (slot + n) > c->view.len)) {
         PyErr_SetString(PyExc_IndexError, "ptscan: slots out of the segment");
         return NULL;
     }
-    const int32_t *slots = (const int32_t *)(c->base + soff) + slot;
+    /* slots_off -1: no slots, the first unmapped page is the answer (a file mapping's
+     * lookahead, whose object layer looks at the pages without an anon) */
+    const int32_t *slots = soff == -1 ? NULL : (const int32_t *)(c->base + soff) + slot;
     Py_ssize_t i;
     for (i = 0; i < n; i++) {
         if (i == skip)
             continue;
         if (pt_walk(c, id, site, phys, off, pdir, (uint32_t)(va + i * 4096), &pte))
             return NULL;
-        if (!(pte & 1) && __atomic_load_n(&slots[i], __ATOMIC_RELAXED) >= 0)
+        if (!(pte & 1) && (slots == NULL || __atomic_load_n(&slots[i], __ATOMIC_RELAXED) >= 0))
             break;
     }
     return PyLong_FromSsize_t(i);
@@ -2322,7 +2326,7 @@ static PyMethodDef Core_methods[] = {
        "empty PDE unlocked, else lock (as from code), walk the page tables, unlock"),
     FC(ptscan, "ptscan(lock, code, phys_off, pdir, va, n, skip, slots_off, slot) -> i: "
        "ptread of the pages from va (but skip) up to the first unmapped one whose slot "
-       "is >= 0"),
+       "is >= 0 (slots_off -1: the first unmapped one)"),
     FC(rlock, "rlock(id): spinlockmgr(LK_SHARED)"),
     FC(runlock, "runlock(id): spinlockmgr(LK_RELEASE) of a shared hold"),
     FC(wlock, "wlock(id): spinlockmgr(LK_EXCLUSIVE)"),
