@@ -452,6 +452,24 @@ def test_sequential_advice_deactivates_the_object_pages_behind_a_file_fault():
         assert b.check() == []
 
 
+def test_sequential_advice_on_a_shared_file_mapping_without_an_amap():
+    """A shared file mapping has no amap: MADV_SEQUENTIAL flushes only the object's back
+    pages, and the pages ahead that are resident are mapped by the object layer."""
+    with booted(files=[32]) as b:
+        tid = b.tid(0)
+        va = uvm_map.uvm_mmap(tid, 16, 1, uvm_map.EF_FILE | uvm_map.EF_SHARED, uobj=0,
+                              advice=uvm_map.ADVICE["sequential"])
+        assert va > 0
+        for k in range(16):
+            assert b.fault(0, va + k * NBPG, write=False) == 0
+        assert [b.extract(0, va + k * NBPG) >= 0 for k in range(16)] == [False] * 15 + [True]
+        b.unmap_keep_pages(0, va + 15 * NBPG)
+        before = b.counters()
+        assert b.fault(0, va, write=False) == 0          # the first page: 7 ahead resident
+        assert b.delta(before)["fltnomap"] == 7
+        assert b.check() == []
+
+
 def _file_va(b, i: int, npages: int, flags: int) -> int:
     prot = RW if flags & uvm_map.EF_COPY else 1                     # VM_PROT_READ
     va = uvm_map.uvm_mmap(b.tid(i), npages, prot, uvm_map.EF_FILE | flags, uobj=0)
