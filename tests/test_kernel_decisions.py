@@ -172,6 +172,31 @@ def test_ptp_steal_takes_a_victims_ptp_and_leaves_it_consistent():
         assert b.free() == 19 and b.check() == []
 
 
+def test_only_a_wiring_fault_wires_the_page():
+    """1.5 wires a page only on VM_FAULT_WIRE; a plain fault in a wired entry whose
+    mapping went away (as pmap_collect's would) enters it wired again and leaves the
+    page's wire count alone -- it does not wire the page a second time."""
+    with booted() as b:
+        va = b.mmap(0, 2)
+        tid = b.tid(0)
+        assert uvm_map.set_wired(tid, va, True) == 0
+        for k in range(2):
+            assert b.fault(0, va + k * NBPG, wire=True) == 0    # mlock's uvm_fault_wire
+        pg = b.anon_page(0, va)
+        assert int(b.a["pg_wire"][pg]) == 1 and pmap.pmap_is_wired(b.pm(0), va)
+        assert b.fault(0, va, wire=True) == 0                   # mlock again: still once
+        assert int(b.a["pg_wire"][pg]) == 1
+        b.unmap_keep_pages(0, va)
+        assert b.extract(0, va) == -1
+        assert b.fault(0, va, write=False) == 0                 # a plain fault
+        assert b.extract(0, va) == pg and pmap.pmap_is_wired(b.pm(0), va)
+        assert int(b.a["pg_wire"][pg]) == 1
+        assert b.a["pg_pq"][pg] == uvm_page.PQ_NONE             # wired: on no queue
+        assert uvm_map.set_wired(tid, va, False) == 0           # munlock unwires once
+        assert int(b.a["pg_wire"][pg]) == 0
+        assert b.check() == []
+
+
 def test_ptp_steal_skips_ptps_with_wired_ptes():
     with booted(["steal=ptp"]) as b:
         # proc 2 (pm3) is first under the hand but wired; proc 1 (pm2) is the victim

@@ -144,7 +144,7 @@ class FaultInfo:
     """
 
     __slots__ = ("tid", "va", "access", "pm", "start", "end", "prot", "flags", "amap",
-                 "uobj", "uoff", "advice", "wired", "wflag", "enter_prot", "held")
+                 "uobj", "uoff", "advice", "wired", "wire", "wflag", "enter_prot", "held")
 
     def __init__(self, tid: int, va: int, access: int):
         self.tid = tid                   # the faulting thread: its map (ufi.orig_map)
@@ -195,7 +195,8 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
             ufi.unlockall()                       # uvm_fault_wire: over wiredmax
             return EAGAIN
     ufi.pm = shared.vm_pmap[tid]
-    ufi.wired = wired
+    ufi.wired = wired                            # the mapping goes in wired (PMAP_WIRED)
+    ufi.wire = wire                              # VM_FAULT_WIRE: the page is wired too
     ufi.wflag = PMAP_WIRED if wired else 0
     pidx = (va - ufi.start) >> PGSHIFT
     if base >= 0:
@@ -482,8 +483,8 @@ def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
     Failure: unlock everything; swap full -> ENOMEM (the process will be killed);
     otherwise wait for the pagedaemon in ``wmesg`` and ReFault (restart).
     """
-    pm, va, wired = ufi.pm, ufi.va, ufi.wired
-    was = wired and pmap.pmap_is_wired(pm, va)   # already wired here by an mlock
+    pm, va, wire = ufi.pm, ufi.va, ufi.wire
+    was = wire and pmap.pmap_is_wired(pm, va)    # already wired here by an mlock
     if pmap.pmap_enter(pm, va, pg, ufi.enter_prot, ufi.access | PMAP_CANFAIL | ufi.wflag):
         if swap_full():
             ufi.unlockall()
@@ -491,7 +492,7 @@ def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
         _cnt(counter.pmfail_waits)
         _cnt(counter.flt_pmfail1 if wmesg == "flt_pmfail1" else counter.flt_pmfail2)
         _wait(ufi, wmesg)
-    _finish(pg, wired, was)
+    _finish(pg, wire, was)
     ufi.unlockall()
     return 0
 
@@ -553,10 +554,14 @@ def _map_object_neighbours(ufi: FaultInfo, uobj: int, nva: int, idx: list[int]) 
         pmap.pmap_enter(ufi.pm, nva + (i << PGSHIFT), pg, prot, flags)
 
 
-def _finish(pg: int, wired: bool, was_wired: bool = False) -> None:
+def _finish(pg: int, wire: bool, was_wired: bool = False) -> None:
+    """Update the page queues, as 1.5 does after its pmap_enter: a wiring fault
+    (VM_FAULT_WIRE: mlock's uvm_fault_wire, physio's vslock) wires the page, any other
+    fault activates it -- also in a wired entry, where the page an earlier wiring fault
+    wired stays wired and off the queues (uvm_pageactivate leaves a wired page alone)."""
     lk = uvm_page.pageq_lock
     lock.simple_lock(lk)
-    if not wired:
+    if not wire:
         uvm_pageactivate(pg)
     elif not was_wired:                         # mlock twice wires the page once
         uvm_pagewire(pg)
