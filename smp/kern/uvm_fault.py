@@ -204,11 +204,8 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
         lock.simple_lock(lk)                    # (held: unlocked by ufi.unlockall)
         held.append(lk)
     objnbrs = None
-    if not wire and _refault_narrow.get(tid) != va:
-        if ufi.flags & EF_FILE:
-            objnbrs = _neighbours_file(ufi)
-        elif base >= 0:
-            _neighbours(ufi)
+    if not wire and _refault_narrow.get(tid) != va and (base >= 0 or ufi.flags & EF_FILE):
+        objnbrs = _neighbours(ufi)
     _refault_narrow[tid] = va                    # any ReFault of this fault is narrow
     an = shared.amap_slot[base + pidx] if base >= 0 else -1
     if an >= 0:
@@ -239,38 +236,27 @@ def _range(ufi: FaultInfo) -> tuple[int, int, int]:
     return nva, (hi - nva) >> PGSHIFT, (va - nva) >> PGSHIFT
 
 
-def _neighbours(ufi: FaultInfo) -> None:
-    """Map resident neighbour pages with PMAP_CANFAIL; failures do not matter.
+def _neighbours(ufi: FaultInfo) -> tuple[int, list[int]]:
+    """The lookahead's anon layer: map resident neighbour pages with PMAP_CANFAIL;
+    failures do not matter.
 
     As 1.5's loop: a neighbour already mapped (``pmap_extract``) is left alone; an
     unmapped one with an anon is looked at under the anon's lock, and if its page is
     resident and not busy it is reactivated (page queues locked), counted in fltnamap
-    and entered, before the next neighbour is asked about.  => map and amap locked.
-    """
-    nva, n, centre = _range(ufi)
-    pm, slot = ufi.pm, ufi.amap + ((nva - ufi.start) >> PGSHIFT)
-    i = 0
-    while i < n:
-        i = _next_unmapped_anon(pm, nva, n, centre, slot, i)
-        if i < n:
-            _map_neighbour(ufi, nva + (i << PGSHIFT), shared.amap_slot[slot + i])
-            i += 1
-
-
-def _neighbours_file(ufi: FaultInfo) -> tuple[int, list[int]]:
-    """The anon layer of a file mapping's lookahead, amap or not (1.5 asks
-    ``pmap_extract`` about every neighbour first either way): mapped neighbours are
-    left alone, unmapped ones with an anon mapped as in ``_neighbours``; returns (first
-    VA, indices) of the unmapped neighbours without an anon, which the object layer
-    looks at (``_map_object_neighbours``).  => map (and amap, if any) locked.
+    and entered, before the next neighbour is asked about.  Returns (first VA, indices)
+    of the unmapped neighbours without an anon: in a file mapping (amap or not) the
+    object layer looks at those (``_map_object_neighbours``); in an anonymous one there
+    is nothing to look at, and the scan passes them over without stopping.
+    => map (and amap, if any) locked.
     """
     nva, n, centre = _range(ufi)
     pm, base = ufi.pm, ufi.amap
     slot = base + ((nva - ufi.start) >> PGSHIFT) if base >= 0 else -1
+    anon_only = not ufi.flags & EF_FILE
     left: list[int] = []
     i = 0
     while i < n:
-        i = _next_unmapped_anon(pm, nva, n, centre, slot, i, anon_only=False)
+        i = _next_unmapped_anon(pm, nva, n, centre, slot, i, anon_only)
         if i >= n:
             break
         an = shared.amap_slot[slot + i] if slot >= 0 else -1
@@ -293,7 +279,8 @@ def _flush_back(ufi: FaultInfo, sva: int, eva: int) -> None:
     """
     slots, an_page, pg_flags = shared.amap_slot, shared.an_page, shared.pg_flags
     base = ufi.amap + ((sva - ufi.start) >> PGSHIFT)
-    for slot in range(base, base + ((eva - sva) >> PGSHIFT)) if ufi.amap >= 0 else ():
+    nanons = (eva - sva) >> PGSHIFT if ufi.amap >= 0 else 0    # no amap: no anons
+    for slot in range(base, base + nanons):
         an = slots[slot]
         if an < 0:
             continue
