@@ -361,7 +361,11 @@ class KernelConfig:
     uvm_pager.c 1.36 of November 2000 that OpenBSD kept).  Which one the January 2001
     branch had is UNVERIFIED.  ``intr_biglock``: interrupt handlers take the big lock when
     ``biglock`` is on, as the merged MP code's x86_intlock does; the January 2001
-    branch's choice is UNVERIFIED (NETBSD-FACTS §12 item 6).
+    branch's choice is UNVERIFIED (NETBSD-FACTS §12 item 6).  ``swapout``: whether the
+    pagedaemon swaps processes out below its free target (1.5's uvm_swapout_threads, on
+    i386, which does not define __SWAP_BROKEN), and what the swapout's ``pmap_collect``
+    takes: ``on`` every mapping, wired ones too (pmap.c 1.91 lineage), ``skipwired`` all
+    but the wired ones (1.135's PMAP_REMOVE_SKIPWIRED); ``off`` never swaps out.
     """
 
     name: str = "builtin"
@@ -381,6 +385,7 @@ class KernelConfig:
     nkpde: int = 4                # kernel PTPs locore sets up (i386 NKPTP: 16 MB)
     pageout_free: str = "aiodone"  # who frees a page once its pageout I/O is done
     intr_biglock: bool = True     # interrupt handlers take the big lock (with biglock on)
+    swapout: str = "on"           # uvm_swapout_threads; "skipwired": 1.135's pmap_collect
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``name``, ``path`` and the ``[kernel]`` keys (``steal`` as ``"ptp,pv"``)."""
@@ -428,6 +433,9 @@ class RunConfig:
                 raise _bad(f"{source}: {section}.{sorted(unknown)[0]}: unknown key (a manifest "
                            "of a newer smp?)")
             vals = {k: v for k, v in table.items() if k in keys}
+            if section == "kernel":
+                # a manifest from before the key existed: that kernel never swapped out
+                vals.setdefault("swapout", "off")
             recs[section] = make(vals, str(table.get("name", "manifest")),
                                  f"{source}: {section}", {})
         ov = manifest.get("overrides", [])
@@ -488,6 +496,7 @@ KERNEL_KEYS: dict[str, _Convert] = {
     "nkpde": _int_in(4, 255),                 # NKPTP_MIN .. NKPTP_MAX (1024 - 768 - 1)
     "pageout_free": _choice("aiodone", "rescan"),
     "intr_biglock": parse_onoff,
+    "swapout": _choice("on", "off", "skipwired"),
 }
 
 # -o accepts unqualified keys, so the two sections must not share one.

@@ -459,10 +459,12 @@ def test_bad_machine_files(cwd, text, expected):
      "k.toml: kernel.freetarg = 50: must be greater than kernel.freemin (50)"),
     ("[kernel]\nbigLock = 1\n", "k.toml: kernel.bigLock: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock, "
+     "swapout)"),
     ("[kernel.extra]\nx = 1\n", "k.toml: kernel.extra: unknown key (known: steal, biglock, "
      "shootdown_on_steal, diagnostic, lockstat, hist, reserve_kernel, reserve_pagedaemon, "
-     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock)"),
+     "freemin, freetarg, pmap_canfail_leak, pv_steal_attrs, nkpde, pageout_free, intr_biglock, "
+     "swapout)"),
     ("[machine]\nncpu = 4\n", "k.toml: unknown section [machine] (expected [kernel])"),
 ])
 def test_bad_kernel_files(cwd, text, expected):

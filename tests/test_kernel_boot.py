@@ -89,6 +89,10 @@ MESSAGES = [  # (function, format) by id, as `smp run` numbers them
     ("", "root on wd0a dumps on wd0b"),
     ("", "syncing disks... done"),
     ("", "rebooting..."),
+    # the swapout's (smp.kern.uvm_glue, the last subsystem), declared late
+    ("uvm_swapout", "swapout: pid %d stat %d pri %d free %d"),
+    ("", "uvm_fault_unwire_locked: unwiring non-wired memory"),
+    ("uvm_swapin", "swapin: pid %d free %d"),
     # the loads' own (smp/workload), numbered after the kernel's
     ("", "pid %d (%s): mmap of %d pages failed: error %d"),
     ("", "pid %d (%s): fork failed: error %d"),
@@ -103,6 +107,8 @@ STRINGS = ["km_alloc1w", "km_getwait2", "pgdaemon", "uvm_wait", "ubc_fault", "fl
            "vallocwait", "physio",
            # issue 14's boot console: format_bytes units, declared late
            "bytes", "KB", "MB", "GB", "TB",
+           # the swapout's (uvm_glue), declared late
+           "schedpwait",
            # the loads'
            "barrier", "nanoslp", "handoff"]
 LOCK_CLASSES = [

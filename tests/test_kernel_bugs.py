@@ -319,8 +319,8 @@ def test_a_childs_munmap_does_not_unwire_its_parents_mlocked_page():
     with booted() as b:
         parent, child = b.tid(0), b.tid(1)
         va = b.mmap(0, 4)
-        uvm_map.set_wired(parent, va, True)              # mlock
-        assert b.fault(0, va, wire=True) == 0
+        assert b.fault(0, va, wire=True) == 0            # mlock
+        uvm_map.set_wired(parent, va, True)
         pg = b.extract(0, va)
         b.switch_to(0)
         uvm_map.uvmspace_fork(parent, child, b.pm(1))    # fork: a wired page is not shared
@@ -354,9 +354,10 @@ def test_mlock_twice_then_munlock_leaves_nothing_wired():
     with booted() as b:
         tid = b.tid(0)
         va = b.mmap(0, 4)
-        for _ in range(2):
+        for _ in range(2):                               # mlock: every page, then the entry
+            for k in range(4):
+                assert b.fault(0, va + k * NBPG, wire=True) == 0
             uvm_map.set_wired(tid, va, True)
-            assert b.fault(0, va, wire=True) == 0
         pg = b.extract(0, va)
         uvm_map.set_wired(tid, va, False)
         assert not pmap.pmap_is_wired(b.pm(0), va)
@@ -368,8 +369,8 @@ def test_fork_does_not_make_the_parents_mlocked_pages_copy_on_write():
     with booted() as b:
         parent, child = b.tid(0), b.tid(1)
         va = b.mmap(0, 4)
-        uvm_map.set_wired(parent, va, True)
         assert b.fault(0, va, wire=True) == 0
+        uvm_map.set_wired(parent, va, True)
         b.switch_to(0)
         uvm_map.uvmspace_fork(parent, child, b.pm(1))
         before = b.counters()

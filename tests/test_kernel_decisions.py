@@ -179,9 +179,9 @@ def test_only_a_wiring_fault_wires_the_page():
     with booted() as b:
         va = b.mmap(0, 2)
         tid = b.tid(0)
-        assert uvm_map.set_wired(tid, va, True) == 0
         for k in range(2):
             assert b.fault(0, va + k * NBPG, wire=True) == 0    # mlock's uvm_fault_wire
+        assert uvm_map.set_wired(tid, va, True) == 0            # then the entry is wired
         pg = b.anon_page(0, va)
         assert int(b.a["pg_wire"][pg]) == 1 and pmap.pmap_is_wired(b.pm(0), va)
         assert b.fault(0, va, wire=True) == 0                   # mlock again: still once
@@ -949,8 +949,9 @@ def test_with_swap_full_the_scan_ends_at_the_16th_dirty_page_it_reactivates():
         d = b.delta(before)
         # 16 scanned, none paged out; back on the active queue, the 16 were deactivated
         # again by the same pass (inactarg is freetarg + 1 on this small machine), so
-        # they now follow the 24 the scan never reached
-        assert d == {"pdwoke": 1, "pdrevs": 1, "pdscans": 16, "pddeact": 16}
+        # they now follow the 24 the scan never reached; the pass began below freetarg,
+        # so it tried a swapout first (pdswout), and found nobody to swap out
+        assert d == {"pdwoke": 1, "pdrevs": 1, "pdswout": 1, "pdscans": 16, "pddeact": 16}
         queue, pg = [], int(b.a["uvmq"][Q_INACTIVE])
         while pg >= 0:
             queue.append(pg)

@@ -108,8 +108,8 @@ def test_pmap_protect_walks_by_block_and_shoots_every_page_it_write_protects():
                  va + 3 * NBPD - NBPG]
         for p in pages:
             assert b.fault(0, p) == 0
-        uvm_map.set_wired(tid, pages[1], True)
         assert b.fault(0, pages[1], wire=True) == 0
+        uvm_map.set_wired(tid, pages[1], True)
         pm = _share_with_cpu1(b)
         b.seg.cpus["state"][1] = _atomic.CS_SPINNING
         # the middle block's PTP goes (its only page unmapped), so the walk must skip it

@@ -106,6 +106,7 @@ import numpy as np
 
 from smp.kern import intr, pmap, uvm_anon, uvm_page, uvm_pager
 from smp.kern import uvm as U
+from smp.kern import uvm_map as M
 from smp.kern.param import (
     KERNBASE,
     KERNEL_PMAP,
@@ -599,6 +600,40 @@ def _pv_lists(ctx: _Ctx) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+def _map_wired_unmapped(a: dict, maps: _Maps) -> list[int]:
+    """The resident pages that a live process's map wires (a wired entry, a page wired on
+    its own: uvm_map) at a VA its pmap no longer maps -- a swapout's pmap_collect took the
+    mapping and the process has not touched the page since."""
+    mapped = set(zip(maps.pmap.tolist(), maps.va.tolist(), strict=True))
+    ent, nent, pms = a["vm_entry"], a["vm_nentries"], a["vm_pmap"]
+    wl, nwl = a["vm_wired"], a["vm_nwired"]
+    out = []
+    for tid in np.nonzero(pms > 0)[0].tolist():
+        pm = int(pms[tid])
+        listed = {int(v) << 12 for v in wl[tid * M.MAXWIRED: tid * M.MAXWIRED + nwl[tid]]}
+        for i in range(int(nent[tid])):
+            b = M.entry_index(tid, i)
+            start, end, flags = int(ent[b + M.E_START]), int(ent[b + M.E_END]), \
+                int(ent[b + M.E_FLAGS])
+            vas = range(start, end, NBPG) if flags & M.EF_WIRED else \
+                sorted(v for v in listed if start <= v < end)
+            for v in vas:
+                if (pm, v) in mapped:
+                    continue
+                k = (v - start) // NBPG
+                pg = -1
+                base = int(ent[b + M.E_AMAP])
+                if base >= 0 and a["amap_slot"][base + k] >= 0:
+                    pg = int(a["an_page"][int(a["amap_slot"][base + k])])
+                elif flags & M.EF_FILE:
+                    obj = int(ent[b + M.E_UOBJ])
+                    pg = int(a["file_page"][int(a["file_base"][obj]) + int(ent[b + M.E_UOFF])
+                                            + k])
+                if pg >= 0:
+                    out.append(pg)
+    return out
+
+
 def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
     a = ctx.a
     owner = a["pg_owner"]
@@ -626,10 +661,13 @@ def _check_mappings(ctx: _Ctx, maps: _Maps) -> None:
                         & ((fo == OWN_ANON) | (fo == OWN_UOBJ)))[0]:
         ctx.bad("wiring", f"pmap {int(maps.pmap[i])} va 0x{int(maps.va[i]):08x}: wired PTE "
                 f"but page {_pa(fr[i])} has wire_count 0 (pageable)")
-    # ... and a wired anon or file page is wired by some mapping (not leaked wired)
+    # ... and a wired anon or file page is wired by some mapping (not leaked wired), or
+    # by a map whose mapping of it a swapout's pmap_collect took (uvm_glue)
     if ctx.full:
         wmapped = np.zeros(ctx.npages, bool)
         wmapped[fr[user & inrange & ((maps.pte & PG_W) != 0)]] = True
+        for pg in _map_wired_unmapped(a, maps):
+            wmapped[pg] = True
         for pg in np.nonzero((wire > 0) & ((owner == OWN_ANON) | (owner == OWN_UOBJ))
                              & ~wmapped)[0]:
             ctx.bad("wiring", f"page {_pa(int(pg))} ({OWNER_NAMES[owner[pg]]}) has "

@@ -9,6 +9,11 @@ values; a row whose ``pid`` is 0 is free.
 The load interpreter keeps a process's position in its program in the row as
 well (``pc`` and four registers), which is what lets a process that slept on
 one CPU continue on another.
+
+NetBSD counts ``p_slptime`` and ``p_swtime`` in whole seconds, bumped once a second by
+schedcpu(); the row keeps the moment each count started instead (``slptime0``,
+``swtime0``), and :func:`slptime` / :func:`swtime` give the seconds, the same numbers at any
+instant without a once-a-second pass over the table.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ SIDL, SRUN, SSLEEP, SSTOP, SZOMB, SDEAD, SONPROC = 1, 2, 3, 4, 5, 6, 7
 STAT_NAMES = {0: "free", SIDL: "SIDL", SRUN: "SRUN", SSLEEP: "SSLEEP", SSTOP: "SSTOP",
               SZOMB: "SZOMB", SDEAD: "SDEAD", SONPROC: "SONPROC"}
 
+P_INMEM = 0x4           # loaded: its u-area is wired (NetBSD P_INMEM; uvm_swapout clears it)
 P_SYSTEM = 0x200        # kernel thread (NetBSD P_SYSTEM)
 P_WEXIT = 0x2000        # exiting
 
@@ -43,4 +49,17 @@ PROC_DTYPE = np.dtype([
     ("forkchild", "<i4"),     # a child this process is still forking: its thread id + 1
     ("execargs", "<i8"),      # exec_map VA of the arguments an execve is copying, 0 none
     ("physva", "<i8"),        # phys_map VA of a physio transfer in flight, 0 none
+    ("holdcnt", "<i4"),       # p_holdcnt: PHOLD (physio) keeps it from being swapped out
+    ("slptime0", "<i8"),      # ns since boot when its sleep began (p_slptime counts from it)
+    ("swtime0", "<i8"),       # ns since boot when it was last swapped in or out (p_swtime)
 ])
+
+
+def slptime(p, now: int) -> int:
+    """p_slptime: whole seconds thread row ``p`` has been asleep (0 if it is not)."""
+    return (now - int(p["slptime0"])) // 1_000_000_000 if int(p["stat"]) == SSLEEP else 0
+
+
+def swtime(p, now: int) -> int:
+    """p_swtime: whole seconds since row ``p`` was last swapped in or out (or created)."""
+    return (now - int(p["swtime0"])) // 1_000_000_000

@@ -65,7 +65,9 @@ def sleepq_enter(ci: CPU, tid: int, s: Sleep) -> None:
     p["stat"] = SSLEEP
     p["wchan"] = s.chan
     p["wmesg"] = s.wmesg
-    p["deadline"] = ci.core.now() + s.timo_ns if s.timo_ns else 0
+    now = ci.core.now()
+    p["deadline"] = now + s.timo_ns if s.timo_ns else 0
+    p["slptime0"] = now                      # p_slptime counts from here (uvm_glue)
     p["nsleep"] += 1
     b = s.chan % SLPQUE_TABLESIZE
     p["slpnext"] = slpque[b]

@@ -65,6 +65,7 @@ from smp.kern import (
     uvm_anon,
     uvm_bio,
     uvm_fault,
+    uvm_glue,
     uvm_km,
     uvm_map,
     uvm_page,
@@ -73,7 +74,7 @@ from smp.kern import (
     uvm_vnode,
     vm_machdep,
 )
-from smp.kern.kern_proc import P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
+from smp.kern.kern_proc import P_INMEM, P_SYSTEM, PROC_DTYPE, SIDL, SRUN, SZOMB
 from smp.kern.param import EAGAIN, ENOMEM, KERNEL_PMAP, UPAGES
 from smp.kern.uvm import counter, shared
 from smp.machine.boot import Declaration
@@ -137,6 +138,7 @@ SUBSYSTEMS = (
     Subsystem(vm_machdep, None, None, vm_machdep.attach),           # vmapbuf
     Subsystem(kern_physio, None, None, kern_physio.attach),         # physio
     Subsystem(autoconf, None, autoconf.format, None),               # the boot console
+    Subsystem(uvm_glue, None, None, uvm_glue.attach),               # swapout, swapin
 )
 
 
@@ -203,6 +205,7 @@ class Kernel:
 
     PAGEDAEMON = PAGEDAEMON
     AIODONED = AIODONED
+    FIRST_USER_TID = FIRST_USER_TID
 
     def __init__(self, config: KernelConfig, load: Load, failspecs: list[str] = (),
                  seed: int = 0):
@@ -250,14 +253,14 @@ class Kernel:
         p = proc[PAGEDAEMON]                 # the pagedaemon, a kernel thread on cpu0
         p["pid"] = 2
         p["stat"] = SRUN
-        p["flag"] = P_SYSTEM
+        p["flag"] = P_SYSTEM | P_INMEM
         p["name"] = subr_prf.intern("pagedaemon")
         p["cpu"] = 0
         boot_enqueue(seg, 0, PAGEDAEMON)
         p = proc[AIODONED]                   # the aiodone daemon, a kernel thread
         p["pid"] = 3
         p["stat"] = SRUN
-        p["flag"] = P_SYSTEM
+        p["flag"] = P_SYSTEM | P_INMEM
         p["name"] = uvm_pager.W_AIODONED
         p["cpu"] = 1 % seg.layout.ncpu
         boot_enqueue(seg, int(p["cpu"]), AIODONED)
@@ -270,6 +273,7 @@ class Kernel:
         p = seg.arrays["proc"][tid]
         p["pid"] = pid
         p["stat"] = SRUN
+        p["flag"] = P_INMEM
         p["name"] = name
         p["kind"] = kind
         p["cpu"] = cpu
@@ -405,6 +409,8 @@ class Kernel:
                     status = uvm_pager.uvm_aiodone_daemon_step(tid)
                 self._release_biglock()
             else:
+                if not p["flag"] & P_INMEM:
+                    self._swapin(md, tid)
                 pm = shared.vm_pmap[tid]
                 pmap.pmap_activate(pm if pm >= 0 else KERNEL_PMAP)
                 status = self.load.step(ci, tid)
@@ -531,6 +537,9 @@ class Kernel:
         cp["pc"] = pc
         cp["reg"] = 0
         cp["nsleep"] = cp["nrun"] = cp["rtime_ns"] = 0
+        cp["flag"] = P_INMEM
+        cp["holdcnt"] = 0
+        cp["swtime0"] = ci.core.now()
         cp["stat"] = SRUN
         cpu = (ci.cpu + 1 + child) % ci.ncpu
         cp["cpu"] = cpu
@@ -538,6 +547,14 @@ class Kernel:
         lock.simple_unlock(ci.sched_lock)
         shared.cnt[ci.cnt_base + counter.forks] += 1
         return child
+
+    def _swapin(self, md: PerCPU, tid: int) -> None:
+        """A swapped-out process is about to run: bring it in first (uvm_glue; proc0's
+        work in 1.5, under the big lock as all kernel work was)."""
+        if md.biglock:
+            lock.kernel_lock()
+        uvm_glue.uvm_swapin(tid)            # may sleep ("schedpwait")
+        self._release_biglock()
 
     def _release_biglock(self) -> None:
         """mi_switch: a thread going to sleep gives up the big lock, recursion and all."""

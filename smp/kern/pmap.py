@@ -1193,11 +1193,13 @@ def pmap_enter(pm: int, va: int, pg: int, prot: int, flags: int) -> int:
 
 # --- removal ------------------------------------------------------------------------
 
-def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = False) -> int:
+def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = False,
+                     skipwired: bool = False) -> int:
     """Remove the valid mappings in [sva, eva) of one PTP; returns the shootdown mask.
 
     => pmap locked (PTEs mapped).  Stops early once the PTP is empty.  ``stealing``:
     called by pmap_steal_ptp, which shoots down only if ``shootdown_on_steal``.
+    ``skipwired``: leave wired mappings (PG_W) alone (1.135's PMAP_REMOVE_SKIPWIRED).
     """
     if lock.DIAGNOSTIC and pm != KERNEL_PMAP:     # (the kernel pmap is never locked)
         lock.KASSERT_LOCKED(pm_lock + pm)
@@ -1205,7 +1207,10 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
     base = ptpage << 10
     lo, hi = ptei(sva), ptei(eva - 1) + 1
     ptes = _physmem_np[base + lo: base + hi]
-    valid = np.nonzero(ptes & PG_V)[0]
+    if skipwired:       # (PG_W changes only under the pmap lock, which we hold)
+        valid = np.nonzero((ptes & (PG_V | PG_W)) == PG_V)[0]
+    else:
+        valid = np.nonzero(ptes & PG_V)[0]
     mask = 0
     pves = []
     for i in valid:
@@ -1239,8 +1244,9 @@ def pmap_remove_ptes(pm: int, ptp: int, sva: int, eva: int, stealing: bool = Fal
     return mask
 
 
-def pmap_remove(pm: int, sva: int, eva: int) -> None:
-    """Remove mappings in [sva, eva); PTPs that become empty are freed after shootdown."""
+def pmap_remove(pm: int, sva: int, eva: int, skipwired: bool = False) -> None:
+    """Remove mappings in [sva, eva); PTPs that become empty are freed after shootdown.
+    ``skipwired``: wired mappings stay (pmap_collect of 1.135)."""
     lock.spinlockmgr_shared(pmap_main_lock)
     other = pmap_map_ptes(pm)
     empty = []
@@ -1254,7 +1260,7 @@ def pmap_remove(pm: int, sva: int, eva: int) -> None:
             pde = shared.physmem[pdir + idx]
             if idx != PDSLOT_PTE and pde & PG_V:
                 ptp = -1 if pm == KERNEL_PMAP else pde >> 12
-                mask |= pmap_remove_ptes(pm, ptp, va, blk_end)
+                mask |= pmap_remove_ptes(pm, ptp, va, blk_end, skipwired=skipwired)
                 if ptp >= 0 and shared.pg_wire[ptp] <= 1:
                     empty.append(_unhook_ptp(pm, ptp, idx))
             va = blk_end
@@ -1264,6 +1270,17 @@ def pmap_remove(pm: int, sva: int, eva: int) -> None:
             _free_ptp_page(ptp)
         pmap_unmap_ptes(pm, other)
         lock.spinlockmgr_release_shared(pmap_main_lock)
+
+
+def pmap_collect(pm: int, skipwired: bool = False) -> None:
+    """Free what a swapped-out process's pmap holds (uvm_swapout).
+
+    pmap.c 1.91: ``pmap_remove(pmap, VM_MIN_ADDRESS, VM_MAX_ADDRESS)`` -- every user
+    mapping goes, wired ones included, and with them every PTP, each freed once empty;
+    the page directory stays.  ``skipwired``: 1.135's, which keeps the wired mappings
+    (and the PTPs that hold them).
+    """
+    pmap_remove(pm, 0, VM_MAXUSER_ADDRESS, skipwired=skipwired)
 
 
 def _unhook_ptp(pm: int, ptp: int, idx: int) -> int:

@@ -66,6 +66,8 @@ COUNTERS = [
     "pmap_enter_ns", "steal_ns",
     # TLB IPIs whose shooter acknowledged for a target waiting for a lock, idle or gone (pmap)
     "tlb_ipi_proxied",
+    # uvmexp.pdswout: pagedaemon passes that began below freetarg and tried a swapout
+    "pdswout",
 ]
 counter = SimpleNamespace(**{n: i for i, n in enumerate(COUNTERS)})   # column of cnt[cpu]
 # A row of cnt[] is whole cache lines (8 counters each), so no CPU's counters share a line

@@ -144,7 +144,8 @@ class FaultInfo:
     """
 
     __slots__ = ("tid", "va", "access", "pm", "start", "end", "prot", "flags", "amap",
-                 "uobj", "uoff", "advice", "wired", "wire", "wflag", "enter_prot", "held")
+                 "uobj", "uoff", "advice", "wired", "wire", "wflag", "enter_prot", "held",
+                 "mapwired")
 
     def __init__(self, tid: int, va: int, access: int):
         self.tid = tid                   # the faulting thread: its map (ufi.orig_map)
@@ -188,12 +189,14 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
     if access & ~prot:
         ufi.unlockall()
         return EACCES
-    wired = bool(ufi.flags & EF_WIRED) or wire
+    # the map wires the page: its entry is wired, or (mlock of single pages) the page is
+    # on the process's list -- also after a swapout's pmap_collect took the mapping
+    listwired = shared.vm_nwired[tid] > 0 and uvm_map.wired_index(tid, va) >= 0
+    mapwired = bool(ufi.flags & EF_WIRED) or listwired
+    wired = mapwired or wire
     if wire:
         ufi.access = prot
-        if shared.uvmexp[U.WIRED] >= shared.uvmexp[U.WIREDMAX]:
-            ufi.unlockall()                       # uvm_fault_wire: over wiredmax
-            return EAGAIN
+    ufi.mapwired = mapwired
     ufi.pm = shared.vm_pmap[tid]
     ufi.wired = wired                            # the mapping goes in wired (PMAP_WIRED)
     ufi.wire = wire                              # VM_FAULT_WIRE: the page is wired too
@@ -204,7 +207,9 @@ def uvm_fault(tid: int, va: int, access: int, wire: bool = False) -> int:
         lock.simple_lock(lk)                    # (held: unlocked by ufi.unlockall)
         held.append(lk)
     objnbrs = None
-    if not wire and _refault_narrow.get(tid) != va and (base >= 0 or ufi.flags & EF_FILE):
+    # (a page wired on its own is a one-page entry in 1.5: no neighbours to look at)
+    if not wire and not listwired and _refault_narrow.get(tid) != va and \
+            (base >= 0 or ufi.flags & EF_FILE):
         objnbrs = _neighbours(ufi)
     _refault_narrow[tid] = va                    # any ReFault of this fault is narrow
     an = shared.amap_slot[base + pidx] if base >= 0 else -1
@@ -471,7 +476,9 @@ def _enter(ufi: FaultInfo, pg: int, wmesg: str) -> int:
     otherwise wait for the pagedaemon in ``wmesg`` and ReFault (restart).
     """
     pm, va, wire = ufi.pm, ufi.va, ufi.wire
-    was = wire and pmap.pmap_is_wired(pm, va)    # already wired here by an mlock
+    # a page the map wired already (mlock) is not wired again by a wiring fault (physio's
+    # vslock), whose uvm_vsunlock leaves it alone too
+    was = wire and (ufi.mapwired or pmap.pmap_is_wired(pm, va))
     if pmap.pmap_enter(pm, va, pg, ufi.enter_prot, ufi.access | PMAP_CANFAIL | ufi.wflag):
         if swap_full():
             ufi.unlockall()

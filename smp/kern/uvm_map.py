@@ -20,7 +20,19 @@ Simplifications, each documented where it is made:
 * a page the parent has wired is not shared with the child at fork: NetBSD
   copies wired pages at once (amap_cow_now) so the parent's wired mapping never
   turns copy-on-write; page contents are not modelled, so the child simply gets
-  its own page at its first touch.
+  its own page at its first touch;
+* mlock of single pages (``mlock(addr, 4096)`` page by page) does not clip the map
+  entry into one-page wired entries as uvm_map_pageable does: the map keeps a list of
+  the pages it wired that way (``vm_wired``, up to ``MAXWIRED`` a process), which is
+  what 1.5 reads from the clipped entries' ``wired_count``.  A whole region wired is
+  its entry's ``EF_WIRED``.
+
+What the map wires (an ``EF_WIRED`` entry, a listed page) stays wired when the mappings
+go: a swapout's pmap_collect (uvm_glue) removes wired mappings too, as pmap.c 1.91 does,
+and a later fault in such a page enters it wired again.  Unwiring asks the pmap for the
+page, as 1.5's ``uvm_fault_unwire_locked`` does, and panics "unwiring non-wired memory"
+when the mapping is gone -- munlock or exit of a process that was swapped out and has not
+touched its wired pages since.
 """
 
 from __future__ import annotations
@@ -29,8 +41,18 @@ import array
 
 import numpy as np
 
-from smp.kern import lock, pmap, uvm_anon, uvm_page
-from smp.kern.param import EFAULT, ENOMEM, KERNEL_PMAP, NBPG, VM_MAXUSER_ADDRESS, VM_PROT_READ
+from smp.kern import lock, pmap, subr_prf, uvm_anon, uvm_page
+from smp.kern import uvm as U
+from smp.kern.param import (
+    EAGAIN,
+    EFAULT,
+    ENOMEM,
+    KERNEL_PMAP,
+    NBPG,
+    PGSHIFT,
+    VM_MAXUSER_ADDRESS,
+    VM_PROT_READ,
+)
 from smp.kern.uvm import shared
 from smp.kern.uvm_anon import uvm_anfree
 from smp.kern.uvm_page import uvm_pageunwire
@@ -41,6 +63,7 @@ NF = 8
 EF_WIRED, EF_COPY, EF_FILE, EF_SHARED = 0x1, 0x2, 0x4, 0x8
 USER_BASE = 0x0800_0000          # where mmap starts looking for space
 MAXENTRIES = 16                  # vm_map entries per process
+MAXWIRED = 256                   # pages a process may wire one by one (see the docstring)
 
 ADVICE = {"normal": 0, "random": 1, "sequential": 2}
 MADV_SEQUENTIAL = ADVICE["sequential"]
@@ -64,7 +87,9 @@ def declare(kernel, locks) -> list[ArraySpec]:
             ArraySpec("vm_entry", np.dtype("<i8"), (nthreads * MAXENTRIES * NF,)),
             ArraySpec("vm_nentries", i4, (nthreads,)),
             ArraySpec("vm_pmap", i4, (nthreads,)),
-            ArraySpec("vm_aused", i4, (nthreads,))]
+            ArraySpec("vm_aused", i4, (nthreads,)),
+            ArraySpec("vm_wired", i4, (nthreads * MAXWIRED,)),   # page numbers (va >> 12)
+            ArraySpec("vm_nwired", i4, (nthreads,))]
 
 
 def format(seg, kernel) -> None:
@@ -82,12 +107,83 @@ def vmspace_init_boot(seg, tid: int, pm: int) -> None:
     a["vm_pmap"][tid] = pm
     a["vm_nentries"][tid] = 0
     a["vm_aused"][tid] = 0
+    a["vm_nwired"][tid] = 0
 
 
 def vmspace_init(tid: int, pm: int) -> None:
     shared.vm_pmap[tid] = pm
     shared.vm_nentries[tid] = 0
     shared.vm_aused[tid] = 0
+    shared.vm_nwired[tid] = 0
+
+
+# --- pages wired one by one (the clipped wired entries of 1.5) ------------------------
+
+def wired_index(tid: int, va: int) -> int:
+    """Where page ``va`` is in ``tid``'s list of pages wired one by one, or -1."""
+    n = shared.vm_nwired[tid]
+    if not n:
+        return -1
+    b = tid * MAXWIRED
+    vpn = va >> PGSHIFT
+    w = shared.vm_wired
+    for i in range(b, b + n):
+        if w[i] == vpn:
+            return i - b
+    return -1
+
+
+def _wired_del(tid: int, i: int) -> None:
+    b = tid * MAXWIRED
+    n = shared.vm_nwired[tid] - 1
+    shared.vm_wired[b + i] = shared.vm_wired[b + n]
+    shared.vm_nwired[tid] = n
+
+
+def map_wires(tid: int, va: int, flags: int) -> bool:
+    """Does the map wire page ``va`` (its entry, of ``flags``, is wired, or the page was
+    wired on its own)?  A fault there enters the page wired."""
+    return bool(flags & EF_WIRED) or wired_index(tid, va) >= 0
+
+
+def mlock_check(npages: int) -> int:
+    """sys_mlock's up-front test (1.5): EAGAIN when ``npages`` more wired pages would pass
+    ``uvmexp.wiredmax``, else 0.  (uvm_vslock, physio's wiring, makes no such test.)"""
+    ux = shared.uvmexp
+    return EAGAIN if npages + ux[U.WIRED] > ux[U.WIREDMAX] else 0
+
+
+def mlock_page_done(tid: int, va: int) -> int:
+    """Record page ``va``, just wired by a wiring fault, as wired by the map; ENOMEM when
+    the list is full (the model's limit, MAXWIRED), else 0."""
+    lock.simple_lock(vm_map_lock + tid)
+    try:
+        if wired_index(tid, va) >= 0:
+            return 0
+        n = shared.vm_nwired[tid]
+        if n >= MAXWIRED:
+            return ENOMEM
+        shared.vm_wired[tid * MAXWIRED + n] = va >> PGSHIFT
+        shared.vm_nwired[tid] = n + 1
+        return 0
+    finally:
+        lock.simple_unlock(vm_map_lock + tid)
+
+
+def _unwire_locked(pm: int, vas: list[int], clear_pg_w: bool) -> None:
+    """uvm_fault_unwire_locked over ``vas``: each page must still be mapped -- else the
+    panic -- and is unwired (=> the map's wiring of them is being dropped)."""
+    pages = []
+    for v in vas:
+        pg = pmap.pmap_extract(pm, v)
+        if pg < 0:
+            # uvm_glue declares the message (numbered last) and imports this module
+            from smp.kern import uvm_glue
+            subr_prf.panic(uvm_glue.P_UNWIRE_NONWIRED)
+        if clear_pg_w and pmap.pmap_is_wired(pm, v):
+            pmap.pmap_unwire(pm, v)
+        pages.append(pg)
+    _unwire(pages)
 
 
 def uvm_map_lookup(tid: int, va: int) -> int:
@@ -156,9 +252,12 @@ def uvm_unmap(tid: int, va: int) -> int:
         return EFAULT
     start, end, _prot, flags, base, _uobj, _uoff, _adv = entry(tid, i)
     pm = shared.vm_pmap[tid]
-    wired = _wired_pages(pm, start, end)         # what *this* process wired (PG_W)
+    owed = _owed_wirings(tid, start, end, flags)   # uvm_map_entry_unwire's pages
+    wired = [pmap.pmap_extract(pm, v) for v in pmap.pmap_wired_vas(pm, start, end)
+             if v not in owed]                     # vslock'd (physio cut short by a kill)
+    _unwire_locked(pm, sorted(owed), clear_pg_w=False)
     pmap.pmap_remove(pm, start, end)
-    _unwire(wired)
+    _unwire([pg for pg in wired if pg >= 0])
     drop = []
     if base >= 0:
         lock.simple_lock(amap_lock + tid)
@@ -189,11 +288,20 @@ def uvm_unmap(tid: int, va: int) -> int:
     return 0
 
 
-def _wired_pages(pm: int, start: int, end: int) -> list[int]:
-    """Pages this pmap maps wired in [start, end) -- a shared (COW) anon page another
-    process wired is not ours to unwire."""
-    pages = [pmap.pmap_extract(pm, v) for v in pmap.pmap_wired_vas(pm, start, end)]
-    return [pg for pg in pages if pg >= 0]
+def _owed_wirings(tid: int, start: int, end: int, flags: int) -> set[int]:
+    """The pages of [start, end) the map wired -- every page of a wired entry, the pages
+    wired one by one -- taken off the one-by-one list (=> map locked)."""
+    owed = set(range(start, end, NBPG)) if flags & EF_WIRED else set()
+    b = tid * MAXWIRED
+    i = 0
+    while i < shared.vm_nwired[tid]:
+        v = shared.vm_wired[b + i] << PGSHIFT
+        if start <= v < end:
+            owed.add(v)
+            _wired_del(tid, i)
+        else:
+            i += 1
+    return owed
 
 
 def _unwire(pages: list[int]) -> None:
@@ -207,17 +315,35 @@ def _unwire(pages: list[int]) -> None:
 
 
 def unwire_pages(tid: int, vas: list[int]) -> None:
-    """munlock of single pages: clear PG_W and unwire each page that is wired."""
+    """munlock of single pages: each page the map wired on its own is unwired (PG_W
+    cleared, the page unwired); a page it did not wire is left alone (1.5: EINVAL)."""
     pm = shared.vm_pmap[tid]
+    mine = []
+    lock.simple_lock(vm_map_lock + tid)
     for v in vas:
-        pg = pmap.pmap_extract(pm, v)
-        if pg < 0 or not pmap.pmap_is_wired(pm, v):
-            continue                      # never wired (mlock stopped at wiredmax)
-        pmap.pmap_unwire(pm, v)
-        lock.simple_lock(uvm_page.pageq_lock)
-        if shared.pg_wire[pg]:
-            uvm_pageunwire(pg)
-        lock.simple_unlock(uvm_page.pageq_lock)
+        i = wired_index(tid, v)
+        if i >= 0:
+            _wired_del(tid, i)
+            mine.append(v)
+    lock.simple_unlock(vm_map_lock + tid)
+    _unwire_locked(pm, mine, clear_pg_w=True)
+
+
+def uvm_vsunlock(tid: int, vas: list[int]) -> None:
+    """uvm_vsunlock (physio): unwire the pages uvm_vslock wired.  A page the map wires
+    (mlock) the vslock did not wire again (its fault found it wired), so it stays as it
+    is; every other page must still be mapped, as uvm_fault_unwire_locked asks."""
+    lock.simple_lock(vm_map_lock + tid)
+    flags = [_entry_flags(tid, v) for v in vas]
+    vas = [v for v, f in zip(vas, flags, strict=True) if not map_wires(tid, v, f)]
+    lock.simple_unlock(vm_map_lock + tid)
+    _unwire_locked(shared.vm_pmap[tid], vas, clear_pg_w=True)
+
+
+def _entry_flags(tid: int, va: int) -> int:
+    """The flags of the entry holding ``va``, 0 if none (=> map locked)."""
+    i = uvm_map_lookup(tid, va)
+    return shared.vm_entry[entry_index(tid, i) + E_FLAGS] if i >= 0 else 0
 
 
 def entry_protection(tid: int, va: int) -> int:
@@ -230,8 +356,23 @@ def entry_protection(tid: int, va: int) -> int:
     return prot
 
 
-def set_wired(tid: int, va: int, wired: bool) -> int:
-    """Mark the entry at ``va`` wired or not (mlock/munlock; faulting is the caller's)."""
+def is_wired(tid: int, va: int) -> bool:
+    """Is the entry at ``va`` wired (a whole-region mlock done)?"""
+    lock.simple_lock(vm_map_lock + tid)
+    flags = _entry_flags(tid, va)
+    lock.simple_unlock(vm_map_lock + tid)
+    return bool(flags & EF_WIRED)
+
+
+def set_wired(tid: int, va: int, wired: bool, unwind: bool = False) -> int:
+    """Mark the entry at ``va`` wired or not (mlock/munlock of a whole region).
+
+    Wiring marks the entry once the caller has faulted every page in with wiring faults
+    (uvm_map_pageable's uvm_fault_wire).  Unwiring unwires every page of the entry,
+    each of which must still be mapped (uvm_fault_unwire_locked); ``unwind``: a
+    wiring that failed part way gives back only the pages it wired (the wired
+    mappings), as uvm_fault_wire unwires its prefix.
+    """
     lock.simple_lock(vm_map_lock + tid)
     i = uvm_map_lookup(tid, va)
     if i < 0:
@@ -246,12 +387,11 @@ def set_wired(tid: int, va: int, wired: bool) -> int:
         return 0
     shared.vm_entry[b + E_FLAGS] = flags & ~EF_WIRED
     lock.simple_unlock(vm_map_lock + tid)
-    if flags & EF_WIRED:
-        pm = shared.vm_pmap[tid]
-        pages = _wired_pages(pm, start, end)
-        for v in pmap.pmap_wired_vas(pm, start, end):
-            pmap.pmap_unwire(pm, v)
-        _unwire(pages)
+    pm = shared.vm_pmap[tid]
+    if unwind:
+        _unwire_locked(pm, pmap.pmap_wired_vas(pm, start, end), clear_pg_w=True)
+    elif flags & EF_WIRED:
+        _unwire_locked(pm, list(range(start, end, NBPG)), clear_pg_w=True)
     return 0
 
 
@@ -272,7 +412,9 @@ def uvmspace_fork(parent: int, child: int, child_pm: int) -> None:
             slots[cbase:cbase + npg] = -1
             for k in np.nonzero(slots[base:base + npg] >= 0)[0].tolist():
                 an = shared.amap_slot[base + k]
-                if pmap.pmap_is_wired(ppm, start + k * NBPG):
+                v = start + k * NBPG
+                if flags & EF_WIRED or pmap.pmap_is_wired(ppm, v) or \
+                        wired_index(parent, v) >= 0:
                     continue     # a wired page is the parent's alone (see the docstring)
                 shared.amap_slot[cbase + k] = an
                 lock.simple_lock(uvm_anon.an_lock + an)

@@ -31,7 +31,8 @@ UVMPD_NUMDIRTYREACTS = 16 dirty pages were reactivated because swap is full:
     (the writes are asynchronous, uvm_pager: pages are freed when the I/O is
     done, by aiodoned or by a later pass; a write that finds no pager VA ends
     the pass)
-uvmpd_scan: the inactive scan, then walk the active queue (oldest first):
+uvmpd_scan: below freetarg, swap some processes out first (pdswout; uvm_glue), then the
+inactive scan, then walk the active queue (oldest first):
     deactivate pages (after clearing their reference bits) until inactive
     reaches inactarg, and, if the scan freed nothing because every swap slot is
     taken while some of them belong to pages still in memory, free those pages'
@@ -48,6 +49,7 @@ from smp.kern import (
     pmap,
     subr_prf,
     uvm_anon,
+    uvm_glue,
     uvm_page,
     uvm_pager,
     uvm_vnode,
@@ -158,6 +160,11 @@ def uvmpd_scan() -> None:
         lock.KASSERT_LOCKED(uvm_page.pageq_lock)
     _cnt(counter.pdrevs)
     ux = shared.uvmexp
+    if ux[U.FREE] < ux[U.FREETARG] and uvm_glue.enabled():
+        _cnt(counter.pdswout)                 # swap out some processes (uvm_glue)
+        lock.simple_unlock(uvm_page.pageq_lock)
+        uvm_glue.uvm_swapout_threads()
+        lock.simple_lock(uvm_page.pageq_lock)
     pages_freed = uvmpd_scan_inactive()
     inactive_shortage = ux[U.INACTARG] - ux[U.INACTIVE]
     # Every slot taken, but not all by pages that live only in swap: nothing can be

@@ -30,7 +30,6 @@ from smp.kern import (
 )
 from smp.kern.kernel import LoadHooks
 from smp.kern.param import NBPG, VM_PROT_READ, VM_PROT_WRITE
-from smp.kern.uvm_fault import EAGAIN
 from smp.machine.cpu import CPU, EXITED, RUNNABLE
 from smp.machine.layout import ArraySpec
 from smp.workload.program import NSLOTS, NSTACK, OPW, Op, mix
@@ -311,9 +310,13 @@ class ProgramLoad(LoadHooks):
     def _mlock(self, ci, tid, reg, slot, wire, first, count, stride) -> None:
         """mlock/munlock of a whole region, or of every ``stride``-th page of a range.
 
-        A whole region marks its map entry wired (later faults wire too); a range
-        wires just those pages, the way a program calling mlock(addr, 4096) page by
-        page would, without the map-entry clipping NetBSD does for it.
+        A whole region is 1.5's sys_mlock: refused up front with EAGAIN when its pages
+        would take ``uvmexp.wired`` past ``wiredmax``, else every page faulted in with a
+        wiring fault (uvm_map_pageable -> uvm_fault_wire), then the entry marked wired.
+        A range is the same, one page at a time, the way a program calling
+        mlock(addr, 4096) page by page would (the map lists those pages, see uvm_map);
+        the first page refused ends it.  A fault that fails unwires what the call wired
+        (uvm_fault_wire's unwind) and kills the process.
         """
         from smp.kern.uvm_fault import uvm_fault
 
@@ -332,22 +335,36 @@ class ProgramLoad(LoadHooks):
             else:
                 uvm_map.unwire_pages(tid, [va + p * NBPG for p in pages])
             return
-        if whole:
-            uvm_map.set_wired(tid, va, True)
+        if whole and uvm_map.is_wired(tid, va):
+            return                               # wired already: nothing to fault
+        i = int(reg[0])
+        if whole and i == 0 and uvm_map.mlock_check(len(pages)):
+            return                               # EAGAIN: over wiredmax
         # uvm_map_pageable (1.5) calls uvm_fault_wire with the entry's protection: a
         # read-only mapping wires with read faults (no copy-on-write, no new page)
         access = uvm_map.entry_protection(tid, va) & (VM_PROT_READ | VM_PROT_WRITE)
-        i = int(reg[0])
         while i < len(pages):                    # uvm_fault_wire: fault every page in
             reg[0] = i
             v = va + pages[i] * NBPG
+            if not whole:
+                if uvm_map.wired_index(tid, v) >= 0:
+                    i += 1
+                    continue                     # wired already by an earlier mlock
+                if uvm_map.mlock_check(1):
+                    break                        # this page's mlock: EAGAIN
             r = uvm_fault(tid, v, access, wire=True)
-            if r == EAGAIN:
-                break                            # mlock fails: wiredmax reached
+            if not r and not whole and uvm_map.mlock_page_done(tid, v):
+                uvm_map.uvm_vsunlock(tid, [v])   # the map's list is full: ENOMEM
+                break
             if r:
+                if whole:
+                    uvm_map.set_wired(tid, va, False, unwind=True)
+                reg[0] = 0
                 trap.trap_fatal(tid, v, r)
             i += 1
         reg[0] = 0
+        if whole:
+            uvm_map.set_wired(tid, va, True)
 
     def _kmalloc(self, tid, slot, npages, kind) -> None:
         """Allocate kernel memory and keep it under the region's name.
