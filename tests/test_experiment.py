@@ -223,6 +223,7 @@ def test_a_sweep_writes_a_csv_whose_numbers_are_the_runs_own_and_a_picture(tmp_p
             assert float(row["ptp_steals_median"]) == c["ptp_steals"]
             assert float(row["pmfail_median"]) == c["pmfail_waits"]
             assert float(row["oom_kills_median"]) == c["oom_kills"]
+            assert float(row["swapouts_median"]) == c["swapouts"]
         assert int(row["panics"]) == int(s["status"] == "panic")
     pictures = sorted(p.name for p in out.glob("sweep-*"))
     pytest.importorskip("matplotlib")

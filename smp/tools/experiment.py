@@ -11,6 +11,8 @@ median (and min-max over seeds) of what the thread argued about --
     panics          runs that ended in a simulated panic (the non-CANFAIL callers)
     deadlocks       runs whose CPUs deadlocked (a waits-for cycle of spin locks)
     oom_kills       processes killed "out of swap"
+    swapouts        processes the pagedaemon swapped out (uvm_swapout: pmap_collect
+                    frees their PTPs)
     stale_tlb       uses of stale TLB entries (diagnostic = on)
     steal_contended contended acquisitions of the locks the steal paths take
                     (pmaps_lock, pmap_tmpptp_lock, pvalloc_lock, pmap_main_lock, and the
@@ -63,15 +65,16 @@ DEFAULT_CONFIGS = [
     ("steal=none biglock=off", ["steal=none", "biglock=off"]),
 ]
 # medians over the runs that finished
-METRICS = ["ptp_steals", "pv_steals", "pmfail", "oom_kills", "stale_tlb", "steal_contended",
-           "steal_wait_ms", "steal_share", "faults_per_s", "wall_s"]
+METRICS = ["ptp_steals", "pv_steals", "pmfail", "oom_kills", "swapouts", "stale_tlb",
+           "steal_contended", "steal_wait_ms", "steal_share", "faults_per_s", "wall_s"]
 # counted over every run of a cell
 COUNTS = ["panics", "deadlocks"]
 COLUMNS = ["ptp_steals", "pv_steals", "pmfail", "panics", "deadlocks", "oom_kills",
-           "stale_tlb", "steal_contended", "steal_wait_ms", "steal_share", "faults_per_s",
-           "wall_s"]
+           "swapouts", "stale_tlb", "steal_contended", "steal_wait_ms", "steal_share",
+           "faults_per_s", "wall_s"]
 HEADERS = {"ptp_steals": "PTP steals", "pv_steals": "pv steals", "pmfail": "pmfail waits",
            "panics": "panics", "deadlocks": "deadlocks", "oom_kills": "out-of-swap kills",
+           "swapouts": "swapouts",
            "stale_tlb": "stale TLB", "steal_contended": "steal-lock contended",
            "steal_wait_ms": "steal-lock wait ms", "steal_share": "steal % of pmap_enter",
            "faults_per_s": "faults/s", "wall_s": "wall s"}
@@ -175,7 +178,8 @@ def _result(d: Path, fin: Finished) -> dict:
         "pmfail": c.get("pmfail_waits", 0), "panics": int(status == "panic"),
         "deadlocks": int(status in ("deadlock", "livelock")),
         "noncanfail_panics": c.get("noncanfail_panics", 0),
-        "oom_kills": c.get("oom_kills", 0), "stale_tlb": c.get("stale_tlb", 0),
+        "oom_kills": c.get("oom_kills", 0), "swapouts": c.get("swapouts", 0),
+        "stale_tlb": c.get("stale_tlb", 0),
         "steal_contended": contended, "steal_wait_ms": round(wait_ms, 3),
         "faults_per_s": c.get("faults", 0) / elapsed, "wall_s": fin.wall_s,
         "panic_message": rd.panic_message() if status == "panic" else "",
