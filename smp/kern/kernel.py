@@ -16,7 +16,8 @@ time for the machine's dispatch loop:
 
     run(ci, tid):
         the pagedaemon: one pass of uvm_pageout; aiodoned: the pageouts done
-        a process: load its pmap (pmap_activate), let the load run a slice
+        a process: swapped out (not P_INMEM)? swap it in first (uvm_glue; may
+        sleep "schedpwait"); load its pmap (pmap_activate), let the load run a slice
         -> RUNNABLE: its quantum is used up; back on the run queue
         -> Sleep:    ltsleep() unwound it; give up the big lock, queue it on its
                      channel, drop the interlock (mi_switch)

@@ -63,7 +63,7 @@ NF = 8
 EF_WIRED, EF_COPY, EF_FILE, EF_SHARED = 0x1, 0x2, 0x4, 0x8
 USER_BASE = 0x0800_0000          # where mmap starts looking for space
 MAXENTRIES = 16                  # vm_map entries per process
-MAXWIRED = 256                   # pages a process may wire one by one (see the docstring)
+MAXWIRED = 1024                  # pages a process may wire one by one (see the docstring)
 
 ADVICE = {"normal": 0, "random": 1, "sequential": 2}
 MADV_SEQUENTIAL = ADVICE["sequential"]
