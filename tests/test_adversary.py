@@ -51,12 +51,12 @@ def test_read_only_mlock_wires_with_read_faults(tmp_path):
 
 
 def test_every_adversary_load_says_which_path_it_drives_citing_netbsd():
-    for name in ("ptp-hog", "wired-ptp", "net-storm", "raw-dd"):
+    for name in ("ptp-hog", "wired-ptp", "net-storm", "raw-dd", "mlock-swap"):
         head = re.match(r"((?:#.*\n)+)", (REPO / "workloads" / f"{name}.toml").read_text())
         text = head.group(1)
         assert "The path it drives" in text, name
         # the functions named are NetBSD's
-        assert re.search(r"pmap_enter|pmap_alloc_ptp|vmapbuf", text), name
+        assert re.search(r"pmap_enter|pmap_alloc_ptp|vmapbuf|pmap_collect", text), name
 
 
 # -- the short versions: a 16 MiB machine, 1 s of virtual time ------------------------------
@@ -141,3 +141,18 @@ def test_wired_ptp_steals_fail_on_the_stealing_kernel(tmp_path):
     # exits before touching its wired pages again is 1.5's unwiring panic
     assert r.returncode == 0 or (r.returncode == 3 and "unwiring non-wired memory"
                                  in s["message"] + (out / "console.log").read_text())
+
+
+@pytest.mark.slow
+def test_mlock_swap_panics_with_1_91s_collect_and_finishes_with_1_135s(tmp_path):
+    """workloads/mlock-swap.toml, 25-29 s a run: the agent, asleep past maxslp, is swapped out
+    and its wired mappings collected; its munlock then panics on the January 2001 kernel
+    and not with pmap.c 1.135's pmap_collect.  (CI's short version is
+    tests/test_kernel_swapout.py: the same path, one decision at a time.)"""
+    out = tmp_path / "on"
+    r = smp("run", "mlock-swap", "--out", str(out), "-q", cwd=tmp_path, timeout=400)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "panic: uvm_fault_unwire_locked: unwiring non-wired memory" in \
+        (out / "console.log").read_text()
+    s, _ = run(tmp_path, "mlock-swap", "-o", "swapout=skipwired")
+    assert s["status"] == "done" and counters(s)["swapouts"] > 0
