@@ -48,6 +48,17 @@ def _three_blocks(b, i: int = 0) -> list[int]:
     return vas
 
 
+def _mlocked_then_swapped_out(b) -> tuple[int, int, int]:
+    """Process 0 mlocks the first page of a 4-page region, goes to sleep for longer than
+    maxslp and is swapped out; (tid, va, page)."""
+    va = b.mmap(0, 4)
+    _mlock_page(b, 0, va)
+    pg = b.extract(0, va)
+    tid = _asleep(b, 0, uvm_glue.MAXSLP + 1)
+    assert uvm_glue.uvm_swapout(tid) == 1
+    return tid, va, pg
+
+
 def _mlock_page(b, i: int, va: int) -> None:
     """mlock(va, 4096): a wiring fault, then the page on the map's list (as the load's
     mlock op does it)."""
@@ -158,11 +169,7 @@ def test_munlock_after_a_swapout_panics_unwiring_non_wired_memory():
     """pmap_collect (1.91) took the wired mapping too; 1.5's munlock (uvm_fault_unwire_
     locked) asks the pmap for the page and panics when it is not there."""
     with booted() as b:
-        va = b.mmap(0, 4)
-        _mlock_page(b, 0, va)
-        pg = b.extract(0, va)
-        tid = _asleep(b, 0, uvm_glue.MAXSLP + 1)
-        assert uvm_glue.uvm_swapout(tid) == 1
+        tid, va, pg = _mlocked_then_swapped_out(b)
         assert b.extract(0, va) == -1
         assert int(b.a["pg_wire"][pg]) == 1 and b.ux[U.WIRED] == 1     # still wired
         assert b.check() == []                         # not a leak: the map wires it
@@ -185,11 +192,7 @@ def test_exit_after_a_swapout_panics_the_same_way():
 
 def test_a_wired_page_touched_after_swapin_is_mapped_wired_again_and_unwires_cleanly():
     with booted() as b:
-        va = b.mmap(0, 4)
-        _mlock_page(b, 0, va)
-        pg = b.extract(0, va)
-        tid = _asleep(b, 0, uvm_glue.MAXSLP + 1)
-        assert uvm_glue.uvm_swapout(tid) == 1
+        tid, va, pg = _mlocked_then_swapped_out(b)
         kern_synch.wakeup(CHAN)
         uvm_glue.uvm_swapin(tid)
         before = b.counters()
