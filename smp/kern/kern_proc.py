@@ -12,8 +12,9 @@ one CPU continue on another.
 
 NetBSD counts ``p_slptime`` and ``p_swtime`` in whole seconds, bumped once a second by
 schedcpu(); the row keeps the moment each count started instead (``slptime0``,
-``swtime0``), and :func:`slptime` / :func:`swtime` give the seconds, the same numbers at any
-instant without a once-a-second pass over the table.
+``swtime0``), and the seconds are taken from them when they are needed (:func:`slptime`;
+uvm_glue does it for the whole table at once), the same numbers at any instant without a
+once-a-second pass over the table.
 """
 
 from __future__ import annotations
@@ -58,8 +59,3 @@ PROC_DTYPE = np.dtype([
 def slptime(p, now: int) -> int:
     """p_slptime: whole seconds thread row ``p`` has been asleep (0 if it is not)."""
     return (now - int(p["slptime0"])) // 1_000_000_000 if int(p["stat"]) == SSLEEP else 0
-
-
-def swtime(p, now: int) -> int:
-    """p_swtime: whole seconds since row ``p`` was last swapped in or out (or created)."""
-    return (now - int(p["swtime0"])) // 1_000_000_000

@@ -60,7 +60,7 @@ import numpy as np
 
 from smp.kern import lock, pmap, subr_prf, uvm_map, uvm_pdaemon
 from smp.kern import uvm as U
-from smp.kern.kern_proc import P_INMEM, P_SYSTEM, P_WEXIT, SRUN, SSLEEP
+from smp.kern.kern_proc import P_INMEM, P_SYSTEM, P_WEXIT, SRUN, SSLEEP, slptime
 from smp.kern.param import UPAGES
 from smp.kern.uvm import counter, shared
 
@@ -160,8 +160,8 @@ def uvm_swapout(tid: int) -> int:
         finally:
             lock.simple_unlock(ci.sched_lock)
         call = subr_prf.UVMHIST_CALLED(HIST_SWAPOUT)
-        subr_prf.UVMHIST_LOG(H_SWAPOUT, call, pid, stat,
-                             _slptime_s(p) if stat == SSLEEP else 0, shared.uvmexp[U.FREE])
+        subr_prf.UVMHIST_LOG(H_SWAPOUT, call, pid, stat, slptime(p, ci.core.now()),
+                             shared.uvmexp[U.FREE])
         pm = shared.vm_pmap[tid]
         if pm > 0:
             pmap.pmap_collect(pm, skipwired=_mode == "skipwired")
@@ -169,10 +169,6 @@ def uvm_swapout(tid: int) -> int:
         lock.simple_unlock(mlk)
     shared.cnt[ci.cnt_base + counter.swapouts] += 1
     return 1
-
-
-def _slptime_s(p) -> int:
-    return (_ci.core.now() - int(p["slptime0"])) // NS
 
 
 def uvm_swapin(tid: int) -> None:
