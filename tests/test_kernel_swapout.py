@@ -6,7 +6,10 @@ unwiring a page whose mapping is gone is 1.5's "unwiring non-wired memory" panic
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import smp
 from kernharness import booted, panics, sleeps
 from test_kernel_decisions import pagedaemon_pass
 
@@ -260,3 +263,30 @@ def test_a_manifest_from_before_swapout_replays_without_it(manifest_key, expecte
     else:
         man["kernel"]["swapout"] = manifest_key
     assert RunConfig.from_manifest(man, "manifest.json").kernel.swapout == expected
+
+
+WIRE_TWO = """[run]
+machine = "i386mp-4"
+[[process]]
+name = "big"
+program = [ { op = "mmap", region = "r", size = "8M" }, { op = "mlock", region = "r" },
+            { op = "sleep", time = "10s" } ]
+[[process]]
+name = "small"
+program = [ { op = "mmap", region = "r", size = "4M" }, { op = "mlock", region = "r" },
+            { op = "sleep", time = "10s" } ]
+"""
+
+
+def test_an_mlock_past_wiredmax_wires_nothing_and_a_smaller_one_still_fits(tmp_path):
+    """sys_mlock of 1.5 is all or nothing: on 16 MiB (wiredmax 1,365 pages) the 2,048-page
+    mlock is refused before it wires a page, so the 1,024-page one wires all of its pages
+    (the model used to wire the first until wiredmax and leave the second nothing)."""
+    script = tmp_path / "wire-two.toml"
+    script.write_text(WIRE_TWO)
+    out = tmp_path / "r"
+    r = smp("run", str(script), "-o", "physmem=16M", "-o", "ncpu=2", "--lockstep",
+            "--time-limit", "1s", "--seed", "0", "-q", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ux = json.loads((out / "summary.json").read_text())["kernel_counters"]["uvmexp"]
+    assert ux["wiredmax"] == 1365 and ux["wired"] == 1024
