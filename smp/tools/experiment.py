@@ -31,7 +31,7 @@ The default matrix is steal in {ptp,pv, none} x biglock in {on, off} on the
 ``default`` kernel configuration.  ``--sweep KEY=V1,V2,...`` runs the whole matrix
 once per value of a machine or kernel key (``physmem=16M,32M,64M``) and adds
 ``sweep.csv`` and, with matplotlib, one picture per load script of steals, pmfail
-waits, out-of-swap kills and panics against the swept value, a line per kernel
+waits, out-of-swap kills, swapouts and panics against the swept value, a line per kernel
 configuration.  The table is written as text, CSV (one row per cell) and Markdown
 into the experiment directory, with ``runs/`` below it.  Nothing in the table is
 written by hand: it is what the runs' summary.json and lockstat.json say.

@@ -1,10 +1,10 @@
 """Pictures of an ``smp experiment --sweep``: where stealing starts, per kernel configuration.
 
-One figure per load script, four panels -- PTP steals, pmfail waits, out-of-swap kills
-(medians over the runs that finished) and the share of runs that panicked -- against the
-swept value, one line per kernel configuration.  The swept values are drawn in the order
-given, evenly spaced and labelled as typed (``16M``, ``32M``), since sizes and counts
-rarely sit on a useful linear scale.  A value whose runs all failed to finish has no
+One figure per load script, five panels -- PTP steals, pmfail waits, out-of-swap kills,
+swapouts (medians over the runs that finished) and the share of runs that panicked --
+against the swept value, one line per kernel configuration. The swept values are drawn in
+the order given, evenly spaced and labelled as typed (``16M``, ``32M``), since sizes and
+counts rarely sit on a useful linear scale. A value whose runs all failed to finish has no
 point on the median panels (the gap is the finding), but counts on the panic panel.
 
 Written as PNG and SVG beside sweep.csv; needs matplotlib (``pip install 'smp[plot]'``),
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 PANELS = [("ptp_steals", "PTP steals (median)"), ("pmfail", "pmfail waits (median)"),
-          ("oom_kills", "out-of-swap kills (median)"), ("panics", "runs that panicked")]
+          ("oom_kills", "out-of-swap kills (median)"), ("swapouts", "swapouts (median)"),
+          ("panics", "runs that panicked")]
 
 
 def plot_sweep(cells: list, key: str, out: Path) -> list[Path]:
