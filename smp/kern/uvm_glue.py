@@ -95,16 +95,15 @@ def enabled() -> bool:
     return _mode != "off"
 
 
-def _swappable_mask(proc: np.ndarray) -> np.ndarray:
-    """1.5's swappable(p), over the process table: user processes in memory, not
+def _swappable(proc: np.ndarray, tids: np.ndarray) -> np.ndarray:
+    """1.5's swappable(p) for the threads ``tids``: user processes in memory, not
     exiting, not held, runnable (off every CPU) or asleep."""
-    flag = proc["flag"]
-    ok = (flag & (P_SYSTEM | P_INMEM | P_WEXIT)) == P_INMEM
-    ok &= (proc["pid"] != 0) & (proc["holdcnt"] == 0)
-    ok &= (proc["stat"] == SRUN) | (proc["stat"] == SSLEEP)
-    ok[:_first_user] = False
-    oncpu = _ci.seg.cpus["curproc"]
-    ok[oncpu[oncpu >= 0]] = False           # SONPROC: not in 1.5's switch
+    p = proc[tids]
+    stat = p["stat"]
+    ok = (p["flag"] & (P_SYSTEM | P_INMEM | P_WEXIT)) == P_INMEM
+    ok &= (p["pid"] != 0) & (p["holdcnt"] == 0) & ((stat == SRUN) | (stat == SSLEEP))
+    ok &= tids >= _first_user
+    ok &= ~np.isin(tids, _ci.seg.cpus["curproc"])      # SONPROC: not in 1.5's switch
     return ok
 
 
@@ -115,7 +114,8 @@ def uvm_swapout_threads() -> int:
     them around this, as uvmpd_scan does.)"""
     proc = shared.np["proc"]
     now = _ci.core.now()
-    cand = np.nonzero(_swappable_mask(proc))[0]
+    tids = np.arange(len(proc))
+    cand = tids[_swappable(proc, tids)]
     if not len(cand):
         return 0
     stat = proc["stat"][cand]
@@ -152,7 +152,7 @@ def uvm_swapout(tid: int) -> int:
     try:
         lock.simple_lock(ci.sched_lock)
         try:
-            if not _swappable_mask(proc)[tid]:
+            if not _swappable(proc, np.array([tid]))[0]:
                 return 0
             p["flag"] = int(p["flag"]) & ~P_INMEM
             p["swtime0"] = ci.core.now()
