@@ -16,6 +16,9 @@ Rows (medians over repetitions, min-max shown, since these shared 2-core hosts v
 - the host's part of that: two 1-CPU machines run side by side (separate segments, no
   shared state), their faults per CPU-second against one 1-CPU machine alone; the 2-CPU
   machine's against the pair's is what sharing one segment costs (no targets: controls);
+- the fault's floor: the same fault with every lock, scan and store of ``uvm_fault`` in
+  the same order but every helper inlined (``scripts/fault_floor.py``), and its cost
+  over pmap_enter's: the least a fault written in Python costs (no target: a control);
 - a 64-CPU machine running 4,096 processes (the ``big-64`` profile: 1 GiB RAM), each
   mapping, faulting and unmapping 16 pages: its wall time, no target.
 
@@ -95,20 +98,27 @@ def per_call(fn: Callable[[int], object], n: int) -> float:
     return statistics.median(ts) / 1000
 
 
-def fault_and_enter(physmem: str, n: int) -> tuple[float, float]:
-    """(fault us, pmap_enter us) medians of one repetition on a fresh machine."""
+def fault_and_enter(physmem: str, n: int) -> tuple[float, float, float]:
+    """(fault us, pmap_enter us, the fault's floor us) medians of one repetition on a
+    fresh machine; the floor (scripts/fault_floor.py) faults a second region."""
+    from fault_floor import make_floor_fault
+
     from smp.kern.uvm_fault import uvm_fault
 
     mach = InProcess(physmem)
     try:
         tid, pm = mach.switch_to(0)
         va = uvm_mmap(tid, 1024, RW, EF_COPY)
-        if uvm_fault(tid, va, VM_PROT_WRITE):           # the region's PTP and first pv page
-            raise SystemExit("bench_kernel: warm-up fault failed")
+        va2 = uvm_mmap(tid, 1024, RW, EF_COPY)
+        if uvm_fault(tid, va, VM_PROT_WRITE) or uvm_fault(tid, va2, VM_PROT_WRITE):
+            raise SystemExit("bench_kernel: warm-up fault failed")   # PTPs, pv pages
+        floor_fault = make_floor_fault()
         gc.collect()
         gc.disable()
         try:
             fault = per_call(lambda i: uvm_fault(tid, va + (i + 1) * NBPG, VM_PROT_WRITE),
+                             n)
+            floor = per_call(lambda i: floor_fault(tid, va2 + (i + 1) * NBPG, VM_PROT_WRITE),
                              n)
             pages = [pmap.pmap_extract(pm, va + (i + 1) * NBPG) for i in range(n)]
             pmap.pmap_remove(pm, va + NBPG, va + (n + 1) * NBPG)   # PTP stays: page 0
@@ -116,9 +126,10 @@ def fault_and_enter(physmem: str, n: int) -> tuple[float, float]:
                                                        RW, RW | PMAP_CANFAIL), n)
         finally:
             gc.enable()
-        if min(pages) < 0 or pmap.pmap_extract(pm, va + n * NBPG) != pages[-1]:
+        if min(pages) < 0 or pmap.pmap_extract(pm, va + n * NBPG) != pages[-1] or \
+                pmap.pmap_extract(pm, va2 + n * NBPG) < 0:
             raise SystemExit("bench_kernel: sanity check failed: mappings missing")
-        return fault, enter
+        return fault, enter, floor
     finally:
         mach.close()
 
@@ -223,15 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     ratio_mem = Row("fault cost 1 GiB / 64 MiB", "x", anchor=None, target=1.5)
     ratio_enter = Row("fault cost / pmap_enter cost", "x", anchor=None, target=2.0,
                       note="issue 12, item 4")
+    floor = Row("the fault's floor: the same locks and stores inlined", "us",
+                note="scripts/fault_floor.py: the least a fault written in Python costs")
+    ratio_floor = Row("the fault's floor / pmap_enter cost", "x", anchor=None,
+                      note="a fault / pmap_enter target below this needs the fault in C")
     for _ in range(reps):
-        f, e = fault_and_enter("64M", n)
+        f, e, fl = fault_and_enter("64M", n)
         fault.samples.append(f)
         enter.samples.append(e)
         ratio_enter.samples.append(f / e)
-        fb, _ = fault_and_enter("1G", n)
+        floor.samples.append(fl)
+        ratio_floor.samples.append(fl / e)
+        fb, _, _ = fault_and_enter("1G", n)
         fault_big.samples.append(fb)
         ratio_mem.samples.append(fb / f)
-    rows = [enter, fault, fault_big, ratio_mem, ratio_enter]
+    rows = [enter, fault, fault_big, ratio_mem, ratio_enter, floor, ratio_floor]
     b.phase()
 
     tp = {c: Row(f"faults/s, {c} CPU{'s' if c > 1 else ''} (biglock off)", "faults/s")
