@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 note="scripts/fault_floor.py: the least a fault written in Python costs")
     ratio_floor = Row("the fault's floor / pmap_enter cost", "x", anchor=None,
                       note="a fault / pmap_enter target below this needs the fault in C")
+    over_floor = Row("fault cost / the fault's floor", "x", anchor=None,
+                     note="what the model's structure (NetBSD's function boundaries, "
+                          "FaultInfo, the tests of paths not taken) adds")
     for _ in range(reps):
         f, e, fl = fault_and_enter("64M", n)
         fault.samples.append(f)
@@ -245,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio_enter.samples.append(f / e)
         floor.samples.append(fl)
         ratio_floor.samples.append(fl / e)
+        over_floor.samples.append(f / fl)
         fb, _, _ = fault_and_enter("1G", n)
         fault_big.samples.append(fb)
         ratio_mem.samples.append(fb / f)
-    rows = [enter, fault, fault_big, ratio_mem, ratio_enter, floor, ratio_floor]
+    rows = [enter, fault, fault_big, ratio_mem, ratio_enter, floor, ratio_floor, over_floor]
     b.phase()
 
     tp = {c: Row(f"faults/s, {c} CPU{'s' if c > 1 else ''} (biglock off)", "faults/s")
