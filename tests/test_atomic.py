@@ -927,3 +927,54 @@ def test_lock_order_findings(machine: Callable[..., Segment]) -> None:
         assert int(n[0]) == 2 and int(seg.arrays["f"][0]["count"]) == 3
     finally:
         seg.destroy()
+
+
+def test_lock_order_guard():
+    """A guarded class (inner under a pm lock needs outer, shared or exclusive: 1.91's
+    PMAP_MAP_TO_HEAD_LOCK before a pv head) taken in rank order but without its guard is
+    a finding; with the guard in either mode, or without the guarded class held, it is
+    not."""
+    from smp.machine.lockspace import ORDER_FINDING_DTYPE, LockSpace
+
+    space = LockSpace()
+    outer = space.declare("outer", "rw")
+    pm = space.declare("pm", count=2)
+    inner = space.declare("inner")
+    space.set_order([("outer",), ("pm",), ("inner",)], {}, {"inner": ("pm", "outer")})
+    ncap = 4
+    lay = Layout.plan(1, space.nlocks, 64, [ArraySpec("f", ORDER_FINDING_DTYPE, (ncap,)),
+                                            ArraySpec("n", np.dtype("<u8"), (2,))])
+    seg = Segment(lay)
+    try:
+        space.format_words(seg.locks)
+        core = seg.core(0)
+        ranks, sers = space.order_tables()
+        core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ncap,
+                            space.guard_table())
+
+        def pm_then_inner() -> None:
+            core.lock(pm + 1)
+            core.lock(inner)
+            core.unlock(inner)
+            core.unlock(pm + 1)
+
+        core.rlock(outer)
+        pm_then_inner()                              # guarded (shared)
+        core.runlock(outer)
+        core.wlock(outer)
+        pm_then_inner()                              # guarded (exclusive)
+        core.wunlock(outer)
+        core.lock(inner)                             # no pm lock held: nothing to guard
+        core.unlock(inner)
+        pm_then_inner()                              # unguarded: a finding
+        pm_then_inner()
+        n = seg.arrays["n"]
+        f = seg.arrays["f"][: int(n[0])]
+        assert [(space.classes[int(r["held_class"])].name,
+                 space.classes[int(r["wanted_class"])].name, int(r["count"]),
+                 int(r["held_lock"])) for r in f] == [("pm", "inner", 2, pm + 1)]
+        with pytest.raises(ValueError):
+            core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ncap,
+                                b"\0\0")
+    finally:
+        seg.destroy()

@@ -654,6 +654,12 @@ def test_growkernel_steals_a_user_ptp_at_free_1_and_panics_without_stealing():
         assert b.extract(0, vas[0]) == -1                  # the victim lost its PTP
         (line,) = b.console()
         assert "pmap_steal_ptp: stole PTP" in line and "for pmap 0xc0c00000" in line
+        # 1.91's growkernel holds the kernel pmap's lock, not pmap_main_lock, so the
+        # victim's pv heads are locked in the map-to-head direction unguarded: LOCKDEBUG
+        # says so (the pagedaemon's head-to-map walk locks the kernel pmap: a deadlock)
+        assert [(f["held"], f["held_at"], f["wanted"], f["wanted_at"], f["why"])
+                for f in b.lock_order()] == [
+            ("pmap", "pmap_steal_ptp", "pvh", "pmap_remove_ptes", "unguarded")]
         uvm_km.uvm_km_vfree(va, n)
         assert b.check() == []
     with booted(["steal=none"]) as b:

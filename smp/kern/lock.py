@@ -59,7 +59,11 @@ Classes on one line share a rank: siblings, never held together.  Two locks
 of one class are in order when the second has the higher id (pmap_map_ptes'
 "lower address first").  pmap locks may come after a pv-head lock while
 pmap_main_lock is held exclusively: the head-to-map direction, which is safe
-because "the exclusive holder is alone" (pmap.c's locking comment).
+because "the exclusive holder is alone" (pmap.c's locking comment).  It is alone
+only if every map-to-head path holds pmap_main_lock shared
+(PMAP_MAP_TO_HEAD_LOCK), so a pv-head lock taken under a pmap lock without
+pmap_main_lock held is a finding too, although in rank order (``GUARDED_BY``;
+its ``why`` is "unguarded").
 
 In DIAGNOSTIC mode (kernel config ``diagnostic = on``) every CPU's atomic core
 checks each blocking acquisition against this order -- LOCKDEBUG, as
@@ -70,8 +74,12 @@ summary.json's ``diagnostic`` section.  A finding neither refuses the lock nor
 adds a scheduling point, so it never changes a run.  Try-locks cannot
 deadlock and are not checked.  The 1.91 code's pv stealing takes
 pmap_tmpptp_lock under pvalloc_lock, the reverse of PTP stealing (see
-pmap.py): with stealing compiled in and both paths reached, that is the one
-finding a run reports.
+pmap.py): with stealing compiled in and both paths reached, that is one
+finding a run reports.  The other: pmap_growkernel holds the kernel pmap's lock
+but not pmap_main_lock when pmap_alloc_ptp steals a PTP, whose pmap_remove_ptes
+takes pv-head locks -- unguarded, and against the pagedaemon's head-to-map walk,
+which locks the kernel pmap as a kernel thread's current pmap (pmap_map_ptes),
+a deadlock (README).
 
 ``KASSERT_LOCKED(id)`` turns a "=> caller holds ..." precondition into a check:
 call it as ``if lock.DIAGNOSTIC: lock.KASSERT_LOCKED(id)``, one test when
@@ -118,6 +126,9 @@ LOCK_ORDER: list[tuple[str, ...]] = [
     ("pmap_tlb_shootdown_q", "pmap_tlb_shootdown_job_lock"),
 ]
 SERIALIZED_BY = {"pmap": "pmap_main_lock"}     # head-to-map under the exclusive main lock
+# map-to-head: a pv head under a pmap lock needs the main lock, shared at least (1.91's
+# PMAP_MAP_TO_HEAD_LOCK) -- it is what keeps the exclusive holder above alone
+GUARDED_BY = {"pvh": ("pmap", "pmap_main_lock")}
 FINDINGS_PER_CPU = 32
 
 
@@ -156,7 +167,7 @@ def declare_kernel_lock(space: LockSpace) -> int:
 
 def set_order(locks: LockSpace) -> None:
     """Hand the lock order to the machine (after every subsystem declared its locks)."""
-    locks.set_order(LOCK_ORDER, SERIALIZED_BY)
+    locks.set_order(LOCK_ORDER, SERIALIZED_BY, GUARDED_BY)
 
 
 def attach(ci, kernel) -> None:
@@ -187,7 +198,8 @@ def attach(ci, kernel) -> None:
         core.set_lock_order(ranks, serializers,
                             lay["lock_findings"][0] + ci.cpu * FINDINGS_PER_CPU
                             * ORDER_FINDING_DTYPE.itemsize,
-                            lay["lock_findings_n"][0] + ci.cpu * 16, FINDINGS_PER_CPU)
+                            lay["lock_findings_n"][0] + ci.cpu * 16, FINDINGS_PER_CPU,
+                            kernel.lockspace.guard_table())
     else:
         core.set_lock_order(None)
 
@@ -223,8 +235,13 @@ def findings(seg, locks: LockSpace) -> tuple[list[dict], int]:
             key = (held, wanted, site(int(r["held_site"])), site(int(r["site"])))
             f = merged.get(key)
             if f is None:
+                rank = getattr(locks, "ranks", {})
+                in_order = rank.get(int(r["held_class"]), 0) < rank.get(
+                    int(r["wanted_class"]), 0)
                 f = merged[key] = {
                     "held": held, "held_at": key[2], "wanted": wanted, "wanted_at": key[3],
+                    # in rank order, yet a finding: taken without its guard (GUARDED_BY)
+                    "why": "unguarded" if in_order else "order",
                     "count": 0, "cpus": [], "first": {
                         "held": locks.name_of(int(r["held_lock"])),
                         "wanted": locks.name_of(int(r["wanted_lock"]))}}

@@ -1582,6 +1582,13 @@ def pmap_growkernel(maxkvaddr: int) -> int:
     locked).  Each new kernel PTP is pmap_alloc_ptp(kernel pmap, slot, just_try =
     FALSE): a page from the reserve (USERESERVE), else -- with ``steal`` ptp -- a PTP
     stolen from some user pmap, else panic("pmap_growkernel: alloc ptp failed").
+
+    As 1.91 it holds only the kernel pmap's lock, not pmap_main_lock: a steal's
+    pmap_remove_ptes then locks pv heads in the map-to-head direction unguarded, while
+    a head-to-map walk (pmap_change_attrs, pmap_page_remove) that holds a pv head may
+    wait for the kernel pmap's lock -- a kernel thread's current pmap, which
+    pmap_map_ptes locks too.  A deadlock of the stealing code (README; LOCKDEBUG's
+    "unguarded" finding, smp.kern.lock).
     """
     need = min(-(-(maxkvaddr - KERNBASE) // NBPD), NKPTP_MAX)
     if need <= shared.pmap_glob[G_NKPDE]:

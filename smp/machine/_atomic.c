@@ -301,6 +301,8 @@ typedef struct {
     int order_on;                 /* lock-order checking (set_lock_order) */
     uint16_t order_rank[MAXCLASS];          /* 0: class not ranked, not checked */
     uint16_t order_serializer[MAXCLASS];    /* class+1 whose exclusive hold exempts */
+    uint16_t order_guard[MAXCLASS][2];      /* [held class+1, guard class+1]: this class
+                                               under the first needs the second held */
     struct order_finding *findings;         /* this CPU's findings in the segment */
     uint64_t *findings_count;               /* [0] entries used, [1] overflowed */
     uint32_t findings_cap;
@@ -1085,41 +1087,10 @@ static void charge_hold(Core *c, const struct held *h, uint64_t t)
     s->hold_hist[hist_bucket(d)]++;
 }
 
-/* Lock-order check of a blocking acquisition of lock id from site (see the top of
- * the file).  Of the held locks that are out of order, the highest-ranked one is
- * recorded: one finding per (held class, wanted class, sites), however often. */
-static void order_check(Core *c, uint32_t id, uint32_t site)
+/* Record a finding: held lock h (index in held[]) before wanted lock id of class wk,
+ * taken at site; one record per (held class, wanted class, sites), however often. */
+static void record_finding(Core *c, struct held *h, uint32_t wk, uint32_t id, uint32_t site)
 {
-    uint32_t wk = c->locks[id].klass;
-    uint32_t wr = wk < MAXCLASS ? c->order_rank[wk] : 0;
-    if (!wr)
-        return;
-    struct cpu_area *me = c->me;
-    uint32_t ser = c->order_serializer[wk];
-    int worst = -1;
-    uint32_t worst_rank = 0;
-    for (uint32_t i = 0; i < me->nheld; i++) {
-        struct held *h = &me->held[i];
-        if (h->lock == id)
-            return;             /* recursion, or locking against myself: not an order */
-        if (i < c->order_base)
-            continue;           /* held by the context an interrupt handler interrupted */
-        uint32_t hk = c->locks[h->lock].klass;
-        uint32_t hr = hk < MAXCLASS ? c->order_rank[hk] : 0;
-        if (!hr || hr < wr || (hk == wk && h->lock < id))
-            continue;           /* unranked, in order, or instances in ascending order */
-        if (hr >= worst_rank) {
-            worst = (int)i;
-            worst_rank = hr;
-        }
-    }
-    if (worst < 0)
-        return;
-    if (ser)                    /* e.g. pvh -> pmap while pmap_main_lock is held exclusively */
-        for (uint32_t i = 0; i < me->nheld; i++)
-            if (me->held[i].mode == M_EXCL && c->locks[me->held[i].lock].klass == ser - 1)
-                return;
-    struct held *h = &me->held[worst];
     uint32_t hk = c->locks[h->lock].klass;
     uint64_t n = c->findings_count[0];
     for (uint64_t i = 0; i < n; i++) {
@@ -1143,6 +1114,55 @@ static void order_check(Core *c, uint32_t id, uint32_t site)
     f->wanted_lock = id;
     f->count = 1;
     __atomic_store_n(&c->findings_count[0], n + 1, __ATOMIC_RELEASE);
+}
+
+/* Lock-order check of a blocking acquisition of lock id from site (see the top of
+ * the file).  Of the held locks that are out of order, the highest-ranked one is
+ * recorded: one finding per (held class, wanted class, sites), however often.  A
+ * class with a guard (e.g. pvh under a pmap lock needs pmap_main_lock, shared or
+ * exclusive: 1.91's PMAP_MAP_TO_HEAD_LOCK, which is what keeps the head-to-map
+ * direction's exclusive holder alone) is also recorded when it is taken in order
+ * under the guarded class without the guard held. */
+static void order_check(Core *c, uint32_t id, uint32_t site)
+{
+    uint32_t wk = c->locks[id].klass;
+    uint32_t wr = wk < MAXCLASS ? c->order_rank[wk] : 0;
+    if (!wr)
+        return;
+    struct cpu_area *me = c->me;
+    uint32_t ser = c->order_serializer[wk];
+    uint32_t gheld = c->order_guard[wk][0], gguard = c->order_guard[wk][1];
+    int worst = -1, under = -1, guarded = 0;
+    uint32_t worst_rank = 0;
+    for (uint32_t i = 0; i < me->nheld; i++) {
+        struct held *h = &me->held[i];
+        if (h->lock == id)
+            return;             /* recursion, or locking against myself: not an order */
+        uint32_t hk = c->locks[h->lock].klass;
+        if (gguard && hk == gguard - 1)
+            guarded = 1;
+        if (i < c->order_base)
+            continue;           /* held by the context an interrupt handler interrupted */
+        if (gheld && hk == gheld - 1)
+            under = (int)i;
+        uint32_t hr = hk < MAXCLASS ? c->order_rank[hk] : 0;
+        if (!hr || hr < wr || (hk == wk && h->lock < id))
+            continue;           /* unranked, in order, or instances in ascending order */
+        if (hr >= worst_rank) {
+            worst = (int)i;
+            worst_rank = hr;
+        }
+    }
+    if (worst < 0) {
+        if (under >= 0 && !guarded)
+            record_finding(c, &me->held[under], wk, id, site);
+        return;
+    }
+    if (ser)                    /* e.g. pvh -> pmap while pmap_main_lock is held exclusively */
+        for (uint32_t i = 0; i < me->nheld; i++)
+            if (me->held[i].mode == M_EXCL && c->locks[me->held[i].lock].klass == ser - 1)
+                return;
+    record_finding(c, &me->held[worst], wk, id, site);
 }
 
 static int check_id(Core *c, PyObject *const *args, Py_ssize_t nargs, uint32_t *id);
@@ -1850,28 +1870,31 @@ static PyObject *Core_set_delay(Core *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* set_lock_order(ranks, serializers, findings_off, count_off, capacity): turn on
- * lock-order checking.  ranks and serializers are bytes of native uint16, one per
+/* set_lock_order(ranks, serializers, findings_off, count_off, capacity[, guards]): turn
+ * on lock-order checking.  ranks and serializers are bytes of native uint16, one per
  * lock class id (rank 0: not checked; serializer: class id + 1 whose exclusive
- * hold allows this class out of order, 0 none); findings go to capacity records
+ * hold allows this class out of order, 0 none); guards, two native uint16 per class
+ * id: held class id + 1 and guard class id + 1 (this class taken under the first
+ * needs the second held; 0, 0 none); findings go to capacity records
  * of struct order_finding at findings_off, the two counters to count_off.
  * set_lock_order(None) turns checking off. */
 static PyObject *Core_set_lock_order(Core *c, PyObject *args)
 {
-    Py_buffer ranks, sers;
+    Py_buffer ranks, sers, guards = {0};
     Py_ssize_t foff, coff;
     unsigned int cap;
     if (PyTuple_GET_SIZE(args) == 1 && PyTuple_GET_ITEM(args, 0) == Py_None) {
         c->order_on = 0;
         Py_RETURN_NONE;
     }
-    if (!PyArg_ParseTuple(args, "y*y*nnI", &ranks, &sers, &foff, &coff, &cap))
+    if (!PyArg_ParseTuple(args, "y*y*nnI|y*", &ranks, &sers, &foff, &coff, &cap, &guards))
         return NULL;
     PyObject *r = NULL;
     Py_ssize_t n = ranks.len / 2;
-    if (ranks.len % 2 || sers.len != ranks.len || n > MAXCLASS) {
+    if (ranks.len % 2 || sers.len != ranks.len || n > MAXCLASS ||
+        (guards.buf && guards.len != 2 * ranks.len)) {
         PyErr_SetString(PyExc_ValueError, "set_lock_order: one uint16 rank and serializer "
-                        "per class, at most MAXCLASS classes");
+                        "(and two guard uint16s) per class, at most MAXCLASS classes");
         goto out;
     }
     if (foff < 0 || coff < 0 || coff % 8 || foff % 8 ||
@@ -1884,6 +1907,9 @@ static PyObject *Core_set_lock_order(Core *c, PyObject *args)
     memset(c->order_serializer, 0, sizeof c->order_serializer);
     memcpy(c->order_rank, ranks.buf, (size_t)ranks.len);
     memcpy(c->order_serializer, sers.buf, (size_t)sers.len);
+    memset(c->order_guard, 0, sizeof c->order_guard);
+    if (guards.buf)
+        memcpy(c->order_guard, guards.buf, (size_t)guards.len);
     c->findings = (struct order_finding *)(c->base + foff);
     c->findings_count = (uint64_t *)(c->base + coff);
     c->findings_cap = cap;
@@ -1893,6 +1919,8 @@ static PyObject *Core_set_lock_order(Core *c, PyObject *args)
 out:
     PyBuffer_Release(&ranks);
     PyBuffer_Release(&sers);
+    if (guards.buf)
+        PyBuffer_Release(&guards);
     return r;
 }
 
@@ -2373,8 +2401,8 @@ static PyMethodDef Core_methods[] = {
     {"set_delay", (PyCFunction)Core_set_delay, METH_VARARGS,
      "set_delay(klass, site, ns): hold locks of a class longer when taken by site"},
     {"set_lock_order", (PyCFunction)Core_set_lock_order, METH_VARARGS,
-     "set_lock_order(ranks, serializers, findings_off, count_off, capacity): check the "
-     "lock order of blocking acquisitions, recording findings (None: off)"},
+     "set_lock_order(ranks, serializers, findings_off, count_off, capacity[, guards]): "
+     "check the lock order of blocking acquisitions, recording findings (None: off)"},
     {NULL},
 };
 

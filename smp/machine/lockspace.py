@@ -127,10 +127,13 @@ class LockSpace:
                 _atomic.LF_CLASS if r.aggregate else 0)
 
     def set_order(self, order: list[tuple[str, ...]],
-                  serialized_by: Mapping[str, str] = {}) -> None:  # noqa: B006 - read only
+                  serialized_by: Mapping[str, str] = {},  # noqa: B006 - read only
+                  guarded_by: Mapping[str, tuple[str, str]] = {}) -> None:  # noqa: B006
         """Rank the declared classes: ``order`` lists them outermost first, classes in
         one tuple sharing a rank (siblings never held together); ``serialized_by`` maps
-        a class to the class whose exclusive hold lets it be taken out of order."""
+        a class to the class whose exclusive hold lets it be taken out of order;
+        ``guarded_by`` maps a class to (held, guard): taken while a lock of class held
+        is held, it needs a lock of class guard held too (in order or not)."""
         by_name = {c.name: c.id for c in self.classes}
         ranks: dict[int, int] = {}
         for rank, group in enumerate(order, 1):
@@ -146,7 +149,13 @@ class LockSpace:
                 if n not in by_name:
                     raise ValueError(f"lock order: no lock class {n!r}")
             sers[by_name[name]] = by_name[ser]
-        self.ranks, self.serializers = ranks, sers
+        guards = {}
+        for name, (held, guard) in guarded_by.items():
+            for n in (name, held, guard):
+                if n not in by_name:
+                    raise ValueError(f"lock order: no lock class {n!r}")
+            guards[by_name[name]] = (by_name[held], by_name[guard])
+        self.ranks, self.serializers, self.guards = ranks, sers, guards
 
     def order_tables(self) -> tuple[bytes, bytes]:
         """The ranks and serializers per class id, as ``Core.set_lock_order`` takes them."""
@@ -158,6 +167,14 @@ class LockSpace:
         for k, s in self.serializers.items():
             ser[k] = s + 1
         return rank.tobytes(), ser.tobytes()
+
+    def guard_table(self) -> bytes:
+        """The guards per class id (held class + 1, guard class + 1; 0, 0 none), as the
+        ``guards`` argument of ``Core.set_lock_order``."""
+        g = np.zeros((len(self.classes), 2), np.uint16)
+        for k, (held, guard) in getattr(self, "guards", {}).items():
+            g[k] = held + 1, guard + 1
+        return g.tobytes()
 
     def to_dict(self) -> dict:
         return {
