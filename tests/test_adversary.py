@@ -156,3 +156,25 @@ def test_mlock_swap_panics_with_1_91s_collect_and_finishes_with_1_135s(tmp_path)
         (out / "console.log").read_text()
     s, _ = run(tmp_path, "mlock-swap", "-o", "swapout=skipwired")
     assert s["status"] == "done" and counters(s)["swapouts"] > 0
+
+
+@pytest.mark.slow
+def test_growkernels_steal_deadlocks_with_the_pagedaemons_pv_walk(tmp_path):
+    """raw-dd in lockstep, seed 0, stealing on, no big lock (30 s of host time): one CPU in
+    pmap_growkernel (the kernel pmap locked, pmap_main_lock not) steals a PTP and waits
+    for a pv head the pagedaemon holds in pmap_change_attrs, which waits for the kernel
+    pmap's lock (its current pmap, locked by pmap_map_ptes).  Pinned: the seed that
+    found it.  (CI's short version: the one-CPU LOCKDEBUG finding of
+    test_growkernel_steals_a_user_ptp_at_free_1_and_panics_without_stealing.)"""
+    out = tmp_path / "r"
+    r = smp("run", "raw-dd", "--out", str(out), "-q", "--lockstep", "--seed", "0",
+            "--time-limit", "60s", "-o", "steal=ptp,pv", "-o", "biglock=off",
+            cwd=tmp_path, timeout=400)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "deadlock", (r.returncode, s["message"])
+    assert re.search(r"spins on pvh\[\d+\].*spins on pmap\[0\]|spins on pmap\[0\].*"
+                     r"spins on pvh\[\d+\]", s["message"]), s["message"]
+    thief = next(c for c in s["cpus"] if any(h["site"] == "pmap_growkernel"
+                                              for h in c["held"]))
+    held = {h["class"] for h in thief["held"]}
+    assert "pmap_main_lock" not in held and {"pmap", "pmaps_lock"} <= held, held
