@@ -856,12 +856,32 @@ def test_ptscan_walks_like_ptread_up_to_the_first_unmapped_page_with_a_slot() ->
 # ---------------------------------------------------------------- lock order (LOCKDEBUG)
 
 
+ORDER_CAP = 4
+
+
+def _order_checked(space, guards: bool):
+    """A one-CPU segment for ``space``'s locks with lock-order checking on (ORDER_CAP
+    findings in array "f", the counters in "n"): (segment, cpu0's core)."""
+    from smp.machine.lockspace import ORDER_FINDING_DTYPE
+
+    lay = Layout.plan(1, space.nlocks, 64, [ArraySpec("f", ORDER_FINDING_DTYPE, (ORDER_CAP,)),
+                                            ArraySpec("n", np.dtype("<u8"), (2,))])
+    seg = Segment(lay)
+    space.format_words(seg.locks)
+    core = seg.core(0)
+    ranks, sers = space.order_tables()
+    extra = (space.guard_table(),) if guards else ()
+    core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ORDER_CAP,
+                        *extra)
+    return seg, core
+
+
 def test_lock_order_findings(machine: Callable[..., Segment]) -> None:
     """A blocking acquisition out of rank order is recorded once per (held class, wanted
     class, sites) with a count; try-locks, instances in ascending order, recursion and a
     class taken under its serializer's exclusive hold are not findings; nothing is
     refused and the statistics of the acquisitions are those of an unchecked run."""
-    from smp.machine.lockspace import ORDER_FINDING_DTYPE, LockSpace
+    from smp.machine.lockspace import LockSpace
 
     space = LockSpace()
     outer = space.declare("outer", "rw")
@@ -870,15 +890,8 @@ def test_lock_order_findings(machine: Callable[..., Segment]) -> None:
     big = space.declare("big", "spin-recursive")
     free = space.declare("unranked")
     space.set_order([("big",), ("outer",), ("pm",), ("inner",)], {"pm": "outer"})
-    ncap = 4
-    lay = Layout.plan(1, space.nlocks, 64, [ArraySpec("f", ORDER_FINDING_DTYPE, (ncap,)),
-                                            ArraySpec("n", np.dtype("<u8"), (2,))])
-    seg = Segment(lay)
+    seg, core = _order_checked(space, guards=False)
     try:
-        space.format_words(seg.locks)
-        core = seg.core(0)
-        ranks, sers = space.order_tables()
-        core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ncap)
 
         def inverted() -> None:          # inner, then a pm lock: out of order
             core.lock(inner)
@@ -934,23 +947,17 @@ def test_lock_order_guard():
     PMAP_MAP_TO_HEAD_LOCK before a pv head) taken in rank order but without its guard is
     a finding; with the guard in either mode, or without the guarded class held, it is
     not."""
-    from smp.machine.lockspace import ORDER_FINDING_DTYPE, LockSpace
+    from smp.machine.lockspace import LockSpace
 
     space = LockSpace()
     outer = space.declare("outer", "rw")
     pm = space.declare("pm", count=2)
     inner = space.declare("inner")
     space.set_order([("outer",), ("pm",), ("inner",)], {}, {"inner": ("pm", "outer")})
-    ncap = 4
-    lay = Layout.plan(1, space.nlocks, 64, [ArraySpec("f", ORDER_FINDING_DTYPE, (ncap,)),
-                                            ArraySpec("n", np.dtype("<u8"), (2,))])
-    seg = Segment(lay)
+    seg, core = _order_checked(space, guards=True)
     try:
-        space.format_words(seg.locks)
-        core = seg.core(0)
+        lay, ncap = seg.layout, ORDER_CAP
         ranks, sers = space.order_tables()
-        core.set_lock_order(ranks, sers, lay.arrays["f"][0], lay.arrays["n"][0], ncap,
-                            space.guard_table())
 
         def pm_then_inner() -> None:
             core.lock(pm + 1)
