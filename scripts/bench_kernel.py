@@ -18,7 +18,8 @@ Rows (medians over repetitions, min-max shown, since these shared 2-core hosts v
   machine's against the pair's is what sharing one segment costs (no targets: controls);
 - the fault's floor: the same fault with every lock, scan and store of ``uvm_fault`` in
   the same order but every helper inlined (``scripts/fault_floor.py``), and its cost
-  over pmap_enter's: the least a fault written in Python costs (no target: a control);
+  over pmap_enter's: the least a fault written in Python costs, and the fault's cost
+  over it: what the model's structure adds (no targets: controls);
 - a 64-CPU machine running 4,096 processes (the ``big-64`` profile: 1 GiB RAM), each
   mapping, faulting and unmapping 16 pages: its wall time, no target.
 

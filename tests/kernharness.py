@@ -18,7 +18,7 @@ Every machine runs DIAGNOSTIC, so cpu0's atomic core checks the lock order of
 every acquisition the test makes the kernel do (LOCKDEBUG, smp.kern.lock):
 ``booted`` fails a test whose kernel took locks out of order, apart from the
 inversion the 1.91 pv-stealing code is kept with and the unguarded pv-head lock of
-pmap_growkernel's PTP steal (``KEPT_FINDINGS``).
+pmap_growkernel's PTP steal (``kept``).
 """
 
 from __future__ import annotations

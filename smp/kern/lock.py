@@ -235,8 +235,7 @@ def findings(seg, locks: LockSpace) -> tuple[list[dict], int]:
             key = (held, wanted, site(int(r["held_site"])), site(int(r["site"])))
             f = merged.get(key)
             if f is None:
-                rank = getattr(locks, "ranks", {})
-                in_order = rank.get(int(r["held_class"]), 0) < rank.get(
+                in_order = locks.ranks.get(int(r["held_class"]), 0) < locks.ranks.get(
                     int(r["wanted_class"]), 0)
                 f = merged[key] = {
                     "held": held, "held_at": key[2], "wanted": wanted, "wanted_at": key[3],

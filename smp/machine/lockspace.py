@@ -71,6 +71,7 @@ class LockSpace:
     nlocks: int = 0
     ranks: dict[int, int] = field(default_factory=dict)         # class id -> rank (>= 1)
     serializers: dict[int, int] = field(default_factory=dict)   # class id -> class id
+    guards: dict[int, tuple[int, int]] = field(default_factory=dict)   # -> (held, guard)
 
     def lock_class(self, name: str, kind: str = "spin") -> LockClass:
         """Find or declare a class."""
@@ -172,7 +173,7 @@ class LockSpace:
         """The guards per class id (held class + 1, guard class + 1; 0, 0 none), as the
         ``guards`` argument of ``Core.set_lock_order``."""
         g = np.zeros((len(self.classes), 2), np.uint16)
-        for k, (held, guard) in getattr(self, "guards", {}).items():
+        for k, (held, guard) in self.guards.items():
             g[k] = held + 1, guard + 1
         return g.tobytes()
 
